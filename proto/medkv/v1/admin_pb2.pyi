@@ -1,0 +1,167 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class ReplicaRole(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    ROLE_UNKNOWN: _ClassVar[ReplicaRole]
+    FOLLOWER_ROLE: _ClassVar[ReplicaRole]
+    CANDIDATE_ROLE: _ClassVar[ReplicaRole]
+    LEADER_ROLE: _ClassVar[ReplicaRole]
+    LEARNER_ROLE: _ClassVar[ReplicaRole]
+    PRE_CANDIDATE_ROLE: _ClassVar[ReplicaRole]
+ROLE_UNKNOWN: ReplicaRole
+FOLLOWER_ROLE: ReplicaRole
+CANDIDATE_ROLE: ReplicaRole
+LEADER_ROLE: ReplicaRole
+LEARNER_ROLE: ReplicaRole
+PRE_CANDIDATE_ROLE: ReplicaRole
+
+class NodeInfo(_message.Message):
+    __slots__ = ("node_id", "address")
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    node_id: int
+    address: str
+    def __init__(self, node_id: _Optional[int] = ..., address: _Optional[str] = ...) -> None: ...
+
+class ReplicaStatus(_message.Message):
+    __slots__ = ("node_id", "role", "term", "commit_index", "applied_index", "match_index", "lag_entries", "reachable")
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    TERM_FIELD_NUMBER: _ClassVar[int]
+    COMMIT_INDEX_FIELD_NUMBER: _ClassVar[int]
+    APPLIED_INDEX_FIELD_NUMBER: _ClassVar[int]
+    MATCH_INDEX_FIELD_NUMBER: _ClassVar[int]
+    LAG_ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    REACHABLE_FIELD_NUMBER: _ClassVar[int]
+    node_id: int
+    role: ReplicaRole
+    term: int
+    commit_index: int
+    applied_index: int
+    match_index: int
+    lag_entries: int
+    reachable: bool
+    def __init__(self, node_id: _Optional[int] = ..., role: _Optional[_Union[ReplicaRole, str]] = ..., term: _Optional[int] = ..., commit_index: _Optional[int] = ..., applied_index: _Optional[int] = ..., match_index: _Optional[int] = ..., lag_entries: _Optional[int] = ..., reachable: _Optional[bool] = ...) -> None: ...
+
+class PartitionInfo(_message.Message):
+    __slots__ = ("partition", "replicas", "leader", "term", "commit_index", "applied_index", "replica_status")
+    PARTITION_FIELD_NUMBER: _ClassVar[int]
+    REPLICAS_FIELD_NUMBER: _ClassVar[int]
+    LEADER_FIELD_NUMBER: _ClassVar[int]
+    TERM_FIELD_NUMBER: _ClassVar[int]
+    COMMIT_INDEX_FIELD_NUMBER: _ClassVar[int]
+    APPLIED_INDEX_FIELD_NUMBER: _ClassVar[int]
+    REPLICA_STATUS_FIELD_NUMBER: _ClassVar[int]
+    partition: int
+    replicas: _containers.RepeatedScalarFieldContainer[int]
+    leader: int
+    term: int
+    commit_index: int
+    applied_index: int
+    replica_status: _containers.RepeatedCompositeFieldContainer[ReplicaStatus]
+    def __init__(self, partition: _Optional[int] = ..., replicas: _Optional[_Iterable[int]] = ..., leader: _Optional[int] = ..., term: _Optional[int] = ..., commit_index: _Optional[int] = ..., applied_index: _Optional[int] = ..., replica_status: _Optional[_Iterable[_Union[ReplicaStatus, _Mapping]]] = ...) -> None: ...
+
+class NodeStatus(_message.Message):
+    __slots__ = ("node", "up", "leaders", "replicas", "version", "uptime_seconds")
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    UP_FIELD_NUMBER: _ClassVar[int]
+    LEADERS_FIELD_NUMBER: _ClassVar[int]
+    REPLICAS_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    UPTIME_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    node: NodeInfo
+    up: bool
+    leaders: int
+    replicas: int
+    version: str
+    uptime_seconds: float
+    def __init__(self, node: _Optional[_Union[NodeInfo, _Mapping]] = ..., up: _Optional[bool] = ..., leaders: _Optional[int] = ..., replicas: _Optional[int] = ..., version: _Optional[str] = ..., uptime_seconds: _Optional[float] = ...) -> None: ...
+
+class ClusterStatusRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ClusterStatusResponse(_message.Message):
+    __slots__ = ("answered_by", "partitions", "replication_factor", "nodes", "partition_info")
+    ANSWERED_BY_FIELD_NUMBER: _ClassVar[int]
+    PARTITIONS_FIELD_NUMBER: _ClassVar[int]
+    REPLICATION_FACTOR_FIELD_NUMBER: _ClassVar[int]
+    NODES_FIELD_NUMBER: _ClassVar[int]
+    PARTITION_INFO_FIELD_NUMBER: _ClassVar[int]
+    answered_by: int
+    partitions: int
+    replication_factor: int
+    nodes: _containers.RepeatedCompositeFieldContainer[NodeStatus]
+    partition_info: _containers.RepeatedCompositeFieldContainer[PartitionInfo]
+    def __init__(self, answered_by: _Optional[int] = ..., partitions: _Optional[int] = ..., replication_factor: _Optional[int] = ..., nodes: _Optional[_Iterable[_Union[NodeStatus, _Mapping]]] = ..., partition_info: _Optional[_Iterable[_Union[PartitionInfo, _Mapping]]] = ...) -> None: ...
+
+class PartitionStatusRequest(_message.Message):
+    __slots__ = ("partition",)
+    PARTITION_FIELD_NUMBER: _ClassVar[int]
+    partition: int
+    def __init__(self, partition: _Optional[int] = ...) -> None: ...
+
+class PartitionStatusResponse(_message.Message):
+    __slots__ = ("answered_by", "info")
+    ANSWERED_BY_FIELD_NUMBER: _ClassVar[int]
+    INFO_FIELD_NUMBER: _ClassVar[int]
+    answered_by: int
+    info: PartitionInfo
+    def __init__(self, answered_by: _Optional[int] = ..., info: _Optional[_Union[PartitionInfo, _Mapping]] = ...) -> None: ...
+
+class RoutingTableRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class RoutingTableResponse(_message.Message):
+    __slots__ = ("epoch", "partitions", "replication_factor", "virtual_nodes", "nodes", "partition_info")
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
+    PARTITIONS_FIELD_NUMBER: _ClassVar[int]
+    REPLICATION_FACTOR_FIELD_NUMBER: _ClassVar[int]
+    VIRTUAL_NODES_FIELD_NUMBER: _ClassVar[int]
+    NODES_FIELD_NUMBER: _ClassVar[int]
+    PARTITION_INFO_FIELD_NUMBER: _ClassVar[int]
+    epoch: int
+    partitions: int
+    replication_factor: int
+    virtual_nodes: int
+    nodes: _containers.RepeatedCompositeFieldContainer[NodeInfo]
+    partition_info: _containers.RepeatedCompositeFieldContainer[PartitionInfo]
+    def __init__(self, epoch: _Optional[int] = ..., partitions: _Optional[int] = ..., replication_factor: _Optional[int] = ..., virtual_nodes: _Optional[int] = ..., nodes: _Optional[_Iterable[_Union[NodeInfo, _Mapping]]] = ..., partition_info: _Optional[_Iterable[_Union[PartitionInfo, _Mapping]]] = ...) -> None: ...
+
+class TransferLeaderRequest(_message.Message):
+    __slots__ = ("partition", "target_node")
+    PARTITION_FIELD_NUMBER: _ClassVar[int]
+    TARGET_NODE_FIELD_NUMBER: _ClassVar[int]
+    partition: int
+    target_node: int
+    def __init__(self, partition: _Optional[int] = ..., target_node: _Optional[int] = ...) -> None: ...
+
+class TransferLeaderResponse(_message.Message):
+    __slots__ = ("leader",)
+    LEADER_FIELD_NUMBER: _ClassVar[int]
+    leader: int
+    def __init__(self, leader: _Optional[int] = ...) -> None: ...
+
+class ErasePatientRequest(_message.Message):
+    __slots__ = ("client_id", "seq", "patient_id")
+    CLIENT_ID_FIELD_NUMBER: _ClassVar[int]
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    PATIENT_ID_FIELD_NUMBER: _ClassVar[int]
+    client_id: bytes
+    seq: int
+    patient_id: str
+    def __init__(self, client_id: _Optional[bytes] = ..., seq: _Optional[int] = ..., patient_id: _Optional[str] = ...) -> None: ...
+
+class ErasePatientResponse(_message.Message):
+    __slots__ = ("version",)
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    version: int
+    def __init__(self, version: _Optional[int] = ...) -> None: ...
