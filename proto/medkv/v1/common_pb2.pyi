@@ -17,12 +17,14 @@ FOLLOWER: Consistency
 BOUNDED: Consistency
 
 class WriteId(_message.Message):
-    __slots__ = ("client_id", "seq")
+    __slots__ = ("client_id", "seq", "ack_below")
     CLIENT_ID_FIELD_NUMBER: _ClassVar[int]
     SEQ_FIELD_NUMBER: _ClassVar[int]
+    ACK_BELOW_FIELD_NUMBER: _ClassVar[int]
     client_id: bytes
     seq: int
-    def __init__(self, client_id: _Optional[bytes] = ..., seq: _Optional[int] = ...) -> None: ...
+    ack_below: int
+    def __init__(self, client_id: _Optional[bytes] = ..., seq: _Optional[int] = ..., ack_below: _Optional[int] = ...) -> None: ...
 
 class Record(_message.Message):
     __slots__ = ("patient_id", "record_id", "value", "version", "deleted")
