@@ -24,15 +24,15 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1aproto/medkv/v1/admin.proto\x12\x08medkv.v1\",\n\x08NodeInfo\x12\x0f\n\x07node_id\x18\x01 \x01(\x04\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\"\xbd\x01\n\rReplicaStatus\x12\x0f\n\x07node_id\x18\x01 \x01(\x04\x12#\n\x04role\x18\x02 \x01(\x0e\x32\x15.medkv.v1.ReplicaRole\x12\x0c\n\x04term\x18\x03 \x01(\x04\x12\x14\n\x0c\x63ommit_index\x18\x04 \x01(\x04\x12\x15\n\rapplied_index\x18\x05 \x01(\x04\x12\x13\n\x0bmatch_index\x18\x06 \x01(\x04\x12\x13\n\x0blag_entries\x18\x07 \x01(\x04\x12\x11\n\treachable\x18\x08 \x01(\x08\"\xb0\x01\n\rPartitionInfo\x12\x11\n\tpartition\x18\x01 \x01(\r\x12\x10\n\x08replicas\x18\x02 \x03(\x04\x12\x0e\n\x06leader\x18\x03 \x01(\x04\x12\x0c\n\x04term\x18\x04 \x01(\x04\x12\x14\n\x0c\x63ommit_index\x18\x05 \x01(\x04\x12\x15\n\rapplied_index\x18\x06 \x01(\x04\x12/\n\x0ereplica_status\x18\x07 \x03(\x0b\x32\x17.medkv.v1.ReplicaStatus\"\x86\x01\n\nNodeStatus\x12 \n\x04node\x18\x01 \x01(\x0b\x32\x12.medkv.v1.NodeInfo\x12\n\n\x02up\x18\x02 \x01(\x08\x12\x0f\n\x07leaders\x18\x03 \x01(\r\x12\x10\n\x08replicas\x18\x04 \x01(\r\x12\x0f\n\x07version\x18\x05 \x01(\t\x12\x16\n\x0euptime_seconds\x18\x06 \x01(\x01\"\x16\n\x14\x43lusterStatusRequest\"\xb2\x01\n\x15\x43lusterStatusResponse\x12\x13\n\x0b\x61nswered_by\x18\x01 \x01(\x04\x12\x12\n\npartitions\x18\x02 \x01(\r\x12\x1a\n\x12replication_factor\x18\x03 \x01(\r\x12#\n\x05nodes\x18\x04 \x03(\x0b\x32\x14.medkv.v1.NodeStatus\x12/\n\x0epartition_info\x18\x05 \x03(\x0b\x32\x17.medkv.v1.PartitionInfo\"+\n\x16PartitionStatusRequest\x12\x11\n\tpartition\x18\x01 \x01(\r\"U\n\x17PartitionStatusResponse\x12\x13\n\x0b\x61nswered_by\x18\x01 \x01(\x04\x12%\n\x04info\x18\x02 \x01(\x0b\x32\x17.medkv.v1.PartitionInfo\"\x15\n\x13RoutingTableRequest\"\xc0\x01\n\x14RoutingTableResponse\x12\r\n\x05\x65poch\x18\x01 \x01(\x04\x12\x12\n\npartitions\x18\x02 \x01(\r\x12\x1a\n\x12replication_factor\x18\x03 \x01(\r\x12\x15\n\rvirtual_nodes\x18\x04 \x01(\r\x12!\n\x05nodes\x18\x05 \x03(\x0b\x32\x12.medkv.v1.NodeInfo\x12/\n\x0epartition_info\x18\x06 \x03(\x0b\x32\x17.medkv.v1.PartitionInfo\"?\n\x15TransferLeaderRequest\x12\x11\n\tpartition\x18\x01 \x01(\r\x12\x13\n\x0btarget_node\x18\x02 \x01(\x04\"(\n\x16TransferLeaderResponse\x12\x0e\n\x06leader\x18\x01 \x01(\x04\"I\n\x13\x45rasePatientRequest\x12\x11\n\tclient_id\x18\x01 \x01(\x0c\x12\x0b\n\x03seq\x18\x02 \x01(\x04\x12\x12\n\npatient_id\x18\x03 \x01(\t\"\'\n\x14\x45rasePatientResponse\x12\x0f\n\x07version\x18\x01 \x01(\x04*\x81\x01\n\x0bReplicaRole\x12\x10\n\x0cROLE_UNKNOWN\x10\x00\x12\x11\n\rFOLLOWER_ROLE\x10\x01\x12\x12\n\x0e\x43\x41NDIDATE_ROLE\x10\x02\x12\x0f\n\x0bLEADER_ROLE\x10\x03\x12\x10\n\x0cLEARNER_ROLE\x10\x04\x12\x16\n\x12PRE_CANDIDATE_ROLE\x10\x05\x32\xa4\x03\n\x05\x41\x64min\x12P\n\rClusterStatus\x12\x1e.medkv.v1.ClusterStatusRequest\x1a\x1f.medkv.v1.ClusterStatusResponse\x12V\n\x0fPartitionStatus\x12 .medkv.v1.PartitionStatusRequest\x1a!.medkv.v1.PartitionStatusResponse\x12M\n\x0cRoutingTable\x12\x1d.medkv.v1.RoutingTableRequest\x1a\x1e.medkv.v1.RoutingTableResponse\x12S\n\x0eTransferLeader\x12\x1f.medkv.v1.TransferLeaderRequest\x1a .medkv.v1.TransferLeaderResponse\x12M\n\x0c\x45rasePatient\x12\x1d.medkv.v1.ErasePatientRequest\x1a\x1e.medkv.v1.ErasePatientResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1aproto/medkv/v1/admin.proto\x12\x08medkv.v1\",\n\x08NodeInfo\x12\x0f\n\x07node_id\x18\x01 \x01(\x04\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\"\xbd\x01\n\rReplicaStatus\x12\x0f\n\x07node_id\x18\x01 \x01(\x04\x12#\n\x04role\x18\x02 \x01(\x0e\x32\x15.medkv.v1.ReplicaRole\x12\x0c\n\x04term\x18\x03 \x01(\x04\x12\x14\n\x0c\x63ommit_index\x18\x04 \x01(\x04\x12\x15\n\rapplied_index\x18\x05 \x01(\x04\x12\x13\n\x0bmatch_index\x18\x06 \x01(\x04\x12\x13\n\x0blag_entries\x18\x07 \x01(\x04\x12\x11\n\treachable\x18\x08 \x01(\x08\"\xb0\x01\n\rPartitionInfo\x12\x11\n\tpartition\x18\x01 \x01(\r\x12\x10\n\x08replicas\x18\x02 \x03(\x04\x12\x0e\n\x06leader\x18\x03 \x01(\x04\x12\x0c\n\x04term\x18\x04 \x01(\x04\x12\x14\n\x0c\x63ommit_index\x18\x05 \x01(\x04\x12\x15\n\rapplied_index\x18\x06 \x01(\x04\x12/\n\x0ereplica_status\x18\x07 \x03(\x0b\x32\x17.medkv.v1.ReplicaStatus\"\x86\x01\n\nNodeStatus\x12 \n\x04node\x18\x01 \x01(\x0b\x32\x12.medkv.v1.NodeInfo\x12\n\n\x02up\x18\x02 \x01(\x08\x12\x0f\n\x07leaders\x18\x03 \x01(\r\x12\x10\n\x08replicas\x18\x04 \x01(\r\x12\x0f\n\x07version\x18\x05 \x01(\t\x12\x16\n\x0euptime_seconds\x18\x06 \x01(\x01\"*\n\x14\x43lusterStatusRequest\x12\x12\n\nlocal_only\x18\x01 \x01(\x08\"\xb2\x01\n\x15\x43lusterStatusResponse\x12\x13\n\x0b\x61nswered_by\x18\x01 \x01(\x04\x12\x12\n\npartitions\x18\x02 \x01(\r\x12\x1a\n\x12replication_factor\x18\x03 \x01(\r\x12#\n\x05nodes\x18\x04 \x03(\x0b\x32\x14.medkv.v1.NodeStatus\x12/\n\x0epartition_info\x18\x05 \x03(\x0b\x32\x17.medkv.v1.PartitionInfo\"+\n\x16PartitionStatusRequest\x12\x11\n\tpartition\x18\x01 \x01(\r\"U\n\x17PartitionStatusResponse\x12\x13\n\x0b\x61nswered_by\x18\x01 \x01(\x04\x12%\n\x04info\x18\x02 \x01(\x0b\x32\x17.medkv.v1.PartitionInfo\"\x15\n\x13RoutingTableRequest\"\xc0\x01\n\x14RoutingTableResponse\x12\r\n\x05\x65poch\x18\x01 \x01(\x04\x12\x12\n\npartitions\x18\x02 \x01(\r\x12\x1a\n\x12replication_factor\x18\x03 \x01(\r\x12\x15\n\rvirtual_nodes\x18\x04 \x01(\r\x12!\n\x05nodes\x18\x05 \x03(\x0b\x32\x12.medkv.v1.NodeInfo\x12/\n\x0epartition_info\x18\x06 \x03(\x0b\x32\x17.medkv.v1.PartitionInfo\"?\n\x15TransferLeaderRequest\x12\x11\n\tpartition\x18\x01 \x01(\r\x12\x13\n\x0btarget_node\x18\x02 \x01(\x04\"(\n\x16TransferLeaderResponse\x12\x0e\n\x06leader\x18\x01 \x01(\x04\"I\n\x13\x45rasePatientRequest\x12\x11\n\tclient_id\x18\x01 \x01(\x0c\x12\x0b\n\x03seq\x18\x02 \x01(\x04\x12\x12\n\npatient_id\x18\x03 \x01(\t\"\'\n\x14\x45rasePatientResponse\x12\x0f\n\x07version\x18\x01 \x01(\x04*\x81\x01\n\x0bReplicaRole\x12\x10\n\x0cROLE_UNKNOWN\x10\x00\x12\x11\n\rFOLLOWER_ROLE\x10\x01\x12\x12\n\x0e\x43\x41NDIDATE_ROLE\x10\x02\x12\x0f\n\x0bLEADER_ROLE\x10\x03\x12\x10\n\x0cLEARNER_ROLE\x10\x04\x12\x16\n\x12PRE_CANDIDATE_ROLE\x10\x05\x32\xa4\x03\n\x05\x41\x64min\x12P\n\rClusterStatus\x12\x1e.medkv.v1.ClusterStatusRequest\x1a\x1f.medkv.v1.ClusterStatusResponse\x12V\n\x0fPartitionStatus\x12 .medkv.v1.PartitionStatusRequest\x1a!.medkv.v1.PartitionStatusResponse\x12M\n\x0cRoutingTable\x12\x1d.medkv.v1.RoutingTableRequest\x1a\x1e.medkv.v1.RoutingTableResponse\x12S\n\x0eTransferLeader\x12\x1f.medkv.v1.TransferLeaderRequest\x1a .medkv.v1.TransferLeaderResponse\x12M\n\x0c\x45rasePatient\x12\x1d.medkv.v1.ErasePatientRequest\x1a\x1e.medkv.v1.ErasePatientResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'proto.medkv.v1.admin_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_REPLICAROLE']._serialized_start=1373
-  _globals['_REPLICAROLE']._serialized_end=1502
+  _globals['_REPLICAROLE']._serialized_start=1393
+  _globals['_REPLICAROLE']._serialized_end=1522
   _globals['_NODEINFO']._serialized_start=40
   _globals['_NODEINFO']._serialized_end=84
   _globals['_REPLICASTATUS']._serialized_start=87
@@ -42,25 +42,25 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_NODESTATUS']._serialized_start=458
   _globals['_NODESTATUS']._serialized_end=592
   _globals['_CLUSTERSTATUSREQUEST']._serialized_start=594
-  _globals['_CLUSTERSTATUSREQUEST']._serialized_end=616
-  _globals['_CLUSTERSTATUSRESPONSE']._serialized_start=619
-  _globals['_CLUSTERSTATUSRESPONSE']._serialized_end=797
-  _globals['_PARTITIONSTATUSREQUEST']._serialized_start=799
-  _globals['_PARTITIONSTATUSREQUEST']._serialized_end=842
-  _globals['_PARTITIONSTATUSRESPONSE']._serialized_start=844
-  _globals['_PARTITIONSTATUSRESPONSE']._serialized_end=929
-  _globals['_ROUTINGTABLEREQUEST']._serialized_start=931
-  _globals['_ROUTINGTABLEREQUEST']._serialized_end=952
-  _globals['_ROUTINGTABLERESPONSE']._serialized_start=955
-  _globals['_ROUTINGTABLERESPONSE']._serialized_end=1147
-  _globals['_TRANSFERLEADERREQUEST']._serialized_start=1149
-  _globals['_TRANSFERLEADERREQUEST']._serialized_end=1212
-  _globals['_TRANSFERLEADERRESPONSE']._serialized_start=1214
-  _globals['_TRANSFERLEADERRESPONSE']._serialized_end=1254
-  _globals['_ERASEPATIENTREQUEST']._serialized_start=1256
-  _globals['_ERASEPATIENTREQUEST']._serialized_end=1329
-  _globals['_ERASEPATIENTRESPONSE']._serialized_start=1331
-  _globals['_ERASEPATIENTRESPONSE']._serialized_end=1370
-  _globals['_ADMIN']._serialized_start=1505
-  _globals['_ADMIN']._serialized_end=1925
+  _globals['_CLUSTERSTATUSREQUEST']._serialized_end=636
+  _globals['_CLUSTERSTATUSRESPONSE']._serialized_start=639
+  _globals['_CLUSTERSTATUSRESPONSE']._serialized_end=817
+  _globals['_PARTITIONSTATUSREQUEST']._serialized_start=819
+  _globals['_PARTITIONSTATUSREQUEST']._serialized_end=862
+  _globals['_PARTITIONSTATUSRESPONSE']._serialized_start=864
+  _globals['_PARTITIONSTATUSRESPONSE']._serialized_end=949
+  _globals['_ROUTINGTABLEREQUEST']._serialized_start=951
+  _globals['_ROUTINGTABLEREQUEST']._serialized_end=972
+  _globals['_ROUTINGTABLERESPONSE']._serialized_start=975
+  _globals['_ROUTINGTABLERESPONSE']._serialized_end=1167
+  _globals['_TRANSFERLEADERREQUEST']._serialized_start=1169
+  _globals['_TRANSFERLEADERREQUEST']._serialized_end=1232
+  _globals['_TRANSFERLEADERRESPONSE']._serialized_start=1234
+  _globals['_TRANSFERLEADERRESPONSE']._serialized_end=1274
+  _globals['_ERASEPATIENTREQUEST']._serialized_start=1276
+  _globals['_ERASEPATIENTREQUEST']._serialized_end=1349
+  _globals['_ERASEPATIENTRESPONSE']._serialized_start=1351
+  _globals['_ERASEPATIENTRESPONSE']._serialized_end=1390
+  _globals['_ADMIN']._serialized_start=1525
+  _globals['_ADMIN']._serialized_end=1945
 # @@protoc_insertion_point(module_scope)
