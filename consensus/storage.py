@@ -21,6 +21,7 @@ in one LevelDB with group commit, leveldb_storage.py.
 
 from __future__ import annotations
 
+from operator import attrgetter
 from typing import Protocol, runtime_checkable
 
 from consensus.types import ConfState, Entry, HardState, Snapshot
@@ -84,3 +85,34 @@ class IdentityCodec:
 
     def open(self, key: bytes, sealed: bytes) -> bytes:
         return sealed
+
+
+_data_of = attrgetter("data")
+
+
+def payload_size(ents: list[Entry]) -> int:
+    """Total bytes of the entries' data: the unit of every size limit here."""
+    return sum(map(len, map(_data_of, ents)))
+
+
+def limit_size(ents: list[Entry], max_size: int) -> list[Entry]:
+    """The longest prefix of ents whose data fits in max_size, but at least
+    one entry (so a single oversized entry still makes progress)."""
+    return limit_size_total(ents, max_size)[0]
+
+
+def limit_size_total(ents: list[Entry], max_size: int) -> tuple[list[Entry], int]:
+    """limit_size, and the payload size of what it returns (one pass when
+    everything fits, the common case)."""
+    total = payload_size(ents)
+    if total <= max_size or len(ents) <= 1:
+        return ents, total
+    size = 0
+    for i, e in enumerate(ents):
+        n = len(e.data)
+        if size + n > max_size:
+            if i == 0:
+                return ents[:1], n
+            return ents[:i], size
+        size += n
+    return ents, size

@@ -188,7 +188,10 @@ class Ready:
     hard_state: HardState | None = None  # None: unchanged since the last Ready
     read_states: list[ReadState] = field(default_factory=list)
     entries: list[Entry] = field(default_factory=list)  # to persist, before sending
-    snapshot: Snapshot | None = None  # to persist and apply, before the entries
+    # To persist and apply, before the entries. Persist it whenever it is not
+    # None, even at index 0: a blank replica (added by a conf change) learns
+    # the bootstrap membership from an index-0 snapshot with no data.
+    snapshot: Snapshot | None = None
     committed_entries: list[Entry] = field(default_factory=list)  # to apply, in order
     messages: list[Message] = field(default_factory=list)  # to send, after persisting
     must_sync: bool = False  # hard state or entries changed: the write must be synced
