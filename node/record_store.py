@@ -1,0 +1,766 @@
+"""The one place where a partition's records become bytes in LevelDB.
+
+Everything a partition keeps on disk goes through this module: current
+records, retained history versions, client-session blobs and the partition's
+metadata. Every value is passed through `codec.seal(storage_key, plaintext)`
+on the way down and `codec.open` on the way up, so encryption at rest
+(node/crypto.py) plugs in here and nowhere else; binding each ciphertext to
+its storage key makes a swapped block fail instead of reading as another
+record.
+
+Storage keys carry no plaintext identifiers. Layout, relative to the `db`
+given (pass the node's dedicated prefixed_db for state-machine data):
+
+    P = partition, 4 bytes big-endian
+    ph = key_hasher(b"p" + patient_id)                          16 bytes
+    rh = key_hasher(b"r" + len(patient_id) (2 bytes) + patient_id + record_id)
+                                                                16 bytes
+    P "c" ph rh             current record: latest version + the list of
+                            retained older versions
+    P "h" ph rh version     an older version (version: 8 bytes big-endian)
+    P "s" client_id         one client session (opaque blob, node.sessions)
+    P "m" "applied"         applied index, applied term, session clock
+
+The kind byte comes right after the partition so that current records form
+one contiguous range (a scan never steps over history), while one patient's
+keys stay adjacent within each range (erasure is two short range walks) and a
+record's versions sort by version. The plaintext ids live inside the sealed
+value, which is how scans and snapshots return them.
+
+Writes go into a WriteStage (one per apply round) that reads see through, and
+reach LevelDB as one WriteBatch in commit().
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, NamedTuple, Protocol
+
+import msgpack
+
+from consensus.storage import ValueCodec
+from node.limits import DEFAULT_SCAN_PAGE, ValidationError
+
+KEY_HASH_BYTES = 16
+_FORMAT = 0x01  # leading byte of every stored value and of snapshots
+
+_CURRENT = b"c"
+_HISTORY = b"h"
+_SESSION = b"s"
+_META = b"m"
+_META_APPLIED = _META + b"applied"
+_CURRENT_KEY_LEN = 4 + 1 + 2 * KEY_HASH_BYTES
+
+_SNAPSHOT_MAGIC = "medkv-partition-snapshot"
+
+
+class CorruptRecordError(Exception):
+    """Stored bytes that fail to open or decode, or do not match their key (DATA_LOSS)."""
+
+
+class SnapshotFormatError(ValueError):
+    """Snapshot bytes that are truncated, malformed or for another partition."""
+
+
+class LevelDB(Protocol):
+    """What the store needs of a plyvel.DB or a prefixed_db (both untyped)."""
+
+    def get(self, key: bytes) -> bytes | None: ...
+
+    def iterator(self, **kwargs: Any) -> Any: ...
+
+    def write_batch(self, **kwargs: Any) -> Any: ...
+
+    def snapshot(self) -> Any: ...
+
+
+def blake2b_key_hasher(key: bytes) -> Callable[[bytes], bytes]:
+    """The default key hasher: 16-byte keyed blake2b.
+
+    The key (16..64 bytes) is what keeps storage keys from being a dictionary
+    of hashed patient ids: without it anyone could hash candidate ids and find
+    them on disk. The node passes a dedicated secret key.
+    """
+    if not 16 <= len(key) <= 64:
+        raise ValueError("key hasher key must be 16 to 64 bytes")
+    secret = bytes(key)
+
+    def hasher(data: bytes) -> bytes:
+        return hashlib.blake2b(
+            data, digest_size=KEY_HASH_BYTES, key=secret, person=b"medkv-keys"
+        ).digest()
+
+    return hasher
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """One version of one record (mirrors medkv.v1.Record). deleted: a tombstone."""
+
+    patient_id: str
+    record_id: str
+    value: bytes
+    version: int
+    deleted: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class PartitionMeta:
+    applied_index: int = 0
+    applied_term: int = 0
+    clock_ms: int = 0  # the newest proposal timestamp applied (session expiry clock)
+
+
+class ScanPage(NamedTuple):
+    """One page of a scan; unpacks as (records, resume_token, done)."""
+
+    records: list[Record]
+    resume_token: bytes  # opaque; pass back to continue after this page
+    done: bool
+
+
+@dataclass(frozen=True, slots=True)
+class _Current:
+    record: Record
+    retained: tuple[int, ...]  # versions kept under "h", oldest first
+
+
+class WriteStage:
+    """The writes of one apply round, readable before they are committed.
+
+    Holds the sealed bytes for the WriteBatch and the plaintext for reads, so
+    a read inside the round neither hits the disk nor decrypts again.
+    """
+
+    __slots__ = ("_closed", "_plain", "_sealed")
+
+    def __init__(self) -> None:
+        self._sealed: dict[bytes, bytes | None] = {}
+        self._plain: dict[bytes, bytes | None] = {}
+        self._closed = False
+
+    def _put(self, key: bytes, plaintext: bytes, sealed: bytes) -> None:
+        self._check_open()
+        self._sealed[key] = sealed
+        self._plain[key] = plaintext
+
+    def _delete(self, key: bytes) -> None:
+        self._check_open()
+        self._sealed[key] = None
+        self._plain[key] = None
+
+    def _lookup(self, key: bytes) -> tuple[bool, bytes | None]:
+        if key in self._plain:
+            return True, self._plain[key]
+        return False, None
+
+    def _keys_with_prefix(self, prefix: bytes) -> list[bytes]:
+        return [k for k in self._sealed if k.startswith(prefix)]
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise RuntimeError("this write stage was already committed or discarded")
+
+    def discard(self) -> None:
+        """Drop every staged write (after a failed apply round)."""
+        self._sealed.clear()
+        self._plain.clear()
+        self._closed = True
+
+    def __len__(self) -> int:
+        return len(self._sealed)
+
+
+def _pack(obj: Any) -> bytes:
+    body: bytes = msgpack.packb(obj, use_bin_type=True)
+    return bytes([_FORMAT]) + body
+
+
+def _unpack(data: bytes) -> Any:
+    if not data or data[0] != _FORMAT:
+        raise CorruptRecordError("stored value has an unknown format")
+    try:
+        return msgpack.unpackb(data[1:], raw=False, use_list=True, strict_map_key=True)
+    except Exception:
+        raise CorruptRecordError("stored value is not well-formed") from None
+
+
+def _is_uint(v: object) -> bool:
+    return type(v) is int and v >= 0
+
+
+class ReadSnapshot:
+    """Reads of one RecordStore as of one instant (a LevelDB snapshot)."""
+
+    def __init__(self, store: RecordStore, snap: Any) -> None:
+        self._store = store
+        self._snap = snap
+        self._meta: PartitionMeta | None = None
+
+    @property
+    def meta(self) -> PartitionMeta:
+        """Applied index/term as of the snapshot."""
+        if self._meta is None:
+            self._meta = self._store._read_meta(self._snap)
+        return self._meta
+
+    def get(self, patient_id: str, record_id: str, at_version: int = 0) -> Record | None:
+        return self._store._get(patient_id, record_id, at_version, None, self._snap)
+
+    def history(
+        self, patient_id: str, record_id: str, limit: int, before_version: int = 0
+    ) -> list[Record]:
+        return self._store._history(patient_id, record_id, limit, before_version, None, self._snap)
+
+    def scan(self, resume_token: bytes = b"", limit: int = DEFAULT_SCAN_PAGE) -> ScanPage:
+        return self._store._scan(resume_token, limit, self._snap)
+
+    def close(self) -> None:
+        self._snap.close()
+
+    def __enter__(self) -> ReadSnapshot:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+class RecordStore:
+    """One partition's records, history, sessions and metadata in LevelDB."""
+
+    def __init__(
+        self,
+        db: LevelDB,
+        partition: int,
+        codec: ValueCodec,
+        key_hasher: Callable[[bytes], bytes],
+    ) -> None:
+        if not 0 <= partition < 1 << 32:
+            raise ValueError("partition must fit in 32 bits")
+        if len(key_hasher(b"probe")) != KEY_HASH_BYTES:
+            raise ValueError(f"key_hasher must return {KEY_HASH_BYTES} bytes")
+        self._db = db
+        self._partition = partition
+        self._codec = codec
+        self._hash = key_hasher
+        self._prefix = partition.to_bytes(4, "big")
+
+    @property
+    def partition(self) -> int:
+        return self._partition
+
+    # --- keys -------------------------------------------------------------
+
+    def _patient_hash(self, patient_id: str) -> bytes:
+        return self._hash(b"p" + patient_id.encode("utf-8"))
+
+    def _record_hash(self, patient_id: str, record_id: str) -> bytes:
+        p = patient_id.encode("utf-8")
+        # Length-prefixed so ("ab", "c") and ("a", "bc") never collide.
+        return self._hash(b"r" + len(p).to_bytes(2, "big") + p + record_id.encode("utf-8"))
+
+    def _record_keys(self, patient_id: str, record_id: str) -> tuple[bytes, bytes]:
+        """(current key, history key prefix) of one record."""
+        tail = self._patient_hash(patient_id) + self._record_hash(patient_id, record_id)
+        return self._prefix + _CURRENT + tail, self._prefix + _HISTORY + tail
+
+    # --- low-level get/put through the codec ------------------------------
+
+    def _open(self, key: bytes, sealed: bytes) -> bytes:
+        try:
+            return self._codec.open(key, sealed)
+        except Exception as e:
+            # The codec protocol names no error type; a failed open of data we
+            # wrote ourselves is corruption or tampering either way.
+            raise CorruptRecordError("stored value failed to open") from e
+
+    def _get_plain(self, key: bytes, stage: WriteStage | None, reader: Any = None) -> bytes | None:
+        if stage is not None:
+            staged, plain = stage._lookup(key)
+            if staged:
+                return plain
+        sealed = (reader if reader is not None else self._db).get(key)
+        return None if sealed is None else self._open(key, sealed)
+
+    def _stage_put(self, stage: WriteStage, key: bytes, plaintext: bytes) -> None:
+        stage._put(key, plaintext, self._codec.seal(key, plaintext))
+
+    # --- record encoding --------------------------------------------------
+
+    @staticmethod
+    def _encode_current(rec: Record, retained: Iterable[int]) -> bytes:
+        return _pack(
+            [rec.patient_id, rec.record_id, rec.version, rec.deleted, rec.value, list(retained)]
+        )
+
+    @staticmethod
+    def _encode_history(rec: Record) -> bytes:
+        return _pack([rec.patient_id, rec.record_id, rec.version, rec.deleted, rec.value])
+
+    @staticmethod
+    def _decode_record(fields: Any, arity: int) -> Record:
+        if not (type(fields) is list and len(fields) == arity):
+            raise CorruptRecordError("stored record has the wrong shape")
+        p, r, version, deleted, value = fields[:5]
+        if not (type(p) is str and type(r) is str and _is_uint(version)):
+            raise CorruptRecordError("stored record has the wrong field types")
+        if type(deleted) is not bool or type(value) is not bytes:
+            raise CorruptRecordError("stored record has the wrong field types")
+        return Record(p, r, value, version, deleted)
+
+    def _decode_current(self, plain: bytes) -> _Current:
+        fields = _unpack(plain)
+        rec = self._decode_record(fields, 6)
+        retained = fields[5]
+        if type(retained) is not list or not all(_is_uint(v) for v in retained):
+            raise CorruptRecordError("stored record has a malformed version list")
+        return _Current(rec, tuple(retained))
+
+    def _load_current(
+        self, patient_id: str, record_id: str, stage: WriteStage | None, reader: Any = None
+    ) -> tuple[_Current | None, bytes, bytes]:
+        ck, hp = self._record_keys(patient_id, record_id)
+        plain = self._get_plain(ck, stage, reader)
+        if plain is None:
+            return None, ck, hp
+        cur = self._decode_current(plain)
+        if cur.record.patient_id != patient_id or cur.record.record_id != record_id:
+            # A 128-bit keyed-hash collision, or a block moved under another key.
+            raise CorruptRecordError("stored record does not match its key")
+        return cur, ck, hp
+
+    def _load_history(
+        self, hist_prefix: bytes, version: int, stage: WriteStage | None, reader: Any = None
+    ) -> Record:
+        key = hist_prefix + version.to_bytes(8, "big")
+        plain = self._get_plain(key, stage, reader)
+        if plain is None:
+            raise CorruptRecordError("a retained version is missing")
+        rec = self._decode_record(_unpack(plain), 5)
+        if rec.version != version:
+            raise CorruptRecordError("stored version does not match its key")
+        return rec
+
+    # --- reads -------------------------------------------------------------
+
+    def get(
+        self, patient_id: str, record_id: str, at_version: int = 0, stage: WriteStage | None = None
+    ) -> Record | None:
+        """The version current at `at_version` (0: the latest), or None.
+
+        A tombstone comes back as a Record with deleted=True. None also when
+        every version at or before `at_version` has aged out of retention.
+        With a stage, reads see the stage's uncommitted writes.
+        """
+        return self._get(patient_id, record_id, at_version, stage, None)
+
+    def _get(
+        self,
+        patient_id: str,
+        record_id: str,
+        at_version: int,
+        stage: WriteStage | None,
+        reader: Any,
+    ) -> Record | None:
+        cur, _, hp = self._load_current(patient_id, record_id, stage, reader)
+        if cur is None:
+            return None
+        if at_version == 0 or cur.record.version <= at_version:
+            return cur.record
+        older = [v for v in cur.retained if v <= at_version]
+        if not older:
+            return None
+        return self._load_history(hp, max(older), stage, reader)
+
+    def history(
+        self,
+        patient_id: str,
+        record_id: str,
+        limit: int,
+        before_version: int = 0,
+        stage: WriteStage | None = None,
+    ) -> list[Record]:
+        """Retained versions (tombstones included), newest first, below before_version (0: all)."""
+        return self._history(patient_id, record_id, limit, before_version, stage, None)
+
+    def _history(
+        self,
+        patient_id: str,
+        record_id: str,
+        limit: int,
+        before_version: int,
+        stage: WriteStage | None,
+        reader: Any,
+    ) -> list[Record]:
+        if limit <= 0:
+            raise ValueError("limit must be positive")
+        cur, _, hp = self._load_current(patient_id, record_id, stage, reader)
+        if cur is None:
+            return []
+        out: list[Record] = []
+        for v in (cur.record.version, *reversed(cur.retained)):
+            if len(out) == limit:
+                break
+            if before_version and v >= before_version:
+                continue
+            out.append(
+                cur.record if v == cur.record.version else self._load_history(hp, v, stage, reader)
+            )
+        return out
+
+    def scan(self, resume_token: bytes = b"", limit: int = DEFAULT_SCAN_PAGE) -> ScanPage:
+        """Up to `limit` live records of the partition in storage-key order (opaque).
+
+        Committed state only. Tombstones are skipped. The token is the storage
+        key of the last record examined; a token from another partition or of
+        the wrong shape is rejected.
+        """
+        return self._scan(resume_token, limit, self._db)
+
+    def _scan(self, resume_token: bytes, limit: int, reader: Any) -> ScanPage:
+        if limit <= 0:
+            raise ValueError("limit must be positive")
+        lo = self._prefix + _CURRENT
+        hi = self._prefix + bytes([_CURRENT[0] + 1])
+        if resume_token:
+            if len(resume_token) != _CURRENT_KEY_LEN or not resume_token.startswith(lo):
+                if len(resume_token) == _CURRENT_KEY_LEN and resume_token[4:5] == _CURRENT:
+                    raise ValidationError("resume_token", "belongs to another partition")
+                raise ValidationError("resume_token", "is not a scan token")
+            it = reader.iterator(start=resume_token, include_start=False, stop=hi)
+        else:
+            it = reader.iterator(start=lo, stop=hi)
+        records: list[Record] = []
+        last = resume_token
+        done = True
+        with it:
+            for key, sealed in it:
+                if len(records) == limit:
+                    done = False
+                    break
+                last = key
+                cur = self._decode_current(self._open(key, sealed))
+                if not cur.record.deleted:
+                    records.append(cur.record)
+        return ScanPage(records, last, done)
+
+    def read_snapshot(self) -> ReadSnapshot:
+        """A consistent view of the committed state, for reads that span several
+        calls (a paged scan). Use as a context manager; it pins LevelDB's
+        snapshot until closed."""
+        return ReadSnapshot(self, self._db.snapshot())
+
+    def meta(self) -> PartitionMeta:
+        """Applied index/term and session clock, as committed."""
+        return self._read_meta(None)
+
+    def _read_meta(self, reader: Any) -> PartitionMeta:
+        plain = self._get_plain(self._prefix + _META_APPLIED, None, reader)
+        if plain is None:
+            return PartitionMeta()
+        fields = _unpack(plain)
+        if not (type(fields) is list and len(fields) == 3 and all(_is_uint(v) for v in fields)):
+            raise CorruptRecordError("partition metadata is malformed")
+        return PartitionMeta(*fields)
+
+    def sessions(self) -> Iterator[tuple[bytes, bytes]]:
+        """(client_id, session blob) of every committed session, in client_id order."""
+        prefix = self._prefix + _SESSION
+        with self._db.iterator(prefix=prefix) as it:
+            for key, sealed in it:
+                yield key[len(prefix) :], self._open(key, sealed)
+
+    # --- staged writes -------------------------------------------------------
+
+    def begin(self) -> WriteStage:
+        return WriteStage()
+
+    def commit(self, stage: WriteStage, sync: bool = False) -> None:
+        """Write a stage as one WriteBatch. sync=False is safe: the Raft log is
+        durable and replay from the committed applied index is idempotent."""
+        stage._check_open()
+        with self._db.write_batch(transaction=True, sync=sync) as wb:
+            for key, sealed in stage._sealed.items():
+                if sealed is None:
+                    wb.delete(key)
+                else:
+                    wb.put(key, sealed)
+        stage.discard()
+
+    def write_version(
+        self,
+        stage: WriteStage,
+        patient_id: str,
+        record_id: str,
+        version: int,
+        value: bytes,
+        deleted: bool,
+        retention: int,
+    ) -> None:
+        """Make `version` the record's current version (a tombstone if deleted).
+
+        The previous current version moves to history; beyond `retention`
+        versions in all (current included), the oldest are dropped.
+        """
+        if retention < 1:
+            raise ValueError("retention must be at least 1")
+        cur, ck, hp = self._load_current(patient_id, record_id, stage)
+        retained: list[int] = []
+        if cur is not None:
+            if version <= cur.record.version:
+                raise ValueError("a record's versions must increase")
+            retained = list(cur.retained)
+            self._stage_put(
+                stage, hp + cur.record.version.to_bytes(8, "big"), self._encode_history(cur.record)
+            )
+            retained.append(cur.record.version)
+        while len(retained) > retention - 1:
+            stage._delete(hp + retained.pop(0).to_bytes(8, "big"))
+        rec = Record(patient_id, record_id, b"" if deleted else value, version, deleted)
+        self._stage_put(stage, ck, self._encode_current(rec, retained))
+
+    def erase_patient(self, patient_id: str, stage: WriteStage | None = None) -> int:
+        """Delete every key of one patient (current and history); returns the
+        number of records that existed. Without a stage, commits at once."""
+        own = stage is None
+        st = self.begin() if stage is None else stage
+        ph = self._patient_hash(patient_id)
+        erased = 0
+        for kind in (_CURRENT, _HISTORY):
+            prefix = self._prefix + kind + ph
+            keys: set[bytes] = set(st._keys_with_prefix(prefix))
+            with self._db.iterator(prefix=prefix, include_value=False) as it:
+                keys.update(it)
+            for key in sorted(keys):
+                if kind == _CURRENT and self._get_plain(key, st) is not None:
+                    erased += 1
+                st._delete(key)
+        if own:
+            self.commit(st)
+        return erased
+
+    def put_session(self, stage: WriteStage, client_id: bytes, blob: bytes) -> None:
+        self._stage_put(stage, self._prefix + _SESSION + client_id, blob)
+
+    def delete_session(self, stage: WriteStage, client_id: bytes) -> None:
+        stage._delete(self._prefix + _SESSION + client_id)
+
+    def put_meta(self, stage: WriteStage, meta: PartitionMeta) -> None:
+        fields = [meta.applied_index, meta.applied_term, meta.clock_ms]
+        self._stage_put(stage, self._prefix + _META_APPLIED, _pack(fields))
+
+    # --- snapshots ------------------------------------------------------------
+    #
+    # A snapshot is logical, not a copy of disk: plaintext ids and values,
+    # re-hashed and re-sealed by the receiver, so replicas need not share
+    # hashing or data keys. It is a stream of msgpack objects after one format
+    # byte:
+    #   [magic, 1, partition, applied_index, applied_term, clock_ms]
+    #   ["r", patient_id, record_id, [[version, deleted, value], ...newest first]]  per record
+    #   ["s", client_id, blob]                                                       per session
+    #   ["end", record_count, session_count]
+    # Records come in storage-key order and sessions in client_id order, so
+    # replicas with the same key_hasher produce byte-identical snapshots.
+
+    def snapshot_chunks(self, chunk_size: int = 1 << 20) -> Iterator[bytes]:
+        """The partition's state as a stream of chunks, read from one LevelDB snapshot."""
+        snap = self._db.snapshot()
+        try:
+            yield from self._snapshot_from(snap, chunk_size)
+        finally:
+            snap.close()
+
+    def _snapshot_from(self, snap: Any, chunk_size: int) -> Iterator[bytes]:
+        meta = self._read_meta(snap)
+        buf = bytearray([_FORMAT])
+        buf += msgpack.packb(
+            [
+                _SNAPSHOT_MAGIC,
+                1,
+                self._partition,
+                meta.applied_index,
+                meta.applied_term,
+                meta.clock_ms,
+            ],
+            use_bin_type=True,
+        )
+        n_records = 0
+        with snap.iterator(prefix=self._prefix + _CURRENT) as it:
+            for key, sealed in it:
+                cur = self._decode_current(self._open(key, sealed))
+                hp = self._prefix + _HISTORY + key[5:]
+                versions = [[cur.record.version, cur.record.deleted, cur.record.value]]
+                for v in reversed(cur.retained):
+                    h = self._load_history(hp, v, None, snap)
+                    versions.append([h.version, h.deleted, h.value])
+                buf += msgpack.packb(
+                    ["r", cur.record.patient_id, cur.record.record_id, versions], use_bin_type=True
+                )
+                n_records += 1
+                if len(buf) >= chunk_size:
+                    yield bytes(buf)
+                    buf.clear()
+        n_sessions = 0
+        with snap.iterator(prefix=self._prefix + _SESSION) as it:
+            for key, sealed in it:
+                buf += msgpack.packb(["s", key[5:], self._open(key, sealed)], use_bin_type=True)
+                n_sessions += 1
+                if len(buf) >= chunk_size:
+                    yield bytes(buf)
+                    buf.clear()
+        buf += msgpack.packb(["end", n_records, n_sessions], use_bin_type=True)
+        yield bytes(buf)
+
+    def snapshot_bytes(self) -> bytes:
+        return b"".join(self.snapshot_chunks())
+
+    def restore(
+        self, data: bytes, check_session: Callable[[bytes, bytes], None] | None = None
+    ) -> PartitionMeta:
+        return self.restore_chunks([data], check_session)
+
+    def restore_chunks(
+        self,
+        chunks: Iterable[bytes],
+        check_session: Callable[[bytes, bytes], None] | None = None,
+    ) -> PartitionMeta:
+        """Replace the partition's whole state with a snapshot's, atomically.
+
+        The snapshot is parsed and checked in full before anything is written;
+        `check_session(client_id, blob)` may raise to reject a session blob.
+        Returns the restored metadata.
+        """
+        unpacker = msgpack.Unpacker(
+            raw=False, use_list=True, strict_map_key=True, max_buffer_size=0
+        )
+        stage = WriteStage()
+        first = True
+        meta: PartitionMeta | None = None
+        counts = [0, 0]
+        ended = False
+        try:
+            for chunk in chunks:
+                if first and chunk:
+                    if chunk[0] != _FORMAT:
+                        raise SnapshotFormatError("snapshot has an unknown format")
+                    chunk = chunk[1:]
+                    first = False
+                unpacker.feed(chunk)
+                for obj in unpacker:
+                    if ended:
+                        raise SnapshotFormatError("snapshot has data after its end")
+                    if meta is None:
+                        meta = self._restore_header(obj)
+                    elif type(obj) is list and obj and obj[0] == "end":
+                        if obj != ["end", counts[0], counts[1]]:
+                            raise SnapshotFormatError("snapshot counts do not match its contents")
+                        ended = True
+                    else:
+                        self._restore_item(stage, obj, counts, check_session)
+        except SnapshotFormatError:
+            raise
+        except (ValidationError, CorruptRecordError, ValueError) as e:
+            raise SnapshotFormatError(f"snapshot content is invalid: {type(e).__name__}") from None
+        except Exception:
+            raise SnapshotFormatError("snapshot is not well-formed") from None
+        if meta is None or not ended:
+            raise SnapshotFormatError("snapshot is truncated")
+        self.put_meta(stage, meta)
+        with self._db.write_batch(transaction=True) as wb:
+            with self._db.iterator(prefix=self._prefix, include_value=False) as it:
+                for key in it:
+                    if key not in stage._sealed:
+                        wb.delete(key)
+            for key, sealed in stage._sealed.items():
+                assert sealed is not None
+                wb.put(key, sealed)
+        stage.discard()
+        return meta
+
+    def _restore_header(self, obj: Any) -> PartitionMeta:
+        if not (type(obj) is list and len(obj) == 6 and obj[0] == _SNAPSHOT_MAGIC and obj[1] == 1):
+            raise SnapshotFormatError("snapshot header is malformed")
+        if not all(_is_uint(v) for v in obj[2:]):
+            raise SnapshotFormatError("snapshot header is malformed")
+        if obj[2] != self._partition:
+            raise SnapshotFormatError("snapshot is of another partition")
+        return PartitionMeta(obj[3], obj[4], obj[5])
+
+    def _restore_item(
+        self,
+        stage: WriteStage,
+        obj: Any,
+        counts: list[int],
+        check_session: Callable[[bytes, bytes], None] | None,
+    ) -> None:
+        if type(obj) is not list or not obj:
+            raise SnapshotFormatError("snapshot item is malformed")
+        if obj[0] == "r" and len(obj) == 4:
+            _, p, r, versions = obj
+            if (
+                type(p) is not str
+                or type(r) is not str
+                or type(versions) is not list
+                or not versions
+            ):
+                raise SnapshotFormatError("snapshot record is malformed")
+            recs: list[Record] = []
+            for v in versions:
+                if not (type(v) is list and len(v) == 3 and _is_uint(v[0]) and v[0] > 0):
+                    raise SnapshotFormatError("snapshot version is malformed")
+                if type(v[1]) is not bool or type(v[2]) is not bytes:
+                    raise SnapshotFormatError("snapshot version is malformed")
+                if recs and v[0] >= recs[-1].version:
+                    raise SnapshotFormatError("snapshot versions are not newest first")
+                recs.append(Record(p, r, v[2], v[0], v[1]))
+            ck, hp = self._record_keys(p, r)
+            if ck in stage._sealed:
+                raise SnapshotFormatError("snapshot repeats a record")
+            for h in recs[1:]:
+                self._stage_put(stage, hp + h.version.to_bytes(8, "big"), self._encode_history(h))
+            self._stage_put(
+                stage, ck, self._encode_current(recs[0], [h.version for h in reversed(recs[1:])])
+            )
+            counts[0] += 1
+        elif obj[0] == "s" and len(obj) == 3:
+            _, cid, blob = obj
+            if type(cid) is not bytes or type(blob) is not bytes:
+                raise SnapshotFormatError("snapshot session is malformed")
+            if check_session is not None:
+                check_session(cid, blob)
+            self.put_session(stage, cid, blob)
+            counts[1] += 1
+        else:
+            raise SnapshotFormatError("snapshot item has an unknown kind")
+
+    def delete_partition(self) -> None:
+        """Remove every key of this partition (after the replica moved away)."""
+        with (
+            self._db.write_batch(transaction=True) as wb,
+            self._db.iterator(prefix=self._prefix, include_value=False) as it,
+        ):
+            for key in it:
+                wb.delete(key)
+
+
+__all__ = [
+    "KEY_HASH_BYTES",
+    "CorruptRecordError",
+    "LevelDB",
+    "PartitionMeta",
+    "ReadSnapshot",
+    "Record",
+    "RecordStore",
+    "ScanPage",
+    "SnapshotFormatError",
+    "WriteStage",
+    "blake2b_key_hasher",
+]
