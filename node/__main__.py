@@ -1,0 +1,48 @@
+"""`python -m node --config FILE` runs a node; `python -m node keys ...` manages keys."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+
+# gRPC's C core logs connection churn at INFO on stderr; peers come and go by design.
+os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if args and args[0] == "keys":
+        from node.keys_cli import main as keys_main
+
+        return keys_main(args[1:])
+    parser = argparse.ArgumentParser(prog="medkv node", description="Run one medkv node.")
+    parser.add_argument("--config", required=True, help="the node's TOML configuration file")
+    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    ns = parser.parse_args(args)
+    logging.basicConfig(
+        level=ns.log_level,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    from node.config import ConfigError, load_config
+    from node.errors import StartupError
+    from node.server import serve
+
+    try:
+        cfg = load_config(ns.config)
+    except ConfigError as e:
+        print(f"medkv node: {e}", file=sys.stderr)
+        return 2
+    try:
+        asyncio.run(serve(cfg))
+    except StartupError as e:
+        print(f"medkv node: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

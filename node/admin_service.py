@@ -1,0 +1,231 @@
+"""The operator-facing Admin service: status, routing table, leader transfer."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import TYPE_CHECKING
+
+import grpc
+
+from consensus.types import StateRole
+from node.config import NodeConfig
+from node.errors import InvalidArgument, NodeError
+from node.grpc_errors import abort_with
+from proto.medkv.v1 import admin_pb2, admin_pb2_grpc
+
+if TYPE_CHECKING:
+    from node.server import Node
+
+VERSION = "0.1.0"
+
+_ROLE = {
+    StateRole.FOLLOWER: admin_pb2.FOLLOWER_ROLE,
+    StateRole.CANDIDATE: admin_pb2.CANDIDATE_ROLE,
+    StateRole.LEADER: admin_pb2.LEADER_ROLE,
+    StateRole.PRE_CANDIDATE: admin_pb2.PRE_CANDIDATE_ROLE,
+}
+
+
+class AdminService(admin_pb2_grpc.AdminServicer):
+    def __init__(self, node: Node) -> None:
+        self.node = node
+
+    # ---- this node's own view -------------------------------------------
+
+    def _local_partition(self, p: int) -> admin_pb2.PartitionInfo:
+        host = self.node.host
+        r = host.replicas[p]
+        st = r.raw.status()
+        info = admin_pb2.PartitionInfo(
+            partition=p,
+            replicas=list(r.replicas),
+            leader=r.leader,
+            term=st.term,
+            commit_index=st.commit,
+            applied_index=r.applied,
+        )
+        if r.is_leader:
+            for nid in r.replicas:
+                pr = st.progress.get(nid)
+                if nid == host.node_id:
+                    info.replica_status.append(
+                        admin_pb2.ReplicaStatus(
+                            node_id=nid, role=admin_pb2.LEADER_ROLE, term=st.term,
+                            commit_index=st.commit, applied_index=r.applied,
+                            match_index=pr.match if pr else st.commit,
+                            lag_entries=max(0, st.commit - r.applied), reachable=True,
+                        )
+                    )
+                elif pr is not None:
+                    info.replica_status.append(
+                        admin_pb2.ReplicaStatus(
+                            node_id=nid, role=admin_pb2.FOLLOWER_ROLE,
+                            match_index=pr.match, lag_entries=max(0, st.commit - pr.match),
+                            reachable=bool(pr.recent_active),
+                        )
+                    )
+        else:
+            info.replica_status.append(
+                admin_pb2.ReplicaStatus(
+                    node_id=host.node_id,
+                    role=_ROLE.get(r.role, admin_pb2.ROLE_UNKNOWN),
+                    term=st.term, commit_index=st.commit, applied_index=r.applied,
+                    lag_entries=max(0, st.commit - r.applied), reachable=True,
+                )
+            )
+        return info
+
+    def _local_status(self) -> admin_pb2.ClusterStatusResponse:
+        node = self.node
+        host = node.host
+        resp = admin_pb2.ClusterStatusResponse(
+            answered_by=host.node_id,
+            partitions=node.cfg.partitions,
+            replication_factor=node.cfg.replication,
+        )
+        me = admin_pb2.NodeStatus(
+            node=admin_pb2.NodeInfo(node_id=host.node_id, address=node.cfg.address),
+            up=True,
+            leaders=sum(1 for r in host.replicas.values() if r.is_leader),
+            replicas=len(host.replicas),
+            version=VERSION,
+            uptime_seconds=time.monotonic() - host.started_at,
+        )
+        resp.nodes.append(me)
+        for p in sorted(host.replicas):
+            resp.partition_info.append(self._local_partition(p))
+        return resp
+
+    # ---- RPCs ------------------------------------------------------------
+
+    async def ClusterStatus(
+        self, request: admin_pb2.ClusterStatusRequest, context: grpc.aio.ServicerContext
+    ) -> admin_pb2.ClusterStatusResponse:
+        local = self._local_status()
+        if request.local_only:
+            return local
+        views = {self.node.cfg.node_id: local}
+        peers = [pid for pid in self.node.cfg.peers if pid != self.node.cfg.node_id]
+        answers = await asyncio.gather(
+            *(self.node.peer_admin(pid).ClusterStatus(
+                admin_pb2.ClusterStatusRequest(local_only=True), timeout=1.5) for pid in peers),
+            return_exceptions=True,
+        )
+        for pid, ans in zip(peers, answers, strict=True):
+            if isinstance(ans, admin_pb2.ClusterStatusResponse):
+                views[pid] = ans
+        return merge_views(self.node.cfg, views)
+
+    async def PartitionStatus(
+        self, request: admin_pb2.PartitionStatusRequest, context: grpc.aio.ServicerContext
+    ) -> admin_pb2.PartitionStatusResponse:
+        try:
+            if request.partition >= self.node.cfg.partitions:
+                raise InvalidArgument(
+                    f"partition {request.partition} does not exist (0..{self.node.cfg.partitions - 1})"
+                )
+            self.node.host.replica(request.partition)
+            return admin_pb2.PartitionStatusResponse(
+                answered_by=self.node.cfg.node_id, info=self._local_partition(request.partition)
+            )
+        except NodeError as e:
+            await abort_with(context, e)
+            raise AssertionError("unreachable") from None
+
+    async def RoutingTable(
+        self, request: admin_pb2.RoutingTableRequest, context: grpc.aio.ServicerContext
+    ) -> admin_pb2.RoutingTableResponse:
+        cfg = self.node.cfg
+        placement = cfg.placement
+        resp = admin_pb2.RoutingTableResponse(
+            epoch=self.node.routing_epoch,
+            partitions=cfg.partitions,
+            replication_factor=cfg.replication,
+            virtual_nodes=cfg.virtual_nodes,
+        )
+        for nid, addr in sorted(cfg.peers.items()):
+            resp.nodes.append(admin_pb2.NodeInfo(node_id=nid, address=addr))
+        for p in range(cfg.partitions):
+            r = self.node.host.replicas.get(p)
+            resp.partition_info.append(
+                admin_pb2.PartitionInfo(
+                    partition=p, replicas=list(placement.replicas(p)), leader=r.leader if r else 0
+                )
+            )
+        return resp
+
+    async def TransferLeader(
+        self, request: admin_pb2.TransferLeaderRequest, context: grpc.aio.ServicerContext
+    ) -> admin_pb2.TransferLeaderResponse:
+        try:
+            if request.partition >= self.node.cfg.partitions:
+                raise InvalidArgument(f"partition {request.partition} does not exist")
+            leader = await self.node.host.transfer_leader(request.partition, request.target_node, 10.0)
+            return admin_pb2.TransferLeaderResponse(leader=leader)
+        except NodeError as e:
+            await abort_with(context, e)
+            raise AssertionError("unreachable") from None
+
+    async def ErasePatient(
+        self, request: admin_pb2.ErasePatientRequest, context: grpc.aio.ServicerContext
+    ) -> admin_pb2.ErasePatientResponse:
+        try:
+            version = await self.node.kv.erase_patient(request)
+            return admin_pb2.ErasePatientResponse(version=version)
+        except NodeError as e:
+            await abort_with(context, e)
+            raise AssertionError("unreachable") from None
+
+
+def merge_views(
+    cfg: NodeConfig, views: dict[int, admin_pb2.ClusterStatusResponse]
+) -> admin_pb2.ClusterStatusResponse:
+    """One cluster picture: nodes that answered are up; a partition is
+    described by the replica that leads it in the highest term, else by the
+    most advanced replica that answered."""
+    out = admin_pb2.ClusterStatusResponse(
+        answered_by=cfg.node_id, partitions=cfg.partitions, replication_factor=cfg.replication
+    )
+    for nid, addr in sorted(cfg.peers.items()):
+        v = views.get(nid)
+        if v is not None and v.nodes:
+            out.nodes.append(v.nodes[0])
+        else:
+            out.nodes.append(admin_pb2.NodeStatus(node=admin_pb2.NodeInfo(node_id=nid, address=addr), up=False))
+    placement = cfg.placement
+    for p in range(cfg.partitions):
+        best: admin_pb2.PartitionInfo | None = None
+        best_key = (-1, -1, -1)
+        followers: dict[int, admin_pb2.ReplicaStatus] = {}
+        for nid, v in views.items():
+            for info in v.partition_info:
+                if info.partition != p:
+                    continue
+                is_leader = info.leader == nid
+                key = (int(is_leader), info.term, info.applied_index)
+                if key > best_key:
+                    best, best_key = info, key
+                for rs in info.replica_status:
+                    if rs.node_id == nid:
+                        followers[nid] = rs
+        merged = admin_pb2.PartitionInfo(partition=p, replicas=list(placement.replicas(p)))
+        if best is not None:
+            merged.CopyFrom(best)
+            # The leader knows match indexes; each replica knows its own applied index.
+            by_node = {rs.node_id: rs for rs in merged.replica_status}
+            for nid, own in followers.items():
+                rs = by_node.get(nid)
+                if rs is None:
+                    merged.replica_status.append(own)
+                else:
+                    rs.role = own.role
+                    rs.term = own.term
+                    rs.applied_index = own.applied_index
+                    rs.commit_index = own.commit_index
+                    rs.lag_entries = max(0, merged.commit_index - own.applied_index)
+        for nid in merged.replicas:
+            if nid not in {rs.node_id for rs in merged.replica_status}:
+                merged.replica_status.append(admin_pb2.ReplicaStatus(node_id=nid, reachable=False))
+        out.partition_info.append(merged)
+    return out

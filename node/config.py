@@ -1,0 +1,157 @@
+"""Node configuration, read from a TOML file.
+
+Example (one [[peers]] table per cluster member, this node included)::
+
+    node_id = 1
+    listen = "127.0.0.1:7101"
+    data_dir = "/var/lib/medkv/node-1"
+    partitions = 16
+    replication = 3
+    key_file = "/etc/medkv/master.key"
+
+    [[peers]]
+    id = 1
+    address = "127.0.0.1:7101"
+
+    [raft]
+    tick_ms = 100
+    election_ticks = 10
+
+    [limits]
+    request_timeout_s = 10.0
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from proto.placement import DEFAULT_VIRTUAL_NODES, Placement, make_placement
+
+
+class ConfigError(ValueError):
+    """The configuration file is missing, malformed or inconsistent."""
+
+
+@dataclass(frozen=True)
+class RaftSettings:
+    tick_ms: int = 100
+    election_ticks: int = 10
+    heartbeat_ticks: int = 1
+    max_inflight_msgs: int = 256
+    max_size_per_msg: int = 1 << 20
+    snapshot_every: int = 10_000  # applied entries between partition snapshots
+    keep_after_snapshot: int = 2_000  # log entries kept behind a snapshot for slow followers
+
+
+@dataclass(frozen=True)
+class Limits:
+    request_timeout_s: float = 10.0
+    max_pending_proposals: int = 10_000  # per node; beyond: RESOURCE_EXHAUSTED
+    history_retention: int = 16
+    session_ttl_s: float = 3600.0
+    max_message_bytes: int = 8 << 20  # gRPC receive/send limit
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    node_id: int
+    listen: str
+    data_dir: Path
+    peers: dict[int, str]
+    partitions: int = 16
+    replication: int = 3
+    virtual_nodes: int = DEFAULT_VIRTUAL_NODES
+    key_file: Path | None = None
+    raft: RaftSettings = field(default_factory=RaftSettings)
+    limits: Limits = field(default_factory=Limits)
+    # Test-only: keep writes not yet synced in process memory (lost on kill -9).
+    lossy_unsynced_writes: bool = False
+
+    @property
+    def placement(self) -> Placement:
+        return make_placement(self.peers, self.partitions, self.replication, self.virtual_nodes)
+
+    @property
+    def address(self) -> str:
+        return self.peers[self.node_id]
+
+
+def _section(raw: dict[str, Any], name: str, cls: type[Any]) -> Any:
+    values = raw.get(name, {})
+    if not isinstance(values, dict):
+        raise ConfigError(f"[{name}] must be a table")
+    known = set(cls.__dataclass_fields__)
+    unknown = set(values) - known
+    if unknown:
+        raise ConfigError(f"unknown key(s) in [{name}]: {', '.join(sorted(unknown))}")
+    try:
+        return cls(**values)
+    except TypeError as e:
+        raise ConfigError(f"[{name}]: {e}") from None
+
+
+_TOP_LEVEL = {
+    "node_id", "listen", "data_dir", "peers", "partitions", "replication",
+    "virtual_nodes", "key_file", "raft", "limits", "lossy_unsynced_writes",
+}
+
+
+def parse_config(raw: dict[str, Any], base_dir: Path) -> NodeConfig:
+    unknown = set(raw) - _TOP_LEVEL
+    if unknown:
+        raise ConfigError(f"unknown configuration key(s): {', '.join(sorted(unknown))}")
+    for key in ("node_id", "listen", "data_dir", "peers"):
+        if key not in raw:
+            raise ConfigError(f"missing required key: {key}")
+    peers: dict[int, str] = {}
+    for p in raw["peers"]:
+        if not isinstance(p, dict) or "id" not in p or "address" not in p:
+            raise ConfigError("each [[peers]] table needs id and address")
+        pid = int(p["id"])
+        if pid in peers:
+            raise ConfigError(f"peer id {pid} appears twice")
+        peers[pid] = str(p["address"])
+    node_id = int(raw["node_id"])
+    if node_id not in peers:
+        raise ConfigError(f"node_id {node_id} is not among the [[peers]]")
+    data_dir = Path(raw["data_dir"])
+    if not data_dir.is_absolute():
+        data_dir = (base_dir / data_dir).resolve()
+    key_file = raw.get("key_file")
+    key_path = None
+    if key_file:
+        key_path = Path(key_file)
+        if not key_path.is_absolute():
+            key_path = (base_dir / key_path).resolve()
+    cfg = NodeConfig(
+        node_id=node_id,
+        listen=str(raw["listen"]),
+        data_dir=data_dir,
+        peers=peers,
+        partitions=int(raw.get("partitions", 16)),
+        replication=int(raw.get("replication", 3)),
+        virtual_nodes=int(raw.get("virtual_nodes", DEFAULT_VIRTUAL_NODES)),
+        key_file=key_path,
+        raft=_section(raw, "raft", RaftSettings),
+        limits=_section(raw, "limits", Limits),
+        lossy_unsynced_writes=bool(raw.get("lossy_unsynced_writes", False)),
+    )
+    try:
+        cfg.placement.table  # noqa: B018 - validates partitions/replication against the peers
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    return cfg
+
+
+def load_config(path: str | Path) -> NodeConfig:
+    p = Path(path)
+    try:
+        raw = tomllib.loads(p.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"configuration file not found: {p}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{p}: not valid TOML: {e}") from None
+    return parse_config(raw, p.parent)

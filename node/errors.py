@@ -1,0 +1,53 @@
+"""Errors the node answers with, each carrying its gRPC status.
+
+Messages name the field, partition or condition at fault and never echo a
+patient identifier or a record value.
+"""
+
+from __future__ import annotations
+
+import grpc
+
+
+class NodeError(Exception):
+    code: grpc.StatusCode = grpc.StatusCode.INTERNAL
+
+    def __init__(self, message: str, leader_hint: str = "") -> None:
+        super().__init__(message)
+        self.message = message
+        self.leader_hint = leader_hint
+
+
+class InvalidArgument(NodeError):
+    code = grpc.StatusCode.INVALID_ARGUMENT
+
+
+class NotFound(NodeError):
+    code = grpc.StatusCode.NOT_FOUND
+
+
+class FailedPrecondition(NodeError):
+    code = grpc.StatusCode.FAILED_PRECONDITION
+
+
+class Unavailable(NodeError):
+    code = grpc.StatusCode.UNAVAILABLE
+
+
+class DeadlineExceeded(NodeError):
+    code = grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+class ResourceExhausted(NodeError):
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+class DataLoss(NodeError):
+    code = grpc.StatusCode.DATA_LOSS
+
+
+LEADER_METADATA_KEY = "medkv-leader"
+
+
+class StartupError(Exception):
+    """The node cannot start (unusable key file, data directory locked, ...)."""

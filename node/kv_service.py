@@ -1,0 +1,378 @@
+"""The clinic-facing KV service: validation, routing to the partition, and the
+read modes of DESIGN.md (linearizable by ReadIndex, follower, bounded,
+read-your-writes).
+
+Each operation is one coroutine that returns its reply or raises NodeError,
+so the unary RPCs and the multiplexed BatchCommands stream share it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+import grpc
+
+from node import commands as cmd
+from node.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    NodeError,
+    NotFound,
+    Unavailable,
+)
+from node.grpc_errors import abort_with, to_status
+from node.host import Replica
+from node.limits import ValidationError, validate_ids, validate_value, validate_write_id
+from node.state_machine import ApplyResult
+from proto.medkv.v1 import admin_pb2, common_pb2, kv_pb2, kv_pb2_grpc
+
+if TYPE_CHECKING:
+    from node.server import Node
+
+log = logging.getLogger("medkv.kv")
+
+DEFAULT_HISTORY_LIMIT = 100
+MAX_HISTORY_LIMIT = 1000
+DEFAULT_SCAN_PAGE = 256
+MAX_SCAN_PAGE = 4096
+
+_ERROR = {
+    "FAILED_PRECONDITION": FailedPrecondition,
+    "NOT_FOUND": NotFound,
+    "INVALID_ARGUMENT": InvalidArgument,
+    "SESSION_EXPIRED": FailedPrecondition,
+}
+
+
+def _checked(res: ApplyResult, partition: int) -> int:
+    if res.error_code is not None:
+        err = _ERROR.get(res.error_code, FailedPrecondition)
+        raise err(f"partition {partition}: {res.message}")
+    return res.version
+
+
+class KVService(kv_pb2_grpc.KVServicer):
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        self.host = node.host
+        self.placement = node.cfg.placement
+        self.timeout = node.cfg.limits.request_timeout_s
+        self.in_flight = 0  # unary calls being served: shutdown waits for them
+
+    # ---- helpers ---------------------------------------------------------
+
+    def _deadline(self, context: grpc.aio.ServicerContext | None) -> float:
+        if context is not None:
+            remaining = context.time_remaining()
+            if remaining is not None:
+                return max(0.05, min(self.timeout, remaining - 0.05))
+        return self.timeout
+
+    def read_state(self, r: Replica) -> common_pb2.ReadState:
+        staleness = r.staleness(time.monotonic())
+        return common_pb2.ReadState(
+            partition=r.partition,
+            node_id=self.host.node_id,
+            applied_index=r.applied,
+            commit_index=r.commit,
+            lag_entries=max(0, r.commit - r.applied),
+            staleness_seconds=staleness if staleness != float("inf") else -1.0,
+            from_leader=r.is_leader,
+        )
+
+    async def _replica_for_read(
+        self, partition: int, read: common_pb2.ReadOptions, timeout: float, default: int
+    ) -> Replica:
+        mode = read.consistency or default
+        if mode == common_pb2.LINEARIZABLE:
+            r = await self.host.read_barrier(partition, timeout)
+        elif mode in (common_pb2.FOLLOWER, common_pb2.BOUNDED):
+            r = self.host.replica(partition)
+            if mode == common_pb2.BOUNDED:
+                if read.max_staleness_ms == 0:
+                    raise InvalidArgument("read.max_staleness_ms must be > 0 with BOUNDED consistency")
+                staleness = r.staleness(time.monotonic())
+                if staleness * 1000.0 > read.max_staleness_ms:
+                    shown = "unknown" if staleness == float("inf") else f"{staleness:.3f}s"
+                    raise FailedPrecondition(
+                        f"partition {partition} on node {self.host.node_id} is too stale for this "
+                        f"read: staleness {shown}, lag {max(0, r.commit - r.applied)} entries, "
+                        f"bound {read.max_staleness_ms}ms",
+                        self.host.leader_hint(r),
+                    )
+        else:
+            raise InvalidArgument(f"read.consistency: unknown mode {read.consistency}")
+        if read.min_version and r.applied < read.min_version:
+            await self.host.wait_applied(r, read.min_version, timeout)
+        return r
+
+    def _partition(self, patient_id: str) -> int:
+        return self.placement.partition_of(patient_id)
+
+    async def _write(
+        self, write_id: common_pb2.WriteId, patient_id: str, command: cmd.Command, context: Any
+    ) -> tuple[int, Replica]:
+        p = self._partition(patient_id)
+        res = await self.host.propose(
+            p, (write_id.client_id, write_id.seq), cmd.encode_command(command), self._deadline(context)
+        )
+        return _checked(res, p), self.host.replicas[p]
+
+    @staticmethod
+    def _write_fields(write_id: common_pb2.WriteId) -> dict[str, Any]:
+        return {
+            "client_id": write_id.client_id,
+            "seq": write_id.seq,
+            "ack_below": write_id.ack_below,
+            "ts_ms": int(time.time() * 1000),
+        }
+
+    # ---- operations (shared by unary RPCs and BatchCommands) -------------
+
+    async def put(self, req: kv_pb2.PutRequest, context: Any = None) -> kv_pb2.PutResponse:
+        validate_write_id(req.write_id.client_id, req.write_id.seq)
+        validate_ids(req.patient_id, req.record_id)
+        validate_value(req.value)
+        c = cmd.Put(
+            **self._write_fields(req.write_id),
+            patient_id=req.patient_id, record_id=req.record_id, value=req.value,
+        )
+        version, r = await self._write(req.write_id, req.patient_id, c, context)
+        return kv_pb2.PutResponse(version=version, read_state=self.read_state(r))
+
+    async def cas(
+        self, req: kv_pb2.CompareAndSetRequest, context: Any = None
+    ) -> kv_pb2.CompareAndSetResponse:
+        validate_write_id(req.write_id.client_id, req.write_id.seq)
+        validate_ids(req.patient_id, req.record_id)
+        validate_value(req.value)
+        c = cmd.CompareAndSet(
+            **self._write_fields(req.write_id),
+            patient_id=req.patient_id, record_id=req.record_id, value=req.value,
+            expected_version=req.expected_version,
+        )
+        version, r = await self._write(req.write_id, req.patient_id, c, context)
+        return kv_pb2.CompareAndSetResponse(version=version, read_state=self.read_state(r))
+
+    async def delete(self, req: kv_pb2.DeleteRequest, context: Any = None) -> kv_pb2.DeleteResponse:
+        validate_write_id(req.write_id.client_id, req.write_id.seq)
+        validate_ids(req.patient_id, req.record_id)
+        c = cmd.Delete(
+            **self._write_fields(req.write_id),
+            patient_id=req.patient_id, record_id=req.record_id,
+            expected_version=req.expected_version if req.has_expected_version else None,
+        )
+        version, r = await self._write(req.write_id, req.patient_id, c, context)
+        return kv_pb2.DeleteResponse(version=version, read_state=self.read_state(r))
+
+    async def batch(self, req: kv_pb2.BatchRequest, context: Any = None) -> kv_pb2.BatchResponse:
+        validate_write_id(req.write_id.client_id, req.write_id.seq)
+        validate_ids(req.patient_id, None)
+        ops: list[cmd.BatchOp] = []
+        for i, op in enumerate(req.ops):
+            kind = op.WhichOneof("op")
+            if kind == "put":
+                validate_ids(req.patient_id, op.put.record_id, field_prefix=f"ops[{i}].put.")
+                validate_value(op.put.value, field=f"ops[{i}].put.value")
+                ops.append(cmd.BatchOp("put", op.put.record_id, op.put.value, None))
+            elif kind == "delete":
+                validate_ids(req.patient_id, op.delete.record_id, field_prefix=f"ops[{i}].delete.")
+                ops.append(cmd.BatchOp("delete", op.delete.record_id, b"", None))
+            elif kind == "check":
+                validate_ids(req.patient_id, op.check.record_id, field_prefix=f"ops[{i}].check.")
+                ops.append(cmd.BatchOp("check", op.check.record_id, b"", op.check.expected_version))
+            else:
+                raise InvalidArgument(f"ops[{i}]: no operation set")
+        c = cmd.Batch(**self._write_fields(req.write_id), patient_id=req.patient_id, ops=tuple(ops))
+        cmd.validate_batch(c)
+        version, r = await self._write(req.write_id, req.patient_id, c, context)
+        return kv_pb2.BatchResponse(version=version, read_state=self.read_state(r))
+
+    async def erase_patient(self, req: admin_pb2.ErasePatientRequest) -> int:
+        validate_write_id(req.client_id, req.seq)
+        validate_ids(req.patient_id, None)
+        wid = common_pb2.WriteId(client_id=req.client_id, seq=req.seq)
+        c = cmd.ErasePatient(**self._write_fields(wid), patient_id=req.patient_id)
+        version, _ = await self._write(wid, req.patient_id, c, None)
+        return version
+
+    async def get(self, req: kv_pb2.GetRequest, context: Any = None) -> kv_pb2.GetResponse:
+        validate_ids(req.patient_id, req.record_id)
+        p = self._partition(req.patient_id)
+        r = await self._replica_for_read(p, req.read, self._deadline(context), common_pb2.LINEARIZABLE)
+        rec = r.sm.get(req.patient_id, req.record_id, req.at_version)
+        if rec is None or (rec.deleted and not req.at_version):
+            raise NotFound(
+                f"no such record in partition {p}"
+                + (f" at version {req.at_version}" if req.at_version else "")
+            )
+        return kv_pb2.GetResponse(record=_record_pb(rec), read_state=self.read_state(r))
+
+    async def history(self, req: kv_pb2.HistoryRequest, context: Any = None) -> kv_pb2.HistoryResponse:
+        validate_ids(req.patient_id, req.record_id)
+        if req.limit > MAX_HISTORY_LIMIT:
+            raise InvalidArgument(f"limit: at most {MAX_HISTORY_LIMIT}")
+        p = self._partition(req.patient_id)
+        r = await self._replica_for_read(p, req.read, self._deadline(context), common_pb2.LINEARIZABLE)
+        versions = r.sm.history(
+            req.patient_id, req.record_id, req.limit or DEFAULT_HISTORY_LIMIT, req.before_version
+        )
+        if not versions and not req.before_version:
+            raise NotFound(f"no such record in partition {p}")
+        return kv_pb2.HistoryResponse(
+            versions=[_record_pb(v) for v in versions], read_state=self.read_state(r)
+        )
+
+    # ---- unary RPCs ------------------------------------------------------
+
+    async def _unary(self, context: grpc.aio.ServicerContext, call: Awaitable[Any]) -> Any:
+        self.in_flight += 1
+        try:
+            return await call
+        except ValidationError as e:
+            await abort_with(context, InvalidArgument(str(e)))
+        except cmd.CommandError as e:
+            await abort_with(context, InvalidArgument(str(e)))
+        except NodeError as e:
+            await abort_with(context, e)
+        finally:
+            self.in_flight -= 1
+        raise AssertionError("unreachable")
+
+    async def Put(self, request: kv_pb2.PutRequest, context: grpc.aio.ServicerContext) -> Any:
+        return await self._unary(context, self.put(request, context))
+
+    async def Get(self, request: kv_pb2.GetRequest, context: grpc.aio.ServicerContext) -> Any:
+        return await self._unary(context, self.get(request, context))
+
+    async def CompareAndSet(
+        self, request: kv_pb2.CompareAndSetRequest, context: grpc.aio.ServicerContext
+    ) -> Any:
+        return await self._unary(context, self.cas(request, context))
+
+    async def Delete(self, request: kv_pb2.DeleteRequest, context: grpc.aio.ServicerContext) -> Any:
+        return await self._unary(context, self.delete(request, context))
+
+    async def History(self, request: kv_pb2.HistoryRequest, context: grpc.aio.ServicerContext) -> Any:
+        return await self._unary(context, self.history(request, context))
+
+    async def Batch(self, request: kv_pb2.BatchRequest, context: grpc.aio.ServicerContext) -> Any:
+        return await self._unary(context, self.batch(request, context))
+
+    async def Scan(
+        self, request: kv_pb2.ScanRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[kv_pb2.ScanResponse]:
+        try:
+            if request.partition >= self.node.cfg.partitions:
+                raise InvalidArgument(
+                    f"partition: {request.partition} does not exist (0..{self.node.cfg.partitions - 1})"
+                )
+            if request.page_size > MAX_SCAN_PAGE:
+                raise InvalidArgument(f"page_size: at most {MAX_SCAN_PAGE}")
+            r = await self._replica_for_read(
+                request.partition, request.read, self._deadline(context), common_pb2.FOLLOWER
+            )
+            page = request.page_size or DEFAULT_SCAN_PAGE
+            token = bytes(request.resume_token)
+            remaining = request.limit or None
+            rs = self.read_state(r)
+            with r.sm.read_snapshot() as snap:
+                while True:
+                    n = page if remaining is None else min(page, remaining)
+                    recs, token, done = snap.scan(token, n)
+                    if remaining is not None:
+                        remaining -= len(recs)
+                        done = done or remaining <= 0
+                    yield kv_pb2.ScanResponse(
+                        records=[_record_pb(x) for x in recs], read_state=rs,
+                        resume_token=token, done=done,
+                    )
+                    if done:
+                        return
+                    await asyncio.sleep(0)  # let the Raft loop run between pages
+        except ValidationError as e:
+            await abort_with(context, InvalidArgument(str(e)))
+        except cmd.CommandError as e:
+            await abort_with(context, InvalidArgument(str(e)))
+        except NodeError as e:
+            await abort_with(context, e)
+
+    # ---- BatchCommands: many requests multiplexed on one stream ----------
+
+    async def _one(self, req: kv_pb2.KVRequest) -> kv_pb2.KVResponse:
+        kind = req.WhichOneof("request")
+        handlers: dict[str, Callable[[Any], Awaitable[Any]]] = {
+            "put": self.put, "get": self.get, "cas": self.cas,
+            "delete": self.delete, "history": self.history, "batch": self.batch,
+        }
+        resp = kv_pb2.KVResponse(request_id=req.request_id)
+        if kind is None:
+            resp.status.CopyFrom(to_status(InvalidArgument("request: no operation set")))
+            return resp
+        try:
+            result = await handlers[kind](getattr(req, kind))
+            getattr(resp, kind).CopyFrom(result)
+        except (ValidationError, cmd.CommandError) as e:
+            resp.status.CopyFrom(to_status(InvalidArgument(str(e))))
+        except NodeError as e:
+            resp.status.CopyFrom(to_status(e))
+        except Exception:
+            log.exception("request in BatchCommands failed")
+            resp.status.CopyFrom(to_status(Unavailable("internal error; retry")))
+        return resp
+
+    async def BatchCommands(
+        self,
+        request_iterator: AsyncIterator[kv_pb2.BatchCommandsRequest],
+        context: grpc.aio.ServicerContext,
+    ) -> AsyncIterator[kv_pb2.BatchCommandsResponse]:
+        done: asyncio.Queue[kv_pb2.KVResponse | None] = asyncio.Queue()
+        tasks: set[asyncio.Task[kv_pb2.KVResponse]] = set()
+
+        def finished(t: asyncio.Task[kv_pb2.KVResponse]) -> None:
+            tasks.discard(t)
+            if not t.cancelled():
+                done.put_nowait(t.result())
+
+        async def read_requests() -> None:
+            async for batch in request_iterator:
+                for req in batch.requests:
+                    t = asyncio.get_running_loop().create_task(self._one(req))
+                    tasks.add(t)
+                    t.add_done_callback(finished)
+            while tasks:
+                await asyncio.sleep(0.01)
+            done.put_nowait(None)
+
+        reader = asyncio.get_running_loop().create_task(read_requests())
+        try:
+            while True:
+                first = await done.get()
+                if first is None:
+                    return
+                out = [first]
+                while not done.empty():  # coalesce every reply that is ready now
+                    nxt = done.get_nowait()
+                    if nxt is None:
+                        yield kv_pb2.BatchCommandsResponse(responses=out)
+                        return
+                    out.append(nxt)
+                yield kv_pb2.BatchCommandsResponse(responses=out)
+        finally:
+            reader.cancel()
+            for t in tasks:
+                t.cancel()
+
+
+def _record_pb(rec: Any) -> common_pb2.Record:
+    return common_pb2.Record(
+        patient_id=rec.patient_id,
+        record_id=rec.record_id,
+        value=rec.value,
+        version=rec.version,
+        deleted=rec.deleted,
+    )
