@@ -70,6 +70,7 @@ class Replica:
     last_leader_contact: float = 0.0  # monotonic time of the last message from a leader
     caught_up_at: float = 0.0  # leader-contact time at which applied >= known commit
     since_snapshot: int = 0
+    purged_at: int = 0  # the last erasure whose older copies were purged from disk
     broken: str = ""  # set when its stored state failed an integrity check
     write_waiters: dict[tuple[bytes, int], list[asyncio.Future[ApplyResult]]] = field(
         default_factory=dict
@@ -102,8 +103,13 @@ class MultiRaftHost:
         log_store: LevelDBLogStore,
         make_state_machine: Callable[[int], PartitionStateMachine],
         send: Callable[[list[tuple[int, Message]]], None],
+        purge_disk: Callable[[], None] = lambda: None,
     ) -> None:
         self.cfg = cfg
+        self._purge_disk = purge_disk
+        # Partitions whose stored state failed an integrity check when the
+        # node started: answered DATA_LOSS, served by their other replicas.
+        self.broken_at_start: dict[int, str] = {}
         self.node_id = cfg.node_id
         self.log_store = log_store
         self._send = send
@@ -120,32 +126,49 @@ class MultiRaftHost:
         self.started_at = time.monotonic()
         rng_seed = int.from_bytes(os.urandom(8), "big")
         for p in self.placement.partitions_on(self.node_id):
-            reps = self.placement.replicas(p)
-            fresh = not log_store.has_group(p)
-            if fresh:
-                log_store.bootstrap(p, ConfState(voters=tuple(sorted(reps))))
-            storage = log_store.group(p)
-            sm = make_state_machine(p)
-            raw = RawNode(
-                Config(
-                    id=self.node_id,
-                    storage=storage,
-                    rng=random.Random(rng_seed + p),
-                    election_tick=cfg.raft.election_ticks,
-                    heartbeat_tick=cfg.raft.heartbeat_ticks,
-                    applied=sm.applied_index,
-                    max_size_per_msg=cfg.raft.max_size_per_msg,
-                    max_inflight_msgs=cfg.raft.max_inflight_msgs,
-                    check_quorum=True,
-                    pre_vote=True,
-                )
+            try:
+                self._open_replica(p, make_state_machine, rng_seed)
+            except Exception as e:  # a damaged partition must not stop the others
+                log.error("partition %d cannot be opened: %s", p, type(e).__name__)
+                self.broken_at_start[p] = self._broken_message(p)
+
+    def _open_replica(
+        self, p: int, make_state_machine: Callable[[int], PartitionStateMachine], rng_seed: int
+    ) -> None:
+        cfg = self.cfg
+        log_store = self.log_store
+        reps = self.placement.replicas(p)
+        fresh = not log_store.has_group(p)
+        if fresh:
+            log_store.bootstrap(p, ConfState(voters=tuple(sorted(reps))))
+        storage = log_store.group(p)
+        sm = make_state_machine(p)
+        raw = RawNode(
+            Config(
+                id=self.node_id,
+                storage=storage,
+                rng=random.Random(rng_seed + p),
+                election_tick=cfg.raft.election_ticks,
+                heartbeat_tick=cfg.raft.heartbeat_ticks,
+                applied=sm.applied_index,
+                max_size_per_msg=cfg.raft.max_size_per_msg,
+                max_inflight_msgs=cfg.raft.max_inflight_msgs,
+                check_quorum=True,
+                pre_vote=True,
             )
-            self.replicas[p] = Replica(p, reps, raw, storage, sm)
-            if fresh and reps[0] == self.node_id:
-                # The preferred replica of a new group campaigns at once, so a
-                # new cluster has leaders in one round trip instead of after
-                # randomized election timeouts.
-                raw.campaign()
+        )
+        self.replicas[p] = Replica(p, reps, raw, storage, sm)
+        if fresh and reps[0] == self.node_id:
+            # The preferred replica of a new group campaigns at once, so a
+            # new cluster has leaders in one round trip instead of after
+            # randomized election timeouts.
+            raw.campaign()
+
+    def _broken_message(self, p: int) -> str:
+        return (
+            f"partition {p} failed an integrity check on node {self.node_id}; "
+            "its other replicas still serve it"
+        )
 
     # ---- lifecycle -------------------------------------------------------
 
@@ -208,7 +231,7 @@ class MultiRaftHost:
                 if r.raw.has_ready():
                     work.append((r, r.raw.ready()))
             except Exception as e:  # storage failed its integrity check
-                self._mark_broken(r, e)
+                self.mark_broken(r, e)
         if not work:
             return
         updates = [
@@ -230,9 +253,15 @@ class MultiRaftHost:
                 self._apply_ready(r, rd, now)
                 r.raw.advance(rd)
             except Exception as e:
-                self._mark_broken(r, e)
-        for r, _ in work:
-            await self._maybe_snapshot(r)
+                self.mark_broken(r, e)
+        for r, rd in work:
+            if r.broken:
+                continue
+            restored = rd.snapshot is not None and not rd.snapshot.is_empty()
+            if r.sm.erased_at > r.purged_at or restored:
+                await self._purge(r)
+            else:
+                await self._maybe_snapshot(r)
 
     def _apply_ready(self, r: Replica, rd: Ready, now: float) -> None:
         if rd.soft_state is not None:
@@ -311,13 +340,34 @@ class MultiRaftHost:
 
         await asyncio.get_running_loop().run_in_executor(self._writer, persist)
 
-    def _mark_broken(self, r: Replica, e: BaseException) -> None:
+    async def _purge(self, r: Replica) -> None:
+        """Make erased data unrecoverable from this node's files.
+
+        After an ErasePatient applies (or a snapshot replaced the state, which
+        may have come from after one), the erased records still exist in older
+        Raft log entries, the stored snapshot, and LevelDB files that have not
+        been compacted. Snapshot the partition now, drop the whole log up to
+        the applied index, and have LevelDB rewrite its files so the deleted
+        bytes leave the disk. Slow followers catch up by snapshot afterwards.
+        """
+        index = r.applied
+        data = r.sm.snapshot()
+        conf = r.raw.status().conf_state
+        r.purged_at = r.sm.erased_at
+        r.since_snapshot = 0
+
+        def persist() -> None:
+            self.log_store.create_snapshot(r.partition, index, conf, data)
+            self.log_store.compact(r.partition, index)
+            self._purge_disk()
+
+        await asyncio.get_running_loop().run_in_executor(self._writer, persist)
+        log.info("partition %d: purged log and files through index %d", r.partition, index)
+
+    def mark_broken(self, r: Replica, e: BaseException) -> None:
         if not r.broken:
             log.error("partition %d disabled on this node: %s", r.partition, type(e).__name__)
-            r.broken = (
-                f"partition {r.partition} failed an integrity check on node {self.node_id}; "
-                "its other replicas still serve it"
-            )
+            r.broken = self._broken_message(r.partition)
             self._fail_waiters(r, DataLoss(r.broken))
 
     def _fail_waiters(self, r: Replica, err: NodeError) -> None:
@@ -346,7 +396,9 @@ class MultiRaftHost:
                 try:
                     r.raw.step(m)
                 except ConsensusError as e:
-                    log.debug("partition %d dropped a message: %s", group, e)
+                    log.debug("partition %d dropped a message: %s", group, type(e).__name__)
+                except Exception as e:  # stored state failed to read back
+                    self.mark_broken(r, e)
 
         self._enqueue(step)
 
@@ -371,6 +423,8 @@ class MultiRaftHost:
 
     def replica(self, partition: int) -> Replica:
         r = self.replicas.get(partition)
+        if r is None and partition in self.broken_at_start:
+            raise DataLoss(self.broken_at_start[partition])
         if r is None:
             holders = ",".join(str(n) for n in self.placement.replicas(partition))
             raise Unavailable(

@@ -12,12 +12,16 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from functools import partial
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
+import plyvel
 
 from node import commands as cmd
+from node.crypto import IntegrityError
 from node.errors import (
+    DataLoss,
     FailedPrecondition,
     InvalidArgument,
     NodeError,
@@ -27,6 +31,7 @@ from node.errors import (
 from node.grpc_errors import abort_with, to_status
 from node.host import Replica
 from node.limits import ValidationError, validate_ids, validate_value, validate_write_id
+from node.record_store import CorruptRecordError
 from node.state_machine import ApplyResult
 from proto.medkv.v1 import admin_pb2, common_pb2, kv_pb2, kv_pb2_grpc
 
@@ -34,6 +39,9 @@ if TYPE_CHECKING:
     from node.server import Node
 
 log = logging.getLogger("medkv.kv")
+
+T = TypeVar("T")
+INTEGRITY_ERRORS = (CorruptRecordError, IntegrityError, plyvel.CorruptionError)
 
 DEFAULT_HISTORY_LIMIT = 100
 MAX_HISTORY_LIMIT = 1000
@@ -109,6 +117,16 @@ class KVService(kv_pb2_grpc.KVServicer):
         if read.min_version and r.applied < read.min_version:
             await self.host.wait_applied(r, read.min_version, timeout)
         return r
+
+    def _read(self, r: Replica, read: Callable[[], T]) -> T:
+        """Run a state-machine read; a stored value that fails its integrity
+        check takes this replica of the partition out of service (the others
+        serve it) and answers DATA_LOSS, never wrong data."""
+        try:
+            return read()
+        except INTEGRITY_ERRORS as e:
+            self.host.mark_broken(r, e)
+            raise DataLoss(r.broken) from None
 
     def _partition(self, patient_id: str) -> int:
         return self.placement.partition_of(patient_id)
@@ -204,7 +222,7 @@ class KVService(kv_pb2_grpc.KVServicer):
         validate_ids(req.patient_id, req.record_id)
         p = self._partition(req.patient_id)
         r = await self._replica_for_read(p, req.read, self._deadline(context), common_pb2.LINEARIZABLE)
-        rec = r.sm.get(req.patient_id, req.record_id, req.at_version)
+        rec = self._read(r, lambda: r.sm.get(req.patient_id, req.record_id, req.at_version))
         if rec is None or (rec.deleted and not req.at_version):
             raise NotFound(
                 f"no such record in partition {p}"
@@ -218,8 +236,11 @@ class KVService(kv_pb2_grpc.KVServicer):
             raise InvalidArgument(f"limit: at most {MAX_HISTORY_LIMIT}")
         p = self._partition(req.patient_id)
         r = await self._replica_for_read(p, req.read, self._deadline(context), common_pb2.LINEARIZABLE)
-        versions = r.sm.history(
-            req.patient_id, req.record_id, req.limit or DEFAULT_HISTORY_LIMIT, req.before_version
+        versions = self._read(
+            r,
+            lambda: r.sm.history(
+                req.patient_id, req.record_id, req.limit or DEFAULT_HISTORY_LIMIT, req.before_version
+            ),
         )
         if not versions and not req.before_version:
             raise NotFound(f"no such record in partition {p}")
@@ -283,7 +304,7 @@ class KVService(kv_pb2_grpc.KVServicer):
             with r.sm.read_snapshot() as snap:
                 while True:
                     n = page if remaining is None else min(page, remaining)
-                    recs, token, done = snap.scan(token, n)
+                    recs, token, done = self._read(r, partial(snap.scan, token, n))
                     if remaining is not None:
                         remaining -= len(recs)
                         done = done or remaining <= 0

@@ -78,7 +78,13 @@ class Node:
             on_snapshot_done=lambda group, peer, ok: self.host.report_snapshot(group, peer, ok),
             max_message_bytes=cfg.limits.max_message_bytes,
         )
-        self.host = MultiRaftHost(cfg, self.log_store, self.layout.state_machine, self.transport.send)
+        self.host = MultiRaftHost(
+            cfg,
+            self.log_store,
+            self.layout.state_machine,
+            self.transport.send,
+            purge_disk=self.layout.purge_disk,
+        )
         self.kv = KVService(self)
         self.admin = AdminService(self)
         self._peer_channels: dict[int, grpc.aio.Channel] = {}

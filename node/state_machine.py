@@ -98,6 +98,9 @@ class PartitionStateMachine:
         self._retention = history_retention
         self._sessions = SessionTable(session_ttl_ms, max_sessions, max_results_per_session)
         self._meta = PartitionMeta()
+        # Index of the last ErasePatient applied by this instance: the host
+        # compares it with what it has purged (see MultiRaftHost._purge).
+        self.erased_at = 0
         self._reload()
 
     @property
@@ -239,6 +242,8 @@ class PartitionStateMachine:
                     self._write(stage, cmd, op.record_id, index, b"", True)
         elif isinstance(cmd, ErasePatient):
             self._store.erase_patient(cmd.patient_id, stage)
+            # The host must now purge older copies (Raft log, snapshot, LevelDB files).
+            self.erased_at = index
         return StoredResult(index, None, "")
 
     def _judge_batch(self, stage: WriteStage, cmd: Batch) -> StoredResult | None:

@@ -82,6 +82,10 @@ class StorageLayout:
                 f"cannot open the database in {cfg.data_dir} (is another node running on it?): "
                 f"{type(e).__name__}"
             ) from None
+        if cfg.lossy_unsynced_writes:
+            from node.lossy_db import JOURNAL_NAME, LossyDB
+
+            db = LossyDB(db, cfg.data_dir / JOURNAL_NAME)
         log_store = LevelDBLogStore(db, prefix=RAFT_PREFIX, codec=value_codec)
         return cls(cfg, db, value_codec, index_key, log_store)
 
@@ -100,6 +104,13 @@ class StorageLayout:
             )
 
         return make
+
+    def purge_disk(self) -> None:
+        """Have LevelDB rewrite its files so deleted values leave the disk
+        (after an erasure). Explicit bounds: plyvel's open-ended compact_range
+        skips data already in the bottom level."""
+        for prefix in (RAFT_PREFIX, STATE_PREFIX):
+            self.db.compact_range(start=prefix, stop=prefix + b"\xff" * 48)
 
     def close(self) -> None:
         self.db.close()
