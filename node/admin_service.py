@@ -85,7 +85,9 @@ class AdminService(admin_pb2_grpc.AdminServicer):
             replication_factor=node.cfg.replication,
         )
         me = admin_pb2.NodeStatus(
-            node=admin_pb2.NodeInfo(node_id=host.node_id, address=node.cfg.address),
+            node=admin_pb2.NodeInfo(
+                node_id=host.node_id, address=node.cfg.client_address(host.node_id)
+            ),
             up=True,
             leaders=sum(1 for r in host.replicas.values() if r.is_leader),
             replicas=len(host.replicas),
@@ -144,8 +146,8 @@ class AdminService(admin_pb2_grpc.AdminServicer):
             replication_factor=cfg.replication,
             virtual_nodes=cfg.virtual_nodes,
         )
-        for nid, addr in sorted(cfg.peers.items()):
-            resp.nodes.append(admin_pb2.NodeInfo(node_id=nid, address=addr))
+        for nid in sorted(cfg.peers):
+            resp.nodes.append(admin_pb2.NodeInfo(node_id=nid, address=cfg.client_address(nid)))
         for p in range(cfg.partitions):
             r = self.node.host.replicas.get(p)
             resp.partition_info.append(
@@ -187,12 +189,13 @@ def merge_views(
     out = admin_pb2.ClusterStatusResponse(
         answered_by=cfg.node_id, partitions=cfg.partitions, replication_factor=cfg.replication
     )
-    for nid, addr in sorted(cfg.peers.items()):
+    for nid in sorted(cfg.peers):
         v = views.get(nid)
         if v is not None and v.nodes:
             out.nodes.append(v.nodes[0])
         else:
-            out.nodes.append(admin_pb2.NodeStatus(node=admin_pb2.NodeInfo(node_id=nid, address=addr), up=False))
+            info = admin_pb2.NodeInfo(node_id=nid, address=cfg.client_address(nid))
+            out.nodes.append(admin_pb2.NodeStatus(node=info, up=False))
     placement = cfg.placement
     for p in range(cfg.partitions):
         best: admin_pb2.PartitionInfo | None = None

@@ -11,7 +11,8 @@ Example (one [[peers]] table per cluster member, this node included)::
 
     [[peers]]
     id = 1
-    address = "127.0.0.1:7101"
+    address = "127.0.0.1:7101"         # where this node dials node 1
+    # client_address = "..."           # where clients should, if different
 
     [raft]
     tick_ms = 100
@@ -60,15 +61,22 @@ class NodeConfig:
     node_id: int
     listen: str
     data_dir: Path
-    peers: dict[int, str]
+    peers: dict[int, str]  # node id -> the address THIS node dials it at
     partitions: int = 16
     replication: int = 3
     virtual_nodes: int = DEFAULT_VIRTUAL_NODES
     key_file: Path | None = None
     raft: RaftSettings = field(default_factory=RaftSettings)
     limits: Limits = field(default_factory=Limits)
-    # Test-only: keep writes not yet synced in process memory (lost on kill -9).
+    # node id -> the address clients are told to use (routing table, leader
+    # hints), when it differs from the one this node dials, e.g. behind the
+    # fault-injection proxies of jepsen_like. Defaults to the peer address.
+    client_addresses: dict[int, str] = field(default_factory=dict)
+    # Test-only: writes not yet synced are lost by a kill -9 (node.lossy_db).
     lossy_unsynced_writes: bool = False
+
+    def client_address(self, node_id: int) -> str:
+        return self.client_addresses.get(node_id) or self.peers[node_id]
 
     @property
     def placement(self) -> Placement:
@@ -107,13 +115,19 @@ def parse_config(raw: dict[str, Any], base_dir: Path) -> NodeConfig:
         if key not in raw:
             raise ConfigError(f"missing required key: {key}")
     peers: dict[int, str] = {}
+    client_addresses: dict[int, str] = {}
     for p in raw["peers"]:
         if not isinstance(p, dict) or "id" not in p or "address" not in p:
             raise ConfigError("each [[peers]] table needs id and address")
+        unknown = set(p) - {"id", "address", "client_address"}
+        if unknown:
+            raise ConfigError(f"unknown key(s) in [[peers]]: {', '.join(sorted(unknown))}")
         pid = int(p["id"])
         if pid in peers:
             raise ConfigError(f"peer id {pid} appears twice")
         peers[pid] = str(p["address"])
+        if "client_address" in p:
+            client_addresses[pid] = str(p["client_address"])
     node_id = int(raw["node_id"])
     if node_id not in peers:
         raise ConfigError(f"node_id {node_id} is not among the [[peers]]")
@@ -137,6 +151,7 @@ def parse_config(raw: dict[str, Any], base_dir: Path) -> NodeConfig:
         key_file=key_path,
         raft=_section(raw, "raft", RaftSettings),
         limits=_section(raw, "limits", Limits),
+        client_addresses=client_addresses,
         lossy_unsynced_writes=bool(raw.get("lossy_unsynced_writes", False)),
     )
     try:

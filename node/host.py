@@ -440,8 +440,9 @@ class MultiRaftHost:
         return self._hint_for(r.leader) if r.leader else ""
 
     def _hint_for(self, node: int) -> str:
-        addr = self.cfg.peers.get(node)
-        return f"{node}@{addr}" if addr else ""
+        if node not in self.cfg.peers:
+            return ""
+        return f"{node}@{self.cfg.client_address(node)}"
 
     def _not_leader_message(self, r: Replica) -> str:
         if r.leader:
