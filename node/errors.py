@@ -12,10 +12,13 @@ import grpc
 class NodeError(Exception):
     code: grpc.StatusCode = grpc.StatusCode.INTERNAL
 
-    def __init__(self, message: str, leader_hint: str = "") -> None:
+    def __init__(self, message: str, leader_hint: str = "", kind: str = "") -> None:
         super().__init__(message)
         self.message = message
         self.leader_hint = leader_hint
+        # Which of several reasons behind one status code (trailing metadata
+        # medkv-error): version-conflict, too-stale or session-expired.
+        self.kind = kind
 
 
 class InvalidArgument(NodeError):
@@ -47,6 +50,7 @@ class DataLoss(NodeError):
 
 
 LEADER_METADATA_KEY = "medkv-leader"
+ERROR_KIND_METADATA_KEY = "medkv-error"
 
 
 class StartupError(Exception):

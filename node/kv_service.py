@@ -9,6 +9,7 @@ so the unary RPCs and the multiplexed BatchCommands stream share it.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -48,19 +49,25 @@ MAX_HISTORY_LIMIT = 1000
 DEFAULT_SCAN_PAGE = 256
 MAX_SCAN_PAGE = 4096
 
-_ERROR = {
-    "FAILED_PRECONDITION": FailedPrecondition,
-    "NOT_FOUND": NotFound,
-    "INVALID_ARGUMENT": InvalidArgument,
-    "SESSION_EXPIRED": FailedPrecondition,
+_ERROR: dict[str, tuple[type[NodeError], str]] = {
+    "FAILED_PRECONDITION": (FailedPrecondition, "version-conflict"),
+    "NOT_FOUND": (NotFound, ""),
+    "INVALID_ARGUMENT": (InvalidArgument, ""),
+    "SESSION_EXPIRED": (FailedPrecondition, "session-expired"),
 }
 
 
 def _checked(res: ApplyResult, partition: int) -> int:
     if res.error_code is not None:
-        err = _ERROR.get(res.error_code, FailedPrecondition)
-        raise err(f"partition {partition}: {res.message}")
+        err, kind = _ERROR.get(res.error_code, (FailedPrecondition, ""))
+        raise err(f"partition {partition}: {res.message}", kind=kind)
     return res.version
+
+
+def token_fingerprint(index_key: bytes) -> bytes:
+    """Scan resume tokens are storage keys; they carry a fingerprint of the
+    storage-key secret so a replica with other keys refuses them, not misreads."""
+    return hashlib.blake2b(index_key, digest_size=8, person=b"medkv-scan-tok").digest()
 
 
 class KVService(kv_pb2_grpc.KVServicer):
@@ -70,6 +77,7 @@ class KVService(kv_pb2_grpc.KVServicer):
         self.placement = node.cfg.placement
         self.timeout = node.cfg.limits.request_timeout_s
         self.in_flight = 0  # unary calls being served: shutdown waits for them
+        self._token_fp = token_fingerprint(node.layout.index_key)
 
     # ---- helpers ---------------------------------------------------------
 
@@ -111,6 +119,7 @@ class KVService(kv_pb2_grpc.KVServicer):
                         f"read: staleness {shown}, lag {max(0, r.commit - r.applied)} entries, "
                         f"bound {read.max_staleness_ms}ms",
                         self.host.leader_hint(r),
+                        kind="too-stale",
                     )
         else:
             raise InvalidArgument(f"read.consistency: unknown mode {read.consistency}")
@@ -298,7 +307,7 @@ class KVService(kv_pb2_grpc.KVServicer):
                 request.partition, request.read, self._deadline(context), common_pb2.FOLLOWER
             )
             page = request.page_size or DEFAULT_SCAN_PAGE
-            token = bytes(request.resume_token)
+            token = self._storage_token(bytes(request.resume_token))
             remaining = request.limit or None
             rs = self.read_state(r)
             with r.sm.read_snapshot() as snap:
@@ -310,7 +319,7 @@ class KVService(kv_pb2_grpc.KVServicer):
                         done = done or remaining <= 0
                     yield kv_pb2.ScanResponse(
                         records=[_record_pb(x) for x in recs], read_state=rs,
-                        resume_token=token, done=done,
+                        resume_token=self._token_fp + token if token else b"", done=done,
                     )
                     if done:
                         return
@@ -321,6 +330,16 @@ class KVService(kv_pb2_grpc.KVServicer):
             await abort_with(context, InvalidArgument(str(e)))
         except NodeError as e:
             await abort_with(context, e)
+
+    def _storage_token(self, token: bytes) -> bytes:
+        if not token:
+            return b""
+        if token[:8] != self._token_fp:
+            raise InvalidArgument(
+                "resume_token was issued by a replica whose storage keys differ from node "
+                f"{self.host.node_id}'s; restart this partition's scan"
+            )
+        return token[8:]
 
     # ---- BatchCommands: many requests multiplexed on one stream ----------
 

@@ -13,10 +13,15 @@ master, or edited, fails loudly before any key is used. Every write is
 crash-safe (keyfile.atomic_write: temp, fsync, rename, fsync dir), and a new
 data key is on disk before anything is sealed under it.
 
-The keyring also holds the node's index key (Keyring.index_key): a random
-secret for keyed hashing of storage keys, so they reveal no patient id. It is
-wrapped like a data key and never changes, since every storage key depends on
-it; a master rotation re-wraps it like everything else.
+The keyring also holds the index key (Keyring.index_key): the secret for
+keyed hashing of storage keys, so they reveal no patient id. It is derived
+from the cluster's master key when the keyring is created, so every replica
+of a cluster stores a record under the same key and a scan's resume token
+means the same position on any replica; from then on it is stored wrapped
+and never changes (every storage key depends on it), so a master rotation
+only re-wraps it. A node created after a master rotation derives it from the
+new master: its scan tokens are then refused by older nodes (the token
+carries the key's fingerprint), never misread.
 
 Master rotation (MasterRotation) re-wraps the data keys and touches no data.
 It uses a staged key file next to the configured one, `KEY_FILE.next`:
@@ -122,6 +127,9 @@ class _State:
     index_key: bytes = field(repr=False)
 
 
+INDEX_KEY_PURPOSE = b"medkv storage-key hashing v1"
+
+
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
@@ -166,7 +174,8 @@ class Keyring:
             raise KeyringError(f"keyring {path} already exists; refusing to replace it")
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         first = _make_data_key(1, os.urandom(KEY_BYTES), _now())
-        state = _State(master, None, 1, 2, {1: first}, {}, os.urandom(KEY_BYTES))
+        index_key = master.derive(INDEX_KEY_PURPOSE)
+        state = _State(master, None, 1, 2, {1: first}, {}, index_key)
         _write(path, state)
         return cls(path, state)
 
@@ -192,9 +201,9 @@ class Keyring:
 
     @property
     def index_key(self) -> bytes:
-        """This node's 256-bit secret for keyed hashing of storage keys. Random per
-        node, never changed: a master rotation only re-wraps it. (Deriving it from
-        the master would change every storage key at each master rotation.)"""
+        """The 256-bit secret for keyed hashing of storage keys: derived from the
+        master when the keyring was created (the same on every replica), stored
+        since then and never changed, so a master rotation does not move records."""
         return self._state.index_key
 
     @property

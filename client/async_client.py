@@ -1,0 +1,933 @@
+"""The asyncio medkv client (grpc.aio), and the one home of the call loop.
+
+Every call goes through `_unary` (or `_scan_partition` for the streaming
+scan): pick a node with the routing state (client/routing.py), send one
+attempt with a bounded per-attempt timeout, and on failure ask the retry
+policy (client/retry.py) whether and when to try again: immediately at the
+node a leader hint names, after a jittered backoff otherwise, never past the
+call's total deadline. The blocking `Client` runs this class on a private
+event loop, so there is exactly one implementation of routing and retries.
+
+Writes carry a WriteId: 16 random bytes per client, a sequence number per
+logical write (counted per partition) that every retry of that write reuses,
+and `ack_below`, the partition's lowest sequence number still in flight,
+which lets the server forget the replies this client can no longer ask for.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import os
+import random
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Mapping, Sequence
+from dataclasses import replace
+from typing import Any
+
+import grpc
+import grpc.aio
+
+from client import ops as batch_ops
+from client.errors import (
+    DeadlineExceeded,
+    InvalidArgument,
+    MedkvError,
+    SessionExpired,
+    TooStale,
+    Unavailable,
+    from_status,
+    metadata_dict,
+)
+from client.fhir import decode_resource, encode_resource
+from client.records import ReadInfo, Record, ScanPage
+from client.retry import Attempts, RetryPolicy, is_retryable
+from client.routing import (
+    EPOCH_KEY,
+    LEADER_KEY,
+    Mode,
+    Router,
+    RoutingTable,
+    TargetPicker,
+    parse_epoch,
+    parse_leader_hint,
+)
+from proto.medkv.v1 import admin_pb2, admin_pb2_grpc, common_pb2, kv_pb2, kv_pb2_grpc
+
+DEFAULT_ADDRESS = "127.0.0.1:7101"
+
+# Reconnect quickly to a restarted node instead of grpc's default backoff of
+# up to two minutes; the client's own retry loop paces the attempts.
+_CHANNEL_OPTIONS: tuple[tuple[str, Any], ...] = (
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 1000),
+    ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+    ("grpc.enable_retries", 0),
+)
+
+# Versions asked for per History request (nodes refuse more than 1000).
+HISTORY_PAGE = 1000
+
+_CONSISTENCY = {
+    "linearizable": common_pb2.LINEARIZABLE,
+    "follower": common_pb2.FOLLOWER,
+    "bounded": common_pb2.BOUNDED,
+}
+
+
+# The generated gRPC modules are untyped; these typed aliases keep that local.
+_KV_STUB: Callable[[grpc.aio.Channel], Any] = kv_pb2_grpc.KVStub
+_ADMIN_STUB: Callable[[grpc.aio.Channel], Any] = admin_pb2_grpc.AdminStub
+
+
+def _const(value: Any) -> Callable[[], Any]:
+    """A request factory that always sends the same request (reads need no re-stamping)."""
+    return lambda: value
+
+
+def parse_addresses(addresses: str | Sequence[str]) -> list[str]:
+    """`"h1:1,h2:2"` or `["h1:1", "h2:2"]` -> a list of distinct host:port strings."""
+    items = addresses.split(",") if isinstance(addresses, str) else list(addresses)
+    out: list[str] = []
+    for item in items:
+        address = item.strip()
+        host, sep, port = address.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise InvalidArgument(f"not a host:port address: {address!r}")
+        if address not in out:
+            out.append(address)
+    if not out:
+        raise InvalidArgument("at least one node address is needed")
+    return out
+
+
+def read_options(
+    consistency: str,
+    max_staleness: float | None,
+    min_version: int | None,
+) -> tuple[common_pb2.ReadOptions, Mode]:
+    """The wire read options of one read, and who may serve it."""
+    level = _CONSISTENCY.get(str(consistency).lower())
+    if level is None:
+        raise InvalidArgument(
+            f"consistency must be one of {', '.join(_CONSISTENCY)}, not {consistency!r}"
+        )
+    options = common_pb2.ReadOptions(consistency=level)
+    if level == common_pb2.BOUNDED:
+        if max_staleness is None or not max_staleness > 0 or math.isinf(max_staleness):
+            raise InvalidArgument("a bounded read needs max_staleness > 0 (seconds)")
+        options.max_staleness_ms = max(1, math.ceil(max_staleness * 1000))
+    elif max_staleness is not None:
+        raise InvalidArgument("max_staleness applies only to consistency='bounded'")
+    if min_version is not None:
+        if min_version < 0:
+            raise InvalidArgument("min_version must be >= 0")
+        options.min_version = min_version
+    mode = Mode.LEADER if level == common_pb2.LINEARIZABLE else Mode.REPLICA
+    return options, mode
+
+
+def _check_key(patient_id: str, record_id: str | None = None) -> None:
+    if not isinstance(patient_id, str) or not patient_id:
+        raise InvalidArgument("patient_id must be a non-empty string")
+    if record_id is not None and (not isinstance(record_id, str) or not record_id):
+        raise InvalidArgument("record_id must be a non-empty string")
+
+
+def _check_value(value: bytes) -> bytes:
+    if not isinstance(value, bytes | bytearray | memoryview):
+        raise InvalidArgument("value must be bytes (use put_json for resources)")
+    return bytes(value)
+
+
+def _check_version(name: str, version: int) -> None:
+    if isinstance(version, bool) or not isinstance(version, int) or version < 0:
+        raise InvalidArgument(f"{name} must be an integer >= 0")
+
+
+class _Session:
+    """One write session with one partition: an id, its sequence, what is in flight."""
+
+    def __init__(self, client_id: bytes) -> None:
+        self.client_id = client_id
+        self.next_seq = 1
+        self.in_flight: set[int] = set()
+
+    def write_id(self, seq: int) -> common_pb2.WriteId:
+        # Recomputed per attempt: other writes may have finished meanwhile.
+        return common_pb2.WriteId(
+            client_id=self.client_id, seq=seq, ack_below=min(self.in_flight, default=seq)
+        )
+
+
+class _Writes:
+    """WriteId allocation for one client: stable ids per logical write, ack_below.
+
+    Sequence numbers count per partition, because every partition (a Raft
+    group) keeps its own session table: a partition that sees a client's
+    first write with ack_below > 1 must conclude that it forgot the client's
+    session (Raft thesis §6.3), so each partition's sequence starts at 1. A
+    patient never changes partition, so a write and all its retries stay
+    within one session.
+
+    A partition forgets a session that stayed idle past its TTL. The client
+    then opens a new one there under a fresh random id (reusing the old id
+    would let an old in-flight sequence number collide with a new one).
+    """
+
+    def __init__(self, client_id: bytes) -> None:
+        self.client_id = client_id
+        self._sessions: dict[int, _Session] = {}
+
+    def begin(self, partition: int) -> tuple[_Session, int]:
+        session = self._sessions.get(partition)
+        if session is None:
+            session = self._sessions[partition] = _Session(self.client_id)
+        seq = session.next_seq
+        session.next_seq += 1
+        session.in_flight.add(seq)
+        return session, seq
+
+    def renew(self, partition: int, expired: _Session) -> None:
+        """Replace an expired session (once, however many writes noticed it)."""
+        if self._sessions.get(partition) is expired:
+            self._sessions[partition] = _Session(os.urandom(16))
+
+    @staticmethod
+    def end(session: _Session, seq: int) -> None:
+        # Also on failure: a write given up on is never retried again, so the
+        # server may forget it.
+        session.in_flight.discard(seq)
+
+
+class AsyncClient:
+    """A medkv client for asyncio code.
+
+    `AsyncClient(["10.0.0.1:7101", "10.0.0.2:7101"])` or `AsyncClient("host:port")`:
+    any reachable node will do; the client fetches the routing table from it
+    and talks to every node directly afterwards. Use `async with` or `await
+    close()` to release the channels.
+    """
+
+    def __init__(
+        self,
+        addresses: str | Sequence[str] = DEFAULT_ADDRESS,
+        *,
+        timeout: float | None = None,
+        retry: RetryPolicy | None = None,
+        client_id: bytes | None = None,
+        scan_parallelism: int = 8,
+        channel_options: Sequence[tuple[str, Any]] = (),
+        rng: random.Random | None = None,
+    ) -> None:
+        self._seeds = parse_addresses(addresses)
+        policy = retry or RetryPolicy()
+        self.policy = replace(policy, timeout=timeout) if timeout is not None else policy
+        if client_id is not None and len(client_id) != 16:
+            raise InvalidArgument("client_id must be 16 bytes")
+        self._writes = _Writes(client_id or os.urandom(16))
+        if scan_parallelism < 1:
+            raise InvalidArgument("scan_parallelism must be at least 1")
+        self.scan_parallelism = scan_parallelism
+        self._channel_options = _CHANNEL_OPTIONS + tuple(channel_options)
+        self._rng = rng or random.Random()
+        self._channels: dict[str, grpc.aio.Channel] = {}
+        self._kv: dict[str, Any] = {}
+        self._admin: dict[str, Any] = {}
+        self._router: Router | None = None
+        self._refresh_lock: asyncio.Lock | None = None
+        self._refreshes = 0
+        self._closed = False
+
+    # ----------------------------------------------------------------- plumbing
+
+    @property
+    def client_id(self) -> bytes:
+        return self._writes.client_id
+
+    @property
+    def router(self) -> Router | None:
+        """The routing state, once a table has been fetched."""
+        return self._router
+
+    def _channel(self, address: str) -> grpc.aio.Channel:
+        if self._closed:
+            raise MedkvError("the client is closed")
+        channel = self._channels.get(address)
+        if channel is None:
+            channel = grpc.aio.insecure_channel(address, options=self._channel_options)
+            self._channels[address] = channel
+        return channel
+
+    def _kv_stub(self, address: str) -> Any:
+        stub = self._kv.get(address)
+        if stub is None:
+            stub = self._kv[address] = _KV_STUB(self._channel(address))
+        return stub
+
+    def _admin_stub(self, address: str) -> Any:
+        stub = self._admin.get(address)
+        if stub is None:
+            stub = self._admin[address] = _ADMIN_STUB(self._channel(address))
+        return stub
+
+    def _admin_addresses(self) -> list[str]:
+        """Known nodes first (the table's), then the seeds; starting at a random one."""
+        known = self._router.addresses() if self._router else []
+        ordered = known + [a for a in self._seeds if a not in known]
+        start = self._rng.randrange(len(ordered))
+        return ordered[start:] + ordered[:start]
+
+    async def _admin_call(self, method: str, request: Any, attempts: Attempts) -> Any:
+        """One Admin RPC answered by any reachable node, retried within the deadline."""
+        last: MedkvError | None = None
+        while True:
+            for address in self._admin_addresses():
+                attempt_timeout = attempts.attempt_timeout()
+                if attempt_timeout is None:
+                    break
+                try:
+                    return await getattr(self._admin_stub(address), method)(
+                        request, timeout=attempt_timeout
+                    )
+                except grpc.aio.AioRpcError as exc:
+                    last = from_status(exc.code(), exc.details() or "", is_read=True)
+                    if exc.code() not in (
+                        grpc.StatusCode.UNAVAILABLE,
+                        grpc.StatusCode.DEADLINE_EXCEEDED,
+                        grpc.StatusCode.RESOURCE_EXHAUSTED,
+                    ):
+                        raise last from None
+            wait = attempts.wait_after(grpc.StatusCode.UNAVAILABLE)
+            if wait is None:
+                raise Unavailable(
+                    f"no node answered {method} within {attempts.deadline.timeout:g}s"
+                    + (f" (last error: {last})" if last else "")
+                ) from None
+            await asyncio.sleep(wait)
+
+    async def _refresh(self, attempts: Attempts) -> Router:
+        """Fetch the routing table; concurrent refreshes share one fetch."""
+        if self._refresh_lock is None:
+            self._refresh_lock = asyncio.Lock()
+        generation = self._refreshes
+        async with self._refresh_lock:
+            if self._router is not None and self._refreshes != generation:
+                return self._router  # someone refreshed while we waited
+            reply = await self._admin_call(
+                "RoutingTable", admin_pb2.RoutingTableRequest(), attempts
+            )
+            try:
+                table = RoutingTable.from_proto(reply)
+            except ValueError as exc:
+                raise Unavailable(f"unusable routing table: {exc}") from None
+            if self._router is None:
+                self._router = Router(table, self._rng)
+            else:
+                self._router.install(table)
+            self._refreshes += 1
+            return self._router
+
+    async def _router_for(self, attempts: Attempts) -> Router:
+        if self._router is not None:
+            return self._router
+        return await self._refresh(attempts)
+
+    async def _note_epoch(self, metadata: Mapping[str, str], attempts: Attempts) -> None:
+        """A node on a newer membership epoch than our table: refresh once."""
+        epoch = parse_epoch(metadata.get(EPOCH_KEY))
+        if epoch is not None and self._router is not None and epoch > self._router.epoch:
+            with contextlib.suppress(MedkvError):
+                await self._refresh(attempts)
+
+    async def _after_failure(
+        self,
+        exc: grpc.aio.AioRpcError,
+        node: int,
+        picker: TargetPicker,
+        attempts: Attempts,
+        *,
+        is_read: bool,
+    ) -> tuple[MedkvError, float | None]:
+        """Classify a failed attempt, steer the picker, and say how long to wait (None: give up)."""
+        metadata = metadata_dict(exc.trailing_metadata())
+        await self._note_epoch(metadata, attempts)
+        code = exc.code()
+        error = from_status(code, exc.details() or "", is_read=is_read, metadata=metadata)
+        hint = parse_leader_hint(metadata.get(LEADER_KEY))
+        if isinstance(error, TooStale) and picker.mode is Mode.REPLICA:
+            # The leader is never stale: one more attempt there, at once.
+            picker.to_leader()
+            if hint is not None and picker.router.knows(hint):
+                picker.redirect(hint.node_id)
+            return error, 0.0
+        if code != grpc.StatusCode.UNAVAILABLE:
+            hint = None
+        redirected = False
+        if hint is not None and hint.node_id != node:
+            if not picker.router.knows(hint):
+                # A leader we cannot place: the membership changed under us.
+                with contextlib.suppress(MedkvError):
+                    await self._refresh(attempts)
+                picker.router.learn(hint)
+            if picker.mode is Mode.LEADER:
+                picker.redirect(hint.node_id)
+                redirected = True
+            else:
+                picker.router.note_leader(picker.partition, hint.node_id)
+        else:
+            picker.failed(node)
+        return error, attempts.wait_after(code, redirected=redirected)
+
+    @staticmethod
+    def _give_up(error: MedkvError | None, attempts: Attempts, *, is_read: bool) -> MedkvError:
+        """The exception a call ends with; says so when it ran out of time rather than failed."""
+        if error is None:
+            return DeadlineExceeded(
+                f"no attempt fit in the {attempts.deadline.timeout:g}s deadline"
+            )
+        if not is_retryable(error.code):
+            return error
+        note = f" (gave up after {attempts.attempts} attempts in {attempts.deadline.timeout:g}s"
+        if not is_read:
+            note += "; the write may or may not have been applied"
+        return type(error)(error.message + note + ")", error.code)
+
+    async def _resolve(
+        self, node: int, picker: TargetPicker, attempts: Attempts, refreshed: bool
+    ) -> tuple[str | None, bool]:
+        """The address of a picked node; refreshes the table once per call if it is unknown."""
+        address = picker.router.address(node)
+        if address is None and not refreshed:
+            await self._refresh(attempts)
+            address = picker.router.address(node)
+            refreshed = True
+        return address, refreshed
+
+    async def _unary(
+        self,
+        method: str,
+        make_request: Callable[[], Any],
+        *,
+        partition: int,
+        mode: Mode,
+        is_read: bool,
+        attempts: Attempts,
+    ) -> Any:
+        """Send one logical request until it succeeds, fails for good, or time runs out."""
+        router = await self._router_for(attempts)
+        picker = TargetPicker(router, partition, mode)
+        error: MedkvError | None = None
+        refreshed = False
+        sent = 0
+        while (attempt_timeout := attempts.attempt_timeout()) is not None:
+            node = picker.next()
+            address, refreshed = await self._resolve(node, picker, attempts, refreshed)
+            if address is None:
+                picker.failed(node)
+                error = Unavailable("the routing table names a node without an address")
+                wait = attempts.wait_after(grpc.StatusCode.UNAVAILABLE)
+                if wait is None:
+                    break
+                await asyncio.sleep(wait)
+                continue
+            sent += 1
+            call = getattr(self._kv_stub(address), method)(make_request(), timeout=attempt_timeout)
+            try:
+                reply = await call
+            except grpc.aio.AioRpcError as exc:
+                error, wait = await self._after_failure(
+                    exc, node, picker, attempts, is_read=is_read
+                )
+                if wait is None:
+                    break
+                if wait > 0:
+                    await asyncio.sleep(wait)
+                continue
+            await self._note_epoch(metadata_dict(await call.trailing_metadata()), attempts)
+            state = reply.read_state if reply.HasField("read_state") else None
+            if state is not None and state.from_leader:
+                router.note_leader(partition, state.node_id or node)
+            elif not is_read or picker.mode is Mode.LEADER:
+                router.note_leader(partition, node)
+            return reply
+        final = self._give_up(error, attempts, is_read=is_read)
+        final.attempts = sent
+        raise final
+
+    async def _write(
+        self,
+        method: str,
+        build: Callable[[common_pb2.WriteId], Any],
+        patient_id: str,
+        timeout: float | None,
+    ) -> Any:
+        """A write: one WriteId for every attempt, released whatever the outcome."""
+        attempts = Attempts(self.policy, timeout, rng=self._rng)
+        router = await self._router_for(attempts)
+        partition = router.partition_of(patient_id)
+        for renewed in (False, True):
+            session, seq = self._writes.begin(partition)
+            try:
+                return await self._unary(
+                    method,
+                    lambda: build(session.write_id(seq)),  # noqa: B023 - called within the loop body
+                    partition=partition,
+                    mode=Mode.LEADER,
+                    is_read=False,
+                    attempts=attempts,
+                )
+            except SessionExpired as expired:
+                # Refused at its first attempt: nothing was applied, so the
+                # same write may go again in a fresh session. After a retry
+                # the first attempt may have applied: the caller must know.
+                if renewed or expired.attempts != 1:
+                    raise
+                self._writes.renew(partition, session)
+            finally:
+                self._writes.end(session, seq)
+        raise AssertionError("unreachable")
+
+    # --------------------------------------------------------------- lifecycle
+
+    async def connect(self, timeout: float | None = None) -> None:
+        """Fetch the routing table now (calls otherwise do it on first use)."""
+        await self._refresh(Attempts(self.policy, timeout, rng=self._rng))
+
+    async def close(self) -> None:
+        """Close every channel. Idempotent."""
+        self._closed = True
+        channels, self._channels = list(self._channels.values()), {}
+        self._kv.clear()
+        self._admin.clear()
+        for channel in channels:
+            await channel.close()
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # ------------------------------------------------------------------ writes
+
+    async def put(
+        self, patient_id: str, record_id: str, value: bytes, *, timeout: float | None = None
+    ) -> int:
+        """Write a record; returns its new version."""
+        _check_key(patient_id, record_id)
+        data = _check_value(value)
+        reply = await self._write(
+            "Put",
+            lambda wid: kv_pb2.PutRequest(
+                write_id=wid, patient_id=patient_id, record_id=record_id, value=data
+            ),
+            patient_id,
+            timeout,
+        )
+        return int(reply.version)
+
+    async def cas(
+        self,
+        patient_id: str,
+        record_id: str,
+        value: bytes,
+        expected_version: int,
+        *,
+        timeout: float | None = None,
+    ) -> int:
+        """Write only if the record is at `expected_version` (0: absent); VersionConflict otherwise."""
+        _check_key(patient_id, record_id)
+        data = _check_value(value)
+        _check_version("expected_version", expected_version)
+        reply = await self._write(
+            "CompareAndSet",
+            lambda wid: kv_pb2.CompareAndSetRequest(
+                write_id=wid,
+                patient_id=patient_id,
+                record_id=record_id,
+                value=data,
+                expected_version=expected_version,
+            ),
+            patient_id,
+            timeout,
+        )
+        return int(reply.version)
+
+    async def delete(
+        self,
+        patient_id: str,
+        record_id: str,
+        expected_version: int | None = None,
+        *,
+        timeout: float | None = None,
+    ) -> int:
+        """Delete (write a tombstone); conditional when `expected_version` is given."""
+        _check_key(patient_id, record_id)
+        if expected_version is not None:
+            _check_version("expected_version", expected_version)
+        reply = await self._write(
+            "Delete",
+            lambda wid: kv_pb2.DeleteRequest(
+                write_id=wid,
+                patient_id=patient_id,
+                record_id=record_id,
+                has_expected_version=expected_version is not None,
+                expected_version=expected_version or 0,
+            ),
+            patient_id,
+            timeout,
+        )
+        return int(reply.version)
+
+    async def batch(
+        self, patient_id: str, ops: Iterable[Any], *, timeout: float | None = None
+    ) -> int:
+        """Apply puts/deletes/checks of one patient atomically; returns the batch's version."""
+        _check_key(patient_id)
+        wire_ops = batch_ops.to_proto(ops)
+        reply = await self._write(
+            "Batch",
+            lambda wid: kv_pb2.BatchRequest(write_id=wid, patient_id=patient_id, ops=wire_ops),
+            patient_id,
+            timeout,
+        )
+        return int(reply.version)
+
+    async def put_json(
+        self,
+        patient_id: str,
+        record_id: str,
+        resource: Mapping[str, Any],
+        *,
+        resource_type: str | None = None,
+        timeout: float | None = None,
+    ) -> int:
+        """Write a FHIR-like resource dict in the canonical JSON encoding."""
+        return await self.put(
+            patient_id,
+            record_id,
+            encode_resource(resource, resource_type=resource_type),
+            timeout=timeout,
+        )
+
+    # ------------------------------------------------------------------- reads
+
+    async def get(
+        self,
+        patient_id: str,
+        record_id: str,
+        *,
+        consistency: str = "linearizable",
+        max_staleness: float | None = None,
+        min_version: int | None = None,
+        at_version: int | None = None,
+        timeout: float | None = None,
+    ) -> Record:
+        """Read a record (the latest, or the one current at `at_version`); NotFound if none."""
+        _check_key(patient_id, record_id)
+        options, mode = read_options(consistency, max_staleness, min_version)
+        if at_version is not None:
+            _check_version("at_version", at_version)
+        attempts = Attempts(self.policy, timeout, rng=self._rng)
+        router = await self._router_for(attempts)
+        request = kv_pb2.GetRequest(
+            patient_id=patient_id, record_id=record_id, read=options, at_version=at_version or 0
+        )
+        reply = await self._unary(
+            "Get",
+            _const(request),
+            partition=router.partition_of(patient_id),
+            mode=mode,
+            is_read=True,
+            attempts=attempts,
+        )
+        return Record.from_proto(reply.record, ReadInfo.from_proto(reply.read_state))
+
+    async def get_json(
+        self,
+        patient_id: str,
+        record_id: str,
+        *,
+        resource_type: str | None = None,
+        consistency: str = "linearizable",
+        max_staleness: float | None = None,
+        min_version: int | None = None,
+        at_version: int | None = None,
+        timeout: float | None = None,
+    ) -> dict[str, Any]:
+        """Read a record written with put_json, as a dict."""
+        record = await self.get(
+            patient_id,
+            record_id,
+            consistency=consistency,
+            max_staleness=max_staleness,
+            min_version=min_version,
+            at_version=at_version,
+            timeout=timeout,
+        )
+        return decode_resource(record.value, resource_type=resource_type)
+
+    async def history(
+        self,
+        patient_id: str,
+        record_id: str,
+        limit: int | None = None,
+        *,
+        consistency: str = "linearizable",
+        max_staleness: float | None = None,
+        timeout: float | None = None,
+    ) -> list[Record]:
+        """The record's retained versions, newest first (at most `limit`)."""
+        _check_key(patient_id, record_id)
+        if limit is not None and (
+            isinstance(limit, bool) or not isinstance(limit, int) or limit <= 0
+        ):
+            raise InvalidArgument("limit must be a positive integer")
+        options, mode = read_options(consistency, max_staleness, None)
+        attempts = Attempts(self.policy, timeout, rng=self._rng)
+        router = await self._router_for(attempts)
+        partition = router.partition_of(patient_id)
+        out: list[Record] = []
+        before = 0
+        while limit is None or len(out) < limit:
+            want = min(HISTORY_PAGE, limit - len(out)) if limit is not None else HISTORY_PAGE
+            request = kv_pb2.HistoryRequest(
+                patient_id=patient_id,
+                record_id=record_id,
+                read=options,
+                limit=want,
+                before_version=before,
+            )
+            reply = await self._unary(
+                "History",
+                _const(request),
+                partition=partition,
+                mode=mode,
+                is_read=True,
+                attempts=attempts,
+            )
+            info = ReadInfo.from_proto(reply.read_state)
+            page = [Record.from_proto(r, info) for r in reply.versions]
+            # Stop on a page that did not move backwards (no server may make
+            # this loop forever), or a short one: a node returns fewer
+            # versions than asked for only when it has no more.
+            if not page or (before and page[0].version >= before):
+                break
+            out.extend(page)
+            before = page[-1].version
+            if len(page) < want or before <= 1:
+                break
+        return out[:limit] if limit is not None else out
+
+    # ------------------------------------------------------------------- scans
+
+    async def scan_pages(
+        self,
+        *,
+        consistency: str = "follower",
+        max_staleness: float | None = None,
+        partitions: Iterable[int] | None = None,
+        page_size: int = 0,
+        parallelism: int | None = None,
+        timeout: float | None = None,
+    ) -> AsyncGenerator[ScanPage, None]:
+        """Stream every partition (or the ones given), read in parallel, page by page.
+
+        Pages of different partitions interleave as they arrive. A partition
+        whose replica fails mid-scan resumes on another replica from the last
+        page's resume token. `timeout` bounds the retries of one partition
+        between two pages (default: the client's timeout), not the whole scan.
+        """
+        options, mode = read_options(consistency, max_staleness, None)
+        attempts = Attempts(self.policy, timeout, rng=self._rng)
+        router = await self._router_for(attempts)
+        wanted = list(range(router.partitions)) if partitions is None else sorted(set(partitions))
+        for p in wanted:
+            if isinstance(p, bool) or not isinstance(p, int) or not 0 <= p < router.partitions:
+                raise InvalidArgument(f"partition must be in 0..{router.partitions - 1}")
+        if page_size < 0:
+            raise InvalidArgument("page_size must be >= 0")
+        width = max(1, parallelism or self.scan_parallelism)
+        queue: asyncio.Queue[ScanPage | _PartitionDone | _PartitionFailed] = asyncio.Queue(
+            maxsize=2 * width
+        )
+        gate = asyncio.Semaphore(width)
+
+        async def worker(partition: int) -> None:
+            async with gate:
+                try:
+                    async for page in self._scan_partition(
+                        router, partition, options, mode, page_size, timeout
+                    ):
+                        await queue.put(page)
+                except Exception as exc:
+                    # Anything, so the consumer is never left waiting on a dead worker.
+                    await queue.put(_PartitionFailed(exc))
+                    return
+                await queue.put(_PartitionDone())
+
+        tasks = [asyncio.create_task(worker(p)) for p in wanted]
+        try:
+            pending = len(tasks)
+            while pending:
+                item = await queue.get()
+                if isinstance(item, _PartitionDone):
+                    pending -= 1
+                elif isinstance(item, _PartitionFailed):
+                    raise item.error
+                else:
+                    yield item
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def scan(
+        self,
+        *,
+        consistency: str = "follower",
+        max_staleness: float | None = None,
+        partitions: Iterable[int] | None = None,
+        page_size: int = 0,
+        parallelism: int | None = None,
+        timeout: float | None = None,
+    ) -> AsyncGenerator[Record, None]:
+        """The records of scan_pages(), one by one; each carries partition and staleness."""
+        pages = self.scan_pages(
+            consistency=consistency,
+            max_staleness=max_staleness,
+            partitions=partitions,
+            page_size=page_size,
+            parallelism=parallelism,
+            timeout=timeout,
+        )
+        try:
+            async for page in pages:
+                for record in page.records:
+                    yield record
+        finally:
+            await pages.aclose()
+
+    async def _scan_partition(
+        self,
+        router: Router,
+        partition: int,
+        options: common_pb2.ReadOptions,
+        mode: Mode,
+        page_size: int,
+        timeout: float | None,
+    ) -> AsyncIterator[ScanPage]:
+        picker = TargetPicker(router, partition, mode)
+        attempts = Attempts(self.policy, timeout, rng=self._rng)
+        token = b""
+        error: MedkvError | None = None
+        refreshed = False
+        while attempts.attempt_timeout() is not None:
+            node = picker.next()
+            address, refreshed = await self._resolve(node, picker, attempts, refreshed)
+            if address is None:
+                picker.failed(node)
+                error = Unavailable("the routing table names a node without an address")
+                wait = attempts.wait_after(grpc.StatusCode.UNAVAILABLE)
+                if wait is None:
+                    break
+                await asyncio.sleep(wait)
+                continue
+            request = kv_pb2.ScanRequest(
+                partition=partition, read=options, resume_token=token, page_size=page_size
+            )
+            call = self._kv_stub(address).Scan(request)
+            try:
+                while True:
+                    reply = await _read_page(call, self.policy.attempt_timeout)
+                    if reply is grpc.aio.EOF:
+                        # The stream ended cleanly without a `done` page.
+                        info = ReadInfo(partition, node, 0, 0, 0, 0.0, False)
+                        yield ScanPage(partition, (), info, True)
+                        return
+                    info = ReadInfo.from_proto(reply.read_state)
+                    records = tuple(Record.from_proto(r, info) for r in reply.records)
+                    token = reply.resume_token or token
+                    # Progress: the retry budget starts afresh for the next page.
+                    attempts = Attempts(self.policy, timeout, rng=self._rng)
+                    yield ScanPage(partition, records, info, reply.done)
+                    if reply.done:
+                        return
+            except grpc.aio.AioRpcError as exc:
+                error, wait = await self._after_failure(exc, node, picker, attempts, is_read=True)
+                if wait is None:
+                    break
+                if wait > 0:
+                    await asyncio.sleep(wait)
+            finally:
+                call.cancel()
+        raise self._give_up(error, attempts, is_read=True)
+
+    # ------------------------------------------------------------------- admin
+
+    async def routing_table(self, *, timeout: float | None = None) -> RoutingTable:
+        """A freshly fetched routing table (also installed for routing)."""
+        router = await self._refresh(Attempts(self.policy, timeout, rng=self._rng))
+        return router.table
+
+    async def cluster_status(
+        self, *, timeout: float | None = None
+    ) -> admin_pb2.ClusterStatusResponse:
+        """Admin.ClusterStatus from any reachable node."""
+        attempts = Attempts(self.policy, timeout, rng=self._rng)
+        reply: admin_pb2.ClusterStatusResponse = await self._admin_call(
+            "ClusterStatus", admin_pb2.ClusterStatusRequest(), attempts
+        )
+        return reply
+
+
+class _PartitionDone:
+    pass
+
+
+class _PartitionFailed:
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+
+async def _read_page(call: Any, timeout: float) -> Any:
+    """The stream's next message, or a retryable error after `timeout` idle seconds.
+
+    The read runs as its own task and is never awaited after cancellation:
+    cancelling the call is what ends it. (asyncio.wait_for would wait for the
+    cancelled read to finish, which a grpc.aio stream does not promise.)
+    """
+    read = asyncio.ensure_future(call.read())
+    read.add_done_callback(_consume)
+    try:
+        done, _ = await asyncio.wait({read}, timeout=timeout)
+    except BaseException:
+        call.cancel()
+        read.cancel()
+        raise
+    if not done:
+        call.cancel()
+        read.cancel()
+        raise _stalled()
+    return read.result()
+
+
+def _consume(task: asyncio.Future[Any]) -> None:
+    # Retrieve the outcome of a read nobody waits for, so asyncio does not log it.
+    if not task.cancelled():
+        task.exception()
+
+
+def _stalled() -> grpc.aio.AioRpcError:
+    """A scan stream that sent nothing for a whole attempt timeout, as a retryable error."""
+    return grpc.aio.AioRpcError(
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.aio.Metadata(),
+        grpc.aio.Metadata(),
+        details="scan stream stalled",
+    )
+
+
+__all__ = ["DEFAULT_ADDRESS", "AsyncClient", "parse_addresses", "read_options"]

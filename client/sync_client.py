@@ -1,0 +1,319 @@
+"""The blocking medkv client.
+
+It runs an `AsyncClient` on a private event loop in a daemon thread and waits
+for each call's result, so routing, retries and WriteId handling exist once
+(in client/async_client.py). A scan's partitions are read concurrently by
+tasks on that loop; the calling thread receives the pages as they arrive,
+one hop across threads per page, so memory stays bounded by the in-flight
+pages however large the scan.
+
+Every Client of a process shares that one loop thread: grpc.aio keeps
+process-wide state bound to the loops it has seen, and closing loops as
+clients come and go makes it log spurious errors. A Client may also be
+shared by several threads: every call is scheduled onto the one loop, which
+serialises access to the routing state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+from collections.abc import AsyncGenerator, Coroutine, Iterable, Iterator, Mapping, Sequence
+from typing import Any, TypeVar
+
+from client.async_client import DEFAULT_ADDRESS, AsyncClient
+from client.errors import MedkvError
+from client.records import Record, ScanPage
+from client.retry import RetryPolicy
+from client.routing import Router, RoutingTable
+from proto.medkv.v1 import admin_pb2
+
+T = TypeVar("T")
+
+
+class _LoopThread:
+    """The process's client event loop, started on first use (again after a fork)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._pid = 0
+
+    def get(self) -> asyncio.AbstractEventLoop:
+        with self._lock:
+            if self._loop is None or self._pid != os.getpid():
+                loop = asyncio.new_event_loop()
+                thread = threading.Thread(
+                    target=loop.run_forever, name="medkv-client-loop", daemon=True
+                )
+                thread.start()
+                self._loop, self._pid = loop, os.getpid()
+            return self._loop
+
+
+_LOOP = _LoopThread()
+
+
+async def _next_page(pages: AsyncGenerator[ScanPage, None]) -> ScanPage | None:
+    try:
+        return await pages.__anext__()
+    except StopAsyncIteration:
+        return None
+
+
+class Client:
+    """A blocking medkv client: `Client(["127.0.0.1:7101", ...])` or `Client("host:port")`.
+
+    Same methods and arguments as AsyncClient. Use as a context manager or
+    call close() to release the channels and the loop thread.
+    """
+
+    def __init__(
+        self,
+        addresses: str | Sequence[str] = DEFAULT_ADDRESS,
+        *,
+        timeout: float | None = None,
+        retry: RetryPolicy | None = None,
+        client_id: bytes | None = None,
+        scan_parallelism: int = 8,
+        channel_options: Sequence[tuple[str, Any]] = (),
+    ) -> None:
+        # Built first: argument errors surface before a thread is started.
+        self._async = AsyncClient(
+            addresses,
+            timeout=timeout,
+            retry=retry,
+            client_id=client_id,
+            scan_parallelism=scan_parallelism,
+            channel_options=channel_options,
+        )
+        self._loop = _LOOP.get()
+        self._closed = False
+
+    def _run(self, coro: Coroutine[Any, Any, T]) -> T:
+        if self._closed:
+            coro.close()
+            raise MedkvError("the client is closed")
+        future = asyncio.run_coroutine_threadsafe(coro, self._loop)
+        try:
+            return future.result()
+        except BaseException:
+            # Interrupted (e.g. Ctrl-C) while waiting: stop the call on the loop too.
+            future.cancel()
+            raise
+
+    @property
+    def client_id(self) -> bytes:
+        return self._async.client_id
+
+    @property
+    def policy(self) -> RetryPolicy:
+        return self._async.policy
+
+    @property
+    def router(self) -> Router | None:
+        """The routing state (read it only; it lives on the client's loop)."""
+        return self._async.router
+
+    # --------------------------------------------------------------- lifecycle
+
+    def connect(self, timeout: float | None = None) -> None:
+        self._run(self._async.connect(timeout))
+
+    def close(self) -> None:
+        """Close every channel of this client. Idempotent."""
+        if self._closed:
+            return
+        try:
+            self._run(self._async.close())
+        finally:
+            self._closed = True
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ writes
+
+    def put(
+        self, patient_id: str, record_id: str, value: bytes, *, timeout: float | None = None
+    ) -> int:
+        return self._run(self._async.put(patient_id, record_id, value, timeout=timeout))
+
+    def cas(
+        self,
+        patient_id: str,
+        record_id: str,
+        value: bytes,
+        expected_version: int,
+        *,
+        timeout: float | None = None,
+    ) -> int:
+        return self._run(
+            self._async.cas(patient_id, record_id, value, expected_version, timeout=timeout)
+        )
+
+    def delete(
+        self,
+        patient_id: str,
+        record_id: str,
+        expected_version: int | None = None,
+        *,
+        timeout: float | None = None,
+    ) -> int:
+        return self._run(
+            self._async.delete(patient_id, record_id, expected_version, timeout=timeout)
+        )
+
+    def batch(self, patient_id: str, ops: Iterable[Any], *, timeout: float | None = None) -> int:
+        return self._run(self._async.batch(patient_id, list(ops), timeout=timeout))
+
+    def put_json(
+        self,
+        patient_id: str,
+        record_id: str,
+        resource: Mapping[str, Any],
+        *,
+        resource_type: str | None = None,
+        timeout: float | None = None,
+    ) -> int:
+        return self._run(
+            self._async.put_json(
+                patient_id, record_id, resource, resource_type=resource_type, timeout=timeout
+            )
+        )
+
+    # ------------------------------------------------------------------- reads
+
+    def get(
+        self,
+        patient_id: str,
+        record_id: str,
+        *,
+        consistency: str = "linearizable",
+        max_staleness: float | None = None,
+        min_version: int | None = None,
+        at_version: int | None = None,
+        timeout: float | None = None,
+    ) -> Record:
+        return self._run(
+            self._async.get(
+                patient_id,
+                record_id,
+                consistency=consistency,
+                max_staleness=max_staleness,
+                min_version=min_version,
+                at_version=at_version,
+                timeout=timeout,
+            )
+        )
+
+    def get_json(
+        self,
+        patient_id: str,
+        record_id: str,
+        *,
+        resource_type: str | None = None,
+        consistency: str = "linearizable",
+        max_staleness: float | None = None,
+        min_version: int | None = None,
+        at_version: int | None = None,
+        timeout: float | None = None,
+    ) -> dict[str, Any]:
+        return self._run(
+            self._async.get_json(
+                patient_id,
+                record_id,
+                resource_type=resource_type,
+                consistency=consistency,
+                max_staleness=max_staleness,
+                min_version=min_version,
+                at_version=at_version,
+                timeout=timeout,
+            )
+        )
+
+    def history(
+        self,
+        patient_id: str,
+        record_id: str,
+        limit: int | None = None,
+        *,
+        consistency: str = "linearizable",
+        max_staleness: float | None = None,
+        timeout: float | None = None,
+    ) -> list[Record]:
+        return self._run(
+            self._async.history(
+                patient_id,
+                record_id,
+                limit,
+                consistency=consistency,
+                max_staleness=max_staleness,
+                timeout=timeout,
+            )
+        )
+
+    # ------------------------------------------------------------------- scans
+
+    def scan_pages(
+        self,
+        *,
+        consistency: str = "follower",
+        max_staleness: float | None = None,
+        partitions: Iterable[int] | None = None,
+        page_size: int = 0,
+        parallelism: int | None = None,
+        timeout: float | None = None,
+    ) -> Iterator[ScanPage]:
+        """Pages of every partition as they arrive (see AsyncClient.scan_pages)."""
+        pages = self._async.scan_pages(
+            consistency=consistency,
+            max_staleness=max_staleness,
+            partitions=None if partitions is None else list(partitions),
+            page_size=page_size,
+            parallelism=parallelism,
+            timeout=timeout,
+        )
+        try:
+            while (page := self._run(_next_page(pages))) is not None:
+                yield page
+        finally:
+            # Abandoned or finished: stop the partition tasks on the loop.
+            if not self._closed:
+                self._run(pages.aclose())
+
+    def scan(
+        self,
+        *,
+        consistency: str = "follower",
+        max_staleness: float | None = None,
+        partitions: Iterable[int] | None = None,
+        page_size: int = 0,
+        parallelism: int | None = None,
+        timeout: float | None = None,
+    ) -> Iterator[Record]:
+        """Every record of the scanned partitions; each carries partition and staleness."""
+        for page in self.scan_pages(
+            consistency=consistency,
+            max_staleness=max_staleness,
+            partitions=partitions,
+            page_size=page_size,
+            parallelism=parallelism,
+            timeout=timeout,
+        ):
+            yield from page.records
+
+    # ------------------------------------------------------------------- admin
+
+    def routing_table(self, *, timeout: float | None = None) -> RoutingTable:
+        return self._run(self._async.routing_table(timeout=timeout))
+
+    def cluster_status(self, *, timeout: float | None = None) -> admin_pb2.ClusterStatusResponse:
+        return self._run(self._async.cluster_status(timeout=timeout))
+
+
+__all__ = ["Client"]

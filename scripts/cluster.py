@@ -1,0 +1,605 @@
+"""Local cluster control for operators and tests: one command per action.
+
+    scripts/cluster up --nodes N --data-dir DIR [--base-port 7100] [--partitions 16]
+                       [--replicas 3] [--host 127.0.0.1] [--timeout 60]
+    scripts/cluster status        --data-dir DIR [--json]
+    scripts/cluster down          --data-dir DIR [--grace 10]
+    scripts/cluster kill-node ID  --data-dir DIR       (SIGKILL)
+    scripts/cluster restart-node ID --data-dir DIR     (SIGTERM, then start again)
+    scripts/cluster pause-node ID --data-dir DIR       (SIGSTOP)
+    scripts/cluster resume-node ID --data-dir DIR      (SIGCONT)
+
+Nodes are numbered 1..N; node i listens on host:(base_port + i) and lives in
+DIR/node-i/ (node.toml, node.log, node.pid, its data). DIR/cluster.json
+remembers the layout so every later command needs only --data-dir. Nodes run
+in their own sessions, so they outlive this script; `down` stops every one of
+them, paused ones included, and waits until none is left.
+
+`up` prints the client addresses (host:port,host:port,...) on stdout, so
+`export MEDKV_ADDR=$(scripts/cluster up ...)` works; progress goes to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from client import Client, MedkvError, RetryPolicy  # noqa: E402
+from client.status_table import (  # noqa: E402
+    partitions_with_leader,
+    render_status,
+    status_dict,
+)
+
+STATE_FILE = "cluster.json"
+KEY_FILE = "master.key"
+
+
+def note(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+class ClusterError(Exception):
+    """A command cannot be carried out; the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class Layout:
+    nodes: int
+    host: str
+    base_port: int
+    partitions: int
+    replicas: int
+    key_file: str | None
+    raft: dict[str, int] = field(default_factory=dict)  # extra [raft] settings
+    lossy_unsynced_writes: bool = False  # test-only storage mode (node/lossy_db.py)
+
+    def node_ids(self) -> list[int]:
+        return list(range(1, self.nodes + 1))
+
+    def address(self, node: int) -> str:
+        return f"{self.host}:{self.base_port + node}"
+
+    def addresses(self) -> list[str]:
+        return [self.address(n) for n in self.node_ids()]
+
+
+class Cluster:
+    """One data directory's cluster: its layout, files and node processes."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.dir = data_dir.resolve()
+
+    # -- files -----------------------------------------------------------------
+
+    def node_dir(self, node: int) -> Path:
+        return self.dir / f"node-{node}"
+
+    def config_path(self, node: int) -> Path:
+        return self.node_dir(node) / "node.toml"
+
+    def pid_path(self, node: int) -> Path:
+        return self.node_dir(node) / "node.pid"
+
+    def log_path(self, node: int) -> Path:
+        return self.node_dir(node) / "node.log"
+
+    def load(self) -> Layout:
+        path = self.dir / STATE_FILE
+        try:
+            return Layout(**json.loads(path.read_text()))
+        except FileNotFoundError:
+            raise ClusterError(
+                f"no cluster in {self.dir} (run `scripts/cluster up` first)"
+            ) from None
+        except (json.JSONDecodeError, TypeError) as exc:
+            raise ClusterError(f"{path} is damaged: {exc}") from None
+
+    def save(self, layout: Layout) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        tmp = self.dir / (STATE_FILE + ".tmp")
+        tmp.write_text(json.dumps(asdict(layout), indent=2) + "\n")
+        tmp.replace(self.dir / STATE_FILE)
+
+    def check_node(self, layout: Layout, node: int) -> None:
+        if node not in layout.node_ids():
+            raise ClusterError(f"no node {node}: this cluster has nodes 1..{layout.nodes}")
+
+    def write_config(self, layout: Layout, node: int) -> Path:
+        """The node's TOML configuration, in the format node/config.py reads."""
+        self.node_dir(node).mkdir(parents=True, exist_ok=True)
+        q = json.dumps  # a JSON string is a valid TOML basic string
+        lines = [
+            "# Written by scripts/cluster up; rewritten on every `up`.",
+            f"node_id = {node}",
+            f"listen = {q(layout.address(node))}",
+            f"data_dir = {q(str(self.node_dir(node)))}",
+            f"partitions = {layout.partitions}",
+            f"replication = {layout.replicas}",
+        ]
+        if layout.key_file:
+            lines.append(f"key_file = {q(layout.key_file)}")
+        if layout.lossy_unsynced_writes:
+            lines.append("lossy_unsynced_writes = true  # TEST ONLY: unsynced writes die with kill -9")
+        for peer in layout.node_ids():
+            lines += ["", "[[peers]]", f"id = {peer}", f"address = {q(layout.address(peer))}"]
+        raft = {"tick_ms": 100, "election_ticks": 10, **layout.raft}
+        lines += ["", "[raft]", *(f"{k} = {v}" for k, v in sorted(raft.items())), ""]
+        path = self.config_path(node)
+        path.write_text("\n".join(lines))
+        return path
+
+    # -- processes -------------------------------------------------------------
+
+    def pid(self, node: int) -> int | None:
+        """The pid of this node's live process, or None (stale pid files are ignored)."""
+        try:
+            pid = int(self.pid_path(node).read_text().strip())
+        except (FileNotFoundError, ValueError):
+            return None
+        return pid if _is_our_node(pid, self.config_path(node)) else None
+
+    def state(self, node: int) -> str:
+        pid = self.pid(node)
+        if pid is None:
+            return "stopped"
+        return "paused" if _proc_state(pid) in ("T", "t") else "running"
+
+    def start(self, node: int) -> subprocess.Popen[bytes]:
+        if self.pid(node) is not None:
+            raise ClusterError(f"node {node} is already running")
+        env = dict(os.environ)
+        env["PYTHONPATH"] = str(ROOT) + (
+            os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else ""
+        )
+        with open(self.log_path(node), "ab") as log:
+            log.write(
+                f"\n==== started by scripts/cluster at {time.strftime('%Y-%m-%d %H:%M:%S')}\n".encode()
+            )
+            log.flush()
+            process = subprocess.Popen(
+                [sys.executable, "-m", "node", "--config", str(self.config_path(node))],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=str(ROOT),
+                env=env,
+                start_new_session=True,  # outlives this script; its own process group
+            )
+        self.pid_path(node).write_text(f"{process.pid}\n")
+        return process
+
+    def signal(self, node: int, sig: signal.Signals) -> bool:
+        """Send sig to the node's process group; False if it is not running."""
+        pid = self.pid(node)
+        if pid is None:
+            return False
+        try:
+            if os.getpgid(pid) == pid:
+                os.killpg(pid, sig)
+            else:
+                os.kill(pid, sig)
+        except ProcessLookupError:
+            return False
+        return True
+
+    def wait_gone(self, nodes: list[int], timeout: float) -> list[int]:
+        """Wait until none of the nodes runs; returns the ones still running at timeout."""
+        deadline = time.monotonic() + timeout
+        while True:
+            alive = [n for n in nodes if self.pid(n) is not None]
+            if not alive or time.monotonic() >= deadline:
+                return alive
+            time.sleep(0.05)
+
+    def stop(self, nodes: list[int], grace: float) -> None:
+        """SIGCONT (a paused node cannot act on SIGTERM), SIGTERM, then SIGKILL after grace."""
+        running = [n for n in nodes if self.pid(n) is not None]
+        for n in running:
+            self.signal(n, signal.SIGCONT)
+            self.signal(n, signal.SIGTERM)
+        left = self.wait_gone(running, grace)
+        for n in left:
+            note(f"node {n} did not stop within {grace:g}s: SIGKILL")
+            self.signal(n, signal.SIGKILL)
+        left = self.wait_gone(left, 10.0)
+        if left:
+            raise ClusterError(f"node(s) {left} survived SIGKILL; check `ps` for their pids")
+        for n in nodes:
+            self.pid_path(n).unlink(missing_ok=True)
+
+
+def _proc_state(pid: int) -> str:
+    """The one-letter /proc state (R, S, D, T, Z, ...), or '' when unknown."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return ""
+    return stat.rsplit(")", 1)[1].split()[0]
+
+
+def _is_our_node(pid: int, config: Path) -> bool:
+    """True if pid is alive (not a zombie) and runs this node's config (pids get reused)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return False  # someone else's process now holds this pid
+    proc = Path(f"/proc/{pid}")
+    if not proc.exists():
+        return True  # no /proc (not Linux): trust the pid file
+    if _proc_state(pid) in ("Z", "X", ""):
+        return False
+    try:
+        cmdline = (proc / "cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    return str(config).encode() in cmdline and b"node" in cmdline
+
+
+def _port_free(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def _node_command_exists(*args: str) -> bool:
+    """True if `python -m node <args> --help` runs (the lead's node may not have it yet)."""
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "node", *args, "--help"],
+            cwd=str(ROOT),
+            capture_output=True,
+            timeout=60,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        return False
+    return done.returncode == 0
+
+
+def _ensure_key(cluster: Cluster) -> str | None:
+    key = cluster.dir / KEY_FILE
+    if key.exists():
+        return str(key)
+    if not _node_command_exists("keys", "init"):
+        note("note: `python -m node keys init` is not available: nodes start without key_file")
+        return None
+    done = subprocess.run(
+        [sys.executable, "-m", "node", "keys", "init", "--key-file", str(key)],
+        cwd=str(ROOT),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    if done.returncode != 0 or not key.exists():
+        raise ClusterError(f"creating {key} failed: {done.stderr.strip() or done.stdout.strip()}")
+    note(f"created master key {key}")
+    return str(key)
+
+
+def _tail(path: Path, lines: int = 15) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+def _status(layout: Layout, timeout: float) -> Any:
+    policy = RetryPolicy(timeout=timeout, attempt_timeout=min(1.0, timeout))
+    with Client(layout.addresses(), retry=policy) as kv:
+        return kv.cluster_status()
+
+
+def _exited(cluster: Cluster, node: int, process: subprocess.Popen[bytes] | None) -> str | None:
+    """Why the node is gone, or None while it runs (our own child: exact exit status)."""
+    if process is not None:
+        code = process.poll()
+        if code is None:
+            return None
+        how = f"was killed by signal {-code}" if code < 0 else f"exited with status {code}"
+    elif cluster.pid(node) is None:
+        how = "is not running"
+    else:
+        return None
+    return f"node {node} {how}; last lines of {cluster.log_path(node)}:\n" + _tail(
+        cluster.log_path(node)
+    )
+
+
+def wait_for_leaders(
+    cluster: Cluster,
+    layout: Layout,
+    timeout: float,
+    started_now: dict[int, subprocess.Popen[bytes]],
+) -> None:
+    """Poll Admin.ClusterStatus until every partition has a leader (bounded, with progress)."""
+    started = time.monotonic()
+    deadline = started + timeout
+    last_report = 0.0
+    summary = "no node answered yet"
+    while True:
+        for n in layout.node_ids():
+            why = _exited(cluster, n, started_now.get(n))
+            if why is not None:
+                raise ClusterError(why)
+        try:
+            status = _status(layout, timeout=1.0)
+        except MedkvError:
+            status = None
+        if status is not None:
+            led = partitions_with_leader(status)
+            up = sum(1 for n in status.nodes if n.up)
+            summary = (
+                f"{led}/{layout.partitions} partitions have a leader, {up}/{layout.nodes} nodes up"
+            )
+            if led == layout.partitions and len(status.partition_info) == layout.partitions:
+                note(f"cluster ready in {time.monotonic() - started:.1f}s: {summary}")
+                return
+        now = time.monotonic()
+        if now >= deadline:
+            raise ClusterError(
+                f"cluster not ready after {timeout:g}s ({summary}); see the node logs in {cluster.dir}"
+            )
+        if now - last_report >= 1.0:
+            note(f"waiting for leaders: {summary} ({now - started:.1f}s)")
+            last_report = now
+        time.sleep(0.2)
+
+
+def wait_for_node(
+    cluster: Cluster,
+    layout: Layout,
+    node: int,
+    timeout: float,
+    process: subprocess.Popen[bytes],
+) -> None:
+    """Wait until the node answers Admin.ClusterStatus at its own address."""
+    deadline = time.monotonic() + timeout
+    policy = RetryPolicy(timeout=1.0, attempt_timeout=1.0)
+    while time.monotonic() < deadline:
+        why = _exited(cluster, node, process)
+        if why is not None:
+            raise ClusterError(why)
+        try:
+            with Client(layout.address(node), retry=policy) as kv:
+                if kv.cluster_status().answered_by == node:
+                    return
+        except MedkvError:
+            pass
+        time.sleep(0.2)
+    raise ClusterError(f"node {node} did not answer within {timeout:g}s")
+
+
+# -- commands ------------------------------------------------------------------
+
+
+def _raft_settings(pairs: list[str]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key or not value.isdigit():
+            raise ClusterError(f"--raft takes KEY=INTEGER, not {pair!r}")
+        out[key] = int(value)
+    return out
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    cluster = Cluster(Path(args.data_dir))
+    if args.nodes < 1 or args.replicas < 1 or args.partitions < 1:
+        raise ClusterError("--nodes, --replicas and --partitions must be at least 1")
+    if args.replicas > args.nodes:
+        raise ClusterError(f"{args.nodes} node(s) cannot hold {args.replicas} replicas")
+    if args.base_port + args.nodes > 65535 or args.base_port < 1:
+        raise ClusterError("--base-port leaves no room for the node ports")
+    if (cluster.dir / STATE_FILE).exists():
+        old = cluster.load()
+        wanted = (args.nodes, args.host, args.base_port, args.partitions, args.replicas)
+        have = (old.nodes, old.host, old.base_port, old.partitions, old.replicas)
+        if wanted != have:
+            raise ClusterError(
+                f"{cluster.dir} already holds a different cluster ({old.nodes} nodes, "
+                f"ports {old.base_port + 1}..{old.base_port + old.nodes}, {old.partitions} "
+                f"partitions, {old.replicas} replicas); use it as is or pick another --data-dir"
+            )
+    cluster.dir.mkdir(parents=True, exist_ok=True)
+    layout = Layout(
+        nodes=args.nodes,
+        host=args.host,
+        base_port=args.base_port,
+        partitions=args.partitions,
+        replicas=args.replicas,
+        key_file=_ensure_key(cluster),
+        raft=_raft_settings(args.raft),
+        lossy_unsynced_writes=args.lossy_unsynced_writes,
+    )
+    cluster.save(layout)
+    to_start = [n for n in layout.node_ids() if cluster.pid(n) is None]
+    busy = [
+        layout.address(n) for n in to_start if not _port_free(layout.host, layout.base_port + n)
+    ]
+    if busy:
+        raise ClusterError(f"address(es) already in use: {', '.join(busy)} (choose --base-port)")
+    for n in layout.node_ids():
+        cluster.write_config(layout, n)
+    started: dict[int, subprocess.Popen[bytes]] = {}
+    for n in to_start:
+        started[n] = cluster.start(n)
+        note(f"node {n}: pid {started[n].pid}, {layout.address(n)}, log {cluster.log_path(n)}")
+    try:
+        wait_for_leaders(cluster, layout, args.timeout, started)
+    except ClusterError:
+        note("startup failed; the nodes are left running for inspection (`scripts/cluster down`)")
+        raise
+    print(",".join(layout.addresses()), flush=True)
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    cluster = Cluster(Path(args.data_dir))
+    layout = cluster.load()
+    processes = [
+        {"node": n, "address": layout.address(n), "pid": cluster.pid(n), "state": cluster.state(n)}
+        for n in layout.node_ids()
+    ]
+    reason = ""
+    try:
+        status = _status(layout, timeout=args.timeout)
+    except MedkvError as exc:
+        status = None
+        reason = str(exc)
+    if args.json:
+        data: dict[str, Any] = {
+            "data_dir": str(cluster.dir),
+            "processes": processes,
+            "cluster": status_dict(status) if status is not None else None,
+        }
+        print(json.dumps(data, indent=2, sort_keys=True))
+    else:
+        print(f"processes in {cluster.dir}:")
+        for p in processes:
+            pid = p["pid"] if p["pid"] is not None else "-"
+            print(f"  node {p['node']:<3} {p['address']:<21} {p['state']:<8} pid {pid}")
+        print()
+        print(render_status(status) if status is not None else f"no node answered: {reason}")
+    return 0 if status is not None else 1
+
+
+def cmd_down(args: argparse.Namespace) -> int:
+    cluster = Cluster(Path(args.data_dir))
+    layout = cluster.load()
+    running = [n for n in layout.node_ids() if cluster.pid(n) is not None]
+    cluster.stop(layout.node_ids(), args.grace)
+    note(f"stopped {len(running)} node(s); data kept in {cluster.dir}")
+    return 0
+
+
+def _one_node(args: argparse.Namespace) -> tuple[Cluster, Layout, int]:
+    cluster = Cluster(Path(args.data_dir))
+    layout = cluster.load()
+    cluster.check_node(layout, args.node)
+    return cluster, layout, args.node
+
+
+def cmd_kill(args: argparse.Namespace) -> int:
+    cluster, _, node = _one_node(args)
+    if not cluster.signal(node, signal.SIGKILL):
+        raise ClusterError(f"node {node} is not running")
+    if cluster.wait_gone([node], 10.0):
+        raise ClusterError(f"node {node} survived SIGKILL")
+    cluster.pid_path(node).unlink(missing_ok=True)
+    note(f"node {node} killed (SIGKILL)")
+    return 0
+
+
+def cmd_restart(args: argparse.Namespace) -> int:
+    cluster, layout, node = _one_node(args)
+    cluster.stop([node], args.grace)
+    process = cluster.start(node)
+    note(f"node {node}: restarted as pid {process.pid}")
+    wait_for_node(cluster, layout, node, args.timeout, process)
+    note(f"node {node} is answering at {layout.address(node)}")
+    return 0
+
+
+def cmd_pause(args: argparse.Namespace) -> int:
+    cluster, _, node = _one_node(args)
+    if not cluster.signal(node, signal.SIGSTOP):
+        raise ClusterError(f"node {node} is not running")
+    note(f"node {node} paused (SIGSTOP)")
+    return 0
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    cluster, _, node = _one_node(args)
+    if not cluster.signal(node, signal.SIGCONT):
+        raise ClusterError(f"node {node} is not running")
+    note(f"node {node} resumed (SIGCONT)")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="scripts/cluster",
+        description="Start, inspect and stop a local medkv cluster.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def data_dir(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--data-dir", required=True, help="the cluster's directory")
+
+    up = sub.add_parser("up", help="start a cluster in the background and wait for leaders")
+    up.add_argument("--nodes", type=int, required=True)
+    data_dir(up)
+    up.add_argument("--base-port", type=int, default=7100, help="node i listens on PORT+i")
+    up.add_argument("--partitions", type=int, default=16)
+    up.add_argument("--replicas", type=int, default=3)
+    up.add_argument("--host", default="127.0.0.1", help="address the nodes bind and advertise")
+    up.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for leaders")
+    up.add_argument(
+        "--raft", action="append", default=[], metavar="KEY=VALUE",
+        help="a [raft] setting of every node, e.g. snapshot_every=200 (repeatable)",
+    )
+    up.add_argument(
+        "--lossy-unsynced-writes", action="store_true",
+        help="TEST ONLY: nodes lose writes not yet synced when killed (fault injection)",
+    )
+    up.set_defaults(run=cmd_up)
+
+    status = sub.add_parser("status", help="node processes and the cluster status table")
+    data_dir(status)
+    status.add_argument("--json", action="store_true")
+    status.add_argument("--timeout", type=float, default=3.0)
+    status.set_defaults(run=cmd_status)
+
+    down = sub.add_parser("down", help="stop every node (SIGTERM, then SIGKILL)")
+    data_dir(down)
+    down.add_argument("--grace", type=float, default=10.0, help="seconds before SIGKILL")
+    down.set_defaults(run=cmd_down)
+
+    for name, func, text in (
+        ("kill-node", cmd_kill, "SIGKILL one node"),
+        ("restart-node", cmd_restart, "stop one node and start it again"),
+        ("pause-node", cmd_pause, "SIGSTOP one node"),
+        ("resume-node", cmd_resume, "SIGCONT one node"),
+    ):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("node", type=int, metavar="ID")
+        data_dir(p)
+        if name == "restart-node":
+            p.add_argument("--grace", type=float, default=10.0)
+            p.add_argument("--timeout", type=float, default=30.0)
+        p.set_defaults(run=func)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.run(args))
+    except ClusterError as exc:
+        note(f"cluster: {exc}")
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,513 @@
+"""A small in-test medkv cluster: real grpc.aio servers on 127.0.0.1.
+
+Not a mock of gRPC: the client under test talks real HTTP/2 to real servers
+that implement the KV and Admin services of proto/medkv/v1 over one shared
+dict, with one scripted leader per partition. Non-leaders answer writes and
+linearizable reads UNAVAILABLE with the `medkv-leader` hint, exactly as the
+contract says. Tests script faults (lost replies, unavailability, overload,
+hangs, broken scan streams, staleness) and read back every request the
+servers received, so retries and redirects are observed, not assumed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+import grpc.aio
+
+from proto.medkv.v1 import admin_pb2, admin_pb2_grpc, common_pb2, kv_pb2, kv_pb2_grpc
+from proto.placement import make_placement
+
+WRITES = {"Put", "CompareAndSet", "Delete", "Batch"}
+
+
+@dataclass
+class Fault:
+    """One scripted misbehaviour, consumed by the first `times` matching requests."""
+
+    action: str  # unavailable | hint | lost_reply | exhausted | hang | code | scan_break | forget
+    node: int | None = None
+    method: str | None = None
+    times: int = 1
+    arg: Any = None
+
+
+@dataclass
+class Call:
+    node: int
+    method: str
+    partition: int
+    seq: int = 0
+    ack_below: int = 0
+    client_id: bytes = b""
+    resume_token: bytes = b""
+
+
+@dataclass
+class State:
+    partitions: int
+    node_ids: list[int]
+    replication: int
+    leaders: dict[int, int] = field(default_factory=dict)
+    epoch: int = 1
+    send_epoch: bool = False
+    hints: bool = True
+    index: int = 0
+    records: dict[tuple[str, str], list[common_pb2.Record]] = field(default_factory=dict)
+    sessions: dict[tuple[int, bytes, int], Any] = field(default_factory=dict)
+    clients: set[tuple[int, bytes]] = field(default_factory=set)
+    applied: list[tuple[int, bytes, int]] = field(default_factory=list)  # (partition, client, seq)
+    faults: list[Fault] = field(default_factory=list)
+    calls: list[Call] = field(default_factory=list)
+    staleness: dict[int, float] = field(default_factory=dict)
+    extra_nodes: dict[int, str] = field(default_factory=dict)
+
+
+class _Node(kv_pb2_grpc.KVServicer, admin_pb2_grpc.AdminServicer):  # type: ignore[misc]
+    def __init__(self, cluster: TestCluster, node_id: int) -> None:
+        self.cluster = cluster
+        self.node_id = node_id
+
+    # -- helpers ---------------------------------------------------------------
+
+    @property
+    def s(self) -> State:
+        return self.cluster.state
+
+    def _fault(self, method: str) -> Fault | None:
+        with self.cluster.lock:
+            for fault in self.s.faults:
+                if (
+                    fault.times > 0
+                    and fault.node in (None, self.node_id)
+                    and fault.method in (None, method)
+                ):
+                    fault.times -= 1
+                    return fault
+        return None
+
+    def _trailing(self) -> tuple[tuple[str, str], ...]:
+        return (("medkv-epoch", str(self.s.epoch)),) if self.s.send_epoch else ()
+
+    async def _abort(
+        self,
+        context: Any,
+        code: grpc.StatusCode,
+        message: str,
+        md: tuple[tuple[str, str], ...] = (),
+    ) -> None:
+        await context.abort(code, message, trailing_metadata=md + self._trailing())
+
+    async def _redirect(self, context: Any, partition: int) -> None:
+        leader = self.s.leaders[partition]
+        md: tuple[tuple[str, str], ...] = ()
+        if self.s.hints:
+            md = (("medkv-leader", f"{leader}@{self.cluster.address_of(leader)}"),)
+        await self._abort(context, grpc.StatusCode.UNAVAILABLE, "not the leader", md)
+
+    def _read_state(self, partition: int) -> common_pb2.ReadState:
+        leader = self.s.leaders[partition] == self.node_id
+        return common_pb2.ReadState(
+            partition=partition,
+            node_id=self.node_id,
+            applied_index=self.s.index,
+            commit_index=self.s.index,
+            lag_entries=0,
+            staleness_seconds=0.0 if leader else self.s.staleness.get(self.node_id, 0.0),
+            from_leader=leader,
+        )
+
+    async def _begin(self, method: str, request: Any, context: Any, partition: int) -> Fault | None:
+        """Record the call, run the scripted fault (if any); returns a fault to finish later."""
+        wid = getattr(request, "write_id", None)
+        with self.cluster.lock:
+            self.s.calls.append(
+                Call(
+                    self.node_id,
+                    method,
+                    partition,
+                    wid.seq if wid else 0,
+                    wid.ack_below if wid else 0,
+                    wid.client_id if wid else b"",
+                    getattr(request, "resume_token", b""),
+                )
+            )
+        fault = self._fault(method)
+        if fault is None:
+            return None
+        if fault.action == "unavailable":
+            await self._abort(context, grpc.StatusCode.UNAVAILABLE, "no quorum")
+        elif fault.action == "hint":
+            node, address = fault.arg
+            await self._abort(
+                context,
+                grpc.StatusCode.UNAVAILABLE,
+                "not the leader",
+                (("medkv-leader", f"{node}@{address}"),),
+            )
+        elif fault.action == "exhausted":
+            await self._abort(context, grpc.StatusCode.RESOURCE_EXHAUSTED, "too many requests")
+        elif fault.action == "code":
+            code, message = fault.arg
+            await self._abort(context, code, message)
+        elif fault.action == "hang":
+            await asyncio.sleep(float(fault.arg))
+        elif fault.action == "forget":
+            # The partition's session table expired every session.
+            with self.cluster.lock:
+                self.s.clients = {c for c in self.s.clients if c[0] != partition}
+                self.s.sessions = {k: v for k, v in self.s.sessions.items() if k[0] != partition}
+        return fault  # lost_reply / scan_break: the handler finishes them
+
+    def _partition(self, patient_id: str) -> int:
+        return self.cluster.placement.partition_of(patient_id)
+
+    def _is_leader(self, partition: int) -> bool:
+        return self.s.leaders[partition] == self.node_id
+
+    # -- writes ----------------------------------------------------------------
+
+    async def _write(
+        self, method: str, request: Any, context: Any, apply: Callable[[int], Any]
+    ) -> Any:
+        partition = self._partition(request.patient_id)
+        fault = await self._begin(method, request, context, partition)
+        if not self._is_leader(partition):
+            await self._redirect(context, partition)
+        wid = request.write_id
+        key = (partition, wid.client_id, wid.seq)
+        with self.cluster.lock:
+            reply = self.s.sessions.get(key)
+            known = (partition, wid.client_id) in self.s.clients
+            if reply is None and not known and wid.ack_below > 1:
+                # As the nodes do: a first write claiming earlier replies means
+                # this partition forgot the client's session.
+                reply = _Refused(grpc.StatusCode.FAILED_PRECONDITION, "client session expired")
+            elif reply is None:
+                self.s.clients.add((partition, wid.client_id))
+                self.s.index += 1
+                try:
+                    reply = apply(self.s.index)
+                except _Refused as refused:
+                    self.s.index -= 1
+                    reply = refused
+                self.s.sessions[key] = reply
+                if not isinstance(reply, _Refused):
+                    self.s.applied.append(key)
+        if fault is not None and fault.action == "lost_reply":
+            await self._abort(context, grpc.StatusCode.UNAVAILABLE, "connection reset")
+        if isinstance(reply, _Refused):
+            await self._abort(context, reply.code, reply.message)
+        context.set_trailing_metadata(self._trailing())
+        return reply
+
+    def _current(self, key: tuple[str, str]) -> common_pb2.Record | None:
+        versions = self.s.records.get(key)
+        return versions[-1] if versions and not versions[-1].deleted else None
+
+    def _check(self, key: tuple[str, str], expected: int) -> None:
+        current = self._current(key)
+        actual = current.version if current else 0
+        if actual != expected:
+            raise _Refused(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"version mismatch: expected {expected}, actual {actual}",
+            )
+
+    def _store(self, pid: str, rid: str, value: bytes, index: int, deleted: bool = False) -> None:
+        self.s.records.setdefault((pid, rid), []).append(
+            common_pb2.Record(
+                patient_id=pid, record_id=rid, value=value, version=index, deleted=deleted
+            )
+        )
+
+    async def Put(self, request: kv_pb2.PutRequest, context: Any) -> kv_pb2.PutResponse:
+        def apply(index: int) -> kv_pb2.PutResponse:
+            self._store(request.patient_id, request.record_id, request.value, index)
+            return kv_pb2.PutResponse(version=index)
+
+        return await self._write("Put", request, context, apply)  # type: ignore[no-any-return]
+
+    async def CompareAndSet(self, request: Any, context: Any) -> kv_pb2.CompareAndSetResponse:
+        def apply(index: int) -> kv_pb2.CompareAndSetResponse:
+            self._check((request.patient_id, request.record_id), request.expected_version)
+            self._store(request.patient_id, request.record_id, request.value, index)
+            return kv_pb2.CompareAndSetResponse(version=index)
+
+        return await self._write("CompareAndSet", request, context, apply)  # type: ignore[no-any-return]
+
+    async def Delete(self, request: Any, context: Any) -> kv_pb2.DeleteResponse:
+        def apply(index: int) -> kv_pb2.DeleteResponse:
+            key = (request.patient_id, request.record_id)
+            if request.has_expected_version:
+                self._check(key, request.expected_version)
+            elif self._current(key) is None:
+                raise _Refused(grpc.StatusCode.NOT_FOUND, "no such record")
+            self._store(request.patient_id, request.record_id, b"", index, deleted=True)
+            return kv_pb2.DeleteResponse(version=index)
+
+        return await self._write("Delete", request, context, apply)  # type: ignore[no-any-return]
+
+    async def Batch(self, request: Any, context: Any) -> kv_pb2.BatchResponse:
+        def apply(index: int) -> kv_pb2.BatchResponse:
+            for op in request.ops:
+                if op.WhichOneof("op") == "check":
+                    self._check((request.patient_id, op.check.record_id), op.check.expected_version)
+            for op in request.ops:
+                kind = op.WhichOneof("op")
+                if kind == "put":
+                    self._store(request.patient_id, op.put.record_id, op.put.value, index)
+                elif kind == "delete":
+                    self._store(request.patient_id, op.delete.record_id, b"", index, deleted=True)
+            return kv_pb2.BatchResponse(version=index)
+
+        return await self._write("Batch", request, context, apply)  # type: ignore[no-any-return]
+
+    # -- reads -----------------------------------------------------------------
+
+    async def _admit_read(
+        self, options: common_pb2.ReadOptions, partition: int, context: Any
+    ) -> None:
+        consistency = options.consistency or common_pb2.LINEARIZABLE
+        if consistency == common_pb2.LINEARIZABLE:
+            if not self._is_leader(partition):
+                await self._redirect(context, partition)
+            return
+        if self.node_id not in self.cluster.placement.replicas(partition):
+            await self._abort(context, grpc.StatusCode.INVALID_ARGUMENT, "wrong partition")
+        if consistency == common_pb2.BOUNDED and not self._is_leader(partition):
+            lag = self.s.staleness.get(self.node_id, 0.0)
+            if lag * 1000 > options.max_staleness_ms:
+                await self._abort(
+                    context,
+                    grpc.StatusCode.FAILED_PRECONDITION,
+                    f"replica is {lag:.1f}s behind, over the bound",
+                )
+
+    async def Get(self, request: kv_pb2.GetRequest, context: Any) -> kv_pb2.GetResponse:
+        partition = self._partition(request.patient_id)
+        await self._begin("Get", request, context, partition)
+        await self._admit_read(request.read, partition, context)
+        with self.cluster.lock:
+            versions = list(self.s.records.get((request.patient_id, request.record_id), []))
+        if request.at_version:
+            versions = [v for v in versions if v.version <= request.at_version]
+        if not versions or (versions[-1].deleted and not request.at_version):
+            await self._abort(context, grpc.StatusCode.NOT_FOUND, "no such record")
+        context.set_trailing_metadata(self._trailing())
+        return kv_pb2.GetResponse(record=versions[-1], read_state=self._read_state(partition))
+
+    async def History(self, request: Any, context: Any) -> kv_pb2.HistoryResponse:
+        partition = self._partition(request.patient_id)
+        await self._begin("History", request, context, partition)
+        await self._admit_read(request.read, partition, context)
+        with self.cluster.lock:
+            versions = list(self.s.records.get((request.patient_id, request.record_id), []))
+        versions.reverse()
+        if request.before_version:
+            versions = [v for v in versions if v.version < request.before_version]
+        page = request.limit or self.cluster.history_page
+        return kv_pb2.HistoryResponse(
+            versions=versions[:page], read_state=self._read_state(partition)
+        )
+
+    async def Scan(self, request: kv_pb2.ScanRequest, context: Any) -> Any:
+        partition = request.partition
+        fault = await self._begin("Scan", request, context, partition)
+        options = common_pb2.ReadOptions()
+        options.CopyFrom(request.read)
+        if not options.consistency:
+            options.consistency = common_pb2.FOLLOWER
+        await self._admit_read(options, partition, context)
+        with self.cluster.lock:
+            keys = sorted(
+                k for k in self.s.records if self._partition(k[0]) == partition and self._current(k)
+            )
+            rows = [r for r in (self._current(k) for k in keys) if r is not None]
+        after = tuple(json.loads(request.resume_token)) if request.resume_token else None
+        rows = [r for r in rows if (after is None or (r.patient_id, r.record_id) > after)]
+        size = request.page_size or self.cluster.scan_page
+        state = self._read_state(partition)
+        for sent, start in enumerate(range(0, max(len(rows), 1), size)):
+            if fault is not None and fault.action == "scan_break" and sent >= int(fault.arg):
+                await self._abort(context, grpc.StatusCode.UNAVAILABLE, "replica went away")
+            page = rows[start : start + size]
+            token = json.dumps([page[-1].patient_id, page[-1].record_id]).encode() if page else b""
+            yield kv_pb2.ScanResponse(
+                records=page, read_state=state, resume_token=token, done=start + size >= len(rows)
+            )
+
+    # -- admin -----------------------------------------------------------------
+
+    async def RoutingTable(self, request: Any, context: Any) -> admin_pb2.RoutingTableResponse:
+        with self.cluster.lock:
+            self.s.calls.append(Call(self.node_id, "RoutingTable", 0))
+        fault = self._fault("RoutingTable")
+        if fault is not None and fault.action == "unavailable":
+            await self._abort(context, grpc.StatusCode.UNAVAILABLE, "starting")
+        reply = admin_pb2.RoutingTableResponse(
+            epoch=self.s.epoch,
+            partitions=self.s.partitions,
+            replication_factor=self.s.replication,
+            virtual_nodes=128,
+        )
+        for node, address in self.cluster.all_addresses().items():
+            reply.nodes.add(node_id=node, address=address)
+        for p in range(self.s.partitions):
+            reply.partition_info.add(
+                partition=p, replicas=self.cluster.placement.replicas(p), leader=self.s.leaders[p]
+            )
+        return reply
+
+    async def ClusterStatus(self, request: Any, context: Any) -> admin_pb2.ClusterStatusResponse:
+        reply = admin_pb2.ClusterStatusResponse(
+            answered_by=self.node_id,
+            partitions=self.s.partitions,
+            replication_factor=self.s.replication,
+        )
+        for node, address in self.cluster.addresses.items():
+            reply.nodes.add(node=admin_pb2.NodeInfo(node_id=node, address=address), up=True)
+        for p in range(self.s.partitions):
+            reply.partition_info.add(
+                partition=p,
+                replicas=self.cluster.placement.replicas(p),
+                leader=self.s.leaders[p],
+                term=1,
+                commit_index=self.s.index,
+                applied_index=self.s.index,
+            )
+        return reply
+
+
+class _Refused(Exception):
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+_LOOP: asyncio.AbstractEventLoop | None = None
+_LOOP_LOCK = threading.Lock()
+
+
+def _server_loop() -> asyncio.AbstractEventLoop:
+    """One event loop thread for every test server of the process.
+
+    grpc.aio keeps process-wide state bound to the loops it has served on;
+    one long-lived loop avoids spurious errors from loops that come and go.
+    """
+    global _LOOP
+    with _LOOP_LOCK:
+        if _LOOP is None:
+            _LOOP = asyncio.new_event_loop()
+            threading.Thread(target=_LOOP.run_forever, name="test-servers", daemon=True).start()
+        return _LOOP
+
+
+class TestCluster:
+    """N in-process gRPC servers on one background event loop."""
+
+    __test__ = False  # not a pytest test class
+
+    def __init__(
+        self, nodes: int = 3, partitions: int = 4, replication: int = 3, *, scan_page: int = 2
+    ) -> None:
+        self.placement = make_placement(range(1, nodes + 1), partitions, replication)
+        self.state = State(partitions, list(range(1, nodes + 1)), replication)
+        # Default leaders: the preferred (first) replica of every partition.
+        self.state.leaders = {p: self.placement.replicas(p)[0] for p in range(partitions)}
+        self.lock = threading.Lock()
+        self.scan_page = scan_page
+        self.history_page = 2
+        self.addresses: dict[int, str] = {}
+        self._servers: dict[int, grpc.aio.Server] = {}
+        self._loop = _server_loop()
+
+    def _run(self, coro: Any, timeout: float = 10.0) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
+
+    async def _start_node(self, node: int, port: int = 0) -> None:
+        server = grpc.aio.server()
+        servicer = _Node(self, node)
+        kv_pb2_grpc.add_KVServicer_to_server(servicer, server)
+        admin_pb2_grpc.add_AdminServicer_to_server(servicer, server)
+        bound = server.add_insecure_port(f"127.0.0.1:{port}")
+        await server.start()
+        self._servers[node] = server
+        self.addresses[node] = f"127.0.0.1:{bound}"
+
+    def start(self) -> TestCluster:
+        for node in self.state.node_ids:
+            self._run(self._start_node(node))
+        return self
+
+    def stop_node(self, node: int) -> None:
+        """The node's server goes away: connections to it are refused."""
+        server = self._servers.pop(node)
+        self._run(server.stop(0))
+
+    def restart_node(self, node: int) -> None:
+        port = int(self.addresses[node].rsplit(":", 1)[1])
+        self._run(self._start_node(node, port))
+
+    def stop(self) -> None:
+        for node in list(self._servers):
+            self.stop_node(node)
+
+    def __enter__(self) -> TestCluster:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # -- for tests -------------------------------------------------------------
+
+    def address_of(self, node: int) -> str:
+        return self.all_addresses().get(node, "127.0.0.1:1")
+
+    def all_addresses(self) -> dict[int, str]:
+        return {**self.addresses, **self.state.extra_nodes}
+
+    def seeds(self) -> list[str]:
+        return [self.addresses[n] for n in sorted(self.addresses)]
+
+    def script(self, *faults: Fault) -> None:
+        with self.lock:
+            self.state.faults.extend(faults)
+
+    def calls(self, method: str | None = None) -> list[Call]:
+        with self.lock:
+            return [c for c in self.state.calls if method is None or c.method == method]
+
+    def clear_calls(self) -> None:
+        with self.lock:
+            self.state.calls.clear()
+
+    def patient_in(self, partition: int, prefix: str = "patient") -> str:
+        """A patient id that hashes to the given partition."""
+        for i in range(100_000):
+            pid = f"{prefix}-{i}"
+            if self.placement.partition_of(pid) == partition:
+                return pid
+        raise AssertionError("no patient id found for the partition")
+
+    def follower_of(self, partition: int) -> int:
+        return next(
+            n for n in self.placement.replicas(partition) if n != self.state.leaders[partition]
+        )
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.01)
+    return predicate()

@@ -1,0 +1,187 @@
+"""The `medkv` command line: parsing, server-command dispatch, and real runs
+against the in-test gRPC cluster."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from client import Client, RetryPolicy
+from client.cli import (
+    EXIT_CONFLICT,
+    EXIT_NOT_FOUND,
+    _Out,
+    build_parser,
+    main,
+    run,
+    server_command,
+)
+from tests.client_unit.kvserver import TestCluster
+
+ROOT = Path(__file__).resolve().parents[2]
+FAST = RetryPolicy(timeout=3.0, attempt_timeout=1.0, initial_backoff=0.01, max_backoff=0.05)
+
+
+def test_global_options_and_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("MEDKV_ADDR", raising=False)
+    args = build_parser().parse_args(["get", "p1", "r1"])
+    assert args.addr == "127.0.0.1:7101" and not args.json and args.consistency is None
+    monkeypatch.setenv("MEDKV_ADDR", "10.0.0.1:7101,10.0.0.2:7101")
+    args = build_parser().parse_args(
+        ["--json", "--timeout", "2.5", "get", "p1", "r1", "--max-staleness", "1.5"]
+    )
+    assert args.addr == "10.0.0.1:7101,10.0.0.2:7101" and args.json and args.timeout == 2.5
+    assert args.max_staleness == 1.5
+    args = build_parser().parse_args(["scan", "--partition", "3", "--partition", "5"])
+    assert args.partition == [3, 5] and args.page_size == 0
+    args = build_parser().parse_args(["cas", "p", "r", "--expected-version", "0", "--value", "v"])
+    assert args.expected_version == 0 and args.value == "v"
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["cas", "p", "r"])  # --expected-version is required
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["get", "p", "r", "--consistency", "eventual"])
+
+
+def test_server_commands_are_handed_to_the_node_package() -> None:
+    py = sys.executable
+    assert server_command(["node", "--config", "n.toml"]) == [
+        py,
+        "-m",
+        "node",
+        "--config",
+        "n.toml",
+    ]
+    assert server_command(["--addr", "h:1", "--json", "keys", "init", "--key-file", "k"]) == [
+        py,
+        "-m",
+        "node",
+        "keys",
+        "init",
+        "--key-file",
+        "k",
+    ]
+    assert server_command(["get", "node", "r"]) is None  # a patient called "node"
+    assert server_command(["--addr", "node", "status"]) is None  # an option's value
+    assert server_command(["--json"]) is None
+
+
+def test_cli_never_imports_the_node_package() -> None:
+    code = "import sys, client.cli; sys.exit(1 if any(m == 'node' or m.startswith('node.') for m in sys.modules) else 0)"
+    assert subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=False).returncode == 0
+
+
+@pytest.fixture
+def cluster() -> Iterator[TestCluster]:
+    with TestCluster(nodes=3, partitions=4) as c:
+        yield c
+
+
+@pytest.fixture
+def kv(cluster: TestCluster) -> Iterator[Client]:
+    with Client(cluster.seeds(), retry=FAST) as client:
+        yield client
+
+
+def invoke(kv: Client, argv: list[str], stdin: bytes = b"") -> tuple[int, bytes, str, str]:
+    args = build_parser().parse_args(argv)
+    text_out, text_err, raw_out = io.StringIO(), io.StringIO(), io.BytesIO()
+    code = run(args, kv, _Out(text_out, text_err, args.json), io.BytesIO(stdin), raw_out)
+    return code, raw_out.getvalue(), text_out.getvalue(), text_err.getvalue()
+
+
+def test_put_get_history_delete(kv: Client) -> None:
+    code, _, out, _ = invoke(kv, ["put", "p1", "r1"], stdin=b"\x00binary\xff")
+    assert code == 0
+    v1 = int(out)
+    code, raw, _, err = invoke(kv, ["get", "p1", "r1"])
+    assert raw == b"\x00binary\xff"
+    assert f"version {v1}" in err and "leader" in err
+    code, _, out, _ = invoke(kv, ["--json", "get", "p1", "r1", "--consistency", "follower"])
+    doc = json.loads(out)
+    assert doc["version"] == v1 and "value_base64" in doc and doc["read_state"]["served_by"] > 0
+    _, _, out, _ = invoke(kv, ["put", "p1", "r1", "--value", "text value"])
+    v2 = int(out)
+    _, _, out, _ = invoke(kv, ["--json", "history", "p1", "r1"])
+    assert [d["version"] for d in json.loads(out)] == [v2, v1]
+    assert json.loads(out)[0]["value"] == "text value"
+    _, _, out, _ = invoke(kv, ["history", "p1", "r1", "--limit", "1"])
+    assert out.splitlines()[0].startswith("VERSION") and len(out.splitlines()) == 2
+    _, _, out, _ = invoke(kv, ["--json", "delete", "p1", "r1", "--expected-version", str(v2)])
+    assert json.loads(out)["version"] > v2
+
+
+def test_cas_and_scan(kv: Client) -> None:
+    _, _, out, _ = invoke(kv, ["cas", "p2", "r", "--expected-version", "0", "--value", "a"])
+    assert int(out) > 0
+    for i in range(5):
+        kv.put(f"scan-{i}", "r", b"v")
+    code, _, out, err = invoke(kv, ["--json", "scan", "--page-size", "2"])
+    assert code == 0
+    seen = sorted(json.loads(line)["patient_id"] for line in out.splitlines())
+    assert seen == sorted(["p2"] + [f"scan-{i}" for i in range(5)])
+    assert err.count("done: node") == 4 and "scan complete: 6 records from 4 partitions" in err
+
+
+def test_status_table_and_json(kv: Client) -> None:
+    _, _, out, _ = invoke(kv, ["status"])
+    assert out.startswith("medkv cluster: OK")
+    _, _, out, _ = invoke(kv, ["--json", "status"])
+    assert json.loads(out)["partitions"] == 4
+
+
+def test_main_exit_codes_and_error_text(
+    cluster: TestCluster, capsys: pytest.CaptureFixture[str]
+) -> None:
+    addr = ",".join(cluster.seeds())
+    assert main(["--addr", addr, "--timeout", "3", "get", "nobody", "nothing"]) == EXIT_NOT_FOUND
+    assert "medkv: error: NOT_FOUND" in capsys.readouterr().err
+    assert main(["--addr", addr, "put", "p", "r", "--value", "x"]) == 0
+    assert (
+        main(["--addr", addr, "cas", "p", "r", "--expected-version", "0", "--value", "y"])
+        == EXIT_CONFLICT
+    )
+    assert main(["--addr", "not-an-address", "status"]) == 1
+    assert "not a host:port" in capsys.readouterr().err
+
+
+def test_console_script_end_to_end(cluster: TestCluster) -> None:
+    env = {**os.environ, "MEDKV_ADDR": cluster.seeds()[1], "PYTHONPATH": str(ROOT)}
+    cmd = [sys.executable, "-m", "client.cli"]
+    put = subprocess.run(
+        [*cmd, "put", "pe", "re"],
+        input=b"from stdin",
+        capture_output=True,
+        env=env,
+        timeout=30,
+        check=True,
+    )
+    version = int(put.stdout)
+    get = subprocess.run(
+        [*cmd, "get", "pe", "re"], capture_output=True, env=env, timeout=30, check=True
+    )
+    assert get.stdout == b"from stdin"
+    assert f"version {version}".encode() in get.stderr
+
+
+@pytest.mark.skipif(not (ROOT / "node" / "__main__.py").exists(), reason="node not built yet")
+def test_node_and_keys_commands_run_the_node_package() -> None:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    for argv, expected in ((["node", "--help"], "--config"), (["keys", "--help"], "init")):
+        done = subprocess.run(
+            [sys.executable, "-m", "client.cli", *argv],
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=ROOT,
+            timeout=60,
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr
+        assert expected in done.stdout
