@@ -276,6 +276,10 @@ class MultiRaftHost:
         if rd.snapshot is not None and not rd.snapshot.is_empty():
             r.sm.restore(rd.snapshot.data)
             r.since_snapshot = 0
+            log.info(
+                "partition %d: caught up from a snapshot at index %d",
+                r.partition, rd.snapshot.meta.index,
+            )
         if rd.committed_entries:
             self._apply_entries(r, rd)
         for rs in rd.read_states:
