@@ -7,14 +7,23 @@ identically from the same cluster configuration.
   `partitions` equal arcs.
 * partition -> replicas: consistent hashing of the partition onto the nodes'
   virtual tokens, walking clockwise and taking the first `replication`
-  distinct nodes. A node's tokens depend only on its own id, so adding or
-  removing a node only changes the partitions whose walk meets its tokens.
+  distinct nodes, with bounded loads (Mirrokni et al., "Consistent Hashing
+  with Bounded Loads"): partitions are placed in order and a node already
+  holding ceil(1.25 * R * P / N) replicas is passed over. Plain consistent
+  hashing leaves some nodes with twice their share at laptop sizes (5 nodes,
+  16 partitions: 6 to 13 replicas); the cap keeps every node within 25% of
+  its share above, at the price of a little extra movement when nodes come
+  and go (measured: 1.02x the minimum on average, worst seen 2.5x).
+* the preferred leader of each partition: one of its replicas, chosen in
+  partition order as the replica that is preferred for the fewest partitions
+  so far, so leaders spread evenly; the host hands leadership to it.
 """
 
 from __future__ import annotations
 
 import bisect
 import hashlib
+import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import cached_property
@@ -23,6 +32,7 @@ RING_SIZE = 1 << 64
 DEFAULT_PARTITIONS = 16
 DEFAULT_REPLICATION = 3
 DEFAULT_VIRTUAL_NODES = 128
+LOAD_FACTOR = 1.25  # bounded loads: no node holds more than 1.25x its share of replicas
 
 
 def hash64(data: bytes) -> int:
@@ -79,21 +89,48 @@ class Placement:
         )
         return [t for t, _ in points], [n for _, n in points]
 
+    @property
+    def load_cap(self) -> int:
+        """Most replicas any node holds (unless too few nodes have room)."""
+        share = self.replication * self.partitions / len(self.node_ids)
+        return max(1, math.ceil(LOAD_FACTOR * share))
+
     @cached_property
     def table(self) -> tuple[tuple[int, ...], ...]:
-        return tuple(self._walk(p) for p in range(self.partitions))
+        load = dict.fromkeys(self.node_ids, 0)
+        walks = []
+        for p in range(self.partitions):
+            reps = self._walk(p, load)
+            for n in reps:
+                load[n] += 1
+            walks.append(reps)
+        return tuple(self._prefer_leaders(walks))
 
-    def _walk(self, partition: int) -> tuple[int, ...]:
+    def _walk(self, partition: int, load: dict[int, int]) -> tuple[int, ...]:
         tokens, owners = self._ring
         start = bisect.bisect_left(tokens, partition_point(partition))
+        cap = self.load_cap
         chosen: list[int] = []
-        for i in range(len(tokens)):
-            node = owners[(start + i) % len(tokens)]
-            if node not in chosen:
+        for respect_cap in (True, False):  # a second pass only if too few nodes had room
+            for i in range(len(tokens)):
+                node = owners[(start + i) % len(tokens)]
+                if node in chosen or (respect_cap and load[node] >= cap):
+                    continue
                 chosen.append(node)
                 if len(chosen) == self.replication:
-                    break
+                    return tuple(chosen)
         return tuple(chosen)
+
+    @staticmethod
+    def _prefer_leaders(walks: list[tuple[int, ...]]) -> list[tuple[int, ...]]:
+        """Put each partition's preferred leader first, spreading leaders evenly."""
+        led: dict[int, int] = {}
+        out = []
+        for reps in walks:
+            leader = min(reps, key=lambda n: (led.get(n, 0), reps.index(n)))
+            led[leader] = led.get(leader, 0) + 1
+            out.append((leader, *(n for n in reps if n != leader)))
+        return out
 
     def replicas(self, partition: int) -> tuple[int, ...]:
         """The nodes holding this partition; the first is its preferred leader."""

@@ -3,14 +3,18 @@
 Bounds asserted (R = replication, P = partitions, N = nodes):
   * every partition has exactly R distinct replicas, all cluster members;
   * the table depends on the set of node ids only, never on their order;
-  * adding node X changes a partition's replica set only by putting X in it in
-    place of exactly one old replica; so moved == X's replica count (exact),
-    and moved <= 2 * R*P/(N+1) + 2 (measured over 8000 random configurations
-    with P in 16..256, N in 3..12: never above 2 * R*P/(N+1); mean 0.99x);
-  * removing a node replaces exactly its replicas, one per partition it held;
-  * per-node load L vs. ideal I = R*P/N: |L - I| <= 4.5 * sqrt(I) (measured
-    worst over 8000 random configurations: 3.79 * sqrt(I)); on the grid with
-    node ids 1..N the worst max/I is below 2.0, and below 1.5 for P >= 128.
+  * adding a node moves at most 3 * R*P/(N+1) + 2 replicas, where R*P/(N+1)
+    (the new node's fair share) is the minimum any scheme must move; with
+    bounded loads a few replicas also shift between old nodes when the cap
+    changes (measured: mean 1.02x the minimum, worst seen 2.5x at P=16);
+  * removing a node replaces every replica it held and moves at most
+    3 * max(its replica count, R*P/N) + 2 (the cap shifts a few others);
+  * per-node load L vs. ideal I = R*P/N: L <= ceil(1.25 * I) (the bounded-load
+    cap) and |L - I| <= 4.5 * sqrt(I); on the grid with node ids 1..N the
+    worst max/I is below 1.5;
+  * preferred leaders: no node is preferred for more than ceil(P/N) + 1
+    partitions (greedy within each replica set; a node holding few replicas
+    can lead only few).
 """
 
 from __future__ import annotations
@@ -79,36 +83,40 @@ def test_partition_of_is_the_documented_equal_arc(patient: str, partitions: int)
 
 
 @given(realistic(extra=1))
-def test_adding_a_node_moves_replicas_only_onto_it(cfg: tuple[list[int], int]) -> None:
+def test_adding_a_node_moves_close_to_the_minimum(cfg: tuple[list[int], int]) -> None:
     ids, partitions = cfg
     new = ids[-1]
     before = make_placement(ids[:-1], partitions, R)
     after = make_placement(ids, partitions, R)
-    for p in range(partitions):
-        gained = set(after.replicas(p)) - set(before.replicas(p))
-        lost = set(before.replicas(p)) - set(after.replicas(p))
-        assert gained <= {new} and len(lost) == len(gained)
     moved = moved_replicas(before, after)
-    assert moved == len(after.partitions_on(new))
+    assert moved >= len(after.partitions_on(new))  # the new node's replicas all moved in
     minimum = R * partitions / len(ids)  # the new node's fair share: R*P/(N+1)
-    assert moved <= 2 * minimum + 2, (moved, minimum)
+    assert moved <= 3 * minimum + 2, (moved, minimum)
 
 
 @given(realistic(extra=1), st.integers(0, 11))
-def test_removing_a_node_replaces_exactly_its_replicas(
+def test_removing_a_node_replaces_its_replicas_and_moves_little_else(
     cfg: tuple[list[int], int], pick: int
 ) -> None:
     ids, partitions = cfg
     gone = ids[pick % len(ids)]
     before = make_placement(ids, partitions, R)
     after = make_placement([n for n in ids if n != gone], partitions, R)
+    held = len(before.partitions_on(gone))
     for p in range(partitions):
-        b, a = set(before.replicas(p)), set(after.replicas(p))
-        if gone in b:
-            assert b - a == {gone} and len(a - b) == 1
-        else:
-            assert a == b
-    assert moved_replicas(before, after) == len(before.partitions_on(gone))
+        assert gone not in after.replicas(p)
+    share = R * partitions / len(ids)  # a node's fair share before the removal
+    assert held <= moved_replicas(before, after) <= 3 * max(held, share) + 2
+
+
+@given(realistic())
+def test_preferred_leaders_are_spread_evenly(cfg: tuple[list[int], int]) -> None:
+    ids, partitions = cfg
+    pl = make_placement(ids, partitions, R)
+    led = {n: 0 for n in ids}
+    for p in range(partitions):
+        led[pl.replicas(p)[0]] += 1
+    assert max(led.values()) <= math.ceil(partitions / len(ids)) + 1
 
 
 def load_bound(ideal: float) -> float:
@@ -121,7 +129,9 @@ def test_replicas_per_node_within_the_stated_bound(cfg: tuple[list[int], int]) -
     pl = make_placement(ids, partitions, R)
     ideal = R * partitions / len(ids)
     for n in ids:
-        assert abs(len(pl.partitions_on(n)) - ideal) <= load_bound(ideal), (n, ideal)
+        load = len(pl.partitions_on(n))
+        assert abs(load - ideal) <= load_bound(ideal), (n, ideal)
+        assert load <= pl.load_cap, (n, load, pl.load_cap)
 
 
 def test_measured_balance_on_the_realistic_grid() -> None:
@@ -135,5 +145,5 @@ def test_measured_balance_on_the_realistic_grid() -> None:
             worst_all = max(worst_all, ratio)
             if partitions >= 128:
                 worst_large = max(worst_large, ratio)
-    assert worst_all < 2.0
-    assert worst_large < 1.5
+    assert worst_all < 1.5
+    assert worst_large < 1.3
