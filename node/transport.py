@@ -93,7 +93,9 @@ class _PeerLink:
         self.t = transport
         self.peer_id = peer_id
         self.address = address
-        self.queue: asyncio.Queue[raft_pb2.RaftBatch] = asyncio.Queue(_QUEUE_BATCHES)
+        # None is the stop sentinel: it ends the request stream so that
+        # closing the channel does not wait on a generator parked in get().
+        self.queue: asyncio.Queue[raft_pb2.RaftBatch | None] = asyncio.Queue(_QUEUE_BATCHES)
         self.channel: grpc.aio.Channel | None = None
         self.connected = False
         self.task: asyncio.Task[None] | None = None
@@ -106,8 +108,8 @@ class _PeerLink:
         return raft_pb2_grpc.RaftTransportStub(self.channel)
 
     async def _outbound(self) -> AsyncIterator[raft_pb2.RaftBatch]:
-        while True:
-            yield await self.queue.get()
+        while (batch := await self.queue.get()) is not None:
+            yield batch
 
     async def run(self) -> None:
         backoff = 0.05
@@ -137,7 +139,8 @@ class _PeerLink:
         groups: set[int] = set()
         while not self.queue.empty():
             b = self.queue.get_nowait()
-            groups.update(gm.group for gm in b.messages)
+            if b is not None:
+                groups.update(gm.group for gm in b.messages)
         if groups:
             self.t.on_unreachable(self.peer_id, sorted(groups))
 
@@ -148,12 +151,15 @@ class _PeerLink:
             self.t.on_unreachable(self.peer_id, sorted({gm.group for gm in batch.messages}))
 
     async def close(self) -> None:
+        with contextlib.suppress(asyncio.QueueFull):
+            self.queue.put_nowait(None)
         if self.task is not None:
             self.task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self.task
+                await asyncio.wait_for(self.task, 1.0)
         if self.channel is not None:
-            await self.channel.close()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.channel.close(), 1.0)
 
 
 class PeerTransport:
