@@ -40,7 +40,9 @@ class ConfigError(ValueError):
 class RaftSettings:
     tick_ms: int = 100
     election_ticks: int = 10
-    heartbeat_ticks: int = 1
+    # 300 ms between heartbeats, 1-2 s election timeout: three or more
+    # heartbeats per timeout (etcd's advice) at a third of the idle cost.
+    heartbeat_ticks: int = 3
     max_inflight_msgs: int = 256
     max_size_per_msg: int = 1 << 20
     snapshot_every: int = 10_000  # applied entries between partition snapshots

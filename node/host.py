@@ -116,6 +116,7 @@ class MultiRaftHost:
         self.placement = cfg.placement
         self.replicas: dict[int, Replica] = {}
         self._ops: list[Callable[[], None]] = []
+        self._dirty: set[int] = set()  # partitions whose RawNode may have a Ready
         self._wake = asyncio.Event()
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="medkv-writer")
         self._read_ctx = itertools.count(1)
@@ -158,6 +159,7 @@ class MultiRaftHost:
             )
         )
         self.replicas[p] = Replica(p, reps, raw, storage, sm)
+        self._dirty.add(p)
         if fresh and reps[0] == self.node_id:
             # The preferred replica of a new group campaigns at once, so a
             # new cluster has leaders in one round trip instead of after
@@ -185,6 +187,11 @@ class MultiRaftHost:
                 self._task.cancel()
         self._writer.shutdown(wait=True)
 
+    def _poke(self, r: Replica, action: Callable[[int], None], arg: int) -> None:
+        """Run an action on a group's RawNode and look for its Ready this turn."""
+        action(arg)
+        self._dirty.add(r.partition)
+
     def _enqueue(self, op: Callable[[], None]) -> None:
         self._ops.append(op)
         self._wake.set()
@@ -204,6 +211,7 @@ class MultiRaftHost:
                 for r in self.replicas.values():
                     if not r.broken:
                         r.raw.tick()
+                self._dirty.update(self.replicas)
                 # After a stall (a pause, a slow disk) tick once, not once per missed tick:
                 # a burst of ticks would start elections nobody needed.
                 next_tick = max(next_tick + tick_s, now)
@@ -223,9 +231,13 @@ class MultiRaftHost:
     # ---- the Ready cycle -------------------------------------------------
 
     async def _process_ready(self) -> None:
+        # Only groups that something happened to can have a Ready: with many
+        # idle partitions, asking every group every turn is most of the cost.
+        dirty, self._dirty = self._dirty, set()
         work: list[tuple[Replica, Ready]] = []
-        for r in self.replicas.values():
-            if r.broken:
+        for p in dirty:
+            r = self.replicas.get(p)
+            if r is None or r.broken:
                 continue
             try:
                 if r.raw.has_ready():
@@ -234,6 +246,10 @@ class MultiRaftHost:
                 self.mark_broken(r, e)
         if not work:
             return
+        # A group may have more ready after advance (e.g. a size-capped batch
+        # of committed entries): look at these again next turn, right away.
+        self._dirty.update(r.partition for r, _ in work)
+        self._wake.set()
         updates = [
             GroupUpdate(r.partition, rd.hard_state, rd.entries, rd.snapshot)
             for r, rd in work
@@ -397,6 +413,7 @@ class MultiRaftHost:
                     continue
                 if m.type in _LEADER_CONTACT and m.term >= r.term:
                     r.last_leader_contact = now
+                self._dirty.add(group)
                 try:
                     r.raw.step(m)
                 except ConsensusError as e:
@@ -412,6 +429,7 @@ class MultiRaftHost:
                 r = self.replicas.get(g)
                 if r is not None and not r.broken:
                     r.raw.report_unreachable(peer)
+                    self._dirty.add(g)
 
         self._enqueue(op)
 
@@ -420,6 +438,7 @@ class MultiRaftHost:
             r = self.replicas.get(group)
             if r is not None and not r.broken:
                 r.raw.report_snapshot(peer, ok)
+                self._dirty.add(group)
 
         self._enqueue(op)
 
@@ -474,6 +493,7 @@ class MultiRaftHost:
         def op() -> None:
             if fut.done():
                 return
+            self._dirty.add(partition)
             try:
                 r.raw.propose(data)
             except ProposalDropped:
@@ -534,6 +554,7 @@ class MultiRaftHost:
                 continue
             ctx = next(self._read_ctx).to_bytes(8, "big")
             r.read_waiters[ctx] = futs
+            self._dirty.add(r.partition)
             r.raw.read_index(ctx)
 
     async def wait_applied(self, r: Replica, index: int, timeout: float) -> None:
@@ -553,7 +574,7 @@ class MultiRaftHost:
         r = self.leader_replica(partition)
         if target not in r.replicas:
             raise NodeError(f"node {target} holds no replica of partition {partition}")
-        self._enqueue(lambda: r.raw.transfer_leadership(target))
+        self._enqueue(lambda: self._poke(r, r.raw.transfer_leadership, target))
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         while loop.time() < deadline:
@@ -574,7 +595,7 @@ class MultiRaftHost:
             st = r.raw.status()
             pr = st.progress.get(preferred)
             if pr is not None and pr.recent_active and pr.match >= st.commit:
-                self._enqueue(partial(r.raw.transfer_leadership, preferred))
+                self._enqueue(partial(self._poke, r, r.raw.transfer_leadership, preferred))
 
     def status_of(self, r: Replica) -> dict[str, Any]:
         st = r.raw.status()
