@@ -414,8 +414,12 @@ class AsyncClient:
         mode: Mode,
         is_read: bool,
         attempts: Attempts,
+        admin: bool = False,
     ) -> Any:
-        """Send one logical request until it succeeds, fails for good, or time runs out."""
+        """Send one logical request until it succeeds, fails for good, or time runs out.
+
+        admin=True sends it to the Admin service instead of KV (ErasePatient,
+        which is routed to the patient's partition leader like any write)."""
         router = await self._router_for(attempts)
         picker = TargetPicker(router, partition, mode)
         error: MedkvError | None = None
@@ -433,7 +437,8 @@ class AsyncClient:
                 await asyncio.sleep(wait)
                 continue
             sent += 1
-            call = getattr(self._kv_stub(address), method)(make_request(), timeout=attempt_timeout)
+            stub = self._admin_stub(address) if admin else self._kv_stub(address)
+            call = getattr(stub, method)(make_request(), timeout=attempt_timeout)
             try:
                 reply = await call
             except grpc.aio.AioRpcError as exc:
@@ -446,7 +451,10 @@ class AsyncClient:
                     await asyncio.sleep(wait)
                 continue
             await self._note_epoch(metadata_dict(await call.trailing_metadata()), attempts)
-            state = reply.read_state if reply.HasField("read_state") else None
+            has_state = "read_state" in reply.DESCRIPTOR.fields_by_name and reply.HasField(
+                "read_state"
+            )
+            state = reply.read_state if has_state else None
             if state is not None and state.from_leader:
                 router.note_leader(partition, state.node_id or node)
             elif not is_read or picker.mode is Mode.LEADER:
@@ -462,6 +470,7 @@ class AsyncClient:
         build: Callable[[common_pb2.WriteId], Any],
         patient_id: str,
         timeout: float | None,
+        admin: bool = False,
     ) -> Any:
         """A write: one WriteId for every attempt, released whatever the outcome."""
         attempts = Attempts(self.policy, timeout, rng=self._rng)
@@ -477,6 +486,7 @@ class AsyncClient:
                     mode=Mode.LEADER,
                     is_read=False,
                     attempts=attempts,
+                    admin=admin,
                 )
             except SessionExpired as expired:
                 # Refused at its first attempt: nothing was applied, so the
@@ -592,6 +602,24 @@ class AsyncClient:
             lambda wid: kv_pb2.BatchRequest(write_id=wid, patient_id=patient_id, ops=wire_ops),
             patient_id,
             timeout,
+        )
+        return int(reply.version)
+
+    async def erase_patient(self, patient_id: str, *, timeout: float | None = None) -> int:
+        """Erase every record and retained version of one patient on every replica
+        (right to erasure; replicated through Raft, irreversible). Returns the
+        erasure's version. Each replica then purges the patient's bytes from its
+        Raft log, snapshot and LevelDB files once it has applied the erasure.
+        Retries carry the same WriteId, so the erasure applies exactly once."""
+        _check_key(patient_id)
+        reply = await self._write(
+            "ErasePatient",
+            lambda wid: admin_pb2.ErasePatientRequest(
+                client_id=wid.client_id, seq=wid.seq, patient_id=patient_id
+            ),
+            patient_id,
+            timeout,
+            admin=True,
         )
         return int(reply.version)
 
@@ -879,6 +907,72 @@ class AsyncClient:
         attempts = Attempts(self.policy, timeout, rng=self._rng)
         reply: admin_pb2.ClusterStatusResponse = await self._admin_call(
             "ClusterStatus", admin_pb2.ClusterStatusRequest(), attempts
+        )
+        return reply
+
+    # --------------------------------------------- encryption keys, per node
+
+    async def _node_admin(self, address: str, method: str, request: Any, timeout: float | None) -> Any:
+        """One Admin RPC to one given node, no failover: key state is per node.
+        Retried only while that node is unreachable, within the deadline."""
+        attempts = Attempts(self.policy, timeout, rng=self._rng)
+        last: MedkvError | None = None
+        while (attempt_timeout := attempts.attempt_timeout()) is not None:
+            try:
+                return await getattr(self._admin_stub(address), method)(
+                    request, timeout=attempt_timeout
+                )
+            except grpc.aio.AioRpcError as exc:
+                code, details = exc.code(), exc.details() or ""
+                if code == grpc.StatusCode.FAILED_PRECONDITION:
+                    # Not a version conflict nor staleness: a key file or keyring state.
+                    raise MedkvError(details, code) from None
+                last = from_status(code, details, is_read=True)
+                if code not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                    raise last from None
+            wait = attempts.wait_after(grpc.StatusCode.UNAVAILABLE)
+            if wait is None:
+                break
+            await asyncio.sleep(wait)
+        raise Unavailable(
+            f"node {address} did not answer {method} within {attempts.deadline.timeout:g}s"
+            + (f" (last error: {last})" if last else "")
+        )
+
+    async def key_status(
+        self, address: str, *, count_values: bool = False, timeout: float | None = None
+    ) -> admin_pb2.KeyStatusResponse:
+        """One node's keys: masters, data keys, re-encryption progress (no key material)."""
+        reply: admin_pb2.KeyStatusResponse = await self._node_admin(
+            address, "KeyStatus", admin_pb2.KeyStatusRequest(count_values=count_values), timeout
+        )
+        return reply
+
+    async def rotate_data_key(
+        self, address: str, *, timeout: float | None = None
+    ) -> admin_pb2.RotateDataKeyResponse:
+        """Have one node start a new data key and re-encrypt in the background
+        (or continue an interrupted pass); progress through key_status()."""
+        reply: admin_pb2.RotateDataKeyResponse = await self._node_admin(
+            address, "RotateDataKey", admin_pb2.RotateDataKeyRequest(), timeout
+        )
+        return reply
+
+    async def rotate_master_key(
+        self,
+        address: str,
+        new_master_key_id: str,
+        step: admin_pb2.MasterRotationStep,
+        *,
+        timeout: float | None = None,
+    ) -> admin_pb2.RotateMasterKeyResponse:
+        """One step (admin_pb2.MASTER_REWRAP, then MASTER_INSTALL) of a master rotation
+        on one node, to the key staged there as KEY_FILE.next."""
+        reply: admin_pb2.RotateMasterKeyResponse = await self._node_admin(
+            address,
+            "RotateMasterKey",
+            admin_pb2.RotateMasterKeyRequest(new_master_key_id=new_master_key_id, step=step),
+            timeout,
         )
         return reply
 

@@ -10,7 +10,16 @@
     cas PATIENT RECORD --expected-version V [--value TEXT]
     scan [--partition P ...] [--consistency ...] [--max-staleness S] [--page-size N]
     status                                    the cluster at a glance
-    node ... / keys ...                       server-side: runs `python -m node ...`
+    erase-patient PATIENT                     erase every record of a patient, everywhere
+    keys status [--count-values]              every node's keys and re-encryption progress
+    keys rotate-data [--wait]                 new data key on every node, re-encrypt online
+    keys rotate-master [--new-key-id ID]      re-wrap under the staged master, then install
+    node ... / keys ... --data-dir/--key-file server-side: runs `python -m node ...`
+
+The three online `keys` commands talk to running nodes (--addr, before or
+after `keys`); with --data-dir or --key-file, `keys` runs the offline
+commands of `python -m node keys` on this host instead (init, stage-master,
+and the stopped-node forms of status/rotate-data/rotate-master).
 
 `--addr` defaults to $MEDKV_ADDR, else 127.0.0.1:7101. `get` writes the raw
 value to stdout and where it was read from to stderr; `--json` prints one
@@ -25,6 +34,7 @@ import base64
 import json
 import os
 import sys
+import time
 from collections.abc import Sequence
 from typing import Any, BinaryIO, TextIO
 
@@ -32,6 +42,7 @@ from client.errors import MedkvError, NotFound, TooStale, VersionConflict
 from client.records import Record, ScanPage
 from client.status_table import render_status, status_json
 from client.sync_client import Client
+from proto.medkv.v1 import admin_pb2
 
 DEFAULT_ADDR = "127.0.0.1:7101"
 EXIT_ERROR, EXIT_USAGE, EXIT_NOT_FOUND, EXIT_CONFLICT = 1, 2, 3, 4
@@ -42,9 +53,8 @@ SERVER_COMMANDS = {"node": [], "keys": ["keys"]}
 _VALUED_GLOBALS = {"--addr", "--timeout"}
 
 
-def server_command(argv: Sequence[str]) -> list[str] | None:
-    """`[python, -m, node, ...]` when argv names a server-side command, else None."""
-    args = list(argv)
+def _command_index(args: Sequence[str]) -> int | None:
+    """Where the command word is in argv (after the global options), or None."""
     i = 0
     while i < len(args):
         arg = args[i]
@@ -54,10 +64,34 @@ def server_command(argv: Sequence[str]) -> list[str] | None:
         if arg.startswith("-"):
             i += 1
             continue
-        if arg in SERVER_COMMANDS:
-            return [sys.executable, "-m", "node", *SERVER_COMMANDS[arg], *args[i + 1 :]]
-        return None
+        return i
     return None
+
+
+# `keys` subcommands a running cluster answers (through Admin RPCs).
+ONLINE_KEYS_COMMANDS = ("status", "rotate-data", "rotate-master")
+_OFFLINE_KEYS_OPTIONS = ("--data-dir", "--key-file")
+
+
+def is_online_keys(argv: Sequence[str]) -> bool:
+    """`medkv keys status|rotate-data|rotate-master` without --data-dir/--key-file."""
+    args = list(argv)
+    i = _command_index(args)
+    if i is None or args[i] != "keys" or len(args) <= i + 1:
+        return False
+    rest = args[i + 1 :]
+    if rest[0] not in ONLINE_KEYS_COMMANDS:
+        return False
+    return not any(a.split("=", 1)[0] in _OFFLINE_KEYS_OPTIONS for a in rest)
+
+
+def server_command(argv: Sequence[str]) -> list[str] | None:
+    """`[python, -m, node, ...]` when argv names a server-side command, else None."""
+    args = list(argv)
+    i = _command_index(args)
+    if i is None or args[i] not in SERVER_COMMANDS or is_online_keys(args):
+        return None
+    return [sys.executable, "-m", "node", *SERVER_COMMANDS[args[i]], *args[i + 1 :]]
 
 
 def _add_read_options(parser: argparse.ArgumentParser, default: str) -> None:
@@ -132,6 +166,12 @@ def build_parser() -> argparse.ArgumentParser:
     scan.add_argument("--page-size", type=int, default=0, help="records per streamed page")
 
     sub.add_parser("status", help="the cluster at a glance")
+
+    erase = sub.add_parser(
+        "erase-patient",
+        help="erase every record and version of a patient on every replica (irreversible)",
+    )
+    erase.add_argument("patient")
     sub.add_parser("node", help="run a database node (python -m node ...)", add_help=False)
     sub.add_parser("keys", help="manage encryption keys (python -m node keys ...)", add_help=False)
     return parser
@@ -284,6 +324,17 @@ def run(
         status = kv.cluster_status(timeout=timeout)
         out.line(status_json(status) if out.json else render_status(status))
         return 0
+    if args.command == "erase-patient":
+        version = kv.erase_patient(args.patient, timeout=timeout)
+        if out.json:
+            out.doc({"version": version})
+        else:
+            out.line(str(version))
+            out.note(
+                f"erased at version {version}; each replica purges the patient's data from its "
+                "log, snapshot and files once it has applied the erasure"
+            )
+        return 0
     raise AssertionError(f"unhandled command {args.command}")
 
 
@@ -322,8 +373,263 @@ def _exit_code(error: MedkvError) -> int:
     return EXIT_ERROR
 
 
+# ---- online key management: `medkv keys status|rotate-data|rotate-master`
+
+
+def build_keys_parser() -> argparse.ArgumentParser:
+    """The online `keys` commands; --addr/--json/--timeout may follow the subcommand."""
+    parser = argparse.ArgumentParser(
+        prog="medkv keys",
+        description="Manage encryption keys of running nodes (each node answers for itself).",
+    )
+    sub = parser.add_subparsers(dest="keys_command", required=True, metavar="COMMAND")
+
+    def add(name: str, help_text: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.add_argument("--addr", default=None, help="node address(es), host:port[,...]")
+        p.add_argument("--json", action="store_true", default=None, help="machine-readable")
+        p.add_argument("--timeout", type=float, default=None, help="seconds per node call")
+        return p
+
+    st = add("status", "every node's master key, data keys and re-encryption progress")
+    st.add_argument("--count-values", action="store_true",
+                    help="also count the values sealed under each data key (reads every header)")
+    rd = add("rotate-data", "start a new data key on every node; re-encrypt in the background")
+    rd.add_argument("--wait", action="store_true",
+                    help="wait until every node has re-encrypted and retired its old keys")
+    rd.add_argument("--wait-timeout", type=float, default=3600.0, metavar="S",
+                    help="give up waiting after S seconds (default %(default)g)")
+    rm = add("rotate-master", "re-wrap every node's keyring under the staged master, then "
+             "install it as the key file (stage it first: medkv keys stage-master)")
+    rm.add_argument("--new-key-id", default=None,
+                    help="the staged master's key id (default: the one staged on every node)")
+    return parser
+
+
+def _nodes(kv: Client, timeout: float | None) -> list[tuple[int, str]]:
+    """Every node of the cluster (from the routing table), in id order."""
+    return sorted(kv.routing_table(timeout=timeout).nodes.items())
+
+
+def _reencryption_text(r: admin_pb2.ReEncryptionStatus) -> str:
+    if r.state == "idle":
+        return "none recorded"
+    text = (f"{r.state} {r.percent:.0f}% ({r.done:,}/{r.total_estimate:,}, "
+            f"{r.resealed:,} re-sealed) to key {r.target_key_id}")
+    if r.retired_key_ids:
+        text += f", retired {','.join(map(str, r.retired_key_ids))}"
+    if r.error:
+        text += f": {r.error}"
+    return text
+
+
+def key_status_dict(st: admin_pb2.KeyStatusResponse, address: str) -> dict[str, Any]:
+    r = st.reencryption
+    return {
+        "node_id": st.node_id,
+        "address": address,
+        "keyring_master_key_id": st.keyring_master_key_id,
+        "key_file_master_key_id": st.key_file_master_key_id,
+        "staged_master_key_id": st.staged_master_key_id or None,
+        "active_data_key_id": st.active_data_key_id,
+        "data_keys": [
+            {"id": k.key_id, "created": k.created, "active": k.active,
+             "values": k.values if k.values >= 0 else None}
+            for k in st.data_keys
+        ],
+        "reencryption": {
+            "state": r.state, "target_key_id": r.target_key_id, "done": r.done,
+            "total_estimate": r.total_estimate, "resealed": r.resealed,
+            "percent": r.percent, "error": r.error or None,
+            "retired_key_ids": list(r.retired_key_ids),
+        },
+    }
+
+
+def render_key_status(rows: Sequence[tuple[int, str, admin_pb2.KeyStatusResponse | str]]) -> str:
+    """One row per node; a node that did not answer shows why."""
+    headers = ("NODE", "ADDRESS", "MASTER", "STAGED", "ACTIVE", "DATA KEYS", "RE-ENCRYPTION")
+    table: list[tuple[str, ...]] = []
+    for node_id, address, st in rows:
+        if isinstance(st, str):
+            table.append((str(node_id), address, "-", "-", "-", "-", f"NO ANSWER: {st}"))
+            continue
+        master = st.keyring_master_key_id
+        if st.key_file_master_key_id != master:
+            master += f" (key file {st.key_file_master_key_id})"
+        keys = ",".join(
+            f"{k.key_id}{'*' if k.active else ''}" + (f"({k.values:,})" if k.values >= 0 else "")
+            for k in st.data_keys
+        )
+        table.append((str(node_id), address, master, st.staged_master_key_id or "-",
+                      str(st.active_data_key_id), keys, _reencryption_text(st.reencryption)))
+    widths = [max(len(h), *(len(r[i]) for r in table)) for i, h in enumerate(headers)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in table]
+    lines.append("(* = active data key; (n) = values sealed under it)")
+    return "\n".join(lines)
+
+
+def _statuses(
+    kv: Client, nodes: Sequence[tuple[int, str]], count: bool, timeout: float | None
+) -> list[tuple[int, str, admin_pb2.KeyStatusResponse | str]]:
+    rows: list[tuple[int, str, admin_pb2.KeyStatusResponse | str]] = []
+    for node_id, address in nodes:
+        try:
+            rows.append((node_id, address,
+                         kv.key_status(address, count_values=count, timeout=timeout)))
+        except MedkvError as e:
+            rows.append((node_id, address, str(e)))
+    return rows
+
+
+def _keys_status(args: argparse.Namespace, kv: Client, out: _Out) -> int:
+    nodes = _nodes(kv, args.timeout)
+    rows = _statuses(kv, nodes, args.count_values, args.timeout)
+    if out.json:
+        out.doc([key_status_dict(st, a) if not isinstance(st, str)
+                 else {"node_id": n, "address": a, "error": st} for n, a, st in rows])
+    else:
+        out.line(render_key_status(rows))
+    return 0 if all(not isinstance(st, str) for _, _, st in rows) else EXIT_ERROR
+
+
+def _keys_rotate_data(args: argparse.Namespace, kv: Client, out: _Out) -> int:
+    nodes = _nodes(kv, args.timeout)
+    failed = 0
+    results: list[dict[str, Any]] = []
+    for node_id, address in nodes:
+        try:
+            r = kv.rotate_data_key(address, timeout=args.timeout)
+        except MedkvError as e:
+            failed += 1
+            out.note(f"node {node_id} ({address}): rotate-data failed: {e}")
+            results.append({"node_id": node_id, "address": address, "error": str(e)})
+            continue
+        how = "new data key" if r.started else "continuing the pass to data key"
+        out.note(f"node {node_id} ({address}): {how} {r.active_data_key_id}; "
+                 f"re-encryption {_reencryption_text(r.reencryption)}")
+        results.append({"node_id": node_id, "address": address,
+                        "active_data_key_id": r.active_data_key_id, "started": r.started})
+    if args.wait and failed < len(nodes):
+        failed += _wait_reencrypted(args, kv, out, [n for n in nodes if not any(
+            x.get("error") for x in results if x["node_id"] == n[0])])
+    if out.json:
+        out.doc(results)
+    return EXIT_ERROR if failed else 0
+
+
+def _wait_reencrypted(
+    args: argparse.Namespace, kv: Client, out: _Out, nodes: Sequence[tuple[int, str]]
+) -> int:
+    """Poll every node until its pass finished (or failed); returns how many did not finish."""
+    deadline = time.monotonic() + args.wait_timeout
+    last_line = ""
+    while True:
+        rows = _statuses(kv, nodes, False, args.timeout)
+        states = {n: (st.reencryption if not isinstance(st, str) else None) for n, _, st in rows}
+        line = "  ".join(
+            f"node {n}: " + (f"{r.state} {r.percent:.0f}%" if r is not None else "no answer")
+            for n, r in states.items()
+        )
+        if line != last_line:
+            out.note(line)
+            last_line = line
+        done = [r is not None and r.state in ("finished", "failed") for r in states.values()]
+        if all(done) or time.monotonic() >= deadline:
+            bad = [n for n, r in states.items() if r is None or r.state != "finished"]
+            for n in bad:
+                r = states[n]
+                why = "no answer" if r is None else (r.error or r.state)
+                out.note(f"node {n}: re-encryption did not finish: {why}")
+            return len(bad)
+        time.sleep(0.5)
+
+
+def _keys_rotate_master(args: argparse.Namespace, kv: Client, out: _Out) -> int:
+    nodes = _nodes(kv, args.timeout)
+    rows = _statuses(kv, nodes, False, args.timeout)
+    silent = [(n, st) for n, _, st in rows if isinstance(st, str)]
+    if silent:
+        for n, why in silent:
+            out.note(f"node {n} did not answer: {why}")
+        out.note("medkv: every node must be up for a master rotation; nothing was changed")
+        return EXIT_ERROR
+    statuses = [st for _, _, st in rows if not isinstance(st, str)]
+    target = args.new_key_id
+    if target is None:
+        staged = {st.staged_master_key_id for st in statuses if st.staged_master_key_id}
+        behind = {st.keyring_master_key_id for st in statuses} | {
+            st.key_file_master_key_id for st in statuses}
+        if len(staged) == 1:
+            target = staged.pop()
+        elif not staged and len(behind) > 1:
+            out.note("medkv: the nodes disagree on the master key and nothing is staged; "
+                     "pass --new-key-id")
+            return EXIT_ERROR
+        elif not staged:
+            out.note("medkv: no new master key is staged. Create one (medkv keys init --key-file "
+                     "NEW), stage it on every host (medkv keys stage-master --key-file KEY_FILE "
+                     "--new-key-file NEW), then run this again")
+            return EXIT_ERROR
+        else:
+            out.note(f"medkv: different keys are staged on different nodes ({sorted(staged)}); "
+                     "pass --new-key-id")
+            return EXIT_ERROR
+    for step, name in ((admin_pb2.MASTER_REWRAP, "re-wrapped"),
+                       (admin_pb2.MASTER_INSTALL, "installed")):
+        failed = 0
+        for node_id, address in nodes:
+            try:
+                r = kv.rotate_master_key(address, target, step, timeout=args.timeout)
+                out.note(f"node {node_id} ({address}): {name} (keyring master "
+                         f"{r.keyring_master_key_id}, key file {r.key_file_master_key_id})")
+            except MedkvError as e:
+                failed += 1
+                out.note(f"node {node_id} ({address}): not {name}: {e}")
+        if failed:
+            out.note("medkv: stopped; fix the nodes above and run this again (it resumes)")
+            return EXIT_ERROR
+    if out.json:
+        out.doc({"master_key_id": target, "nodes": [n for n, _ in nodes]})
+    else:
+        out.line(f"master key id {target} is now in use on nodes "
+                 f"{', '.join(str(n) for n, _ in nodes)}")
+    return 0
+
+
+_KEYS_COMMANDS = {
+    "status": _keys_status,
+    "rotate-data": _keys_rotate_data,
+    "rotate-master": _keys_rotate_master,
+}
+
+
+def keys_main(args_list: Sequence[str]) -> int:
+    """An online `keys` command: global options before `keys` and after it both count."""
+    i = _command_index(args_list)
+    assert i is not None
+    outer = build_parser().parse_args([*args_list[:i], "status"])  # just the globals
+    ns = build_keys_parser().parse_args(list(args_list[i + 1 :]))
+    addr = ns.addr or outer.addr
+    as_json = bool(ns.json) or outer.json
+    ns.timeout = ns.timeout if ns.timeout is not None else outer.timeout
+    out = _Out(sys.stdout, sys.stderr, as_json)
+    try:
+        with Client(addr, timeout=ns.timeout) as kv:
+            return _KEYS_COMMANDS[ns.keys_command](ns, kv, out)
+    except MedkvError as error:
+        out.note(f"medkv: error: {error}")
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        out.note("medkv: interrupted")
+        return 130
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
+    if is_online_keys(args_list):
+        return keys_main(args_list)
     command = server_command(args_list)
     if command is not None:
         sys.stdout.flush()

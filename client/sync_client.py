@@ -315,5 +315,36 @@ class Client:
     def cluster_status(self, *, timeout: float | None = None) -> admin_pb2.ClusterStatusResponse:
         return self._run(self._async.cluster_status(timeout=timeout))
 
+    def erase_patient(self, patient_id: str, *, timeout: float | None = None) -> int:
+        """Erase every record of one patient on every replica; returns the erasure's version."""
+        return self._run(self._async.erase_patient(patient_id, timeout=timeout))
+
+    def key_status(
+        self, address: str, *, count_values: bool = False, timeout: float | None = None
+    ) -> admin_pb2.KeyStatusResponse:
+        """One node's keys and re-encryption progress (AsyncClient.key_status)."""
+        return self._run(
+            self._async.key_status(address, count_values=count_values, timeout=timeout)
+        )
+
+    def rotate_data_key(
+        self, address: str, *, timeout: float | None = None
+    ) -> admin_pb2.RotateDataKeyResponse:
+        """Start (or continue) a data key rotation on one node (AsyncClient.rotate_data_key)."""
+        return self._run(self._async.rotate_data_key(address, timeout=timeout))
+
+    def rotate_master_key(
+        self,
+        address: str,
+        new_master_key_id: str,
+        step: admin_pb2.MasterRotationStep,
+        *,
+        timeout: float | None = None,
+    ) -> admin_pb2.RotateMasterKeyResponse:
+        """One master rotation step on one node (AsyncClient.rotate_master_key)."""
+        return self._run(
+            self._async.rotate_master_key(address, new_master_key_id, step, timeout=timeout)
+        )
+
 
 __all__ = ["Client"]

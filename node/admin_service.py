@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import grpc
 
 from consensus.types import StateRole
 from node.config import NodeConfig
-from node.errors import InvalidArgument, NodeError
+from node.crypto import CryptoError
+from node.errors import FailedPrecondition, InvalidArgument, NodeError
 from node.grpc_errors import abort_with
 from proto.medkv.v1 import admin_pb2, admin_pb2_grpc
 
 if TYPE_CHECKING:
+    from node.key_rotation import KeyState, ReEncryptionState
     from node.server import Node
 
 VERSION = "0.1.0"
@@ -178,6 +180,82 @@ class AdminService(admin_pb2_grpc.AdminServicer):
         except NodeError as e:
             await abort_with(context, e)
             raise AssertionError("unreachable") from None
+
+    # ---- encryption at rest: online key rotation (node/key_rotation.py) ---
+
+    async def RotateDataKey(
+        self, request: admin_pb2.RotateDataKeyRequest, context: grpc.aio.ServicerContext
+    ) -> admin_pb2.RotateDataKeyResponse:
+        keys = self.node.keys
+        try:
+            active, started = await _keys_call(keys.rotate_data())
+            return admin_pb2.RotateDataKeyResponse(
+                node_id=self.node.cfg.node_id, active_data_key_id=active, started=started,
+                reencryption=reencryption_pb(keys.reencryption()),
+            )
+        except NodeError as e:
+            await abort_with(context, e)
+            raise AssertionError("unreachable") from None
+
+    async def RotateMasterKey(
+        self, request: admin_pb2.RotateMasterKeyRequest, context: grpc.aio.ServicerContext
+    ) -> admin_pb2.RotateMasterKeyResponse:
+        try:
+            st = await _keys_call(
+                self.node.keys.rotate_master(request.new_master_key_id, int(request.step))
+            )
+            return admin_pb2.RotateMasterKeyResponse(
+                node_id=st.node_id, keyring_master_key_id=st.keyring_master_key_id,
+                key_file_master_key_id=st.key_file_master_key_id,
+                staged_master_key_id=st.staged_master_key_id,
+            )
+        except NodeError as e:
+            await abort_with(context, e)
+            raise AssertionError("unreachable") from None
+
+    async def KeyStatus(
+        self, request: admin_pb2.KeyStatusRequest, context: grpc.aio.ServicerContext
+    ) -> admin_pb2.KeyStatusResponse:
+        try:
+            return key_status_pb(await _keys_call(self.node.keys.status(request.count_values)))
+        except NodeError as e:
+            await abort_with(context, e)
+            raise AssertionError("unreachable") from None
+
+
+async def _keys_call(call: Any) -> Any:
+    """Await a key operation; key file and keyring problems answer FAILED_PRECONDITION
+    (their messages name paths and key ids, never key material)."""
+    try:
+        return await call
+    except CryptoError as e:
+        raise FailedPrecondition(str(e)) from None
+    except OSError as e:
+        raise FailedPrecondition(f"key storage: {e.strerror or type(e).__name__}") from None
+
+
+def reencryption_pb(r: ReEncryptionState) -> admin_pb2.ReEncryptionStatus:
+    return admin_pb2.ReEncryptionStatus(
+        state=r.state, target_key_id=r.target_key_id, done=r.done,
+        total_estimate=r.total_estimate, resealed=r.resealed, percent=r.percent,
+        error=r.error, retired_key_ids=r.retired_key_ids,
+    )
+
+
+def key_status_pb(st: KeyState) -> admin_pb2.KeyStatusResponse:
+    return admin_pb2.KeyStatusResponse(
+        node_id=st.node_id,
+        keyring_master_key_id=st.keyring_master_key_id,
+        key_file_master_key_id=st.key_file_master_key_id,
+        staged_master_key_id=st.staged_master_key_id,
+        active_data_key_id=st.active_data_key_id,
+        data_keys=[
+            admin_pb2.DataKeyStatus(key_id=k.key_id, created=k.created, active=k.active,
+                                    values=k.values)
+            for k in st.data_keys
+        ],
+        reencryption=reencryption_pb(st.reencryption),
+    )
 
 
 def merge_views(

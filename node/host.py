@@ -187,6 +187,12 @@ class MultiRaftHost:
                 self._task.cancel()
         self._writer.shutdown(wait=True)
 
+    @property
+    def writer(self) -> ThreadPoolExecutor:
+        """The one thread that writes LevelDB for the host. Whoever must not
+        interleave with its batches (key re-encryption) runs work on it."""
+        return self._writer
+
     def _poke(self, r: Replica, action: Callable[[int], None], arg: int) -> None:
         """Run an action on a group's RawNode and look for its Ready this turn."""
         action(arg)

@@ -1,6 +1,7 @@
 """`python -m node keys ...`: the operator's key management commands.
 
     keys init          --key-file PATH
+    keys stage-master  --key-file PATH --new-key-file NEW
     keys rotate-master --key-file PATH --data-dir DIR [--new-key-file NEW]
     keys rotate-data   --key-file PATH --data-dir DIR [--reencrypt]
     keys status        --key-file PATH --data-dir DIR [--json]
@@ -10,8 +11,14 @@ running node would not see a keyring changed under it). They take the
 LevelDB lock of DIR/db for their whole run, so a running node is detected and
 cannot start in the middle. Both are resumable: after a crash, running the
 same command again finishes the job (rotate-data --reencrypt continues the
-interrupted pass instead of adding another key). A running node rotates
-online through the library instead (Keyring.rotate_data + ReEncryptor).
+interrupted pass instead of adding another key).
+
+Running nodes rotate online instead, through the Admin API
+(node/key_rotation.py): `medkv keys rotate-data|rotate-master|status --addr
+...`. stage-master is the host-side half of an online master rotation: it
+copies the new master key file to KEY_FILE.next (0600, never overwriting a
+different staged key) and may run while the node runs; `medkv keys
+rotate-master --addr ...` then re-wraps and installs it on every node.
 
 Which LevelDB values are re-encrypted: the keyspaces node.storage_layout
 exports as REENCRYPT_KEYSPACES (and its REENCRYPT_CURSOR_KEY) when that
@@ -152,6 +159,28 @@ def cmd_init(ns: argparse.Namespace) -> int:
     print(f"created master key file {ns.key_file} (key id {master.key_id}, mode 0600)")
     print("copy this same file to every host of the cluster (install -m 600 ...), name it as")
     print("key_file in each node's configuration, and keep it out of data directory backups")
+    return 0
+
+
+def cmd_stage_master(ns: argparse.Namespace) -> int:
+    """Copy a new master key file to KEY_FILE.next, for an online rotation."""
+    new = load_master_key(ns.new_key_file)
+    current = load_master_key(ns.key_file)
+    if new.key_id == current.key_id:
+        raise CliError(f"{ns.new_key_file} holds the current master key id {new.key_id}")
+    staged = staged_key_path(ns.key_file)
+    if staged.exists():
+        existing = load_master_key(staged)
+        if existing.key_id != new.key_id:
+            raise CliError(
+                f"{staged} already holds master key id {existing.key_id}: finish that rotation "
+                "(medkv keys rotate-master) or remove the file first"
+            )
+        print(f"master key id {new.key_id} is already staged in {staged}")
+        return 0
+    create_key_file(staged, new)
+    print(f"staged master key id {new.key_id} in {staged} (mode 0600)")
+    print("stage it on every host of the cluster, then run: medkv keys rotate-master --addr ...")
     return 0
 
 
@@ -318,6 +347,10 @@ def build_parser() -> argparse.ArgumentParser:
         return p
 
     add("init", "create a new master key file (mode 0600; never overwrites)", data_dir=False)
+    p = add("stage-master", "stage a new master key file as KEY_FILE.next for an online "
+            "rotation (the node may run)", data_dir=False)
+    p.add_argument("--new-key-file", type=Path, required=True,
+                   help="the cluster's new master key file (from keys init)")
     p = add("rotate-master", "re-wrap the node's data keys under a new master key (node stopped)")
     p.add_argument("--new-key-file", type=Path, default=None,
                    help="the cluster's new master key file (default: generate one)")
@@ -331,6 +364,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 _COMMANDS = {
     "init": cmd_init,
+    "stage-master": cmd_stage_master,
     "rotate-master": cmd_rotate_master,
     "rotate-data": cmd_rotate_data,
     "status": cmd_status,

@@ -23,6 +23,7 @@ from consensus.leveldb_storage import LevelDBLogStore
 from node.admin_service import AdminService
 from node.config import NodeConfig
 from node.host import MultiRaftHost
+from node.key_rotation import KeyRotationManager
 from node.kv_service import KVService
 from node.storage_layout import StorageLayout
 from node.transport import PeerTransport, decode_batch, grpc_options, receive_snapshot
@@ -85,6 +86,7 @@ class Node:
             self.transport.send,
             purge_disk=self.layout.purge_disk,
         )
+        self.keys = KeyRotationManager(self.layout, self.host, cfg.key_file)
         self.kv = KVService(self)
         self.admin = AdminService(self)
         self._peer_channels: dict[int, grpc.aio.Channel] = {}
@@ -111,6 +113,7 @@ class Node:
         if port == 0:
             raise OSError(f"cannot listen on {self.cfg.listen}")
         self.host.start()
+        self.keys.start()  # resumes a re-encryption pass a crash interrupted
         self.transport.start()
         await self.server.start()
         await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
@@ -142,9 +145,12 @@ class Node:
                 await asyncio.sleep(0.02)
             await self.server.stop(0)
             await stopping
+        log.debug("shutdown: rpc server stopped")
         for t in self._background:
             t.cancel()
         await self.transport.close()
+        log.debug("shutdown: transport closed")
+        await self.keys.stop()  # before the host: it releases the parked writer thread
         await self.host.stop()
         for ch in self._peer_channels.values():
             await ch.close()

@@ -111,6 +111,18 @@ class StorageLayout:
         skips data already in the bottom level."""
         for prefix in (RAFT_PREFIX, STATE_PREFIX):
             self.db.compact_range(start=prefix, stop=prefix + b"\xff" * 48)
+        # LevelDB's CompactRange chooses its levels before it flushes the
+        # memtable and never rewrites the deepest level holding the range on
+        # its own; a flush (which keeps shadowed versions) can land exactly
+        # there. Writing and deleting two keys on either side of both key
+        # spaces makes the next flush overlap that file, so this second pass
+        # merges it down and drops the erased versions. The keys are never read.
+        low, high = b"q\xff", b"t"
+        with self.db.write_batch(sync=True) as wb:
+            for key in (low, high):
+                wb.put(key, b"")
+                wb.delete(key)
+        self.db.compact_range(start=low, stop=high + b"\x00")
 
     def close(self) -> None:
         self.db.close()

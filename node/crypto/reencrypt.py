@@ -260,18 +260,23 @@ class ReEncryptor:
 
     # ---- retiring old keys
 
-    def referenced_key_ids(self, include_cursor: bool = True) -> dict[int, int]:
+    def referenced_key_ids(self, include_cursor: bool = True, reader: Any = None) -> dict[int, int]:
         """Data key id -> number of values under the prefixes (and the cursor, unless
-        include_cursor=False) sealed under it. Reads headers only."""
+        include_cursor=False) sealed under it. Reads headers only.
+
+        `reader`: a plyvel snapshot of the database to count in instead of the
+        live database, so a running node can count off its event loop while
+        writes go on (node.key_rotation)."""
+        source = self.db if reader is None else reader
         counts: dict[int, int] = {}
         for ks in self.keyspaces:
-            with self.db.iterator(start=ks.prefix, stop=_prefix_end(ks.prefix)) as it:
+            with source.iterator(start=ks.prefix, stop=_prefix_end(ks.prefix)) as it:
                 for key, sealed in it:
                     if key == self.cursor_key:
                         continue  # counted below, once, whether or not under a prefix
                     kid = key_id_of(sealed)
                     counts[kid] = counts.get(kid, 0) + 1
-        cursor = self.db.get(self.cursor_key) if include_cursor else None
+        cursor = source.get(self.cursor_key) if include_cursor else None
         if cursor is not None:
             kid = key_id_of(cursor)
             counts[kid] = counts.get(kid, 0) + 1

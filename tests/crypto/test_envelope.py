@@ -184,7 +184,7 @@ def test_a_forked_child_never_reuses_the_parents_nonces(codec: EnvelopeCodec) ->
 def test_counter_exhaustion_draws_a_fresh_prefix() -> None:
     seq = NonceSequence()
     first = seq.next()
-    seq._count = itertools.count((1 << 32) - 1)  # jump to the last counter of this prefix
+    seq._state = (seq._state[0], itertools.count((1 << 32) - 1))  # the prefix's last counter
     last = seq.next()
     assert last[:8] == first[:8] and last[8:] == b"\xff\xff\xff\xff"
     renewed = seq.next()

@@ -15,12 +15,21 @@ class ReplicaRole(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     LEADER_ROLE: _ClassVar[ReplicaRole]
     LEARNER_ROLE: _ClassVar[ReplicaRole]
     PRE_CANDIDATE_ROLE: _ClassVar[ReplicaRole]
+
+class MasterRotationStep(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    MASTER_STEP_UNSPECIFIED: _ClassVar[MasterRotationStep]
+    MASTER_REWRAP: _ClassVar[MasterRotationStep]
+    MASTER_INSTALL: _ClassVar[MasterRotationStep]
 ROLE_UNKNOWN: ReplicaRole
 FOLLOWER_ROLE: ReplicaRole
 CANDIDATE_ROLE: ReplicaRole
 LEADER_ROLE: ReplicaRole
 LEARNER_ROLE: ReplicaRole
 PRE_CANDIDATE_ROLE: ReplicaRole
+MASTER_STEP_UNSPECIFIED: MasterRotationStep
+MASTER_REWRAP: MasterRotationStep
+MASTER_INSTALL: MasterRotationStep
 
 class NodeInfo(_message.Message):
     __slots__ = ("node_id", "address")
@@ -167,3 +176,95 @@ class ErasePatientResponse(_message.Message):
     VERSION_FIELD_NUMBER: _ClassVar[int]
     version: int
     def __init__(self, version: _Optional[int] = ...) -> None: ...
+
+class DataKeyStatus(_message.Message):
+    __slots__ = ("key_id", "created", "active", "values")
+    KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    CREATED_FIELD_NUMBER: _ClassVar[int]
+    ACTIVE_FIELD_NUMBER: _ClassVar[int]
+    VALUES_FIELD_NUMBER: _ClassVar[int]
+    key_id: int
+    created: str
+    active: bool
+    values: int
+    def __init__(self, key_id: _Optional[int] = ..., created: _Optional[str] = ..., active: _Optional[bool] = ..., values: _Optional[int] = ...) -> None: ...
+
+class ReEncryptionStatus(_message.Message):
+    __slots__ = ("state", "target_key_id", "done", "total_estimate", "resealed", "percent", "error", "retired_key_ids")
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    TARGET_KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    DONE_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_ESTIMATE_FIELD_NUMBER: _ClassVar[int]
+    RESEALED_FIELD_NUMBER: _ClassVar[int]
+    PERCENT_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    RETIRED_KEY_IDS_FIELD_NUMBER: _ClassVar[int]
+    state: str
+    target_key_id: int
+    done: int
+    total_estimate: int
+    resealed: int
+    percent: float
+    error: str
+    retired_key_ids: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, state: _Optional[str] = ..., target_key_id: _Optional[int] = ..., done: _Optional[int] = ..., total_estimate: _Optional[int] = ..., resealed: _Optional[int] = ..., percent: _Optional[float] = ..., error: _Optional[str] = ..., retired_key_ids: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class KeyStatusRequest(_message.Message):
+    __slots__ = ("count_values",)
+    COUNT_VALUES_FIELD_NUMBER: _ClassVar[int]
+    count_values: bool
+    def __init__(self, count_values: _Optional[bool] = ...) -> None: ...
+
+class KeyStatusResponse(_message.Message):
+    __slots__ = ("node_id", "keyring_master_key_id", "key_file_master_key_id", "staged_master_key_id", "active_data_key_id", "data_keys", "reencryption")
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    KEYRING_MASTER_KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    KEY_FILE_MASTER_KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    STAGED_MASTER_KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    ACTIVE_DATA_KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    DATA_KEYS_FIELD_NUMBER: _ClassVar[int]
+    REENCRYPTION_FIELD_NUMBER: _ClassVar[int]
+    node_id: int
+    keyring_master_key_id: str
+    key_file_master_key_id: str
+    staged_master_key_id: str
+    active_data_key_id: int
+    data_keys: _containers.RepeatedCompositeFieldContainer[DataKeyStatus]
+    reencryption: ReEncryptionStatus
+    def __init__(self, node_id: _Optional[int] = ..., keyring_master_key_id: _Optional[str] = ..., key_file_master_key_id: _Optional[str] = ..., staged_master_key_id: _Optional[str] = ..., active_data_key_id: _Optional[int] = ..., data_keys: _Optional[_Iterable[_Union[DataKeyStatus, _Mapping]]] = ..., reencryption: _Optional[_Union[ReEncryptionStatus, _Mapping]] = ...) -> None: ...
+
+class RotateDataKeyRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class RotateDataKeyResponse(_message.Message):
+    __slots__ = ("node_id", "active_data_key_id", "started", "reencryption")
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    ACTIVE_DATA_KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    STARTED_FIELD_NUMBER: _ClassVar[int]
+    REENCRYPTION_FIELD_NUMBER: _ClassVar[int]
+    node_id: int
+    active_data_key_id: int
+    started: bool
+    reencryption: ReEncryptionStatus
+    def __init__(self, node_id: _Optional[int] = ..., active_data_key_id: _Optional[int] = ..., started: _Optional[bool] = ..., reencryption: _Optional[_Union[ReEncryptionStatus, _Mapping]] = ...) -> None: ...
+
+class RotateMasterKeyRequest(_message.Message):
+    __slots__ = ("new_master_key_id", "step")
+    NEW_MASTER_KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    new_master_key_id: str
+    step: MasterRotationStep
+    def __init__(self, new_master_key_id: _Optional[str] = ..., step: _Optional[_Union[MasterRotationStep, str]] = ...) -> None: ...
+
+class RotateMasterKeyResponse(_message.Message):
+    __slots__ = ("node_id", "keyring_master_key_id", "key_file_master_key_id", "staged_master_key_id")
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    KEYRING_MASTER_KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    KEY_FILE_MASTER_KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    STAGED_MASTER_KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    node_id: int
+    keyring_master_key_id: str
+    key_file_master_key_id: str
+    staged_master_key_id: str
+    def __init__(self, node_id: _Optional[int] = ..., keyring_master_key_id: _Optional[str] = ..., key_file_master_key_id: _Optional[str] = ..., staged_master_key_id: _Optional[str] = ...) -> None: ...

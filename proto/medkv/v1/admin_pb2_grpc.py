@@ -59,6 +59,21 @@ class AdminStub:
                 request_serializer=proto_dot_medkv_dot_v1_dot_admin__pb2.ErasePatientRequest.SerializeToString,
                 response_deserializer=proto_dot_medkv_dot_v1_dot_admin__pb2.ErasePatientResponse.FromString,
                 _registered_method=True)
+        self.RotateDataKey = channel.unary_unary(
+                '/medkv.v1.Admin/RotateDataKey',
+                request_serializer=proto_dot_medkv_dot_v1_dot_admin__pb2.RotateDataKeyRequest.SerializeToString,
+                response_deserializer=proto_dot_medkv_dot_v1_dot_admin__pb2.RotateDataKeyResponse.FromString,
+                _registered_method=True)
+        self.RotateMasterKey = channel.unary_unary(
+                '/medkv.v1.Admin/RotateMasterKey',
+                request_serializer=proto_dot_medkv_dot_v1_dot_admin__pb2.RotateMasterKeyRequest.SerializeToString,
+                response_deserializer=proto_dot_medkv_dot_v1_dot_admin__pb2.RotateMasterKeyResponse.FromString,
+                _registered_method=True)
+        self.KeyStatus = channel.unary_unary(
+                '/medkv.v1.Admin/KeyStatus',
+                request_serializer=proto_dot_medkv_dot_v1_dot_admin__pb2.KeyStatusRequest.SerializeToString,
+                response_deserializer=proto_dot_medkv_dot_v1_dot_admin__pb2.KeyStatusResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServicer:
@@ -95,6 +110,30 @@ class AdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RotateDataKey(self, request, context):
+        """Encryption at rest, online. Each node answers for its own keyring and
+        data (data keys are per node; the master key is shared by the cluster).
+        Start a new data key for new writes and re-encrypt older values in the
+        background (resumable after a crash); old keys are retired at the end.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RotateMasterKey(self, request, context):
+        """One step of a cluster-wide master key rotation to a key staged as
+        KEY_FILE.next on this node's host: re-wrap, then install. No data is rewritten.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def KeyStatus(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -122,6 +161,21 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.ErasePatient,
                     request_deserializer=proto_dot_medkv_dot_v1_dot_admin__pb2.ErasePatientRequest.FromString,
                     response_serializer=proto_dot_medkv_dot_v1_dot_admin__pb2.ErasePatientResponse.SerializeToString,
+            ),
+            'RotateDataKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.RotateDataKey,
+                    request_deserializer=proto_dot_medkv_dot_v1_dot_admin__pb2.RotateDataKeyRequest.FromString,
+                    response_serializer=proto_dot_medkv_dot_v1_dot_admin__pb2.RotateDataKeyResponse.SerializeToString,
+            ),
+            'RotateMasterKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.RotateMasterKey,
+                    request_deserializer=proto_dot_medkv_dot_v1_dot_admin__pb2.RotateMasterKeyRequest.FromString,
+                    response_serializer=proto_dot_medkv_dot_v1_dot_admin__pb2.RotateMasterKeyResponse.SerializeToString,
+            ),
+            'KeyStatus': grpc.unary_unary_rpc_method_handler(
+                    servicer.KeyStatus,
+                    request_deserializer=proto_dot_medkv_dot_v1_dot_admin__pb2.KeyStatusRequest.FromString,
+                    response_serializer=proto_dot_medkv_dot_v1_dot_admin__pb2.KeyStatusResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -259,6 +313,87 @@ class Admin:
             '/medkv.v1.Admin/ErasePatient',
             proto_dot_medkv_dot_v1_dot_admin__pb2.ErasePatientRequest.SerializeToString,
             proto_dot_medkv_dot_v1_dot_admin__pb2.ErasePatientResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RotateDataKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/medkv.v1.Admin/RotateDataKey',
+            proto_dot_medkv_dot_v1_dot_admin__pb2.RotateDataKeyRequest.SerializeToString,
+            proto_dot_medkv_dot_v1_dot_admin__pb2.RotateDataKeyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RotateMasterKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/medkv.v1.Admin/RotateMasterKey',
+            proto_dot_medkv_dot_v1_dot_admin__pb2.RotateMasterKeyRequest.SerializeToString,
+            proto_dot_medkv_dot_v1_dot_admin__pb2.RotateMasterKeyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def KeyStatus(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/medkv.v1.Admin/KeyStatus',
+            proto_dot_medkv_dot_v1_dot_admin__pb2.KeyStatusRequest.SerializeToString,
+            proto_dot_medkv_dot_v1_dot_admin__pb2.KeyStatusResponse.FromString,
             options,
             channel_credentials,
             insecure,
