@@ -35,6 +35,7 @@ from client.errors import (
 from client.records import ReadInfo, Record, ScanPage
 from client.retry import RetryPolicy
 from client.sync_client import Client
+from client.tls import TlsConfig
 
 __all__ = [
     "AsyncClient",
@@ -51,6 +52,7 @@ __all__ = [
     "RetryPolicy",
     "ScanPage",
     "SessionExpired",
+    "TlsConfig",
     "TooStale",
     "Unauthenticated",
     "Unavailable",

@@ -52,6 +52,7 @@ from client.routing import (
     parse_epoch,
     parse_leader_hint,
 )
+from client.tls import TlsConfig
 from proto.medkv.v1 import admin_pb2, admin_pb2_grpc, common_pb2, kv_pb2, kv_pb2_grpc
 
 DEFAULT_ADDRESS = "127.0.0.1:7101"
@@ -146,6 +147,16 @@ def _check_version(name: str, version: int) -> None:
         raise InvalidArgument(f"{name} must be an integer >= 0")
 
 
+
+class _Plaintext:
+    """No TLS: credentials() is None and channels are insecure."""
+
+    def credentials(self) -> None:
+        return None
+
+
+_NO_TLS = _Plaintext()
+
 class _Session:
     """One write session with one partition: an id, its sequence, what is in flight."""
 
@@ -220,8 +231,11 @@ class AsyncClient:
         scan_parallelism: int = 8,
         channel_options: Sequence[tuple[str, Any]] = (),
         rng: random.Random | None = None,
+        tls: TlsConfig | None = None,
     ) -> None:
         self._seeds = parse_addresses(addresses)
+        # Mutual TLS when given (or when MEDKV_TLS_DIR names a certificate directory).
+        self._credentials = (tls or TlsConfig.from_env() or _NO_TLS).credentials()
         policy = retry or RetryPolicy()
         self.policy = replace(policy, timeout=timeout) if timeout is not None else policy
         if client_id is not None and len(client_id) != 16:
@@ -256,7 +270,12 @@ class AsyncClient:
             raise MedkvError("the client is closed")
         channel = self._channels.get(address)
         if channel is None:
-            channel = grpc.aio.insecure_channel(address, options=self._channel_options)
+            if self._credentials is None:
+                channel = grpc.aio.insecure_channel(address, options=self._channel_options)
+            else:
+                channel = grpc.aio.secure_channel(
+                    address, self._credentials, options=self._channel_options
+                )
             self._channels[address] = channel
         return channel
 

@@ -42,6 +42,7 @@ from client.errors import MedkvError, NotFound, TooStale, VersionConflict
 from client.records import Record, ScanPage
 from client.status_table import render_status, status_json
 from client.sync_client import Client
+from client.tls import TLS_DIR_ENV, TlsConfig
 from proto.medkv.v1 import admin_pb2
 
 DEFAULT_ADDR = "127.0.0.1:7101"
@@ -109,6 +110,11 @@ def _add_read_options(parser: argparse.ArgumentParser, default: str) -> None:
     )
 
 
+def _tls(ns: argparse.Namespace) -> TlsConfig | None:
+    tls_dir = getattr(ns, "tls_dir", None)
+    return TlsConfig.from_dir(tls_dir) if tls_dir else None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="medkv", description="medkv: replicated, encrypted patient-record store."
@@ -121,6 +127,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--json", action="store_true", help="machine-readable output")
     parser.add_argument(
         "--timeout", type=float, default=None, help="seconds per call, retries included"
+    )
+    parser.add_argument(
+        "--tls-dir", default=os.environ.get(TLS_DIR_ENV),
+        help="directory with ca.pem, client.pem, client.key for mutual TLS (env MEDKV_TLS_DIR)",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -616,7 +626,7 @@ def keys_main(args_list: Sequence[str]) -> int:
     ns.timeout = ns.timeout if ns.timeout is not None else outer.timeout
     out = _Out(sys.stdout, sys.stderr, as_json)
     try:
-        with Client(addr, timeout=ns.timeout) as kv:
+        with Client(addr, timeout=ns.timeout, tls=_tls(ns)) as kv:
             return _KEYS_COMMANDS[ns.keys_command](ns, kv, out)
     except MedkvError as error:
         out.note(f"medkv: error: {error}")
@@ -639,7 +649,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(args_list)
     out = _Out(sys.stdout, sys.stderr, args.json)
     try:
-        with Client(args.addr, timeout=args.timeout) as kv:
+        with Client(args.addr, timeout=args.timeout, tls=_tls(args)) as kv:
             return run(args, kv, out, sys.stdin.buffer, sys.stdout.buffer)
     except MedkvError as error:
         out.note(f"medkv: error: {error}")

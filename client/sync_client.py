@@ -27,6 +27,7 @@ from client.errors import MedkvError
 from client.records import Record, ScanPage
 from client.retry import RetryPolicy
 from client.routing import Router, RoutingTable
+from client.tls import TlsConfig
 from proto.medkv.v1 import admin_pb2
 
 T = TypeVar("T")
@@ -78,6 +79,7 @@ class Client:
         client_id: bytes | None = None,
         scan_parallelism: int = 8,
         channel_options: Sequence[tuple[str, Any]] = (),
+        tls: TlsConfig | None = None,
     ) -> None:
         # Built first: argument errors surface before a thread is started.
         self._async = AsyncClient(
@@ -87,6 +89,7 @@ class Client:
             client_id=client_id,
             scan_parallelism=scan_parallelism,
             channel_options=channel_options,
+            tls=tls,
         )
         self._loop = _LOOP.get()
         self._closed = False

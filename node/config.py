@@ -20,6 +20,11 @@ Example (one [[peers]] table per cluster member, this node included)::
 
     [limits]
     request_timeout_s = 10.0
+
+    [tls]                              # optional: mutual TLS (scripts/certs)
+    ca_file = "/etc/medkv/ca.pem"
+    cert_file = "/etc/medkv/node-1.pem"
+    key_file = "/etc/medkv/node-1.key"
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from node.tls import TlsSettings
 from proto.placement import DEFAULT_VIRTUAL_NODES, Placement, make_placement
 
 
@@ -74,6 +80,8 @@ class NodeConfig:
     # hints), when it differs from the one this node dials, e.g. behind the
     # fault-injection proxies of jepsen_like. Defaults to the peer address.
     client_addresses: dict[int, str] = field(default_factory=dict)
+    # Mutual TLS on every connection (node.tls); None: plaintext gRPC.
+    tls: TlsSettings | None = None
     # Test-only: writes not yet synced are lost by a kill -9 (node.lossy_db).
     lossy_unsynced_writes: bool = False
 
@@ -105,8 +113,30 @@ def _section(raw: dict[str, Any], name: str, cls: type[Any]) -> Any:
 
 _TOP_LEVEL = {
     "node_id", "listen", "data_dir", "peers", "partitions", "replication",
-    "virtual_nodes", "key_file", "raft", "limits", "lossy_unsynced_writes",
+    "virtual_nodes", "key_file", "raft", "limits", "lossy_unsynced_writes", "tls",
 }
+
+
+def _tls(raw: dict[str, Any], base_dir: Path) -> TlsSettings | None:
+    values = raw.get("tls")
+    if values is None:
+        return None
+    if not isinstance(values, dict):
+        raise ConfigError("[tls] must be a table")
+    wanted = ("ca_file", "cert_file", "key_file")
+    unknown = set(values) - set(wanted)
+    if unknown:
+        raise ConfigError(f"unknown key(s) in [tls]: {', '.join(sorted(unknown))}")
+    paths = {}
+    for name in wanted:
+        if name not in values:
+            raise ConfigError(f"[tls] needs {name}")
+        path = Path(values[name])
+        path = path if path.is_absolute() else (base_dir / path).resolve()
+        if not path.is_file():
+            raise ConfigError(f"[tls] {name}: no such file: {path}")
+        paths[name] = path
+    return TlsSettings(**paths)
 
 
 def parse_config(raw: dict[str, Any], base_dir: Path) -> NodeConfig:
@@ -154,6 +184,7 @@ def parse_config(raw: dict[str, Any], base_dir: Path) -> NodeConfig:
         raft=_section(raw, "raft", RaftSettings),
         limits=_section(raw, "limits", Limits),
         client_addresses=client_addresses,
+        tls=_tls(raw, base_dir),
         lossy_unsynced_writes=bool(raw.get("lossy_unsynced_writes", False)),
     )
     try:

@@ -26,7 +26,14 @@ from node.host import MultiRaftHost
 from node.key_rotation import KeyRotationManager
 from node.kv_service import KVService
 from node.storage_layout import StorageLayout
-from node.transport import PeerTransport, decode_batch, grpc_options, receive_snapshot
+from node.tls import is_node_peer
+from node.transport import (
+    PeerTransport,
+    decode_batch,
+    grpc_options,
+    open_channel,
+    receive_snapshot,
+)
 from proto.medkv.v1 import admin_pb2_grpc, kv_pb2_grpc, raft_pb2, raft_pb2_grpc
 
 log = logging.getLogger("medkv.node")
@@ -42,6 +49,11 @@ class RaftTransportService(raft_pb2_grpc.RaftTransportServicer):
     async def Stream(
         self, request_iterator: AsyncIterator[raft_pb2.RaftBatch], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[raft_pb2.RaftBatchAck]:
+        if not is_node_peer(context, self.node.cfg.tls):
+            await context.abort(
+                grpc.StatusCode.PERMISSION_DENIED,
+                "the Raft transport accepts only node certificates",
+            )
         async for batch in request_iterator:
             if batch.to_node != self.node.cfg.node_id or batch.from_node not in self.node.cfg.peers:
                 await context.abort(
@@ -56,6 +68,11 @@ class RaftTransportService(raft_pb2_grpc.RaftTransportServicer):
     async def Snapshot(
         self, request_iterator: AsyncIterator[raft_pb2.SnapshotChunk], context: grpc.aio.ServicerContext
     ) -> raft_pb2.SnapshotAck:
+        if not is_node_peer(context, self.node.cfg.tls):
+            await context.abort(
+                grpc.StatusCode.PERMISSION_DENIED,
+                "the Raft transport accepts only node certificates",
+            )
         try:
             group, msg = await receive_snapshot(request_iterator, MAX_SNAPSHOT_BYTES)
         except ValueError as e:
@@ -78,6 +95,7 @@ class Node:
             on_unreachable=lambda peer, groups: self.host.report_unreachable(peer, groups),
             on_snapshot_done=lambda group, peer, ok: self.host.report_snapshot(group, peer, ok),
             max_message_bytes=cfg.limits.max_message_bytes,
+            tls=cfg.tls,
         )
         self.host = MultiRaftHost(
             cfg,
@@ -98,7 +116,7 @@ class Node:
     def peer_admin(self, peer: int) -> admin_pb2_grpc.AdminStub:
         ch = self._peer_channels.get(peer)
         if ch is None:
-            ch = grpc.aio.insecure_channel(self.cfg.peers[peer])
+            ch = open_channel(self.cfg.peers[peer], self.cfg.tls, self.cfg.limits.max_message_bytes)
             self._peer_channels[peer] = ch
         return admin_pb2_grpc.AdminStub(ch)
 
@@ -109,7 +127,14 @@ class Node:
         admin_pb2_grpc.add_AdminServicer_to_server(self.admin, self.server)
         raft_pb2_grpc.add_RaftTransportServicer_to_server(RaftTransportService(self), self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
-        port = self.server.add_insecure_port(self.cfg.listen)
+        if self.cfg.tls is not None:
+            port = self.server.add_secure_port(self.cfg.listen, self.cfg.tls.server_credentials())
+        else:
+            log.warning(
+                "no [tls] configured: client and peer traffic (snapshots included) is not "
+                "encrypted in transit; use it only on a trusted network"
+            )
+            port = self.server.add_insecure_port(self.cfg.listen)
         if port == 0:
             raise OSError(f"cannot listen on {self.cfg.listen}")
         self.host.start()

@@ -22,6 +22,7 @@ import grpc
 
 from consensus.codec import decode_message, encode_message
 from consensus.types import Message, MessageType
+from node.tls import TlsSettings
 from proto.medkv.v1 import raft_pb2, raft_pb2_grpc
 
 log = logging.getLogger("medkv.transport")
@@ -43,6 +44,14 @@ def grpc_options(max_message_bytes: int) -> list[tuple[str, int]]:
         ("grpc.http2.max_pings_without_data", 0),
         ("grpc.keepalive_permit_without_calls", 1),
     ]
+
+
+def open_channel(address: str, tls: TlsSettings | None, max_message_bytes: int) -> grpc.aio.Channel:
+    """A channel to a peer: mutual TLS when configured, else plaintext."""
+    opts = grpc_options(max_message_bytes)
+    if tls is None:
+        return grpc.aio.insecure_channel(address, options=opts)
+    return grpc.aio.secure_channel(address, tls.channel_credentials(), options=opts)
 
 
 def encode_batch(from_node: int, to_node: int, msgs: GroupMessages) -> raft_pb2.RaftBatch:
@@ -102,9 +111,7 @@ class _PeerLink:
 
     def stub(self) -> raft_pb2_grpc.RaftTransportStub:
         if self.channel is None:
-            self.channel = grpc.aio.insecure_channel(
-                self.address, options=grpc_options(self.t.max_message_bytes)
-            )
+            self.channel = open_channel(self.address, self.t.tls, self.t.max_message_bytes)
         return raft_pb2_grpc.RaftTransportStub(self.channel)
 
     async def _outbound(self) -> AsyncIterator[raft_pb2.RaftBatch]:
@@ -172,8 +179,10 @@ class PeerTransport:
         on_unreachable: Callable[[int, Sequence[int]], None],
         on_snapshot_done: Callable[[int, int, bool], None],
         max_message_bytes: int = 8 << 20,
+        tls: TlsSettings | None = None,
     ) -> None:
         self.node_id = node_id
+        self.tls = tls
         self.on_unreachable = on_unreachable
         self.on_snapshot_done = on_snapshot_done
         self.max_message_bytes = max_message_bytes
