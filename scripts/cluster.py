@@ -2,6 +2,7 @@
 
     scripts/cluster up --nodes N --data-dir DIR [--base-port 7100] [--partitions 16]
                        [--replicas 3] [--host 127.0.0.1] [--timeout 60]
+                       [--links-file FILE]
     scripts/cluster status        --data-dir DIR [--json]
     scripts/cluster down          --data-dir DIR [--grace 10]
     scripts/cluster kill-node ID  --data-dir DIR       (SIGKILL)
@@ -17,6 +18,15 @@ them, paused ones included, and waits until none is left.
 
 `up` prints the client addresses (host:port,host:port,...) on stdout, so
 `export MEDKV_ADDR=$(scripts/cluster up ...)` works; progress goes to stderr.
+
+`--links-file` puts something between the nodes, e.g. the fault-injection
+proxies of jepsen_like: a JSON object
+
+    {"peers": {"1": {"2": "127.0.0.1:40001", ...}, ...},   where node 1 dials node 2
+     "clients": {"1": "127.0.0.1:40101", ...}}              what clients are told
+
+written into each node's [[peers]] `address` and `client_address`. Links
+left out keep the direct address. The nodes still listen on base_port + i.
 """
 
 from __future__ import annotations
@@ -66,6 +76,9 @@ class Layout:
     key_file: str | None
     raft: dict[str, int] = field(default_factory=dict)  # extra [raft] settings
     lossy_unsynced_writes: bool = False  # test-only storage mode (node/lossy_db.py)
+    # Optional indirection (see --links-file): {"peers": {src: {dst: addr}},
+    # "clients": {dst: addr}}, node ids as strings (JSON object keys).
+    links: dict[str, dict[str, Any]] | None = None
 
     def node_ids(self) -> list[int]:
         return list(range(1, self.nodes + 1))
@@ -75,6 +88,22 @@ class Layout:
 
     def addresses(self) -> list[str]:
         return [self.address(n) for n in self.node_ids()]
+
+    def peer_address(self, node: int, peer: int) -> str:
+        """Where `node` dials `peer`: the links file's address, else the direct one."""
+        if node != peer and self.links:
+            via = self.links.get("peers", {}).get(str(node), {}).get(str(peer))
+            if via:
+                return str(via)
+        return self.address(peer)
+
+    def client_address(self, peer: int) -> str | None:
+        """What nodes tell clients to dial for `peer`, when the links file says."""
+        if self.links:
+            via = self.links.get("clients", {}).get(str(peer))
+            if via:
+                return str(via)
+        return None
 
 
 class Cluster:
@@ -135,7 +164,10 @@ class Cluster:
         if layout.lossy_unsynced_writes:
             lines.append("lossy_unsynced_writes = true  # TEST ONLY: unsynced writes die with kill -9")
         for peer in layout.node_ids():
-            lines += ["", "[[peers]]", f"id = {peer}", f"address = {q(layout.address(peer))}"]
+            lines += ["", "[[peers]]", f"id = {peer}", f"address = {q(layout.peer_address(node, peer))}"]
+            client_address = layout.client_address(peer)
+            if client_address is not None:
+                lines.append(f"client_address = {q(client_address)}")
         raft = {"tick_ms": 100, "election_ticks": 10, **layout.raft}
         lines += ["", "[raft]", *(f"{k} = {v}" for k, v in sorted(raft.items())), ""]
         path = self.config_path(node)
@@ -403,6 +435,40 @@ def _raft_settings(pairs: list[str]) -> dict[str, int]:
     return out
 
 
+def _is_address(value: Any) -> bool:
+    if not isinstance(value, str):
+        return False
+    host, sep, port = value.rpartition(":")
+    return bool(sep and host and port.isdigit() and 0 < int(port) < 65536)
+
+
+def load_links(path: str, nodes: int) -> dict[str, dict[str, Any]]:
+    """Read and validate a --links-file (see the module docstring)."""
+    try:
+        raw = json.loads(Path(path).read_text())
+    except OSError as exc:
+        raise ClusterError(f"cannot read the links file {path}: {exc.strerror}") from None
+    except json.JSONDecodeError as exc:
+        raise ClusterError(f"the links file {path} is not JSON: {exc}") from None
+    if not isinstance(raw, dict) or set(raw) - {"peers", "clients"}:
+        raise ClusterError('the links file must be an object with "peers" and/or "clients"')
+    ids = {str(n) for n in range(1, nodes + 1)}
+    peers = raw.get("peers", {})
+    clients = raw.get("clients", {})
+    if not isinstance(peers, dict) or not isinstance(clients, dict):
+        raise ClusterError('"peers" and "clients" must be objects keyed by node id')
+    for src, row in peers.items():
+        if src not in ids or not isinstance(row, dict):
+            raise ClusterError(f"links file: peers[{src!r}] is not a node of this cluster")
+        for dst, address in row.items():
+            if dst not in ids or not _is_address(address):
+                raise ClusterError(f"links file: peers[{src!r}][{dst!r}] must be host:port")
+    for dst, address in clients.items():
+        if dst not in ids or not _is_address(address):
+            raise ClusterError(f"links file: clients[{dst!r}] must be host:port of a node")
+    return {"peers": peers, "clients": clients}
+
+
 def cmd_up(args: argparse.Namespace) -> int:
     cluster = Cluster(Path(args.data_dir))
     if args.nodes < 1 or args.replicas < 1 or args.partitions < 1:
@@ -431,6 +497,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         key_file=_ensure_key(cluster),
         raft=_raft_settings(args.raft),
         lossy_unsynced_writes=args.lossy_unsynced_writes,
+        links=load_links(args.links_file, args.nodes) if args.links_file else None,
     )
     cluster.save(layout)
     to_start = [n for n in layout.node_ids() if cluster.pid(n) is None]
@@ -562,6 +629,11 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument(
         "--lossy-unsynced-writes", action="store_true",
         help="TEST ONLY: nodes lose writes not yet synced when killed (fault injection)",
+    )
+    up.add_argument(
+        "--links-file", metavar="FILE",
+        help="JSON: the address each node dials each peer at, and the client address of "
+        "each node (e.g. fault-injection proxies); see the module docstring",
     )
     up.set_defaults(run=cmd_up)
 
