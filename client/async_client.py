@@ -375,6 +375,10 @@ class AsyncClient:
         code = exc.code()
         error = from_status(code, exc.details() or "", is_read=is_read, metadata=metadata)
         hint = parse_leader_hint(metadata.get(LEADER_KEY))
+        if code == grpc.StatusCode.DATA_LOSS and is_read and picker.mode is Mode.REPLICA:
+            # That replica's copy is damaged and out of service; the others
+            # still hold the partition. Raise DataLoss only if none can serve.
+            return error, (0.0 if picker.out_of_service(node) else None)
         if isinstance(error, TooStale) and picker.mode is Mode.REPLICA:
             # The leader is never stale: one more attempt there, at once.
             picker.to_leader()

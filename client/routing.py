@@ -189,6 +189,7 @@ class TargetPicker:
         self._index = 0
         self._forced: int | None = None
         self._last: int | None = None
+        self._out_of_service: set[int] = set()  # replicas that answered DATA_LOSS in this call
 
     def next(self) -> int:
         """The node to try now."""
@@ -214,6 +215,13 @@ class TargetPicker:
         """The node could not serve: stop treating it as the leader, move on."""
         if self.mode is Mode.LEADER:
             self.router.forget_leader(self.partition, node_id)
+
+    def out_of_service(self, node_id: int) -> bool:
+        """The node's copy of the partition failed an integrity check: serve
+        this call from another replica. False once every replica has failed so."""
+        self._out_of_service.add(node_id)
+        self.failed(node_id)
+        return len(self._out_of_service) < len(self.router.replicas(self.partition))
 
     def redirect(self, node_id: int) -> None:
         """A hint named the leader: it is the next target, and the cache learns it."""

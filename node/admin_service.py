@@ -154,7 +154,9 @@ class AdminService(admin_pb2_grpc.AdminServicer):
             r = self.node.host.replicas.get(p)
             resp.partition_info.append(
                 admin_pb2.PartitionInfo(
-                    partition=p, replicas=list(placement.replicas(p)), leader=r.leader if r else 0
+                    partition=p,
+                    replicas=list(placement.replicas(p)),
+                    leader=r.leader if r and not r.broken else 0,
                 )
             )
         return resp

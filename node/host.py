@@ -391,10 +391,20 @@ class MultiRaftHost:
         log.info("partition %d: purged log and files through index %d", r.partition, index)
 
     def mark_broken(self, r: Replica, e: BaseException) -> None:
+        """Take this replica out of service after an integrity failure.
+
+        It stops taking part in Raft (no ticks, no steps), so if it led, the
+        others elect a new leader within an election timeout. It must not go
+        on advertising itself as leader: routing tables and status report no
+        leader, leader-only requests are pointed at another replica, and the
+        writes in flight fail as retryable (they carry their WriteId, so a
+        retry elsewhere can never apply twice)."""
         if not r.broken:
             log.error("partition %d disabled on this node: %s", r.partition, type(e).__name__)
             r.broken = self._broken_message(r.partition)
-            self._fail_waiters(r, DataLoss(r.broken))
+            r.role = StateRole.FOLLOWER
+            r.leader = 0
+            self._fail_waiters(r, self._out_of_service(r.partition, r.broken))
 
     def _fail_waiters(self, r: Replica, err: NodeError) -> None:
         pending: list[asyncio.Future[Any]] = [f for fs in r.write_waiters.values() for f in fs]
@@ -478,7 +488,18 @@ class MultiRaftHost:
             return f"node {self.node_id} is not the leader of partition {r.partition}; node {r.leader} is"
         return f"partition {r.partition} has no leader right now (election in progress)"
 
+    def _out_of_service(self, partition: int, why: str) -> Unavailable:
+        """What a leader-only request to a damaged replica gets: a retryable
+        answer that points at a healthy replica (which knows the leader)."""
+        others = [n for n in self.placement.replicas(partition) if n != self.node_id]
+        return Unavailable(why, self._hint_for(others[0]) if others else "")
+
     def leader_replica(self, partition: int) -> Replica:
+        r = self.replicas.get(partition)
+        if r is not None and r.broken:
+            raise self._out_of_service(partition, r.broken)
+        if r is None and partition in self.broken_at_start:
+            raise self._out_of_service(partition, self.broken_at_start[partition])
         r = self.replica(partition)
         if not r.is_leader:
             raise Unavailable(self._not_leader_message(r), self.leader_hint(r))
