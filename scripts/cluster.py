@@ -53,6 +53,7 @@ from client.status_table import (  # noqa: E402
     render_status,
     status_dict,
 )
+from client.tls import TlsConfig  # noqa: E402
 
 STATE_FILE = "cluster.json"
 KEY_FILE = "master.key"
@@ -76,9 +77,14 @@ class Layout:
     key_file: str | None
     raft: dict[str, int] = field(default_factory=dict)  # extra [raft] settings
     lossy_unsynced_writes: bool = False  # test-only storage mode (node/lossy_db.py)
+    tls_dir: str | None = None  # mutual TLS with the certificates here (scripts/certs)
     # Optional indirection (see --links-file): {"peers": {src: {dst: addr}},
     # "clients": {dst: addr}}, node ids as strings (JSON object keys).
     links: dict[str, dict[str, Any]] | None = None
+
+    def tls(self) -> TlsConfig | None:
+        """The client's side of the cluster's TLS, if it has any."""
+        return TlsConfig.from_dir(self.tls_dir) if self.tls_dir else None
 
     def node_ids(self) -> list[int]:
         return list(range(1, self.nodes + 1))
@@ -116,6 +122,9 @@ class Cluster:
 
     def node_dir(self, node: int) -> Path:
         return self.dir / f"node-{node}"
+
+    def certs_dir(self) -> Path:
+        return self.dir / "certs"
 
     def config_path(self, node: int) -> Path:
         return self.node_dir(node) / "node.toml"
@@ -168,6 +177,14 @@ class Cluster:
             client_address = layout.client_address(peer)
             if client_address is not None:
                 lines.append(f"client_address = {q(client_address)}")
+        if layout.tls_dir:
+            certs = Path(layout.tls_dir)
+            lines += [
+                "", "[tls]",
+                f"ca_file = {q(str(certs / 'ca.pem'))}",
+                f"cert_file = {q(str(certs / f'node-{node}.pem'))}",
+                f"key_file = {q(str(certs / f'node-{node}.key'))}",
+            ]
         raft = {"tick_ms": 100, "election_ticks": 10, **layout.raft}
         lines += ["", "[raft]", *(f"{k} = {v}" for k, v in sorted(raft.items())), ""]
         path = self.config_path(node)
@@ -338,7 +355,7 @@ def _tail(path: Path, lines: int = 15) -> str:
 
 def _status(layout: Layout, timeout: float) -> Any:
     policy = RetryPolicy(timeout=timeout, attempt_timeout=min(1.0, timeout))
-    with Client(layout.addresses(), retry=policy) as kv:
+    with Client(layout.addresses(), retry=policy, tls=layout.tls()) as kv:
         return kv.cluster_status()
 
 
@@ -413,7 +430,7 @@ def wait_for_node(
         if why is not None:
             raise ClusterError(why)
         try:
-            with Client(layout.address(node), retry=policy) as kv:
+            with Client(layout.address(node), retry=policy, tls=layout.tls()) as kv:
                 if kv.cluster_status().answered_by == node:
                     return
         except MedkvError:
@@ -469,6 +486,20 @@ def load_links(path: str, nodes: int) -> dict[str, dict[str, Any]]:
     return {"peers": peers, "clients": clients}
 
 
+def _ensure_certs(cluster: Cluster, nodes: int) -> str:
+    """DIR/certs with a CA and node/client certificates (made once, by scripts/certs)."""
+    certs = cluster.certs_dir()
+    if not (certs / "ca.pem").exists():
+        subprocess.run(
+            [sys.executable, str(ROOT / "scripts" / "certs.py"), "--out", str(certs),
+             "--nodes", str(nodes)],
+            check=True, capture_output=True,
+        )
+    elif not (certs / f"node-{nodes}.pem").exists():
+        raise ClusterError(f"{certs} has no certificate for node {nodes}; remove it to remake it")
+    return str(certs)
+
+
 def cmd_up(args: argparse.Namespace) -> int:
     cluster = Cluster(Path(args.data_dir))
     if args.nodes < 1 or args.replicas < 1 or args.partitions < 1:
@@ -497,6 +528,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         key_file=_ensure_key(cluster),
         raft=_raft_settings(args.raft),
         lossy_unsynced_writes=args.lossy_unsynced_writes,
+        tls_dir=_ensure_certs(cluster, args.nodes) if args.tls else None,
         links=load_links(args.links_file, args.nodes) if args.links_file else None,
     )
     cluster.save(layout)
@@ -625,6 +657,11 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument(
         "--raft", action="append", default=[], metavar="KEY=VALUE",
         help="a [raft] setting of every node, e.g. snapshot_every=200 (repeatable)",
+    )
+    up.add_argument(
+        "--tls", action="store_true",
+        help="mutual TLS on every connection; certificates in DIR/certs "
+        "(clients: MEDKV_TLS_DIR=DIR/certs or --tls-dir)",
     )
     up.add_argument(
         "--lossy-unsynced-writes", action="store_true",
