@@ -58,6 +58,7 @@ class ClusterSpec:
     replicas: int = 3
     raft: Mapping[str, int] = field(default_factory=dict)
     lossy_unsynced_writes: bool = False
+    unsafe_skip_raft_fsync: bool = False  # planted bug (nemesis planted-skip-fsync)
     up_timeout: float = 90.0
 
 
@@ -233,6 +234,8 @@ class ProxiedCluster:
             args += ["--raft", f"{key}={value}"]
         if self.spec.lossy_unsynced_writes:
             args.append("--lossy-unsynced-writes")
+        if self.spec.unsafe_skip_raft_fsync:
+            args.append("--unsafe-skip-raft-fsync")
         await self.script(*args, timeout=self.spec.up_timeout + 30.0)
 
     async def stop(self) -> list[int]:

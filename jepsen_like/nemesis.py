@@ -85,6 +85,8 @@ class Nemesis(ABC):
     name: ClassVar[str]
     # True: the cluster must start with --lossy-unsynced-writes.
     lossy_disk: ClassVar[bool] = False
+    # True: the cluster must start with the planted --unsafe-skip-raft-fsync bug.
+    skip_fsync: ClassVar[bool] = False
     # True: outside medkv's failure model; used only to prove the suite finds bugs.
     planted: ClassVar[bool] = False
 
@@ -257,6 +259,20 @@ class LossyDisk(Kill):
             return list(ctx.nodes), "killed every node, unsynced writes lost"
         victims = minority(ctx.rng, ctx.nodes)
         return victims, f"killed {victims}, unsynced writes lost"
+
+
+class SkipFsyncKill(LossyDisk):
+    """PLANTED BUG, outside the failure model: the nodes never fsync their Raft
+    log (a test-only switch) and every node is killed at once on the lossy
+    disk, so acknowledged writes vanish. Proves the lossy-disk nemesis catches
+    a missing fsync, which a plain kill -9 cannot. The suite must say invalid."""
+
+    name = "planted-skip-fsync"
+    planted = True
+    skip_fsync = True
+
+    async def _victims(self, ctx: NemesisContext) -> tuple[list[int], str]:
+        return list(ctx.nodes), "killed every node; the Raft log was never synced"
 
 
 class Pause(Nemesis):
@@ -450,6 +466,7 @@ NEMESES: dict[str, type[Nemesis]] = {
         LossyDisk,
         Bitflip,
         DiskRollback,
+        SkipFsyncKill,
     )
 }
 # What `--nemesis all` and the soak matrix mean: everything inside the failure model.

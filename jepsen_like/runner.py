@@ -109,6 +109,7 @@ class Run:
             partitions=cfg.partitions,
             replicas=cfg.replicas,
             lossy_unsynced_writes=any(n.lossy_disk for n in self.nemeses),
+            unsafe_skip_raft_fsync=any(n.skip_fsync for n in self.nemeses),
         )
         self.cluster = ProxiedCluster(self.out / "cluster", self.spec, seed=cfg.seed, log=self.say)
         self.ctx = RunContext(
@@ -408,6 +409,7 @@ class Run:
                 "partitions": self.cfg.partitions,
                 "replicas": self.cfg.replicas,
                 "lossy_unsynced_writes": self.spec.lossy_unsynced_writes,
+                "unsafe_skip_raft_fsync": self.spec.unsafe_skip_raft_fsync,
                 "base_port": self.cluster.base_port,
             },
             "schedule": [

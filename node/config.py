@@ -84,6 +84,10 @@ class NodeConfig:
     tls: TlsSettings | None = None
     # Test-only: writes not yet synced are lost by a kill -9 (node.lossy_db).
     lossy_unsynced_writes: bool = False
+    # PLANTED BUG, test-only: never fsync the Raft log, so acknowledged writes
+    # can be lost. Exists so the fault-injection suite can show it catches a
+    # missing fsync (with lossy_unsynced_writes). Never set it otherwise.
+    unsafe_skip_raft_fsync: bool = False
 
     def client_address(self, node_id: int) -> str:
         return self.client_addresses.get(node_id) or self.peers[node_id]
@@ -114,6 +118,7 @@ def _section(raw: dict[str, Any], name: str, cls: type[Any]) -> Any:
 _TOP_LEVEL = {
     "node_id", "listen", "data_dir", "peers", "partitions", "replication",
     "virtual_nodes", "key_file", "raft", "limits", "lossy_unsynced_writes", "tls",
+    "unsafe_skip_raft_fsync",
 }
 
 
@@ -186,6 +191,7 @@ def parse_config(raw: dict[str, Any], base_dir: Path) -> NodeConfig:
         client_addresses=client_addresses,
         tls=_tls(raw, base_dir),
         lossy_unsynced_writes=bool(raw.get("lossy_unsynced_writes", False)),
+        unsafe_skip_raft_fsync=bool(raw.get("unsafe_skip_raft_fsync", False)),
     )
     try:
         cfg.placement.table  # noqa: B018 - validates partitions/replication against the peers

@@ -263,6 +263,8 @@ class MultiRaftHost:
         ]
         if updates:
             sync = any(rd.must_sync for _, rd in work) or any(u.snapshot for u in updates)
+            if self.cfg.unsafe_skip_raft_fsync:  # planted bug for the fault-injection suite
+                sync = False
             await asyncio.get_running_loop().run_in_executor(
                 self._writer, self.log_store.write, updates, sync
             )

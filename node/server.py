@@ -144,6 +144,8 @@ class Node:
         await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
         await self.health.set("medkv.v1.KV", health_pb2.HealthCheckResponse.SERVING)
         self._background.append(asyncio.get_running_loop().create_task(self._balance_loop()))
+        if self.cfg.unsafe_skip_raft_fsync:
+            log.warning("TEST ONLY: the Raft log is never fsynced; acknowledged writes can be lost")
         log.info(
             "node %d serving on %s: %d local partitions",
             self.cfg.node_id, self.cfg.listen, len(self.host.replicas),

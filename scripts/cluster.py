@@ -78,6 +78,7 @@ class Layout:
     raft: dict[str, int] = field(default_factory=dict)  # extra [raft] settings
     lossy_unsynced_writes: bool = False  # test-only storage mode (node/lossy_db.py)
     tls_dir: str | None = None  # mutual TLS with the certificates here (scripts/certs)
+    unsafe_skip_raft_fsync: bool = False  # PLANTED BUG for jepsen_like's self-test
     # Optional indirection (see --links-file): {"peers": {src: {dst: addr}},
     # "clients": {dst: addr}}, node ids as strings (JSON object keys).
     links: dict[str, dict[str, Any]] | None = None
@@ -172,6 +173,8 @@ class Cluster:
             lines.append(f"key_file = {q(layout.key_file)}")
         if layout.lossy_unsynced_writes:
             lines.append("lossy_unsynced_writes = true  # TEST ONLY: unsynced writes die with kill -9")
+        if layout.unsafe_skip_raft_fsync:
+            lines.append("unsafe_skip_raft_fsync = true  # PLANTED BUG: Raft log never fsynced")
         for peer in layout.node_ids():
             lines += ["", "[[peers]]", f"id = {peer}", f"address = {q(layout.peer_address(node, peer))}"]
             client_address = layout.client_address(peer)
@@ -529,6 +532,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         raft=_raft_settings(args.raft),
         lossy_unsynced_writes=args.lossy_unsynced_writes,
         tls_dir=_ensure_certs(cluster, args.nodes) if args.tls else None,
+        unsafe_skip_raft_fsync=args.unsafe_skip_raft_fsync,
         links=load_links(args.links_file, args.nodes) if args.links_file else None,
     )
     cluster.save(layout)
@@ -657,6 +661,10 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument(
         "--raft", action="append", default=[], metavar="KEY=VALUE",
         help="a [raft] setting of every node, e.g. snapshot_every=200 (repeatable)",
+    )
+    up.add_argument(
+        "--unsafe-skip-raft-fsync", action="store_true",
+        help="PLANTED BUG for testing the fault-injection suite: never fsync the Raft log",
     )
     up.add_argument(
         "--tls", action="store_true",

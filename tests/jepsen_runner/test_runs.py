@@ -115,6 +115,23 @@ def test_acknowledged_writes_lost_by_a_disk_that_travels_back_in_time_are_caught
     assert_clean(out)
 
 
+def test_a_missing_fsync_is_caught_by_the_lossy_disk(tmp_path: Path) -> None:
+    """Planted bug: the nodes never fsync their Raft log (a test-only switch).
+    A plain kill -9 cannot show this (the OS keeps the data); on the lossy
+    disk, killing every node loses the unsynced, acknowledged writes, and the
+    checkers must say so."""
+    out = tmp_path / "run"
+    code, summary, output = jepsen_run(
+        out, "--workload", "registers", "--nemesis", "planted-skip-fsync",
+        "--seed", "5", "--quiet", "3:3", "--fault", "3:3", seconds=10,
+    )
+    assert code == 1, output[-3000:]
+    assert summary["checkers"]["linearizable"]["verdict"] == "invalid"
+    assert summary["cluster"]["lossy_unsynced_writes"] is True
+    assert summary["cluster"]["unsafe_skip_raft_fsync"] is True
+    assert_clean(out)
+
+
 def test_an_interrupted_run_tears_its_cluster_down(tmp_path: Path) -> None:
     out = tmp_path / "run"
     proc = subprocess.Popen(
