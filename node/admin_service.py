@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
 
@@ -21,12 +23,28 @@ if TYPE_CHECKING:
 
 VERSION = "0.1.0"
 
+_Rpc = TypeVar("_Rpc", bound=Callable[..., Awaitable[Any]])
+
 _ROLE = {
     StateRole.FOLLOWER: admin_pb2.FOLLOWER_ROLE,
     StateRole.CANDIDATE: admin_pb2.CANDIDATE_ROLE,
     StateRole.LEADER: admin_pb2.LEADER_ROLE,
     StateRole.PRE_CANDIDATE: admin_pb2.PRE_CANDIDATE_ROLE,
 }
+
+
+def _answers_node_errors(method: _Rpc) -> _Rpc:
+    """An RPC whose NodeError becomes its gRPC status (with hint and kind)."""
+
+    @functools.wraps(method)
+    async def rpc(self: AdminService, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        try:
+            return await method(self, request, context)
+        except NodeError as e:
+            await abort_with(context, e)
+            raise AssertionError("unreachable") from None
+
+    return rpc  # type: ignore[return-value]
 
 
 class AdminService(admin_pb2_grpc.AdminServicer):
@@ -121,21 +139,18 @@ class AdminService(admin_pb2_grpc.AdminServicer):
                 views[pid] = ans
         return merge_views(self.node.cfg, views)
 
+    @_answers_node_errors
     async def PartitionStatus(
         self, request: admin_pb2.PartitionStatusRequest, context: grpc.aio.ServicerContext
     ) -> admin_pb2.PartitionStatusResponse:
-        try:
-            if request.partition >= self.node.cfg.partitions:
-                raise InvalidArgument(
-                    f"partition {request.partition} does not exist (0..{self.node.cfg.partitions - 1})"
-                )
-            self.node.host.replica(request.partition)
-            return admin_pb2.PartitionStatusResponse(
-                answered_by=self.node.cfg.node_id, info=self._local_partition(request.partition)
+        if request.partition >= self.node.cfg.partitions:
+            raise InvalidArgument(
+                f"partition {request.partition} does not exist (0..{self.node.cfg.partitions - 1})"
             )
-        except NodeError as e:
-            await abort_with(context, e)
-            raise AssertionError("unreachable") from None
+        self.node.host.replica(request.partition)
+        return admin_pb2.PartitionStatusResponse(
+            answered_by=self.node.cfg.node_id, info=self._local_partition(request.partition)
+        )
 
     async def RoutingTable(
         self, request: admin_pb2.RoutingTableRequest, context: grpc.aio.ServicerContext
@@ -161,68 +176,53 @@ class AdminService(admin_pb2_grpc.AdminServicer):
             )
         return resp
 
+    @_answers_node_errors
     async def TransferLeader(
         self, request: admin_pb2.TransferLeaderRequest, context: grpc.aio.ServicerContext
     ) -> admin_pb2.TransferLeaderResponse:
-        try:
-            if request.partition >= self.node.cfg.partitions:
-                raise InvalidArgument(f"partition {request.partition} does not exist")
-            leader = await self.node.host.transfer_leader(request.partition, request.target_node, 10.0)
-            return admin_pb2.TransferLeaderResponse(leader=leader)
-        except NodeError as e:
-            await abort_with(context, e)
-            raise AssertionError("unreachable") from None
+        if request.partition >= self.node.cfg.partitions:
+            raise InvalidArgument(f"partition {request.partition} does not exist")
+        leader = await self.node.host.transfer_leader(request.partition, request.target_node, 10.0)
+        return admin_pb2.TransferLeaderResponse(leader=leader)
 
+    @_answers_node_errors
     async def ErasePatient(
         self, request: admin_pb2.ErasePatientRequest, context: grpc.aio.ServicerContext
     ) -> admin_pb2.ErasePatientResponse:
-        try:
-            version = await self.node.kv.erase_patient(request)
-            return admin_pb2.ErasePatientResponse(version=version)
-        except NodeError as e:
-            await abort_with(context, e)
-            raise AssertionError("unreachable") from None
+        version = await self.node.kv.erase_patient(request)
+        return admin_pb2.ErasePatientResponse(version=version)
 
     # ---- encryption at rest: online key rotation (node/key_rotation.py) ---
 
+    @_answers_node_errors
     async def RotateDataKey(
         self, request: admin_pb2.RotateDataKeyRequest, context: grpc.aio.ServicerContext
     ) -> admin_pb2.RotateDataKeyResponse:
         keys = self.node.keys
-        try:
-            active, started = await _keys_call(keys.rotate_data())
-            return admin_pb2.RotateDataKeyResponse(
-                node_id=self.node.cfg.node_id, active_data_key_id=active, started=started,
-                reencryption=reencryption_pb(keys.reencryption()),
-            )
-        except NodeError as e:
-            await abort_with(context, e)
-            raise AssertionError("unreachable") from None
+        active, started = await _keys_call(keys.rotate_data())
+        return admin_pb2.RotateDataKeyResponse(
+            node_id=self.node.cfg.node_id, active_data_key_id=active, started=started,
+            reencryption=reencryption_pb(keys.reencryption()),
+        )
 
+    @_answers_node_errors
     async def RotateMasterKey(
         self, request: admin_pb2.RotateMasterKeyRequest, context: grpc.aio.ServicerContext
     ) -> admin_pb2.RotateMasterKeyResponse:
-        try:
-            st = await _keys_call(
-                self.node.keys.rotate_master(request.new_master_key_id, int(request.step))
-            )
-            return admin_pb2.RotateMasterKeyResponse(
-                node_id=st.node_id, keyring_master_key_id=st.keyring_master_key_id,
-                key_file_master_key_id=st.key_file_master_key_id,
-                staged_master_key_id=st.staged_master_key_id,
-            )
-        except NodeError as e:
-            await abort_with(context, e)
-            raise AssertionError("unreachable") from None
+        st = await _keys_call(
+            self.node.keys.rotate_master(request.new_master_key_id, int(request.step))
+        )
+        return admin_pb2.RotateMasterKeyResponse(
+            node_id=st.node_id, keyring_master_key_id=st.keyring_master_key_id,
+            key_file_master_key_id=st.key_file_master_key_id,
+            staged_master_key_id=st.staged_master_key_id,
+        )
 
+    @_answers_node_errors
     async def KeyStatus(
         self, request: admin_pb2.KeyStatusRequest, context: grpc.aio.ServicerContext
     ) -> admin_pb2.KeyStatusResponse:
-        try:
-            return key_status_pb(await _keys_call(self.node.keys.status(request.count_values)))
-        except NodeError as e:
-            await abort_with(context, e)
-            raise AssertionError("unreachable") from None
+        return key_status_pb(await _keys_call(self.node.keys.status(request.count_values)))
 
 
 async def _keys_call(call: Any) -> Any:
