@@ -54,4 +54,5 @@ ERROR_KIND_METADATA_KEY = "medkv-error"
 
 
 class StartupError(Exception):
-    """The node cannot start (unusable key file, data directory locked, ...)."""
+    """The node cannot start or cannot go on (unusable key file, data directory
+    locked, its Raft loop failed): the process exits non-zero with the message."""

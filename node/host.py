@@ -174,8 +174,17 @@ class MultiRaftHost:
 
     # ---- lifecycle -------------------------------------------------------
 
-    def start(self) -> None:
+    def start(self, on_fatal: Callable[[], None] = lambda: None) -> None:
+        """Run the Raft loop; on_fatal is called if it ever ends by itself."""
         self._task = asyncio.get_running_loop().create_task(self._run(), name="raft-host")
+
+        def ended(task: asyncio.Task[None]) -> None:
+            if not self._stopping:
+                exc = None if task.cancelled() else task.exception()
+                log.critical("the Raft loop ended unexpectedly: %r; stopping the node", exc)
+                on_fatal()
+
+        self._task.add_done_callback(ended)
 
     async def stop(self) -> None:
         self._stopping = True
@@ -185,6 +194,8 @@ class MultiRaftHost:
                 await asyncio.wait_for(self._task, 5)
             except (TimeoutError, asyncio.CancelledError):
                 self._task.cancel()
+            except Exception:  # it already failed; reported by start()'s callback
+                pass
         self._writer.shutdown(wait=True)
 
     @property
@@ -212,27 +223,35 @@ class MultiRaftHost:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), delay)
             self._wake.clear()
-            now = loop.time()
-            if now >= next_tick:
-                for r in self.replicas.values():
-                    if not r.broken:
-                        r.raw.tick()
-                self._dirty.update(self.replicas)
-                # After a stall (a pause, a slow disk) tick once, not once per missed tick:
-                # a burst of ticks would start elections nobody needed.
-                next_tick = max(next_tick + tick_s, now)
-            ops, self._ops = self._ops, []
-            for op in ops:
-                try:
-                    op()
-                except Exception:
-                    log.exception("queued operation failed")
-            self._issue_reads()
+            # One turn's failure must never end the loop: a node whose Raft
+            # loop died would keep answering RPCs while its groups froze.
             try:
+                if loop.time() >= next_tick:
+                    self._tick_all()
+                    # After a stall (a pause, a slow disk) tick once, not once per
+                    # missed tick: a burst of ticks would start needless elections.
+                    next_tick = max(next_tick + tick_s, loop.time())
+                ops, self._ops = self._ops, []
+                for op in ops:
+                    try:
+                        op()
+                    except Exception:
+                        log.exception("queued operation failed")
+                self._issue_reads()
                 await self._process_ready()
             except Exception:
                 log.exception("raft turn failed")
                 await asyncio.sleep(tick_s)
+
+    def _tick_all(self) -> None:
+        for r in self.replicas.values():
+            if r.broken:
+                continue
+            try:
+                r.raw.tick()
+            except Exception as e:  # stored state failed to read back
+                self.mark_broken(r, e)
+        self._dirty.update(self.replicas)
 
     # ---- the Ready cycle -------------------------------------------------
 
@@ -582,9 +601,18 @@ class MultiRaftHost:
                         f.set_exception(err)
                 continue
             ctx = next(self._read_ctx).to_bytes(8, "big")
-            r.read_waiters[ctx] = futs
             self._dirty.add(r.partition)
-            r.raw.read_index(ctx)
+            try:
+                r.raw.read_index(ctx)
+            except ConsensusError:
+                # The core stepped down in this very turn; our role catches up
+                # with the next Ready. The client retries on the new leader.
+                err = Unavailable(self._not_leader_message(r), self.leader_hint(r))
+                for f in futs:
+                    if not f.done():
+                        f.set_exception(err)
+                continue
+            r.read_waiters[ctx] = futs
 
     async def wait_applied(self, r: Replica, index: int, timeout: float) -> None:
         if r.applied >= index:

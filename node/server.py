@@ -22,6 +22,7 @@ from grpc_health.v1._async import HealthServicer
 from consensus.leveldb_storage import LevelDBLogStore
 from node.admin_service import AdminService
 from node.config import NodeConfig
+from node.errors import StartupError
 from node.host import MultiRaftHost
 from node.key_rotation import KeyRotationManager
 from node.kv_service import KVService
@@ -111,6 +112,7 @@ class Node:
         self.server: grpc.aio.Server | None = None
         self.health = HealthServicer()
         self._stopped = asyncio.Event()
+        self.fatal = asyncio.Event()
         self._background: list[asyncio.Task[None]] = []
 
     def peer_admin(self, peer: int) -> admin_pb2_grpc.AdminStub:
@@ -137,7 +139,9 @@ class Node:
             port = self.server.add_insecure_port(self.cfg.listen)
         if port == 0:
             raise OSError(f"cannot listen on {self.cfg.listen}")
-        self.host.start()
+        # A node whose Raft loop died must not linger answering RPCs: stop it,
+        # exiting non-zero, so its supervisor restarts it.
+        self.host.start(on_fatal=self.fatal.set)
         self.keys.start()  # resumes a re-encryption pass a crash interrupted
         self.transport.start()
         await self.server.start()
@@ -194,6 +198,10 @@ async def serve(cfg: NodeConfig) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
+    fatal = asyncio.ensure_future(node.fatal.wait())
+    await asyncio.wait([asyncio.ensure_future(stop.wait()), fatal],
+                       return_when=asyncio.FIRST_COMPLETED)
     await node.stop()
+    if node.fatal.is_set():
+        raise StartupError("the Raft loop failed; see the log above")
 
