@@ -100,9 +100,18 @@ def _assert_all_readable(kv: Client, cluster: LocalCluster, acked: dict[tuple[st
                          version: int) -> None:
     for (pid, rid), value in acked.items():
         assert kv.get(pid, rid).value == value
-    for address in cluster.addresses:  # every replica, from its own (re-encrypted) state
+    # Every replica, from its own (re-encrypted) state. A replica may still be
+    # applying the newest writes (it just restarted), so each read is retried
+    # for a bounded time; versions are per partition, so no single
+    # read-your-writes token would fit every key.
+    for address in cluster.addresses:
         for (pid, rid), value in acked.items():
-            assert node_get(address, pid, rid, min_version=0) == (grpc.StatusCode.OK, "", value)
+            deadline = time.monotonic() + 15
+            got = node_get(address, pid, rid)
+            while got != (grpc.StatusCode.OK, "", value) and time.monotonic() < deadline:
+                time.sleep(0.1)
+                got = node_get(address, pid, rid)
+            assert got == (grpc.StatusCode.OK, "", value), (address, got)
     assert version > 0
 
 
