@@ -7,14 +7,11 @@ rewrites the data under it):
       |- wraps the node's data keys (keyring.py, DATA_DIR/keyring)
       |     |- seal every LevelDB value (envelope.py, EnvelopeCodec)
       |- wraps the node's index key (keyed hashing of storage keys; never rotated)
-      |- wraps per-patient keys for replication (patient_keys.py)
-            |- seal one patient's record values and Raft command fields
 
 Modules:
     keyfile       the master key file: create (0600, atomic), load (refuses unsafe modes)
     keyring       envelope keyring: wrapped data keys, data and master rotation
     envelope      EnvelopeCodec, the consensus.storage.ValueCodec the node plugs in
-    patient_keys  per-patient keys: crypto-shredding for the right to be forgotten
     reencrypt     background re-encryption after a data key rotation
 
 This package module holds only the exception hierarchy, so the submodules can

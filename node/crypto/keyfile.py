@@ -4,9 +4,10 @@ One cluster shares ONE master key file. `python -m node keys init --key-file
 PATH` creates it once; the operator then copies that same file to every host
 of the cluster (for example `install -m 600 master.key HOST:/etc/medkv/`) and
 names it as `key_file` in each node's configuration. Every node needs the same
-master key because per-patient keys travel through the Raft log wrapped under
-it (patient_keys.py); each node's own data keys are wrapped under it too
-(keyring.py). Keep the key file out of the data directory and out of its
+master key because the storage-key hashing key is derived from it when a
+node's keyring is created, so every replica stores a record under the same
+key (scan resume tokens then work on any replica); each node's own data keys
+are wrapped under it too (keyring.py). Keep the key file out of the data directory and out of its
 backups: a backup of the data alone must be useless.
 
 File format (text, versioned, with a checksum that catches truncation and

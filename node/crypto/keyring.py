@@ -34,10 +34,9 @@ open_keyring() accepts the key in KEY_FILE *or* in KEY_FILE.next, whichever
 id the keyring names, so a crash between any two steps (or inside one: each
 is a single atomic rename) leaves a state that opens, and running the
 rotation again finishes it. The previous master is kept inside the keyring,
-wrapped by the new one ("old masters"), because Raft log entries written
-before the rotation carry patient keys wrapped under it (patient_keys.py);
-forget_old_masters() drops them once every log has been compacted past
-the rotation.
+wrapped by the new one ("old masters"), so that a rotation interrupted on
+some nodes can still be completed or undone; forget_old_masters() drops
+them once the rotation is done everywhere.
 
 A cluster shares one master, so rotating it across a cluster is two-phase:
 first copy the new key file to KEY_FILE.next on every host and restart each
@@ -254,7 +253,7 @@ class Keyring:
 
     def known_masters(self) -> dict[str, MasterKey]:
         """Every master this node can unwrap with: the current one, old ones
-        kept in the keyring, and a staged KEY_FILE.next. For patient_keys."""
+        kept in the keyring, and a staged KEY_FILE.next."""
         s = self._state
         known = dict(self._extra_masters)
         known.update(s.old_masters)
