@@ -29,7 +29,7 @@ from typing import Any
 os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 
 from jepsen_like.nemesis import NEMESES, STANDARD_NEMESES
-from jepsen_like.runner import RunConfig, run
+from jepsen_like.runner import Run, RunConfig
 from jepsen_like.workloads import WORKLOADS
 from jepsen_like.workloads.registers import PLANTED_BUGS
 
@@ -98,12 +98,21 @@ def _echo(message: str) -> None:
 
 
 async def _run_main(cfg: RunConfig) -> int:
-    task = asyncio.current_task()
     loop = asyncio.get_running_loop()
-    if task is not None:
-        # SIGTERM tears down like Ctrl-C does: the run's finally stops every node.
-        loop.add_signal_handler(signal.SIGTERM, task.cancel)
-    result = await run(cfg, echo=_echo)
+    the_run = Run(cfg, _echo)
+    main = asyncio.current_task()
+
+    def interrupt() -> None:
+        # Ctrl-C and SIGTERM tear down alike: the run's finally stops every node.
+        # The flag is set first, so the run ends as interrupted even if some
+        # await deep inside swallows the cancellation.
+        the_run.interrupt()
+        if main is not None:
+            main.cancel()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, interrupt)
+    result = await the_run.execute()
     if result.verdict == "valid":
         return 0
     return EXIT_UNKNOWN if result.verdict == "unknown" else EXIT_INVALID

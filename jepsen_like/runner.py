@@ -128,6 +128,11 @@ class Run:
         self.tasks: list[asyncio.Task[Any]] = []
         self.started_at = time.monotonic()
 
+    def interrupt(self) -> None:
+        """Ctrl-C or SIGTERM: stop the workers and end as interrupted."""
+        self.interrupted = True
+        self.ctx.stop.set()
+
     def say(self, message: str) -> None:
         self.echo(f"[{self.recorder.now_ns() / 1e9:7.1f}s] {message}")
 
@@ -171,6 +176,8 @@ class Run:
                 with contextlib.suppress(Exception):
                     await admin.close()
             await self._teardown()
+        if self.interrupted and "interrupted" not in self.notes:
+            self.notes.append("interrupted")
         result = self._finish()
         if self.interrupted:
             raise KeyboardInterrupt
