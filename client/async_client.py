@@ -148,6 +148,9 @@ def _check_version(name: str, version: int) -> None:
 
 
 
+
+_NO_ADDRESS = "the routing table names a node without an address"
+
 class _Plaintext:
     """No TLS: credentials() is None and channels are insecure."""
 
@@ -419,14 +422,25 @@ class AsyncClient:
 
     async def _resolve(
         self, node: int, picker: TargetPicker, attempts: Attempts, refreshed: bool
-    ) -> tuple[str | None, bool]:
-        """The address of a picked node; refreshes the table once per call if it is unknown."""
+    ) -> tuple[str | None, bool, bool]:
+        """The address of a picked node; refreshes the table once per call if it is unknown.
+
+        A node still without an address counts as a failed attempt: the picker
+        moves on and the backoff is waited here. Returns (address, refreshed,
+        go_on); go_on is False when the call should give up."""
         address = picker.router.address(node)
         if address is None and not refreshed:
             await self._refresh(attempts)
             address = picker.router.address(node)
             refreshed = True
-        return address, refreshed
+        if address is not None:
+            return address, refreshed, True
+        picker.failed(node)
+        wait = attempts.wait_after(grpc.StatusCode.UNAVAILABLE)
+        if wait is None:
+            return None, refreshed, False
+        await asyncio.sleep(wait)
+        return None, refreshed, True
 
     async def _unary(
         self,
@@ -450,14 +464,11 @@ class AsyncClient:
         sent = 0
         while (attempt_timeout := attempts.attempt_timeout()) is not None:
             node = picker.next()
-            address, refreshed = await self._resolve(node, picker, attempts, refreshed)
+            address, refreshed, go_on = await self._resolve(node, picker, attempts, refreshed)
             if address is None:
-                picker.failed(node)
-                error = Unavailable("the routing table names a node without an address")
-                wait = attempts.wait_after(grpc.StatusCode.UNAVAILABLE)
-                if wait is None:
+                error = Unavailable(_NO_ADDRESS)
+                if not go_on:
                     break
-                await asyncio.sleep(wait)
                 continue
             sent += 1
             stub = self._admin_stub(address) if admin else self._kv_stub(address)
@@ -877,14 +888,11 @@ class AsyncClient:
         refreshed = False
         while attempts.attempt_timeout() is not None:
             node = picker.next()
-            address, refreshed = await self._resolve(node, picker, attempts, refreshed)
+            address, refreshed, go_on = await self._resolve(node, picker, attempts, refreshed)
             if address is None:
-                picker.failed(node)
-                error = Unavailable("the routing table names a node without an address")
-                wait = attempts.wait_after(grpc.StatusCode.UNAVAILABLE)
-                if wait is None:
+                error = Unavailable(_NO_ADDRESS)
+                if not go_on:
                     break
-                await asyncio.sleep(wait)
                 continue
             request = kv_pb2.ScanRequest(
                 partition=partition, read=options, resume_token=token, page_size=page_size
