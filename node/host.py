@@ -45,6 +45,7 @@ from consensus.types import (
     Ready,
     StateRole,
 )
+from node import failstop
 from node.config import NodeConfig
 from node.errors import DataLoss, DeadlineExceeded, NodeError, ResourceExhausted, Unavailable
 from node.state_machine import ApplyResult, PartitionStateMachine
@@ -235,11 +236,13 @@ class MultiRaftHost:
                 for op in ops:
                     try:
                         op()
-                    except Exception:
+                    except Exception as e:
+                        failstop.check(e)
                         log.exception("queued operation failed")
                 self._issue_reads()
                 await self._process_ready()
-            except Exception:
+            except Exception as e:
+                failstop.check(e)  # a disk that fails a write stops the node
                 log.exception("raft turn failed")
                 await asyncio.sleep(tick_s)
 
@@ -419,7 +422,11 @@ class MultiRaftHost:
         on advertising itself as leader: routing tables and status report no
         leader, leader-only requests are pointed at another replica, and the
         writes in flight fail as retryable (they carry their WriteId, so a
-        retry elsewhere can never apply twice)."""
+        retry elsewhere can never apply twice).
+
+        A failing disk is not an integrity failure of one partition: the
+        whole node stops (node.failstop)."""
+        failstop.check(e)
         if not r.broken:
             log.error("partition %d disabled on this node: %s", r.partition, type(e).__name__)
             r.broken = self._broken_message(r.partition)

@@ -47,6 +47,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from node import failstop
 from node.crypto import CryptoError
 from node.crypto.envelope import EnvelopeCodec
 from node.crypto.keyfile import MasterKey, install_key_file, load_master_key
@@ -273,6 +274,7 @@ class KeyRotationManager:
         self._task = asyncio.get_running_loop().create_task(self._pass(), name="reencrypt")
 
     def _fail(self, e: BaseException) -> None:
+        failstop.check(e)  # a failing disk stops the node, not just the pass
         # Crypto and node errors name key ids, counts and paths, never data.
         shown = str(e) if isinstance(e, CryptoError | NodeError) else ""
         self._error = f"{type(e).__name__}: {shown}" if shown else type(e).__name__
