@@ -15,6 +15,9 @@
     keys rotate-data [--wait]                 new data key on every node, re-encrypt online
     keys rotate-master [--new-key-id ID]      re-wrap under the staged master, then install
     node ... / keys ... --data-dir/--key-file server-side: runs `python -m node ...`
+    certs init|issue|show                     cluster CA, node and client certificates
+    tokens keygen|issue|verify                bearer tokens (local signing key, JWKS)
+    audit verify|show|head --data-dir D --key-file K   a node's audit log
 
 The three online `keys` commands talk to running nodes (--addr, before or
 after `keys`); with --data-dir or --key-file, `keys` runs the offline
@@ -49,7 +52,9 @@ DEFAULT_ADDR = "127.0.0.1:7101"
 EXIT_ERROR, EXIT_USAGE, EXIT_NOT_FOUND, EXIT_CONFLICT = 1, 2, 3, 4
 
 # Server-side commands: handed to the node package without importing it.
-SERVER_COMMANDS = {"node": [], "keys": ["keys"]}
+SERVER_COMMANDS = {
+    "node": [], "keys": ["keys"], "certs": ["certs"], "tokens": ["tokens"], "audit": ["audit"],
+}
 # Global options that take a value, so the dispatcher can skip over them.
 _VALUED_GLOBALS = {"--addr", "--timeout"}
 
@@ -184,6 +189,12 @@ def build_parser() -> argparse.ArgumentParser:
     erase.add_argument("patient")
     sub.add_parser("node", help="run a database node (python -m node ...)", add_help=False)
     sub.add_parser("keys", help="manage encryption keys (python -m node keys ...)", add_help=False)
+    sub.add_parser("certs", help="cluster CA, node and client certificates (init|issue|show)",
+                   add_help=False)
+    sub.add_parser("tokens", help="bearer tokens for labs and tests (keygen|issue|verify)",
+                   add_help=False)
+    sub.add_parser("audit", help="the audit log of a node's data dir (verify|show|head)",
+                   add_help=False)
     return parser
 
 

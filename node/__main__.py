@@ -1,4 +1,5 @@
-"""`python -m node --config FILE` runs a node; `python -m node keys ...` manages keys."""
+"""`python -m node --config FILE` runs a node; `python -m node keys ...` manages keys;
+`python -m node certs|tokens|audit ...` are the access-control tools (node/auth/)."""
 
 from __future__ import annotations
 
@@ -12,12 +13,21 @@ import sys
 os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 
 
+# `certs`, `tokens` and `audit` are node/auth/certs.py, tokens.py and audit.py.
+_AUTH_COMMANDS = {"certs": "certs", "tokens": "tokens", "audit": "audit"}
+
+
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if args and args[0] == "keys":
         from node.keys_cli import main as keys_main
 
         return keys_main(args[1:])
+    if args and args[0] in _AUTH_COMMANDS:
+        import importlib
+
+        module = importlib.import_module(f"node.auth.{_AUTH_COMMANDS[args[0]]}")
+        return int(module.main(args[1:]))
     parser = argparse.ArgumentParser(prog="medkv node", description="Run one medkv node.")
     parser.add_argument("--config", required=True, help="the node's TOML configuration file")
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])

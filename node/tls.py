@@ -2,10 +2,11 @@
 
 With a [tls] table in the configuration the node listens only with TLS and
 requires a client certificate signed by the cluster's CA, and dials its peers
-with its own certificate. Node certificates carry the common name
-"medkv-node-<id>"; the Raft transport accepts streams only from those, so a
-clinic's client certificate cannot inject Raft messages or snapshots.
-Certificates are made by `scripts/certs`.
+with its own certificate. A node certificate names its node id (SAN URI
+medkv://node/<id> and common name medkv-node-<id>, node/auth/certs.py); the
+Raft transport accepts streams only from those, so a clinic's client
+certificate cannot inject Raft messages or snapshots. Certificates are made by
+`medkv certs` (or `scripts/certs` for a whole local cluster).
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
+
+from node.auth.certs import peer_certificate
 
 NODE_CN_PREFIX = "medkv-node-"
 
@@ -47,5 +50,9 @@ def peer_common_name(context: grpc.aio.ServicerContext) -> str:
 
 
 def is_node_peer(context: grpc.aio.ServicerContext, tls: TlsSettings | None) -> bool:
-    """Without TLS there is nothing to check; with it, only node certificates pass."""
-    return tls is None or peer_common_name(context).startswith(NODE_CN_PREFIX)
+    """Without TLS there is nothing to check; with it, only node certificates pass
+    (both names in the certificate must agree on one node id)."""
+    if tls is None:
+        return True
+    peer = peer_certificate(context.auth_context())
+    return peer is not None and peer.node_id is not None
