@@ -117,6 +117,7 @@ class MultiRaftHost:
         self._closed_interval = cfg.raft.heartbeat_ticks * cfg.raft.tick_ms / 1000.0
         self._closed_give_up = cfg.raft.election_ticks * cfg.raft.tick_ms / 1000.0
         self._max_offset = cfg.raft.max_clock_offset_ms / 1000.0
+        self._refusal_logged: dict[int, float] = {}  # sender -> when its refusals were logged
         self._purge_disk = purge_disk
         # Partitions whose stored state failed an integrity check when the
         # node started: answered DATA_LOSS, served by their other replicas.
@@ -503,7 +504,9 @@ class MultiRaftHost:
             refused = 0
             for group, _term, index, time_ms in pairs[:MAX_ANNOUNCED_PAIRS]:
                 r = self.replicas.get(group)
-                if r is None or r.broken or sender not in r.replicas or sender == self.node_id:
+                if r is not None and r.broken:
+                    continue  # out of service: it answers no reads anyway
+                if r is None or sender not in r.replicas or sender == self.node_id:
                     refused += 1
                     continue
                 at = time_ms / 1000.0
@@ -512,7 +515,9 @@ class MultiRaftHost:
                     continue
                 r.fresh.heard(index, at)
                 r.fresh.advance(r.applied)
-            if refused:
+            last = self._refusal_logged.get(sender, float("-inf"))
+            if refused and time.monotonic() - last >= 10.0:  # a skewed clock would flood the log
+                self._refusal_logged[sender] = time.monotonic()
                 log.warning(
                     "refused %d confirmed pair(s) from node %d: unknown group, not a member, "
                     "or dated beyond max_clock_offset_ms=%d ahead of this node's clock",
