@@ -112,7 +112,7 @@ def test_followers_state_honest_staleness_and_cut_off_one_grows(tmp_path: Path) 
                 lambda: all(0 <= _staleness(net.hosts[n]) < 1.5 for n in NODES), 10,
                 "every replica's staleness known and small",
             )
-            assert _staleness(lh) < 1.25  # its own clock: no offset added
+            assert 0 <= _staleness(lh) < 1.5  # its own clock: no offset added
             for n in followers:
                 assert _staleness(net.hosts[n]) >= 0.25  # the clock offset is always added
 
