@@ -17,6 +17,7 @@ Example (one [[peers]] table per cluster member, this node included)::
     [raft]
     tick_ms = 100
     election_ticks = 10
+    max_clock_offset_ms = 250          # bound on clock skew between nodes
 
     [limits]
     request_timeout_s = 10.0
@@ -53,6 +54,16 @@ class RaftSettings:
     max_size_per_msg: int = 1 << 20
     snapshot_every: int = 10_000  # applied entries between partition snapshots
     keep_after_snapshot: int = 2_000  # log entries kept behind a snapshot for slow followers
+    # The most any two nodes' wall clocks may differ. A follower's stated
+    # staleness adds it to the age of the leader's last confirmed commit
+    # index (node/staleness.py); an announcement dated further in the future
+    # than this is refused. Keep clocks synced (NTP) well within it.
+    max_clock_offset_ms: int = 250
+
+    def __post_init__(self) -> None:
+        offset = self.max_clock_offset_ms
+        if isinstance(offset, bool) or not isinstance(offset, int) or not 0 <= offset <= 60_000:
+            raise ConfigError("[raft] max_clock_offset_ms must be an integer from 0 to 60000")
 
 
 @dataclass(frozen=True)

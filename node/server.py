@@ -31,6 +31,7 @@ from node.tls import is_node_peer
 from node.transport import (
     PeerTransport,
     decode_batch,
+    decode_closed,
     grpc_options,
     open_channel,
     receive_snapshot,
@@ -63,6 +64,8 @@ class RaftTransportService(raft_pb2_grpc.RaftTransportServicer):
                     f"addressed to node {batch.to_node}",
                 )
             self.node.host.deliver(decode_batch(batch))
+            if batch.closed:
+                self.node.host.deliver_closed(batch.from_node, decode_closed(batch))
         if False:  # an async generator that yields nothing: acks are not needed yet
             yield raft_pb2.RaftBatchAck()
 
@@ -104,6 +107,7 @@ class Node:
             self.layout.state_machine,
             self.transport.send,
             purge_disk=self.layout.purge_disk,
+            announce=self.transport.announce,
         )
         self.keys = KeyRotationManager(self.layout, self.host, cfg.key_file)
         self.kv = KVService(self)
