@@ -508,11 +508,17 @@ class AsyncClient:
                     raise  # ResultForgotten: it may have applied
                 self._sessions.discard(session)
                 if renewed or expired.unsure_attempts:
-                    raise type(expired)(
-                        expired.message + "; an earlier attempt of this write may have been "
-                        "applied before its session expired, so it was not sent again",
-                        expired.code,
-                    ) from None
+                    note = (
+                        "; an earlier attempt of this write may have been applied before its "
+                        "session expired, so it was not sent again"
+                        if expired.unsure_attempts
+                        else "; it expired again in a session just opened, so it was not sent again"
+                    )
+                    final = SessionExpired(expired.message + note, expired.code)
+                    final.attempts = expired.attempts
+                    final.unsure_attempts = expired.unsure_attempts
+                    final.kind = expired.kind
+                    raise final from None
             finally:
                 session.end(seq)
         raise AssertionError("unreachable")
