@@ -109,11 +109,13 @@ def error_kind(e: grpc.RpcError) -> str:
     return dict(e.trailing_metadata() or ()).get("medkv-error", "")
 
 
-def settings_cli(cluster: LocalCluster, *args: str) -> subprocess.CompletedProcess[str]:
+def settings_cli(
+    cluster: LocalCluster, *args: str, json_out: bool = True
+) -> subprocess.CompletedProcess[str]:
     """`medkv settings ...` as an operator runs it, against the running nodes."""
     return subprocess.run(
-        [sys.executable, "-m", "client.cli", "--addr", ",".join(cluster.addresses), "--json",
-         "--timeout", "20", "settings", *args],
+        [sys.executable, "-m", "client.cli", "--addr", ",".join(cluster.addresses),
+         *(["--json"] if json_out else []), "--timeout", "20", "settings", *args],
         capture_output=True, text=True, timeout=60, cwd=str(ROOT), check=False,
         env={**os.environ, "PYTHONPATH": str(ROOT)},
     )
@@ -144,6 +146,11 @@ def test_cli_sets_replicated_settings_that_every_replica_applies(
                         break
                     time.sleep(0.1)
             assert s.generation == rows[p]["generation"] and s.settings.max_sessions == 30
+    table = settings_cli(cluster, "get", "--partition", "1", json_out=False)
+    assert table.returncode == 0, table.stderr
+    header, row = table.stdout.splitlines()[:2]
+    assert header.split()[:3] == ["PARTITION", "TTL_S", "RETENTION"]
+    assert row.split()[:2] == ["1", "3600"] and row.split()[3] == "30"
     bad = settings_cli(cluster, "set", "--max-sessions", "0")
     assert bad.returncode != 0 and "max_sessions" in bad.stderr
 
@@ -249,7 +256,8 @@ def test_a_retry_after_its_session_expired_by_the_replicated_ttl_is_refused(
     partition = 1
     ttl_ms = 1_500
     kv.set_settings(session_ttl_ms=ttl_ms, max_sessions=30, partitions=[partition])
-    (pid,) = patients_per_partition(kv, 1, f"late-{uuid.uuid4().hex[:6]}")[partition]
+    # Two patients of the partition: sessions are per partition.
+    pid, other_pid = patients_per_partition(kv, 2, f"late-{uuid.uuid4().hex[:6]}")[partition]
     late = os.urandom(16)
     session = open_session(cluster, kv, partition, late)
     write = put_request(late, session, 1, pid, b"once")
@@ -263,7 +271,7 @@ def test_a_retry_after_its_session_expired_by_the_replicated_ttl_is_refused(
     def keep_alive() -> object:
         seq = next(seqs)
         return on_leader(
-            cluster, kv, partition, "Put", put_request(other, other_session, seq, pid + "-x", b"x", seq)
+            cluster, kv, partition, "Put", put_request(other, other_session, seq, other_pid, b"x", seq)
         )
 
     wait_until_only_open(kv, partition, keep_alive)
