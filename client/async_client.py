@@ -8,10 +8,13 @@ node a leader hint names, after a jittered backoff otherwise, never past the
 call's total deadline. The blocking `Client` runs this class on a private
 event loop, so there is exactly one implementation of routing and retries.
 
-Writes carry a WriteId: 16 random bytes per client, a sequence number per
-logical write (counted per partition) that every retry of that write reuses,
-and `ack_below`, the partition's lowest sequence number still in flight,
-which lets the server forget the replies this client can no longer ask for.
+Writes carry a WriteId: 16 random bytes per client, the id of the client's
+session on the write's partition (opened by KV.OpenSession on first use), a
+sequence number per logical write within that session that every retry of
+the write reuses, and `ack_below`, the session's lowest sequence number still
+in flight, which lets the server forget the replies this client can no longer
+ask for. When a session expired, see client/sessions.py for when a write is
+sent again in a new session and when SessionExpired is raised instead.
 """
 
 from __future__ import annotations
@@ -52,6 +55,7 @@ from client.routing import (
     parse_epoch,
     parse_leader_hint,
 )
+from client.sessions import Sessions
 from client.tls import TlsConfig
 from proto.medkv.v1 import admin_pb2, admin_pb2_grpc, common_pb2, kv_pb2, kv_pb2_grpc
 
@@ -160,61 +164,6 @@ class _Plaintext:
 
 _NO_TLS = _Plaintext()
 
-class _Session:
-    """One write session with one partition: an id, its sequence, what is in flight."""
-
-    def __init__(self, client_id: bytes) -> None:
-        self.client_id = client_id
-        self.next_seq = 1
-        self.in_flight: set[int] = set()
-
-    def write_id(self, seq: int) -> common_pb2.WriteId:
-        # Recomputed per attempt: other writes may have finished meanwhile.
-        return common_pb2.WriteId(
-            client_id=self.client_id, seq=seq, ack_below=min(self.in_flight, default=seq)
-        )
-
-
-class _Writes:
-    """WriteId allocation for one client: stable ids per logical write, ack_below.
-
-    Sequence numbers count per partition, because every partition (a Raft
-    group) keeps its own session table: a partition that sees a client's
-    first write with ack_below > 1 must conclude that it forgot the client's
-    session (Raft thesis §6.3), so each partition's sequence starts at 1. A
-    patient never changes partition, so a write and all its retries stay
-    within one session.
-
-    A partition forgets a session that stayed idle past its TTL. The client
-    then opens a new one there under a fresh random id (reusing the old id
-    would let an old in-flight sequence number collide with a new one).
-    """
-
-    def __init__(self, client_id: bytes) -> None:
-        self.client_id = client_id
-        self._sessions: dict[int, _Session] = {}
-
-    def begin(self, partition: int) -> tuple[_Session, int]:
-        session = self._sessions.get(partition)
-        if session is None:
-            session = self._sessions[partition] = _Session(self.client_id)
-        seq = session.next_seq
-        session.next_seq += 1
-        session.in_flight.add(seq)
-        return session, seq
-
-    def renew(self, partition: int, expired: _Session) -> None:
-        """Replace an expired session (once, however many writes noticed it)."""
-        if self._sessions.get(partition) is expired:
-            self._sessions[partition] = _Session(os.urandom(16))
-
-    @staticmethod
-    def end(session: _Session, seq: int) -> None:
-        # Also on failure: a write given up on is never retried again, so the
-        # server may forget it.
-        session.in_flight.discard(seq)
-
-
 class AsyncClient:
     """A medkv client for asyncio code.
 
@@ -243,7 +192,7 @@ class AsyncClient:
         self.policy = replace(policy, timeout=timeout) if timeout is not None else policy
         if client_id is not None and len(client_id) != 16:
             raise InvalidArgument("client_id must be 16 bytes")
-        self._writes = _Writes(client_id or os.urandom(16))
+        self._sessions = Sessions(client_id or os.urandom(16))
         if scan_parallelism < 1:
             raise InvalidArgument("scan_parallelism must be at least 1")
         self.scan_parallelism = scan_parallelism
@@ -261,7 +210,7 @@ class AsyncClient:
 
     @property
     def client_id(self) -> bytes:
-        return self._writes.client_id
+        return self._sessions.client_id
 
     @property
     def router(self) -> Router | None:
@@ -418,7 +367,9 @@ class AsyncClient:
         note = f" (gave up after {attempts.attempts} attempts in {attempts.deadline.timeout:g}s"
         if not is_read:
             note += "; the write may or may not have been applied"
-        return type(error)(error.message + note + ")", error.code)
+        final = type(error)(error.message + note + ")", error.code)
+        final.kind = error.kind
+        return final
 
     async def _resolve(
         self, node: int, picker: TargetPicker, attempts: Attempts, refreshed: bool
@@ -462,6 +413,7 @@ class AsyncClient:
         error: MedkvError | None = None
         refreshed = False
         sent = 0
+        unsure = 0  # attempts that may have reached the Raft log
         while (attempt_timeout := attempts.attempt_timeout()) is not None:
             node = picker.next()
             address, refreshed, go_on = await self._resolve(node, picker, attempts, refreshed)
@@ -479,6 +431,10 @@ class AsyncClient:
                 error, wait = await self._after_failure(
                     exc, node, picker, attempts, is_read=is_read
                 )
+                # Known to have applied nothing: refused before the log, or a
+                # session refusal (which is itself final and applies nothing).
+                if error.kind not in ("not-applied", "session-expired"):
+                    unsure += 1
                 if wait is None:
                     break
                 if wait > 0:
@@ -496,7 +452,25 @@ class AsyncClient:
             return reply
         final = self._give_up(error, attempts, is_read=is_read)
         final.attempts = sent
+        final.unsure_attempts = unsure
         raise final
+
+    async def _open_session(self, partition: int, attempts: Attempts) -> kv_pb2.OpenSessionResponse:
+        """KV.OpenSession on the partition's leader, retried within the call's deadline.
+
+        A retry after a lost reply may open a second session; the first is then
+        never used and expires after the TTL (it costs a slot until then)."""
+        reply: kv_pb2.OpenSessionResponse = await self._unary(
+            "OpenSession",
+            _const(kv_pb2.OpenSessionRequest(client_id=self.client_id, partition=partition)),
+            partition=partition,
+            mode=Mode.LEADER,
+            is_read=False,
+            attempts=attempts,
+        )
+        if reply.session == 0:
+            raise Unavailable(f"partition {partition} answered OpenSession without a session id")
+        return reply
 
     async def _write(
         self,
@@ -506,12 +480,19 @@ class AsyncClient:
         timeout: float | None,
         admin: bool = False,
     ) -> Any:
-        """A write: one WriteId for every attempt, released whatever the outcome."""
+        """A write: one WriteId for every attempt, released whatever the outcome.
+
+        If its session expired, it is sent once more in a new session only when
+        no earlier attempt can have applied it (client/sessions.py)."""
         attempts = Attempts(self.policy, timeout, rng=self._rng)
         router = await self._router_for(attempts)
         partition = router.partition_of(patient_id)
         for renewed in (False, True):
-            session, seq = self._writes.begin(partition)
+            session = await self._sessions.current(
+                partition,
+                lambda p: self._open_session(p, attempts),
+            )
+            seq = await session.begin()
             try:
                 return await self._unary(
                     method,
@@ -523,14 +504,23 @@ class AsyncClient:
                     admin=admin,
                 )
             except SessionExpired as expired:
-                # Refused at its first attempt: nothing was applied, so the
-                # same write may go again in a fresh session. After a retry
-                # the first attempt may have applied: the caller must know.
-                if renewed or expired.attempts != 1:
-                    raise
-                self._writes.renew(partition, session)
+                if type(expired) is not SessionExpired:
+                    raise  # ResultForgotten: it may have applied
+                self._sessions.discard(session)
+                if renewed or expired.unsure_attempts:
+                    note = (
+                        "; an earlier attempt of this write may have been applied before its "
+                        "session expired, so it was not sent again"
+                        if expired.unsure_attempts
+                        else "; it expired again in a session just opened, so it was not sent again"
+                    )
+                    final = SessionExpired(expired.message + note, expired.code)
+                    final.attempts = expired.attempts
+                    final.unsure_attempts = expired.unsure_attempts
+                    final.kind = expired.kind
+                    raise final from None
             finally:
-                self._writes.end(session, seq)
+                session.end(seq)
         raise AssertionError("unreachable")
 
     # --------------------------------------------------------------- lifecycle
@@ -649,7 +639,7 @@ class AsyncClient:
         reply = await self._write(
             "ErasePatient",
             lambda wid: admin_pb2.ErasePatientRequest(
-                client_id=wid.client_id, seq=wid.seq, patient_id=patient_id
+                client_id=wid.client_id, seq=wid.seq, session=wid.session, patient_id=patient_id
             ),
             patient_id,
             timeout,
@@ -940,6 +930,83 @@ class AsyncClient:
             "ClusterStatus", admin_pb2.ClusterStatusRequest(), attempts
         )
         return reply
+
+    # ------------------------------------------------ replicated cluster settings
+
+    async def get_settings(
+        self, *, partitions: Iterable[int] | None = None, timeout: float | None = None
+    ) -> list[admin_pb2.GetSettingsResponse]:
+        """Each partition's cluster settings, from its leader's applied state."""
+        attempts = Attempts(self.policy, timeout, rng=self._rng)
+        router = await self._router_for(attempts)
+        wanted = self._partitions(router, partitions)
+        replies = await asyncio.gather(
+            *(
+                self._unary(
+                    "GetSettings",
+                    _const(admin_pb2.GetSettingsRequest(partition=p)),
+                    partition=p,
+                    mode=Mode.LEADER,
+                    is_read=True,
+                    attempts=attempts,
+                    admin=True,
+                )
+                for p in wanted
+            )
+        )
+        return list(replies)
+
+    async def set_settings(
+        self,
+        *,
+        session_ttl_ms: int | None = None,
+        history_retention: int | None = None,
+        max_sessions: int | None = None,
+        max_results_per_session: int | None = None,
+        partitions: Iterable[int] | None = None,
+        timeout: float | None = None,
+    ) -> list[admin_pb2.SetSettingsResponse]:
+        """Change cluster settings: one replicated SetSettings entry per partition
+        (every partition unless `partitions` says). Fields left None keep their value.
+
+        Not atomic across partitions: if it fails part way, some partitions
+        have the new values; run it again (setting the same values twice is harmless)."""
+        changes = {
+            "session_ttl_ms": session_ttl_ms,
+            "history_retention": history_retention,
+            "max_sessions": max_sessions,
+            "max_results_per_session": max_results_per_session,
+        }
+        given = {k: v for k, v in changes.items() if v is not None}
+        if not given:
+            raise InvalidArgument(f"name at least one setting: {', '.join(changes)}")
+        for name, value in given.items():
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise InvalidArgument(f"{name} must be a positive integer")
+        attempts = Attempts(self.policy, timeout, rng=self._rng)
+        router = await self._router_for(attempts)
+        out: list[admin_pb2.SetSettingsResponse] = []
+        for p in self._partitions(router, partitions):
+            out.append(
+                await self._unary(
+                    "SetSettings",
+                    _const(admin_pb2.SetSettingsRequest(partition=p, **given)),
+                    partition=p,
+                    mode=Mode.LEADER,
+                    is_read=False,
+                    attempts=attempts,
+                    admin=True,
+                )
+            )
+        return out
+
+    @staticmethod
+    def _partitions(router: Router, partitions: Iterable[int] | None) -> list[int]:
+        wanted = list(range(router.partitions)) if partitions is None else sorted(set(partitions))
+        for p in wanted:
+            if isinstance(p, bool) or not isinstance(p, int) or not 0 <= p < router.partitions:
+                raise InvalidArgument(f"partition must be in 0..{router.partitions - 1}")
+        return wanted
 
     # --------------------------------------------- encryption keys, per node
 

@@ -11,6 +11,10 @@
     scan [--partition P ...] [--consistency ...] [--max-staleness S] [--page-size N]
     status                                    the cluster at a glance
     erase-patient PATIENT                     erase every record of a patient, everywhere
+    settings get [--partition P ...]          the replicated cluster settings, per partition
+    settings set [--session-ttl S] [--history-retention N] [--max-sessions N]
+                 [--max-results-per-session N] [--partition P ...]
+                                              change them (a replicated entry per partition)
     keys status [--count-values]              every node's keys and re-encryption progress
     keys rotate-data [--wait]                 new data key on every node, re-encrypt online
     keys rotate-master [--new-key-id ID]      re-wrap under the staged master, then install
@@ -187,6 +191,35 @@ def build_parser() -> argparse.ArgumentParser:
         help="erase every record and version of a patient on every replica (irreversible)",
     )
     erase.add_argument("patient")
+
+    settings = sub.add_parser(
+        "settings", help="cluster settings replicated in every partition (session TTL, ...)"
+    )
+    settings_sub = settings.add_subparsers(dest="settings_command", required=True, metavar="ACTION")
+    sget = settings_sub.add_parser("get", help="each partition's settings, from its leader")
+    sset = settings_sub.add_parser(
+        "set", help="change settings: a replicated entry in each partition's log"
+    )
+    for p in (sget, sset):
+        p.add_argument(
+            "--partition", type=int, action="append", metavar="P",
+            help="only this partition (repeatable; default all)",
+        )
+    sset.add_argument(
+        "--session-ttl", type=float, metavar="SECONDS",
+        help="a write session idle longer than this (log time) expires",
+    )
+    sset.add_argument(
+        "--history-retention", type=int, metavar="N", help="versions kept per record"
+    )
+    sset.add_argument(
+        "--max-sessions", type=int, metavar="N",
+        help="open sessions per partition; beyond, opening one is refused (none is evicted)",
+    )
+    sset.add_argument(
+        "--max-results-per-session", type=int, metavar="N",
+        help="unacknowledged write results remembered per session",
+    )
     sub.add_parser("node", help="run a database node (python -m node ...)", add_help=False)
     sub.add_parser("keys", help="manage encryption keys (python -m node keys ...)", add_help=False)
     sub.add_parser("certs", help="cluster CA, node and client certificates (init|issue|show)",
@@ -356,7 +389,52 @@ def run(
                 "log, snapshot and files once it has applied the erasure"
             )
         return 0
+    if args.command == "settings":
+        return _settings(args, kv, out)
     raise AssertionError(f"unhandled command {args.command}")
+
+
+_SETTING_NAMES = ("session_ttl_ms", "history_retention", "max_sessions", "max_results_per_session")
+
+
+def settings_dict(partition: int, settings: admin_pb2.ClusterSettings, generation: int) -> dict[str, Any]:
+    row: dict[str, Any] = {"partition": partition, "generation": generation}
+    row.update({name: int(getattr(settings, name)) for name in _SETTING_NAMES})
+    return row
+
+
+def _settings(args: argparse.Namespace, kv: Client, out: _Out) -> int:
+    if args.settings_command == "get":
+        got = kv.get_settings(partitions=args.partition, timeout=args.timeout)
+        rows = [settings_dict(r.partition, r.settings, r.generation) for r in got]
+        for row, r in zip(rows, got, strict=True):
+            row["open_sessions"] = int(r.open_sessions)
+    else:
+        ttl = args.session_ttl
+        if ttl is not None and not ttl > 0:
+            raise MedkvError("--session-ttl must be positive")
+        done = kv.set_settings(
+            session_ttl_ms=None if ttl is None else round(ttl * 1000),
+            history_retention=args.history_retention,
+            max_sessions=args.max_sessions,
+            max_results_per_session=args.max_results_per_session,
+            partitions=args.partition,
+            timeout=args.timeout,
+        )
+        rows = [settings_dict(r.partition, r.settings, r.generation) for r in done]
+    if out.json:
+        out.doc(rows)
+        return 0
+    out.line("PARTITION  TTL_S     RETENTION  MAX_SESSIONS  MAX_RESULTS  GENERATION")
+    for row in rows:
+        out.line(
+            f"{row['partition']:<10} {row['session_ttl_ms'] / 1000:<9g} "
+            f"{row['history_retention']:<10} {row['max_sessions']:<13} "
+            f"{row['max_results_per_session']:<12} {row['generation']}"
+        )
+    if len({tuple(row[n] for n in _SETTING_NAMES) for row in rows}) > 1:
+        out.note("partitions differ: run `medkv settings set ...` again to make them agree")
+    return 0
 
 
 def _scan(args: argparse.Namespace, kv: Client, out: _Out) -> int:

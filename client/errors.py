@@ -29,6 +29,11 @@ class MedkvError(Exception):
     code: grpc.StatusCode = grpc.StatusCode.UNKNOWN
     # How many RPC attempts the call had sent when it failed (0: none).
     attempts: int = 0
+    # Of those, how many may have reached the Raft log (a write's attempt that
+    # failed without the node saying `not-applied`).
+    unsure_attempts: int = 0
+    # The node's precise reason (`medkv-error` metadata / Status.error_kind), if any.
+    kind: str = ""
 
     def __init__(self, message: str = "", code: grpc.StatusCode | None = None) -> None:
         super().__init__(message)
@@ -71,15 +76,22 @@ class TooStale(MedkvError):
 
 
 class SessionExpired(MedkvError):
-    """The server no longer remembers this client's write session.
+    """The write's session is no longer open on its partition (idle past the TTL).
 
-    A retried write can then not be told apart from a new one, so the client
-    reports it instead of risking a second application. (When a write's very
-    first attempt meets an expired session, nothing was applied: the client
-    then opens a fresh session and sends it again by itself.)
+    The node refused this attempt and applies nothing for it. When an earlier
+    attempt of the same write may have reached the log, it may have applied
+    before the session expired: the client then raises this instead of
+    sending the write again in a new session (see client/sessions.py). When
+    no earlier attempt can have applied, the client opens a new session and
+    sends the write again by itself; this is then never raised.
     """
 
     code = grpc.StatusCode.FAILED_PRECONDITION
+
+
+class ResultForgotten(SessionExpired):
+    """The session no longer remembers this write's result (more writes were in
+    flight in it than the node keeps). It may have been applied; never retried."""
 
 
 class Unavailable(MedkvError):
@@ -136,6 +148,7 @@ _KINDS: dict[str, type[MedkvError]] = {
     "version-conflict": VersionConflict,
     "too-stale": TooStale,
     "session-expired": SessionExpired,
+    "result-forgotten": ResultForgotten,
 }
 
 _EXPECTED = re.compile(r"expected(?:[ _]version)?\D{0,4}(\d+)", re.IGNORECASE)
@@ -161,8 +174,14 @@ def from_status(
     `is_read` resolves FAILED_PRECONDITION: a read is refused only for
     staleness, a write only for a version mismatch or an expired session.
     """
+    kind = (metadata or {}).get(ERROR_KIND_KEY, "")
+    error = _typed(code, message, kind, is_read)
+    error.kind = kind
+    return error
+
+
+def _typed(code: grpc.StatusCode, message: str, kind: str, is_read: bool) -> MedkvError:
     if code == grpc.StatusCode.FAILED_PRECONDITION:
-        kind = (metadata or {}).get(ERROR_KIND_KEY, "")
         cls = _KINDS.get(kind)
         if cls is None:
             if is_read:
@@ -213,6 +232,7 @@ __all__ = [
     "NotFound",
     "PermissionDenied",
     "ResourceExhausted",
+    "ResultForgotten",
     "SessionExpired",
     "TooStale",
     "Unauthenticated",

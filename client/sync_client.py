@@ -322,6 +322,38 @@ class Client:
         """Erase every record of one patient on every replica; returns the erasure's version."""
         return self._run(self._async.erase_patient(patient_id, timeout=timeout))
 
+    def get_settings(
+        self, *, partitions: Iterable[int] | None = None, timeout: float | None = None
+    ) -> list[admin_pb2.GetSettingsResponse]:
+        """Each partition's cluster settings (AsyncClient.get_settings)."""
+        return self._run(
+            self._async.get_settings(
+                partitions=None if partitions is None else list(partitions), timeout=timeout
+            )
+        )
+
+    def set_settings(
+        self,
+        *,
+        session_ttl_ms: int | None = None,
+        history_retention: int | None = None,
+        max_sessions: int | None = None,
+        max_results_per_session: int | None = None,
+        partitions: Iterable[int] | None = None,
+        timeout: float | None = None,
+    ) -> list[admin_pb2.SetSettingsResponse]:
+        """Change cluster settings on every partition (AsyncClient.set_settings)."""
+        return self._run(
+            self._async.set_settings(
+                session_ttl_ms=session_ttl_ms,
+                history_retention=history_retention,
+                max_sessions=max_sessions,
+                max_results_per_session=max_results_per_session,
+                partitions=None if partitions is None else list(partitions),
+                timeout=timeout,
+            )
+        )
+
     def key_status(
         self, address: str, *, count_values: bool = False, timeout: float | None = None
     ) -> admin_pb2.KeyStatusResponse:

@@ -40,6 +40,13 @@ def main(argv: list[str] | None = None) -> int:
     from node.config import ConfigError, load_config
     from node.errors import StartupError
     from node.server import serve
+    from node.test_clock import ClockOffsetError, install_from_env
+
+    try:
+        install_from_env()  # test-only wrong wall clock (node/test_clock.py), loudly logged
+    except ClockOffsetError as e:
+        print(f"medkv node: {e}", file=sys.stderr)
+        return 2
 
     try:
         cfg = load_config(ns.config)

@@ -192,6 +192,20 @@ class AdminService(admin_pb2_grpc.AdminServicer):
         version = await self.node.kv.erase_patient(request)
         return admin_pb2.ErasePatientResponse(version=version)
 
+    # ---- replicated cluster settings (node/settings_service.py) -----------
+
+    @_answers_node_errors
+    async def SetSettings(
+        self, request: admin_pb2.SetSettingsRequest, context: grpc.aio.ServicerContext
+    ) -> admin_pb2.SetSettingsResponse:
+        return await self.node.settings.set(request)
+
+    @_answers_node_errors
+    async def GetSettings(
+        self, request: admin_pb2.GetSettingsRequest, context: grpc.aio.ServicerContext
+    ) -> admin_pb2.GetSettingsResponse:
+        return self.node.settings.get(request)
+
     # ---- encryption at rest: online key rotation (node/key_rotation.py) ---
 
     @_answers_node_errors

@@ -1,23 +1,32 @@
 """The commands a partition's Raft log carries, and their byte encoding.
 
 An entry's data is one format byte followed by one msgpack array. The format
-byte lets a later release change the layout while old logs and snapshots still
-decode; only FORMAT_V1 exists today. Arrays with small integer tags keep the
-entries compact: they are written to every replica's log and sent over the
-network at least twice.
+byte lets a release change the layout while old logs and snapshots still
+decode. Arrays with small integer tags keep the entries compact: they are
+written to every replica's log and sent over the network at least twice.
 
-Layout (v1), after the format byte:
-  Noop:          [0, ts_ms]
-  Put:           [1, client_id, seq, ack_below, ts_ms, patient_id, record_id, value]
-  CompareAndSet: [2, client_id, seq, ack_below, ts_ms, patient_id, record_id, value, expected]
-  Delete:        [3, client_id, seq, ack_below, ts_ms, patient_id, record_id, expected | nil]
-  Batch:         [4, client_id, seq, ack_below, ts_ms, patient_id, [op, ...]]
-                   op: [0, record_id, value] put | [1, record_id] delete
-                       | [2, record_id, expected] check
-  ErasePatient:  [5, client_id, seq, ack_below, ts_ms, patient_id]
+Layout (v2, written today), after the format byte; `head` is
+client_id, session, seq, ack_below, ts_ms, patient_id:
+  Noop:            [0, ts_ms]
+  Put:             [1, head..., record_id, value]
+  CompareAndSet:   [2, head..., record_id, value, expected]
+  Delete:          [3, head..., record_id, expected | nil]
+  Batch:           [4, head..., [op, ...]]
+                     op: [0, record_id, value] put | [1, record_id] delete
+                         | [2, record_id, expected] check
+  ErasePatient:    [5, head...]
+  RegisterSession: [6, ts_ms, client_id, nonce]
+  SetSettings:     [7, ts_ms, nonce, seed, {name: value, ...}]
 
-`ts_ms` is the proposing leader's wall clock; the state machine uses it (never
-its own clock) to expire client sessions identically on every replica.
+v1 (written before sessions were registered) is the same without `session`
+in the head and without kinds 6 and 7. It still decodes, so an old log can be
+replayed: its writes come out with session 0, which no session ever has, and
+apply refuses them, identically on every replica (see state_machine).
+
+`ts_ms` is the proposing leader's log-clock stamp (node.log_clock), never a
+wall clock; the state machine uses it to expire sessions identically on every
+replica. `nonce` lets the proposer find the result of an entry whose result
+it cannot name in advance (a session id is the index the entry lands at).
 
 Decoding checks structure and types only; `validate_command` checks the
 documented limits (node.limits). No error message here ever quotes a value.
@@ -33,15 +42,22 @@ import msgpack
 from node.limits import (
     ValidationError,
     validate_batch_shape,
+    validate_client_id,
     validate_id,
     validate_uint64,
     validate_value,
     validate_write_id,
 )
+from node.settings import validate_changes
 
-FORMAT_V1 = 0x01
+FORMAT_V1 = 0x01  # before registered sessions: decoded, never written
+FORMAT_V2 = 0x02
 
-_NOOP, _PUT, _CAS, _DELETE, _BATCH, _ERASE = 0, 1, 2, 3, 4, 5
+_NOOP, _PUT, _CAS, _DELETE, _BATCH, _ERASE, _REGISTER, _SETTINGS = 0, 1, 2, 3, 4, 5, 6, 7
+
+# How a proposer finds its entry's result: ("write", client_id, session, seq),
+# ("open", client_id, nonce, 0) or ("settings", b"", nonce, 0).
+WaitKey = tuple[str, bytes, int, int]
 
 BATCH_PUT = "put"
 BATCH_DELETE = "delete"
@@ -62,15 +78,16 @@ class _Write:
     """What every write carries: its at-most-once identity and the leader's clock."""
 
     client_id: bytes
+    session: int  # 0 only in entries decoded from format v1: refused at apply
     seq: int
     ack_below: int
     ts_ms: int
     patient_id: str
 
     @property
-    def write_key(self) -> tuple[bytes, int]:
-        """(client_id, seq): how a proposer finds this write's result."""
-        return (self.client_id, self.seq)
+    def wait_key(self) -> WaitKey:
+        """How the proposer finds this write's result among the applied entries."""
+        return ("write", self.client_id, self.session, self.seq)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -130,8 +147,41 @@ class Noop:
     ts_ms: int
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RegisterSession:
+    """Open a write session owned by client_id; its id is this entry's index.
+
+    The owner is checked against every write in the session (state_machine:
+    the one place that binds a session to who may use it)."""
+
+    ts_ms: int
+    client_id: bytes
+    nonce: int
+
+    @property
+    def wait_key(self) -> WaitKey:
+        return ("open", self.client_id, self.nonce, 0)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SetSettings:
+    """Change cluster settings (node.settings) from this entry on.
+
+    seed: the one-time proposal from a leader's configuration; it applies only
+    while the partition has never applied a SetSettings."""
+
+    ts_ms: int
+    nonce: int
+    seed: bool
+    changes: tuple[tuple[str, int], ...]  # sorted by name: one encoding per content
+
+    @property
+    def wait_key(self) -> WaitKey:
+        return ("settings", b"", self.nonce, 0)
+
+
 WriteCommand = Put | CompareAndSet | Delete | Batch | ErasePatient
-Command = WriteCommand | Noop
+Command = WriteCommand | Noop | RegisterSession | SetSettings
 
 
 # --- encoding -------------------------------------------------------------
@@ -152,7 +202,11 @@ def _op_fields(op: BatchOp, i: int) -> list[Any]:
 def _fields(cmd: Command) -> list[Any]:
     if isinstance(cmd, Noop):
         return [_NOOP, cmd.ts_ms]
-    head = [cmd.client_id, cmd.seq, cmd.ack_below, cmd.ts_ms, cmd.patient_id]
+    if isinstance(cmd, RegisterSession):
+        return [_REGISTER, cmd.ts_ms, cmd.client_id, cmd.nonce]
+    if isinstance(cmd, SetSettings):
+        return [_SETTINGS, cmd.ts_ms, cmd.nonce, cmd.seed, dict(cmd.changes)]
+    head = [cmd.client_id, cmd.session, cmd.seq, cmd.ack_below, cmd.ts_ms, cmd.patient_id]
     if isinstance(cmd, Put):
         return [_PUT, *head, cmd.record_id, cmd.value]
     if isinstance(cmd, CompareAndSet):
@@ -176,7 +230,7 @@ def encode_command(cmd: Command) -> bytes:
         raise CommandError(
             f"cannot encode {type(cmd).__name__}: a field has an invalid type or value"
         ) from None
-    return bytes([FORMAT_V1]) + body
+    return bytes([FORMAT_V2]) + body
 
 
 # --- decoding -------------------------------------------------------------
@@ -228,47 +282,71 @@ def _decode_op(raw: object, i: int) -> BatchOp:
     raise CommandDecodeError(f"{what} has an unknown kind")
 
 
-def _decode_v1(fields: list[Any]) -> Command:
+def _decode(fields: list[Any], version: int) -> Command:
     if not fields or type(fields[0]) is not int:
         raise CommandDecodeError("command has no kind tag")
     tag = fields[0]
     if tag == _NOOP:
         _arity(fields, 2, "Noop")
         return Noop(_uint(fields[1], "ts_ms"))
+    if tag == _REGISTER and version >= FORMAT_V2:
+        _arity(fields, 4, "RegisterSession")
+        return RegisterSession(
+            ts_ms=_uint(fields[1], "ts_ms"),
+            client_id=_bytes(fields[2], "client_id"),
+            nonce=_uint(fields[3], "nonce"),
+        )
+    if tag == _SETTINGS and version >= FORMAT_V2:
+        _arity(fields, 5, "SetSettings")
+        if type(fields[3]) is not bool:
+            raise CommandDecodeError("seed is not a boolean")
+        if type(fields[4]) is not dict:
+            raise CommandDecodeError("settings is not a map")
+        changes = tuple(
+            sorted((_text(k, "setting name"), _uint(v, "setting value")) for k, v in fields[4].items())
+        )
+        return SetSettings(
+            ts_ms=_uint(fields[1], "ts_ms"), nonce=_uint(fields[2], "nonce"),
+            seed=fields[3], changes=changes,
+        )
     if tag not in (_PUT, _CAS, _DELETE, _BATCH, _ERASE):
         raise CommandDecodeError(f"unknown command kind {tag}")
-    if len(fields) < 6:
+    # v1 heads have no session: shift them into the v2 layout with session 0.
+    if version == FORMAT_V1:
+        fields = [tag, fields[1] if len(fields) > 1 else None, 0, *fields[2:]]
+    if len(fields) < 7:
         raise CommandDecodeError("write command is too short")
     head: dict[str, Any] = {
         "client_id": _bytes(fields[1], "client_id"),
-        "seq": _uint(fields[2], "seq"),
-        "ack_below": _uint(fields[3], "ack_below"),
-        "ts_ms": _uint(fields[4], "ts_ms"),
-        "patient_id": _text(fields[5], "patient_id"),
+        "session": _uint(fields[2], "session"),
+        "seq": _uint(fields[3], "seq"),
+        "ack_below": _uint(fields[4], "ack_below"),
+        "ts_ms": _uint(fields[5], "ts_ms"),
+        "patient_id": _text(fields[6], "patient_id"),
     }
     if tag == _PUT:
-        _arity(fields, 8, "Put")
+        _arity(fields, 9, "Put")
         return Put(
-            **head, record_id=_text(fields[6], "record_id"), value=_bytes(fields[7], "value")
+            **head, record_id=_text(fields[7], "record_id"), value=_bytes(fields[8], "value")
         )
     if tag == _CAS:
-        _arity(fields, 9, "CompareAndSet")
+        _arity(fields, 10, "CompareAndSet")
         return CompareAndSet(
             **head,
-            record_id=_text(fields[6], "record_id"),
-            value=_bytes(fields[7], "value"),
-            expected_version=_uint(fields[8], "expected_version"),
+            record_id=_text(fields[7], "record_id"),
+            value=_bytes(fields[8], "value"),
+            expected_version=_uint(fields[9], "expected_version"),
         )
     if tag == _DELETE:
-        _arity(fields, 8, "Delete")
-        expected = None if fields[7] is None else _uint(fields[7], "expected_version")
-        return Delete(**head, record_id=_text(fields[6], "record_id"), expected_version=expected)
+        _arity(fields, 9, "Delete")
+        expected = None if fields[8] is None else _uint(fields[8], "expected_version")
+        return Delete(**head, record_id=_text(fields[7], "record_id"), expected_version=expected)
     if tag == _BATCH:
-        _arity(fields, 7, "Batch")
-        if type(fields[6]) is not list:
+        _arity(fields, 8, "Batch")
+        if type(fields[7]) is not list:
             raise CommandDecodeError("ops is not an array")
-        return Batch(**head, ops=tuple(_decode_op(op, i) for i, op in enumerate(fields[6])))
-    _arity(fields, 6, "ErasePatient")
+        return Batch(**head, ops=tuple(_decode_op(op, i) for i, op in enumerate(fields[7])))
+    _arity(fields, 7, "ErasePatient")
     return ErasePatient(**head)
 
 
@@ -276,7 +354,7 @@ def decode_command(data: bytes) -> Command:
     """The command in a Raft entry's data. Raises CommandDecodeError if it is not one."""
     if not data:
         raise CommandDecodeError("empty entry data is not a command")
-    if data[0] != FORMAT_V1:
+    if data[0] not in (FORMAT_V1, FORMAT_V2):
         raise CommandDecodeError(f"unsupported command format {data[0]}")
     try:
         fields = msgpack.unpackb(data[1:], raw=False, use_list=True, strict_map_key=True)
@@ -286,7 +364,7 @@ def decode_command(data: bytes) -> Command:
         raise CommandDecodeError("command body is not well-formed msgpack") from None
     if type(fields) is not list:
         raise CommandDecodeError("command body is not an array")
-    return _decode_v1(fields)
+    return _decode(fields, data[0])
 
 
 # --- validation -----------------------------------------------------------
@@ -319,7 +397,19 @@ def validate_command(cmd: Command) -> None:
     validate_uint64(cmd.ts_ms, "ts_ms")
     if isinstance(cmd, Noop):
         return
+    if isinstance(cmd, RegisterSession):
+        validate_client_id(cmd.client_id)
+        validate_uint64(cmd.nonce, "nonce")
+        return
+    if isinstance(cmd, SetSettings):
+        validate_uint64(cmd.nonce, "nonce")
+        names = [name for name, _ in cmd.changes]
+        if not names or len(set(names)) != len(names):
+            raise ValidationError("settings", "must name each changed setting once")
+        validate_changes(dict(cmd.changes))
+        return
     validate_write_id(cmd.client_id, cmd.seq, cmd.ack_below)
+    validate_uint64(cmd.session, "write_id.session")
     validate_id(cmd.patient_id, "patient_id")
     if isinstance(cmd, Put | CompareAndSet):
         validate_id(cmd.record_id, "record_id")
@@ -341,6 +431,7 @@ __all__ = [
     "BATCH_DELETE",
     "BATCH_PUT",
     "FORMAT_V1",
+    "FORMAT_V2",
     "Batch",
     "BatchOp",
     "Command",
@@ -351,6 +442,9 @@ __all__ = [
     "ErasePatient",
     "Noop",
     "Put",
+    "RegisterSession",
+    "SetSettings",
+    "WaitKey",
     "WriteCommand",
     "decode_command",
     "encode_command",

@@ -35,6 +35,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from node.limits import ValidationError
+from node.settings import seed_from_limits, validate_changes
 from node.tls import TlsSettings
 from proto.placement import DEFAULT_VIRTUAL_NODES, Placement, make_placement
 
@@ -70,8 +72,12 @@ class RaftSettings:
 class Limits:
     request_timeout_s: float = 10.0
     max_pending_proposals: int = 10_000  # per node; beyond: RESOURCE_EXHAUSTED
+    # The next four only seed a new cluster's replicated settings (node/settings.py):
+    # once a partition has settings, change them with `medkv settings set`.
     history_retention: int = 16
     session_ttl_s: float = 3600.0
+    max_sessions: int = 10_000  # open write sessions per partition
+    max_results_per_session: int = 64
     max_message_bytes: int = 8 << 20  # gRPC receive/send limit
 
 
@@ -204,6 +210,10 @@ def parse_config(raw: dict[str, Any], base_dir: Path) -> NodeConfig:
         lossy_unsynced_writes=bool(raw.get("lossy_unsynced_writes", False)),
         unsafe_skip_raft_fsync=bool(raw.get("unsafe_skip_raft_fsync", False)),
     )
+    try:
+        validate_changes(seed_from_limits(cfg.limits))
+    except (ValidationError, TypeError, ValueError) as e:
+        raise ConfigError(f"[limits]: {e}") from None
     try:
         cfg.placement.table  # noqa: B018 - validates partitions/replication against the peers
     except ValueError as e:

@@ -17,7 +17,9 @@ class NodeError(Exception):
         self.message = message
         self.leader_hint = leader_hint
         # Which of several reasons behind one status code (trailing metadata
-        # medkv-error): version-conflict, too-stale or session-expired.
+        # medkv-error): version-conflict, too-stale, session-expired,
+        # result-forgotten, or not-applied (a write refused before it reached
+        # the Raft log: that attempt certainly applied nothing).
         self.kind = kind
 
 
@@ -31,6 +33,10 @@ class NotFound(NodeError):
 
 class FailedPrecondition(NodeError):
     code = grpc.StatusCode.FAILED_PRECONDITION
+
+
+class PermissionDenied(NodeError):
+    code = grpc.StatusCode.PERMISSION_DENIED
 
 
 class Unavailable(NodeError):
@@ -48,6 +54,8 @@ class ResourceExhausted(NodeError):
 class DataLoss(NodeError):
     code = grpc.StatusCode.DATA_LOSS
 
+
+NOT_APPLIED = "not-applied"
 
 LEADER_METADATA_KEY = "medkv-leader"
 ERROR_KIND_METADATA_KEY = "medkv-error"

@@ -20,4 +20,6 @@ async def abort_with(context: grpc.aio.ServicerContext, e: NodeError) -> None:
 
 def to_status(e: NodeError) -> common_pb2.Status:
     """The same error inside a multiplexed BatchCommands reply."""
-    return common_pb2.Status(code=e.code.value[0], message=e.message, leader_hint=e.leader_hint)
+    return common_pb2.Status(
+        code=e.code.value[0], message=e.message, leader_hint=e.leader_hint, error_kind=e.kind
+    )

@@ -45,8 +45,17 @@ from consensus.types import (
     StateRole,
 )
 from node import failstop
+from node.commands import WaitKey
 from node.config import NodeConfig
-from node.errors import DataLoss, DeadlineExceeded, NodeError, ResourceExhausted, Unavailable
+from node.errors import (
+    NOT_APPLIED,
+    DataLoss,
+    DeadlineExceeded,
+    NodeError,
+    ResourceExhausted,
+    Unavailable,
+)
+from node.log_clock import LeaderClock
 from node.staleness import ReplicaFreshness
 from node.state_machine import ApplyResult, PartitionStateMachine
 
@@ -75,7 +84,9 @@ class Replica:
     since_snapshot: int = 0
     purged_at: int = 0  # the last erasure whose older copies were purged from disk
     broken: str = ""  # set when its stored state failed an integrity check
-    write_waiters: dict[tuple[bytes, int], list[asyncio.Future[ApplyResult]]] = field(
+    # While this replica leads: the clock that stamps its proposals (node.log_clock).
+    clock: LeaderClock | None = None
+    write_waiters: dict[WaitKey, list[asyncio.Future[ApplyResult]]] = field(
         default_factory=dict
     )
     reads_to_issue: list[asyncio.Future[int]] = field(default_factory=list)
@@ -333,7 +344,12 @@ class MultiRaftHost:
             r.role = rd.soft_state.role
             if was_leader and not r.is_leader:
                 r.fresh.not_leader()
+                r.clock = None
                 self._fail_waiters(r, Unavailable(self._not_leader_message(r), self.leader_hint(r)))
+            elif r.is_leader and r.clock is None:
+                # Stamps start from the log's own time, never from this node's
+                # wall clock: one fast clock cannot expire sessions anywhere.
+                r.clock = LeaderClock(r.sm.log_time_ms)
         if rd.hard_state is not None:
             r.term = rd.hard_state.term
             r.commit = max(r.commit, rd.hard_state.commit)
@@ -346,6 +362,8 @@ class MultiRaftHost:
             )
         if rd.committed_entries:
             self._apply_entries(r, rd)
+            if r.clock is not None:
+                r.clock.observe(r.sm.log_time_ms)
         for rs in rd.read_states:
             if r.fresh.confirm(rs.context, rs.index) and r.is_leader:
                 self._queue_announcement(r)
@@ -384,9 +402,9 @@ class MultiRaftHost:
         if not r.write_waiters:
             return
         for res in results:
-            if res.write_key is None:
+            if res.wait_key is None:
                 continue
-            waiters = r.write_waiters.pop(res.write_key, None)
+            waiters = r.write_waiters.pop(res.wait_key, None)
             if waiters:
                 for fut in waiters:
                     if not fut.done():
@@ -592,17 +610,37 @@ class MultiRaftHost:
             raise Unavailable(self._not_leader_message(r), self.leader_hint(r))
         return r
 
+    def stamp_ms(self, r: Replica) -> int:
+        """The log-clock stamp for a proposal this leader makes now (node.log_clock)."""
+        if r.clock is None:  # leader before its first Ready was handled
+            r.clock = LeaderClock(r.sm.log_time_ms)
+        return r.clock.now_ms()
+
     async def propose(
-        self, partition: int, write_key: tuple[bytes, int], data: bytes, timeout: float
+        self,
+        partition: int,
+        wait_key: WaitKey,
+        encode: Callable[[int], bytes],
+        timeout: float,
     ) -> ApplyResult:
-        """Replicate one command; answer once it is committed and applied here."""
-        r = self.leader_replica(partition)
+        """Replicate one command, encoded by encode(stamp) with this leader's
+        log-clock stamp; answer once it is committed and applied here.
+
+        Errors raised before the command reached the Raft log carry kind
+        NOT_APPLIED: a client may then know that attempt applied nothing."""
+        try:
+            r = self.leader_replica(partition)
+        except NodeError as e:
+            e.kind = e.kind or NOT_APPLIED
+            raise
         if self._pending_writes >= self.cfg.limits.max_pending_proposals:
             raise ResourceExhausted(
-                f"node {self.node_id} has {self._pending_writes} writes in flight; retry later"
+                f"node {self.node_id} has {self._pending_writes} writes in flight; retry later",
+                kind=NOT_APPLIED,
             )
+        data = encode(self.stamp_ms(r))
         fut: asyncio.Future[ApplyResult] = asyncio.get_running_loop().create_future()
-        r.write_waiters.setdefault(write_key, []).append(fut)
+        r.write_waiters.setdefault(wait_key, []).append(fut)
 
         def op() -> None:
             if fut.done():
@@ -611,12 +649,14 @@ class MultiRaftHost:
             try:
                 r.raw.propose(data)
             except ProposalDropped:
-                waiters = r.write_waiters.get(write_key, [])
+                waiters = r.write_waiters.get(wait_key, [])
                 if fut in waiters:
                     waiters.remove(fut)
                     if not waiters:
-                        r.write_waiters.pop(write_key, None)
-                fut.set_exception(Unavailable(self._not_leader_message(r), self.leader_hint(r)))
+                        r.write_waiters.pop(wait_key, None)
+                fut.set_exception(
+                    Unavailable(self._not_leader_message(r), self.leader_hint(r), NOT_APPLIED)
+                )
 
         self._pending_writes += 1
         self._enqueue(op)
@@ -629,11 +669,11 @@ class MultiRaftHost:
             ) from None
         finally:
             self._pending_writes -= 1
-            waiters = r.write_waiters.get(write_key)
+            waiters = r.write_waiters.get(wait_key)
             if waiters and fut in waiters:
                 waiters.remove(fut)
                 if not waiters:
-                    r.write_waiters.pop(write_key, None)
+                    r.write_waiters.pop(wait_key, None)
 
     async def read_barrier(self, partition: int, timeout: float) -> Replica:
         """ReadIndex: return the leader replica once its state reflects every

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from functools import partial
@@ -22,16 +23,26 @@ import plyvel
 from node import commands as cmd
 from node.crypto import IntegrityError
 from node.errors import (
+    NOT_APPLIED,
     DataLoss,
     FailedPrecondition,
     InvalidArgument,
     NodeError,
     NotFound,
+    PermissionDenied,
+    ResourceExhausted,
     Unavailable,
 )
 from node.grpc_errors import abort_with, to_status
 from node.host import Replica
-from node.limits import ValidationError, validate_ids, validate_value, validate_write_id
+from node.limits import (
+    ValidationError,
+    validate_client_id,
+    validate_ids,
+    validate_uint64,
+    validate_value,
+    validate_write_id,
+)
 from node.record_store import CorruptRecordError
 from node.state_machine import ApplyResult
 from proto.medkv.v1 import admin_pb2, common_pb2, kv_pb2, kv_pb2_grpc
@@ -53,8 +64,18 @@ _ERROR: dict[str, tuple[type[NodeError], str]] = {
     "FAILED_PRECONDITION": (FailedPrecondition, "version-conflict"),
     "NOT_FOUND": (NotFound, ""),
     "INVALID_ARGUMENT": (InvalidArgument, ""),
+    "RESOURCE_EXHAUSTED": (ResourceExhausted, NOT_APPLIED),
     "SESSION_EXPIRED": (FailedPrecondition, "session-expired"),
+    "RESULT_FORGOTTEN": (FailedPrecondition, "result-forgotten"),
+    "SESSION_NOT_OWNED": (PermissionDenied, ""),
 }
+
+
+def validate_session(session: object, field: str = "write_id.session") -> None:
+    """A write names its session: 0 means the client never opened one (an old client)."""
+    validate_uint64(session, field)
+    if session == 0:
+        raise ValidationError(field, "must be set: open a session with KV.OpenSession first")
 
 
 def _checked(res: ApplyResult, partition: int) -> int:
@@ -157,22 +178,67 @@ class KVService(kv_pb2_grpc.KVServicer):
         return self.placement.partition_of(patient_id)
 
     async def _write(
-        self, write_id: common_pb2.WriteId, patient_id: str, command: cmd.Command, context: Any
+        self,
+        write_id: common_pb2.WriteId,
+        patient_id: str,
+        build: Callable[[dict[str, Any]], cmd.WriteCommand],
+        context: Any,
     ) -> tuple[int, Replica]:
+        """Propose the write build(head) makes; the head carries the leader's stamp."""
+        validate_session(write_id.session)
         p = self._partition(patient_id)
-        res = await self.host.propose(
-            p, (write_id.client_id, write_id.seq), cmd.encode_command(command), self._deadline(context)
-        )
+        probe = build(self._write_fields(write_id, 0))
+
+        def encode(stamp_ms: int) -> bytes:
+            return cmd.encode_command(build(self._write_fields(write_id, stamp_ms)))
+
+        res = await self.host.propose(p, probe.wait_key, encode, self._deadline(context))
         return _checked(res, p), self.host.replicas[p]
 
     @staticmethod
-    def _write_fields(write_id: common_pb2.WriteId) -> dict[str, Any]:
+    def _write_fields(write_id: common_pb2.WriteId, ts_ms: int) -> dict[str, Any]:
         return {
             "client_id": write_id.client_id,
+            "session": write_id.session,
             "seq": write_id.seq,
             "ack_below": write_id.ack_below,
-            "ts_ms": int(time.time() * 1000),
+            "ts_ms": ts_ms,
         }
+
+    async def open_session(
+        self, req: kv_pb2.OpenSessionRequest, context: Any = None
+    ) -> kv_pb2.OpenSessionResponse:
+        """Open a write session on one partition: a replicated RegisterSession."""
+        validate_client_id(req.client_id, "client_id")
+        partitions = self.node.cfg.partitions
+        if req.partition >= partitions:
+            raise InvalidArgument(f"partition: {req.partition} does not exist (0..{partitions - 1})")
+        p = req.partition
+        r = self.host.leader_replica(p)
+        limit = r.sm.settings.max_sessions
+        if r.sm.sessions_open_at(self.host.stamp_ms(r)) >= limit:
+            # Refused before proposing, so a spray of new clients does not fill
+            # the log; the authoritative check is at apply (same rule).
+            raise ResourceExhausted(
+                f"partition {p}: {limit} sessions are open (max_sessions); no open session is "
+                "ever evicted, so retry once one expires, or raise max_sessions",
+                kind=NOT_APPLIED,
+            )
+        nonce = int.from_bytes(os.urandom(8), "big") >> 1
+        probe = cmd.RegisterSession(ts_ms=0, client_id=req.client_id, nonce=nonce)
+
+        def encode(stamp_ms: int) -> bytes:
+            return cmd.encode_command(
+                cmd.RegisterSession(ts_ms=stamp_ms, client_id=req.client_id, nonce=nonce)
+            )
+
+        res = await self.host.propose(p, probe.wait_key, encode, self._deadline(context))
+        session = _checked(res, p)
+        settings = self.host.replicas[p].sm.settings
+        return kv_pb2.OpenSessionResponse(
+            session=session, partition=p, ttl_ms=settings.session_ttl_ms,
+            max_results=settings.max_results_per_session,
+        )
 
     # ---- operations (shared by unary RPCs and BatchCommands) -------------
 
@@ -180,11 +246,13 @@ class KVService(kv_pb2_grpc.KVServicer):
         validate_write_id(req.write_id.client_id, req.write_id.seq)
         validate_ids(req.patient_id, req.record_id)
         validate_value(req.value)
-        c = cmd.Put(
-            **self._write_fields(req.write_id),
-            patient_id=req.patient_id, record_id=req.record_id, value=req.value,
+        version, r = await self._write(
+            req.write_id, req.patient_id,
+            lambda head: cmd.Put(
+                **head, patient_id=req.patient_id, record_id=req.record_id, value=req.value
+            ),
+            context,
         )
-        version, r = await self._write(req.write_id, req.patient_id, c, context)
         return kv_pb2.PutResponse(version=version, read_state=self.read_state(r, confirmed=True))
 
     async def cas(
@@ -193,23 +261,28 @@ class KVService(kv_pb2_grpc.KVServicer):
         validate_write_id(req.write_id.client_id, req.write_id.seq)
         validate_ids(req.patient_id, req.record_id)
         validate_value(req.value)
-        c = cmd.CompareAndSet(
-            **self._write_fields(req.write_id),
-            patient_id=req.patient_id, record_id=req.record_id, value=req.value,
-            expected_version=req.expected_version,
+        version, r = await self._write(
+            req.write_id, req.patient_id,
+            lambda head: cmd.CompareAndSet(
+                **head, patient_id=req.patient_id, record_id=req.record_id, value=req.value,
+                expected_version=req.expected_version,
+            ),
+            context,
         )
-        version, r = await self._write(req.write_id, req.patient_id, c, context)
         return kv_pb2.CompareAndSetResponse(version=version, read_state=self.read_state(r, confirmed=True))
 
     async def delete(self, req: kv_pb2.DeleteRequest, context: Any = None) -> kv_pb2.DeleteResponse:
         validate_write_id(req.write_id.client_id, req.write_id.seq)
         validate_ids(req.patient_id, req.record_id)
-        c = cmd.Delete(
-            **self._write_fields(req.write_id),
-            patient_id=req.patient_id, record_id=req.record_id,
-            expected_version=req.expected_version if req.has_expected_version else None,
+        expected = req.expected_version if req.has_expected_version else None
+        version, r = await self._write(
+            req.write_id, req.patient_id,
+            lambda head: cmd.Delete(
+                **head, patient_id=req.patient_id, record_id=req.record_id,
+                expected_version=expected,
+            ),
+            context,
         )
-        version, r = await self._write(req.write_id, req.patient_id, c, context)
         return kv_pb2.DeleteResponse(version=version, read_state=self.read_state(r, confirmed=True))
 
     async def batch(self, req: kv_pb2.BatchRequest, context: Any = None) -> kv_pb2.BatchResponse:
@@ -230,17 +303,24 @@ class KVService(kv_pb2_grpc.KVServicer):
                 ops.append(cmd.BatchOp("check", op.check.record_id, b"", op.check.expected_version))
             else:
                 raise InvalidArgument(f"ops[{i}]: no operation set")
-        c = cmd.Batch(**self._write_fields(req.write_id), patient_id=req.patient_id, ops=tuple(ops))
-        cmd.validate_batch(c)
-        version, r = await self._write(req.write_id, req.patient_id, c, context)
+        cmd.validate_batch(
+            cmd.Batch(**self._write_fields(req.write_id, 0), patient_id=req.patient_id, ops=tuple(ops))
+        )
+        version, r = await self._write(
+            req.write_id, req.patient_id,
+            lambda head: cmd.Batch(**head, patient_id=req.patient_id, ops=tuple(ops)),
+            context,
+        )
         return kv_pb2.BatchResponse(version=version, read_state=self.read_state(r, confirmed=True))
 
     async def erase_patient(self, req: admin_pb2.ErasePatientRequest) -> int:
         validate_write_id(req.client_id, req.seq)
         validate_ids(req.patient_id, None)
-        wid = common_pb2.WriteId(client_id=req.client_id, seq=req.seq)
-        c = cmd.ErasePatient(**self._write_fields(wid), patient_id=req.patient_id)
-        version, _ = await self._write(wid, req.patient_id, c, None)
+        wid = common_pb2.WriteId(client_id=req.client_id, seq=req.seq, session=req.session)
+        version, _ = await self._write(
+            wid, req.patient_id, lambda head: cmd.ErasePatient(**head, patient_id=req.patient_id),
+            None,
+        )
         return version
 
     async def get(self, req: kv_pb2.GetRequest, context: Any = None) -> kv_pb2.GetResponse:
@@ -291,6 +371,11 @@ class KVService(kv_pb2_grpc.KVServicer):
         finally:
             self.in_flight -= 1
         raise AssertionError("unreachable")
+
+    async def OpenSession(
+        self, request: kv_pb2.OpenSessionRequest, context: grpc.aio.ServicerContext
+    ) -> Any:
+        return await self._unary(context, self.open_session(request, context))
 
     async def Put(self, request: kv_pb2.PutRequest, context: grpc.aio.ServicerContext) -> Any:
         return await self._unary(context, self.put(request, context))
@@ -367,6 +452,7 @@ class KVService(kv_pb2_grpc.KVServicer):
         handlers: dict[str, Callable[[Any], Awaitable[Any]]] = {
             "put": self.put, "get": self.get, "cas": self.cas,
             "delete": self.delete, "history": self.history, "batch": self.batch,
+            "open_session": self.open_session,
         }
         resp = kv_pb2.KVResponse(request_id=req.request_id)
         if kind is None:

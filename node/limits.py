@@ -102,17 +102,21 @@ def validate_uint64(value: object, field: str) -> None:
         raise ValidationError(field, "is outside the uint64 range")
 
 
+def validate_client_id(client_id: object, field: str = "write_id.client_id") -> None:
+    """A client id: exactly CLIENT_ID_BYTES bytes."""
+    if not isinstance(client_id, bytes):
+        raise ValidationError(field, "must be bytes")
+    if len(client_id) != CLIENT_ID_BYTES:
+        raise ValidationError(field, f"is {len(client_id)} bytes, it must be {CLIENT_ID_BYTES}")
+
+
 def validate_write_id(client_id: object, seq: object, ack_below: object = 0) -> None:
     """A WriteId: 16-byte client_id, seq > 0, ack_below <= seq.
 
     ack_below > seq would claim the client already holds this very reply.
+    (The session is checked by the service and, authoritatively, at apply.)
     """
-    if not isinstance(client_id, bytes):
-        raise ValidationError("write_id.client_id", "must be bytes")
-    if len(client_id) != CLIENT_ID_BYTES:
-        raise ValidationError(
-            "write_id.client_id", f"is {len(client_id)} bytes, it must be {CLIENT_ID_BYTES}"
-        )
+    validate_client_id(client_id)
     validate_uint64(seq, "write_id.seq")
     validate_uint64(ack_below, "write_id.ack_below")
     assert isinstance(seq, int) and isinstance(ack_below, int)

@@ -18,8 +18,9 @@ given (pass the node's dedicated prefixed_db for state-machine data):
     P "c" ph rh             current record: latest version + the list of
                             retained older versions
     P "h" ph rh version     an older version (version: 8 bytes big-endian)
-    P "s" client_id         one client session (opaque blob, node.sessions)
-    P "m" "applied"         applied index, applied term, session clock
+    P "s" session_id        one client session (opaque blob, node.sessions)
+    P "m" "applied"         applied index, applied term, log time
+    P "m" "settings"        the replicated cluster settings in force (opaque, node.settings)
 
 The kind byte comes right after the partition so that current records form
 one contiguous range (a scan never steps over history), while one patient's
@@ -52,6 +53,7 @@ _HISTORY = b"h"
 _SESSION = b"s"
 _META = b"m"
 _META_APPLIED = _META + b"applied"
+_META_SETTINGS = _META + b"settings"
 _CURRENT_KEY_LEN = 4 + 1 + 2 * KEY_HASH_BYTES
 
 _SNAPSHOT_MAGIC = "medkv-partition-snapshot"
@@ -111,7 +113,7 @@ class Record:
 class PartitionMeta:
     applied_index: int = 0
     applied_term: int = 0
-    clock_ms: int = 0  # the newest proposal timestamp applied (session expiry clock)
+    clock_ms: int = 0  # log time: the newest leader stamp applied (node.log_clock)
 
 
 class ScanPage(NamedTuple):
@@ -471,8 +473,12 @@ class RecordStore:
             raise CorruptRecordError("partition metadata is malformed")
         return PartitionMeta(*fields)
 
+    def settings_blob(self) -> bytes | None:
+        """The committed cluster settings (node.settings), None if never set."""
+        return self._get_plain(self._prefix + _META_SETTINGS, None, None)
+
     def sessions(self) -> Iterator[tuple[bytes, bytes]]:
-        """(client_id, session blob) of every committed session, in client_id order."""
+        """(session key, session blob) of every committed session, in key order."""
         prefix = self._prefix + _SESSION
         with self._db.iterator(prefix=prefix) as it:
             for key, sealed in it:
@@ -547,11 +553,14 @@ class RecordStore:
             self.commit(st)
         return erased
 
-    def put_session(self, stage: WriteStage, client_id: bytes, blob: bytes) -> None:
-        self._stage_put(stage, self._prefix + _SESSION + client_id, blob)
+    def put_session(self, stage: WriteStage, key: bytes, blob: bytes) -> None:
+        self._stage_put(stage, self._prefix + _SESSION + key, blob)
 
-    def delete_session(self, stage: WriteStage, client_id: bytes) -> None:
-        stage._delete(self._prefix + _SESSION + client_id)
+    def delete_session(self, stage: WriteStage, key: bytes) -> None:
+        stage._delete(self._prefix + _SESSION + key)
+
+    def put_settings(self, stage: WriteStage, blob: bytes) -> None:
+        self._stage_put(stage, self._prefix + _META_SETTINGS, blob)
 
     def put_meta(self, stage: WriteStage, meta: PartitionMeta) -> None:
         fields = [meta.applied_index, meta.applied_term, meta.clock_ms]
@@ -564,6 +573,7 @@ class RecordStore:
     # hashing or data keys. It is a stream of msgpack objects after one format
     # byte:
     #   [magic, 1, partition, applied_index, applied_term, clock_ms]
+    #   ["g", settings blob]                                           once, if ever set
     #   ["r", patient_id, record_id, [[version, deleted, value], ...newest first]]  per record
     #   ["s", client_id, blob]                                                       per session
     #   ["end", record_count, session_count]
@@ -592,6 +602,9 @@ class RecordStore:
             ],
             use_bin_type=True,
         )
+        settings = self._get_plain(self._prefix + _META_SETTINGS, None, snap)
+        if settings is not None:
+            buf += msgpack.packb(["g", settings], use_bin_type=True)
         n_records = 0
         with snap.iterator(prefix=self._prefix + _CURRENT) as it:
             for key, sealed in it:
@@ -623,20 +636,24 @@ class RecordStore:
         return b"".join(self.snapshot_chunks())
 
     def restore(
-        self, data: bytes, check_session: Callable[[bytes, bytes], None] | None = None
+        self,
+        data: bytes,
+        check_session: Callable[[bytes, bytes], None] | None = None,
+        check_settings: Callable[[bytes], None] | None = None,
     ) -> PartitionMeta:
-        return self.restore_chunks([data], check_session)
+        return self.restore_chunks([data], check_session, check_settings)
 
     def restore_chunks(
         self,
         chunks: Iterable[bytes],
         check_session: Callable[[bytes, bytes], None] | None = None,
+        check_settings: Callable[[bytes], None] | None = None,
     ) -> PartitionMeta:
         """Replace the partition's whole state with a snapshot's, atomically.
 
         The snapshot is parsed and checked in full before anything is written;
-        `check_session(client_id, blob)` may raise to reject a session blob.
-        Returns the restored metadata.
+        `check_session(key, blob)` and `check_settings(blob)` may raise to
+        reject a session or the settings. Returns the restored metadata.
         """
         unpacker = msgpack.Unpacker(
             raw=False, use_list=True, strict_map_key=True, max_buffer_size=0
@@ -663,6 +680,13 @@ class RecordStore:
                         if obj != ["end", counts[0], counts[1]]:
                             raise SnapshotFormatError("snapshot counts do not match its contents")
                         ended = True
+                    elif type(obj) is list and len(obj) == 2 and obj[0] == "g":
+                        key = self._prefix + _META_SETTINGS
+                        if type(obj[1]) is not bytes or key in stage._sealed:
+                            raise SnapshotFormatError("snapshot settings are malformed")
+                        if check_settings is not None:
+                            check_settings(obj[1])
+                        self._stage_put(stage, key, obj[1])
                     else:
                         self._restore_item(stage, obj, counts, check_session)
         except SnapshotFormatError:

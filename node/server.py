@@ -26,6 +26,7 @@ from node.errors import StartupError
 from node.host import MultiRaftHost
 from node.key_rotation import KeyRotationManager
 from node.kv_service import KVService
+from node.settings_service import SettingsService
 from node.storage_layout import StorageLayout
 from node.tls import is_node_peer
 from node.transport import (
@@ -111,6 +112,7 @@ class Node:
         )
         self.keys = KeyRotationManager(self.layout, self.host, cfg.key_file)
         self.kv = KVService(self)
+        self.settings = SettingsService(self)
         self.admin = AdminService(self)
         self._peer_channels: dict[int, grpc.aio.Channel] = {}
         self.server: grpc.aio.Server | None = None
@@ -152,6 +154,7 @@ class Node:
         await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
         await self.health.set("medkv.v1.KV", health_pb2.HealthCheckResponse.SERVING)
         self._background.append(asyncio.get_running_loop().create_task(self._balance_loop()))
+        self._background.append(asyncio.get_running_loop().create_task(self.settings.seed_loop()))
         if self.cfg.unsafe_skip_raft_fsync:
             log.warning("TEST ONLY: the Raft log is never fsynced; acknowledged writes can be lost")
         log.info(

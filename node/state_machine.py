@@ -5,10 +5,20 @@ as one WriteBatch that also records the applied index, so a crash leaves the
 partition exactly at some applied index and replay from there is idempotent.
 
 Every decision is a function of the entries alone (versions are Raft indexes,
-time is the leader's ts_ms in each command, session order is by index), so
-replicas fed the same log hold byte-identical state. A committed entry that
-does not decode or breaks a limit is answered INVALID_ARGUMENT and changes
-nothing; it must never wedge the partition.
+log time is the max of the leader stamps in the commands (node.log_clock),
+session ids are Raft indexes, and the settings that steer apply are
+replicated by SetSettings entries (node.settings)), so replicas fed the same
+log hold byte-identical state. A committed entry that does not decode or
+breaks a limit is answered INVALID_ARGUMENT and changes nothing; it must
+never wedge the partition.
+
+Sessions (node.sessions): RegisterSession opens one (its id is its index),
+refused RESOURCE_EXHAUSTED when max_sessions are open. Every write must name
+an open session of its own client: otherwise it is refused and never applied
+(SESSION_EXPIRED when the session is not open, SESSION_NOT_OWNED when another
+client opened it, RESULT_FORGOTTEN when its seq is below what the session
+still remembers). A write from a log written before sessions were registered
+(command format v1) has session 0 and is refused as SESSION_EXPIRED.
 
 Semantics of writes (the version of every write is the index of its entry):
   * Put: always applies.
@@ -28,6 +38,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
+from node import log_clock
 from node.commands import (
     BATCH_CHECK,
     BATCH_DELETE,
@@ -39,6 +50,9 @@ from node.commands import (
     ErasePatient,
     Noop,
     Put,
+    RegisterSession,
+    SetSettings,
+    WaitKey,
     WriteCommand,
     decode_command,
     validate_command,
@@ -46,11 +60,22 @@ from node.commands import (
 from node.limits import DEFAULT_HISTORY_LIMIT, DEFAULT_SCAN_PAGE, ValidationError
 from node.record_store import PartitionMeta, ReadSnapshot, Record, RecordStore, ScanPage, WriteStage
 from node.sessions import Outcome, SessionTable, StoredResult, check_session_blob
+from node.settings import (
+    ClusterSettings,
+    SettingsState,
+    apply_changes,
+    check_state_blob,
+    decode_state,
+    encode_state,
+)
 
 FAILED_PRECONDITION = "FAILED_PRECONDITION"
 NOT_FOUND = "NOT_FOUND"
 INVALID_ARGUMENT = "INVALID_ARGUMENT"
+RESOURCE_EXHAUSTED = "RESOURCE_EXHAUSTED"
 SESSION_EXPIRED = "SESSION_EXPIRED"
+SESSION_NOT_OWNED = "SESSION_NOT_OWNED"
+RESULT_FORGOTTEN = "RESULT_FORGOTTEN"
 
 
 class ApplyOrderError(RuntimeError):
@@ -61,10 +86,11 @@ class ApplyOrderError(RuntimeError):
 class ApplyResult:
     """The outcome of one entry.
 
-    version is 0 unless a write applied (or this is a retry of one that did).
-    write_key is the entry's (client_id, seq) when it decoded to a write, so
-    the proposer can find its result; None for empty entries, Noops and
-    undecodable data.
+    version is 0 unless a write applied (or this is a retry of one that did);
+    for a RegisterSession that opened a session it is the session id (the
+    entry's index); for a SetSettings, the generation in force afterwards.
+    wait_key tells the proposer which entry this was (commands.WaitKey);
+    None for empty entries, Noops and undecodable data.
     """
 
     index: int
@@ -72,7 +98,7 @@ class ApplyResult:
     error_code: str | None = None
     message: str = ""
     duplicate: bool = False
-    write_key: tuple[bytes, int] | None = None
+    wait_key: WaitKey | None = None
 
     @property
     def ok(self) -> bool:
@@ -82,22 +108,16 @@ class ApplyResult:
 class PartitionStateMachine:
     """One partition's key-value state machine over a RecordStore."""
 
-    def __init__(
-        self,
-        store: RecordStore,
-        history_retention: int = 16,
-        session_ttl_ms: int = 3_600_000,
-        max_sessions: int = 100_000,
-        max_results_per_session: int = 256,
-    ) -> None:
-        # All of these are cluster-wide settings: replicas configured
-        # differently would diverge.
-        if history_retention < 1:
-            raise ValueError("history_retention must be at least 1")
+    def __init__(self, store: RecordStore) -> None:
+        # Nothing here comes from the node's configuration: every value that
+        # steers apply is replicated state (node.settings), so replicas
+        # configured differently still decide identically.
         self._store = store
-        self._retention = history_retention
-        self._sessions = SessionTable(session_ttl_ms, max_sessions, max_results_per_session)
+        self._settings = SettingsState()
+        self._sessions = SessionTable()
         self._meta = PartitionMeta()
+        self._log_time_ms = 0
+        self._settings_dirty = False
         # Index of the last ErasePatient applied by this instance: the host
         # compares it with what it has purged (see MultiRaftHost._purge).
         self.erased_at = 0
@@ -119,10 +139,32 @@ class PartitionStateMachine:
     def session_count(self) -> int:
         return len(self._sessions)
 
+    @property
+    def log_time_ms(self) -> int:
+        """Log time as of the applied index (node.log_clock)."""
+        return self._log_time_ms
+
+    @property
+    def settings(self) -> ClusterSettings:
+        return self._settings.settings
+
+    @property
+    def settings_generation(self) -> int:
+        """Index of the SetSettings entry in force; 0 while the defaults apply."""
+        return self._settings.generation
+
+    def sessions_open_at(self, now_ms: int) -> int:
+        """How many sessions would be open at log time now_ms (a leader's pre-check)."""
+        return self._sessions.open_at(now_ms, self.settings.session_ttl_ms)
+
     def _reload(self) -> None:
         """Rebuild in-memory state from what is committed on disk."""
         self._meta = self._store.meta()
-        self._sessions.load(self._meta.clock_ms, self._store.sessions())
+        self._log_time_ms = self._meta.clock_ms
+        blob = self._store.settings_blob()
+        self._settings = SettingsState() if blob is None else decode_state(blob)
+        self._settings_dirty = False
+        self._sessions.load(self._store.sessions())
 
     # --- apply ---------------------------------------------------------------
 
@@ -151,11 +193,14 @@ class PartitionStateMachine:
                 stage.discard()  # nothing new: a pure replay
                 return results
             puts, dropped = self._sessions.take_changes()
-            for cid in sorted(dropped):
-                self._store.delete_session(stage, cid)
-            for cid, blob in puts.items():
-                self._store.put_session(stage, cid, blob)
-            self._store.put_meta(stage, PartitionMeta(applied, term, self._sessions.clock_ms))
+            for key in sorted(dropped):
+                self._store.delete_session(stage, key)
+            for key, blob in puts.items():
+                self._store.put_session(stage, key, blob)
+            if self._settings_dirty:
+                self._store.put_settings(stage, encode_state(self._settings))
+                self._settings_dirty = False
+            self._store.put_meta(stage, PartitionMeta(applied, term, self._log_time_ms))
             self._store.commit(stage)
         except BaseException:
             # Nothing of this round reached the disk; the in-memory sessions
@@ -163,7 +208,7 @@ class PartitionStateMachine:
             stage.discard()
             self._reload()
             raise
-        self._meta = PartitionMeta(applied, term, self._sessions.clock_ms)
+        self._meta = PartitionMeta(applied, term, self._log_time_ms)
         return results
 
     def _apply_one(self, stage: WriteStage, index: int, data: bytes) -> ApplyResult:
@@ -173,26 +218,90 @@ class PartitionStateMachine:
             cmd = decode_command(data)
         except CommandDecodeError as e:
             return ApplyResult(index, 0, INVALID_ARGUMENT, str(e))
-        key = None if isinstance(cmd, Noop) else cmd.write_key
+        key = None if isinstance(cmd, Noop) else cmd.wait_key
         try:
             validate_command(cmd)
         except ValidationError as e:
-            return ApplyResult(index, 0, INVALID_ARGUMENT, str(e), write_key=key)
-        self._sessions.advance(cmd.ts_ms)
+            return ApplyResult(index, 0, INVALID_ARGUMENT, str(e), wait_key=key)
+        # Log time first, then expiry: both from the log and the replicated TTL.
+        self._log_time_ms = log_clock.advance(self._log_time_ms, cmd.ts_ms)
+        self._sessions.expire(self._log_time_ms, self.settings.session_ttl_ms)
         if isinstance(cmd, Noop):
             return ApplyResult(index, 0)
-        outcome, prior = self._sessions.check(cmd.client_id, cmd.seq, cmd.ack_below)
-        if outcome is Outcome.EXPIRED:
-            return ApplyResult(index, 0, SESSION_EXPIRED, _EXPIRED_MESSAGE, write_key=key)
+        if isinstance(cmd, RegisterSession):
+            return self._register(index, cmd)
+        if isinstance(cmd, SetSettings):
+            return self._set_settings(index, cmd)
+        outcome, prior = self._sessions.check(cmd.session, session_owner(cmd), cmd.seq)
+        refusal = self._session_refusal(index, cmd, outcome)
+        if refusal is not None:
+            return refusal
         if outcome is Outcome.DUPLICATE:
             assert prior is not None
-            self._sessions.touch(cmd.client_id, cmd.ack_below, index)
+            self._sessions.touch(cmd.session, cmd.ack_below, self._log_time_ms)
             return ApplyResult(
-                index, prior.version, prior.error_code, prior.message, duplicate=True, write_key=key
+                index, prior.version, prior.error_code, prior.message, duplicate=True, wait_key=key
             )
         result = self._execute(stage, index, cmd)
-        self._sessions.record(cmd.client_id, cmd.seq, cmd.ack_below, index, result)
-        return ApplyResult(index, result.version, result.error_code, result.message, write_key=key)
+        self._sessions.record(
+            cmd.session, cmd.seq, cmd.ack_below, self._log_time_ms, result,
+            self.settings.max_results_per_session,
+        )
+        return ApplyResult(index, result.version, result.error_code, result.message, wait_key=key)
+
+    def _session_refusal(
+        self, index: int, cmd: WriteCommand, outcome: Outcome
+    ) -> ApplyResult | None:
+        """The precise refusal of a write that must not apply, or None if it may."""
+        key = cmd.wait_key
+        if cmd.session == 0:
+            return ApplyResult(index, 0, SESSION_EXPIRED, _NO_SESSION_MESSAGE, wait_key=key)
+        if outcome is Outcome.NOT_OPEN:
+            return ApplyResult(
+                index, 0, SESSION_EXPIRED,
+                f"session {cmd.session} is not open on this partition (it expired after "
+                f"{self.settings.session_ttl_ms} ms idle, or was never opened here); the write "
+                "was not applied now, but an earlier attempt of it may have been",
+                wait_key=key,
+            )
+        if outcome is Outcome.NOT_OWNER:
+            return ApplyResult(
+                index, 0, SESSION_NOT_OWNED,
+                f"session {cmd.session} was opened by another client; not applied", wait_key=key,
+            )
+        if outcome is Outcome.FORGOTTEN:
+            return ApplyResult(
+                index, 0, RESULT_FORGOTTEN,
+                f"seq {cmd.seq} of session {cmd.session} is below what the session still "
+                "remembers (acknowledged, or too many writes in flight); not applied now, but "
+                "it may have been applied before",
+                wait_key=key,
+            )
+        return None
+
+    def _register(self, index: int, cmd: RegisterSession) -> ApplyResult:
+        limit = self.settings.max_sessions
+        if not self._sessions.register(index, cmd.client_id, self._log_time_ms, limit):
+            return ApplyResult(
+                index, 0, RESOURCE_EXHAUSTED,
+                f"{limit} sessions are open on this partition (max_sessions); no open session "
+                "is ever evicted, so retry once one expires, or raise max_sessions",
+                wait_key=cmd.wait_key,
+            )
+        return ApplyResult(index, index, wait_key=cmd.wait_key)
+
+    def _set_settings(self, index: int, cmd: SetSettings) -> ApplyResult:
+        if cmd.seed and self._settings.generation != 0:
+            # A later seed lost the race: the first one in the log already set them.
+            return ApplyResult(
+                index, self._settings.generation, None, "settings were already set",
+                wait_key=cmd.wait_key,
+            )
+        self._settings = SettingsState(apply_changes(self.settings, dict(cmd.changes)), index)
+        self._settings_dirty = True
+        # A shorter TTL takes effect at this very entry, identically everywhere.
+        self._sessions.expire(self._log_time_ms, self.settings.session_ttl_ms)
+        return ApplyResult(index, index, wait_key=cmd.wait_key)
 
     def _live_version(self, stage: WriteStage, patient_id: str, record_id: str) -> int:
         """The version CAS compares against: 0 for an absent or deleted record."""
@@ -209,7 +318,8 @@ class PartitionStateMachine:
         deleted: bool,
     ) -> None:
         self._store.write_version(
-            stage, cmd.patient_id, record_id, index, value, deleted, self._retention
+            stage, cmd.patient_id, record_id, index, value, deleted,
+            self.settings.history_retention,
         )
 
     def _execute(self, stage: WriteStage, index: int, cmd: WriteCommand) -> StoredResult:
@@ -297,14 +407,25 @@ class PartitionStateMachine:
     def restore(self, data: bytes) -> None:
         """Replace the whole state with a snapshot's (atomically), then reload."""
         try:
-            self._store.restore(data, check_session=check_session_blob)
+            self._store.restore(
+                data, check_session=check_session_blob, check_settings=check_state_blob
+            )
         finally:
             self._reload()
 
 
-_EXPIRED_MESSAGE = (
-    "client session expired, or this seq was already acknowledged; retry under a new client_id"
+_NO_SESSION_MESSAGE = (
+    "write carries no session (it was proposed by a medkv version without registered "
+    "sessions); not applied"
 )
+
+
+def session_owner(cmd: WriteCommand) -> bytes:
+    """Who a write claims to be, compared with the owner its session was opened by.
+
+    The one place that binds a session to its user: the client_id today; the
+    authenticated subject once requests carry one."""
+    return cmd.client_id
 
 
 def _mismatch(what: str, at: int, expected: int) -> str:
@@ -315,8 +436,12 @@ __all__ = [
     "FAILED_PRECONDITION",
     "INVALID_ARGUMENT",
     "NOT_FOUND",
+    "RESOURCE_EXHAUSTED",
+    "RESULT_FORGOTTEN",
     "SESSION_EXPIRED",
+    "SESSION_NOT_OWNED",
     "ApplyOrderError",
     "ApplyResult",
     "PartitionStateMachine",
+    "session_owner",
 ]

@@ -93,15 +93,10 @@ class StorageLayout:
     def state_machine(self) -> Callable[[int], PartitionStateMachine]:
         hasher = blake2b_key_hasher(self.index_key)
         prefixed = self.db.prefixed_db(STATE_PREFIX)
-        limits = self.cfg.limits
 
         def make(partition: int) -> PartitionStateMachine:
-            store = RecordStore(prefixed, partition, self.codec, hasher)
-            return PartitionStateMachine(
-                store,
-                history_retention=limits.history_retention,
-                session_ttl_ms=int(limits.session_ttl_s * 1000),
-            )
+            # No settings from the configuration: they are replicated (node.settings).
+            return PartitionStateMachine(RecordStore(prefixed, partition, self.codec, hasher))
 
         return make
 

@@ -28,6 +28,10 @@ def test_every_write_request_carries_a_write_id() -> None:
     for name in ("PutRequest", "CompareAndSetRequest", "DeleteRequest", "BatchRequest"):
         fields = getattr(kv_pb2, name).DESCRIPTOR.fields_by_name
         assert fields["write_id"].message_type.full_name == "medkv.v1.WriteId", name
+    from proto.medkv.v1 import admin_pb2, common_pb2
+
+    assert "session" in common_pb2.WriteId.DESCRIPTOR.fields_by_name
+    assert "session" in admin_pb2.ErasePatientRequest.DESCRIPTOR.fields_by_name
 
 
 def test_every_read_reply_states_version_and_applied_index() -> None:
@@ -43,9 +47,15 @@ def test_services_are_complete() -> None:
     from proto.medkv.v1 import admin_pb2, kv_pb2, raft_pb2
 
     kv = {m.name for m in kv_pb2.DESCRIPTOR.services_by_name["KV"].methods}
-    assert kv == {"Put", "Get", "CompareAndSet", "Delete", "History", "Batch", "Scan", "BatchCommands"}
+    assert kv == {
+        "OpenSession", "Put", "Get", "CompareAndSet", "Delete", "History", "Batch", "Scan",
+        "BatchCommands",
+    }
     admin = {m.name for m in admin_pb2.DESCRIPTOR.services_by_name["Admin"].methods}
-    assert {"ClusterStatus", "PartitionStatus", "RoutingTable", "TransferLeader"} <= admin
+    assert {
+        "ClusterStatus", "PartitionStatus", "RoutingTable", "TransferLeader", "SetSettings",
+        "GetSettings",
+    } <= admin
     raft = raft_pb2.DESCRIPTOR.services_by_name["RaftTransport"].methods_by_name
     assert raft["Stream"].client_streaming and raft["Stream"].server_streaming
     assert raft["Snapshot"].client_streaming

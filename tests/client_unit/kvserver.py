@@ -32,7 +32,8 @@ WRITES = {"Put", "CompareAndSet", "Delete", "Batch"}
 class Fault:
     """One scripted misbehaviour, consumed by the first `times` matching requests."""
 
-    action: str  # unavailable | hint | lost_reply | exhausted | hang | code | scan_break | forget
+    # unavailable | not_applied | hint | lost_reply | exhausted | hang | code | scan_break | forget
+    action: str
     node: int | None = None
     method: str | None = None
     times: int = 1
@@ -48,6 +49,7 @@ class Call:
     ack_below: int = 0
     client_id: bytes = b""
     resume_token: bytes = b""
+    session: int = 0
 
 
 @dataclass
@@ -61,9 +63,10 @@ class State:
     hints: bool = True
     index: int = 0
     records: dict[tuple[str, str], list[common_pb2.Record]] = field(default_factory=dict)
-    sessions: dict[tuple[int, bytes, int], Any] = field(default_factory=dict)
-    clients: set[tuple[int, bytes]] = field(default_factory=set)
-    applied: list[tuple[int, bytes, int]] = field(default_factory=list)  # (partition, client, seq)
+    # (partition, session, seq) -> the first reply; (partition, session) -> owner
+    sessions: dict[tuple[int, int, int], Any] = field(default_factory=dict)
+    open_sessions: dict[tuple[int, int], bytes] = field(default_factory=dict)
+    applied: list[tuple[int, int, int]] = field(default_factory=list)  # (partition, session, seq)
     faults: list[Fault] = field(default_factory=list)
     calls: list[Call] = field(default_factory=list)
     staleness: dict[int, float] = field(default_factory=dict)
@@ -137,6 +140,7 @@ class _Node(kv_pb2_grpc.KVServicer, admin_pb2_grpc.AdminServicer):  # type: igno
                     wid.ack_below if wid else 0,
                     wid.client_id if wid else b"",
                     getattr(request, "resume_token", b""),
+                    wid.session if wid else 0,
                 )
             )
         fault = self._fault(method)
@@ -144,6 +148,11 @@ class _Node(kv_pb2_grpc.KVServicer, admin_pb2_grpc.AdminServicer):  # type: igno
             return None
         if fault.action == "unavailable":
             await self._abort(context, grpc.StatusCode.UNAVAILABLE, "no quorum")
+        elif fault.action == "not_applied":
+            await self._abort(
+                context, grpc.StatusCode.UNAVAILABLE, "not the leader",
+                (("medkv-error", "not-applied"),),
+            )
         elif fault.action == "hint":
             node, address = fault.arg
             await self._abort(
@@ -162,7 +171,9 @@ class _Node(kv_pb2_grpc.KVServicer, admin_pb2_grpc.AdminServicer):  # type: igno
         elif fault.action == "forget":
             # The partition's session table expired every session.
             with self.cluster.lock:
-                self.s.clients = {c for c in self.s.clients if c[0] != partition}
+                self.s.open_sessions = {
+                    k: v for k, v in self.s.open_sessions.items() if k[0] != partition
+                }
                 self.s.sessions = {k: v for k, v in self.s.sessions.items() if k[0] != partition}
         return fault  # lost_reply / scan_break: the handler finishes them
 
@@ -182,16 +193,20 @@ class _Node(kv_pb2_grpc.KVServicer, admin_pb2_grpc.AdminServicer):  # type: igno
         if not self._is_leader(partition):
             await self._redirect(context, partition)
         wid = request.write_id
-        key = (partition, wid.client_id, wid.seq)
+        key = (partition, wid.session, wid.seq)
         with self.cluster.lock:
             reply = self.s.sessions.get(key)
-            known = (partition, wid.client_id) in self.s.clients
-            if reply is None and not known and wid.ack_below > 1:
-                # As the nodes do: a first write claiming earlier replies means
-                # this partition forgot the client's session.
-                reply = _Refused(grpc.StatusCode.FAILED_PRECONDITION, "client session expired")
+            owner = self.s.open_sessions.get((partition, wid.session))
+            if owner is None:
+                # As the nodes do: a write whose session is not open is refused.
+                reply = _Refused(
+                    grpc.StatusCode.FAILED_PRECONDITION,
+                    f"session {wid.session} is not open on this partition",
+                    "session-expired",
+                )
+            elif owner != wid.client_id:
+                reply = _Refused(grpc.StatusCode.PERMISSION_DENIED, "another client's session")
             elif reply is None:
-                self.s.clients.add((partition, wid.client_id))
                 self.s.index += 1
                 try:
                     reply = apply(self.s.index)
@@ -204,9 +219,27 @@ class _Node(kv_pb2_grpc.KVServicer, admin_pb2_grpc.AdminServicer):  # type: igno
         if fault is not None and fault.action == "lost_reply":
             await self._abort(context, grpc.StatusCode.UNAVAILABLE, "connection reset")
         if isinstance(reply, _Refused):
-            await self._abort(context, reply.code, reply.message)
+            kind = (("medkv-error", reply.kind),) if reply.kind else ()
+            await self._abort(context, reply.code, reply.message, kind)
         context.set_trailing_metadata(self._trailing())
         return reply
+
+    async def OpenSession(self, request: Any, context: Any) -> kv_pb2.OpenSessionResponse:
+        partition = request.partition
+        fault = await self._begin("OpenSession", request, context, partition)
+        if not self._is_leader(partition):
+            await self._redirect(context, partition)
+        with self.cluster.lock:
+            self.s.index += 1
+            session = self.s.index
+            self.s.open_sessions[(partition, session)] = request.client_id
+        if fault is not None and fault.action == "lost_reply":
+            await self._abort(context, grpc.StatusCode.UNAVAILABLE, "connection reset")
+        context.set_trailing_metadata(self._trailing())
+        return kv_pb2.OpenSessionResponse(
+            session=session, partition=partition, ttl_ms=60_000,
+            max_results=self.cluster.max_results,
+        )
 
     def _current(self, key: tuple[str, str]) -> common_pb2.Record | None:
         versions = self.s.records.get(key)
@@ -387,10 +420,11 @@ class _Node(kv_pb2_grpc.KVServicer, admin_pb2_grpc.AdminServicer):  # type: igno
 
 
 class _Refused(Exception):
-    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+    def __init__(self, code: grpc.StatusCode, message: str, kind: str = "") -> None:
         super().__init__(message)
         self.code = code
         self.message = message
+        self.kind = kind
 
 
 _LOOP: asyncio.AbstractEventLoop | None = None
@@ -426,6 +460,7 @@ class TestCluster:
         self.lock = threading.Lock()
         self.scan_page = scan_page
         self.history_page = 2
+        self.max_results = 64
         self.addresses: dict[int, str] = {}
         self._servers: dict[int, grpc.aio.Server] = {}
         self._loop = _server_loop()

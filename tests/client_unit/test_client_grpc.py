@@ -115,8 +115,9 @@ def test_lost_reply_is_retried_with_the_same_write_id_and_applied_once(
     version = kv.put(pid, "r", b"once")
     puts = cluster.calls("Put")
     assert len(puts) == 3
-    assert len({(c.client_id, c.seq) for c in puts}) == 1  # one WriteId for every attempt
-    assert cluster.state.applied.count((0, kv.client_id, puts[0].seq)) == 1
+    # one WriteId for every attempt
+    assert len({(c.client_id, c.session, c.seq) for c in puts}) == 1
+    assert cluster.state.applied.count((0, puts[0].session, puts[0].seq)) == 1
     assert [r.version for r in kv.history(pid, "r")] == [version]
 
 
@@ -165,11 +166,13 @@ def test_an_expired_session_is_renewed_when_nothing_was_applied(
     version = kv.put(pid, "r", b"2")
     first, second = cluster.calls("Put")
     assert (first.client_id, first.seq, first.ack_below) == (kv.client_id, 2, 2)
-    # Refused before applying: sent again under a fresh session id, from seq 1.
-    assert second.client_id != kv.client_id and (second.seq, second.ack_below) == (1, 1)
+    # Refused before applying: sent again in a newly opened session, from seq 1.
+    assert second.client_id == kv.client_id and second.session != first.session
+    assert (second.seq, second.ack_below) == (1, 1)
+    assert (2, second.session) in cluster.state.open_sessions
     assert kv.history(pid, "r")[0].version == version
     kv.put(pid, "r", b"3")  # the new session carries on
-    assert cluster.calls("Put")[-1].client_id == second.client_id
+    assert cluster.calls("Put")[-1].session == second.session
 
 
 def test_an_expired_session_after_a_lost_reply_is_reported(
@@ -181,9 +184,14 @@ def test_an_expired_session_after_a_lost_reply_is_reported(
     # partition forgets the session: the retry cannot be told apart from a new
     # write, so the client must not send it again under another id.
     cluster.script(Fault("lost_reply", method="Put"), Fault("forget", method="Put"))
+    cluster.clear_calls()
     with pytest.raises(SessionExpired) as raised:
         kv.put(pid, "r", b"2")
-    assert raised.value.attempts >= 2
+    assert raised.value.attempts >= 2 and raised.value.kind == "session-expired"
+    assert "may have been applied" in raised.value.message
+    # Never sent again in a new session: every attempt named the old one.
+    assert len({c.session for c in cluster.calls("Put")}) == 1
+    assert cluster.calls("OpenSession") == []
     assert [r.value for r in kv.history(pid, "r")] == [b"2", b"1"]  # applied exactly once
 
 
@@ -197,8 +205,9 @@ def test_unavailable_without_hint_retries_until_a_leader_appears(
         Fault("exhausted", node=leader, method="Put", times=1),
     )
     assert kv.put(pid, "r", b"v") > 0
-    assert len([c for c in cluster.calls("Put") if c.node == leader]) == 5
-    assert cluster.state.applied.count((1, kv.client_id, 1)) == 1
+    puts = [c for c in cluster.calls("Put") if c.node == leader]
+    assert len(puts) == 5
+    assert cluster.state.applied.count((1, puts[0].session, 1)) == 1
 
 
 def test_total_deadline_is_respected(cluster: TestCluster) -> None:

@@ -49,10 +49,6 @@ def kv_stub(address: str) -> kv_pb2_grpc.KVStub:
     return kv_pb2_grpc.KVStub(grpc.insecure_channel(address))
 
 
-def write_id(seq: int, client_id: bytes = b"\x07" * 16) -> common_pb2.WriteId:
-    return common_pb2.WriteId(client_id=client_id, seq=seq)
-
-
 def follower_get(address: str, pid: str, rid: str) -> kv_pb2.GetResponse:
     return kv_stub(address).Get(
         kv_pb2.GetRequest(
@@ -155,10 +151,14 @@ def test_a_retried_request_is_applied_once(cluster3: LocalCluster, kv: Client) -
     partition = kv.routing_table().partition_of(pid)
     leader = leader_of(kv, partition)
     stub = kv_stub(cluster3.addresses[leader - 1])
-    req = kv_pb2.PutRequest(write_id=write_id(1, os.urandom(16)), patient_id=pid,
-                            record_id="note", value=b"first")
+    client_id = os.urandom(16)
+    session = stub.OpenSession(
+        kv_pb2.OpenSessionRequest(client_id=client_id, partition=partition), timeout=5
+    ).session
+    wid = common_pb2.WriteId(client_id=client_id, session=session, seq=1)
+    req = kv_pb2.PutRequest(write_id=wid, patient_id=pid, record_id="note", value=b"first")
     first = stub.Put(req, timeout=5)
-    again = stub.Put(req, timeout=5)  # the same (client_id, seq): a retry
+    again = stub.Put(req, timeout=5)  # the same (session, seq): a retry
     assert again.version == first.version
     history = kv.history(pid, "note")
     assert [h.version for h in history] == [first.version]

@@ -68,7 +68,7 @@ def test_a_failed_synced_write_stops_the_node(tmp_path: Path, stops: list[BaseEx
                 assert loop.time() < deadline, "no leaders"
                 await asyncio.sleep(0.05)
             layout.log_store.write = failing_write  # type: ignore[method-assign]
-            write = asyncio.ensure_future(host.propose(0, (b"c" * 16, 1), b"", timeout=5))
+            write = asyncio.ensure_future(host.propose(0, ("write", b"c" * 16, 1, 1), lambda _stamp: b"", timeout=5))
             await asyncio.wait_for(fatal.wait(), 5)
             assert stops and isinstance(stops[0], plyvel.IOError)
             write.cancel()

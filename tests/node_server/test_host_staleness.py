@@ -74,13 +74,30 @@ def _staleness(h: MultiRaftHost) -> float:
     return h.replicas[0].staleness(time.monotonic(), time.time())
 
 
-def _put(seq: int) -> bytes:
-    return cmd.encode_command(
-        cmd.Put(
-            client_id=b"\x01" * 16, seq=seq, ack_below=seq, ts_ms=0,
-            patient_id="p", record_id="r", value=b"v%d" % seq,
-        )
+CID = b"\x01" * 16
+
+
+async def _open_session(host: MultiRaftHost) -> int:
+    """Register the writer's session (writes outside one are refused at apply)."""
+    probe = cmd.RegisterSession(ts_ms=0, client_id=CID, nonce=1)
+    res = await host.propose(
+        0, probe.wait_key,
+        lambda stamp: cmd.encode_command(cmd.RegisterSession(ts_ms=stamp, client_id=CID, nonce=1)),
+        5.0,
     )
+    assert res.ok, res
+    return res.version
+
+
+async def _put(host: MultiRaftHost, session: int, seq: int) -> None:
+    def encode(stamp: int) -> bytes:
+        return cmd.encode_command(cmd.Put(
+            client_id=CID, session=session, seq=seq, ack_below=seq, ts_ms=stamp,
+            patient_id="p", record_id="r", value=b"v%d" % seq,
+        ))
+
+    res = await host.propose(0, ("write", CID, session, seq), encode, 5.0)
+    assert res.ok, res
 
 
 def test_followers_state_honest_staleness_and_cut_off_one_grows(tmp_path: Path) -> None:
@@ -103,7 +120,8 @@ def test_followers_state_honest_staleness_and_cut_off_one_grows(tmp_path: Path) 
             )
             leader = next(n for n, h in net.hosts.items() if h.replicas[0].is_leader)
             lh = net.hosts[leader]
-            await lh.propose(0, (b"\x01" * 16, 1), _put(1), 5.0)
+            session = await _open_session(lh)
+            await _put(lh, session, 1)
             followers = [n for n in NODES if n != leader]
             # Healthy: every replica knows its staleness, within a heartbeat
             # interval (0.3 s) plus the clock offset (0.25 s) and scheduling
@@ -122,7 +140,7 @@ def test_followers_state_honest_staleness_and_cut_off_one_grows(tmp_path: Path) 
             net.cut.add(victim)
             cut_at = time.monotonic()
             for seq in range(2, 30):
-                await lh.propose(0, (b"\x01" * 16, seq), _put(seq), 5.0)
+                await _put(lh, session, seq)
                 await asyncio.sleep(0.05)
             vh = net.hosts[victim]
             behind = time.monotonic() - cut_at

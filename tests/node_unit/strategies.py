@@ -18,7 +18,10 @@ from node.commands import (
     ErasePatient,
     Noop,
     Put,
+    RegisterSession,
+    SetSettings,
 )
+from node.settings import BOUNDS
 
 U64 = (1 << 64) - 1
 
@@ -27,6 +30,7 @@ class Head(TypedDict):
     """The fields every write command carries."""
 
     client_id: bytes
+    session: int
     seq: int
     ack_below: int
     ts_ms: int
@@ -45,6 +49,7 @@ def write_heads(draw: st.DrawFn) -> Head:
     seq = draw(st.integers(1, U64))
     return {
         "client_id": draw(client_ids),
+        "session": draw(st.integers(1, U64)),
         "seq": seq,
         "ack_below": draw(st.integers(0, seq)),
         "ts_ms": draw(uint64),
@@ -84,4 +89,17 @@ commands: st.SearchStrategy[Command] = st.one_of(
     _with_head(Delete, record_id=ids, expected_version=st.none() | uint64),
     batches(),
     _with_head(ErasePatient),
+    st.builds(
+        lambda ts, cid, nonce: RegisterSession(ts_ms=ts, client_id=cid, nonce=nonce),
+        uint64, client_ids, uint64,
+    ),
+    st.builds(
+        lambda ts, nonce, seed, changes: SetSettings(
+            ts_ms=ts, nonce=nonce, seed=seed, changes=tuple(sorted(changes.items()))
+        ),
+        uint64, uint64, st.booleans(),
+        st.dictionaries(
+            st.sampled_from(sorted(BOUNDS)), st.integers(1, 1_000), min_size=1
+        ).map(lambda d: {k: max(v, BOUNDS[k][0]) for k, v in d.items()}),
+    ),
 )

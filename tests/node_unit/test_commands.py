@@ -14,6 +14,7 @@ from node.commands import (
     BATCH_DELETE,
     BATCH_PUT,
     FORMAT_V1,
+    FORMAT_V2,
     Batch,
     BatchOp,
     Command,
@@ -24,6 +25,8 @@ from node.commands import (
     ErasePatient,
     Noop,
     Put,
+    RegisterSession,
+    SetSettings,
     decode_command,
     encode_command,
     validate_command,
@@ -45,6 +48,7 @@ def head(**over: Any) -> Any:
     """Write fields; tests override them with deliberately bad values, hence Any."""
     base: dict[str, Any] = {
         "client_id": CID,
+        "session": 9,
         "seq": 5,
         "ack_below": 2,
         "ts_ms": 1_700_000_000_000,
@@ -57,7 +61,7 @@ def head(**over: Any) -> Any:
 @given(commands)
 def test_round_trip(cmd: Command) -> None:
     data = encode_command(cmd)
-    assert data[0] == FORMAT_V1
+    assert data[0] == FORMAT_V2
     assert decode_command(data) == cmd
     validate_command(cmd)  # every generated command is within the limits
 
@@ -72,8 +76,31 @@ def test_encoding_is_deterministic_and_compact(cmd: Command) -> None:
         assert len(data) <= payload + 1 + 1 + 1 + 4 * 9 + 3 * 5
 
 
-def test_write_key_is_client_and_seq() -> None:
-    assert Put(**head(), record_id="r", value=b"v").write_key == (CID, 5)
+def test_wait_keys_name_the_entry() -> None:
+    assert Put(**head(), record_id="r", value=b"v").wait_key == ("write", CID, 9, 5)
+    assert RegisterSession(ts_ms=1, client_id=CID, nonce=7).wait_key == ("open", CID, 7, 0)
+    s = SetSettings(ts_ms=1, nonce=7, seed=True, changes=(("max_sessions", 5),))
+    assert s.wait_key == ("settings", b"", 7, 0)
+
+
+def test_format_v1_writes_decode_with_session_zero() -> None:
+    """An existing log written before registered sessions replays: its writes come
+    out with session 0, which the state machine refuses (never a real session)."""
+    v1 = bytes([FORMAT_V1]) + msgpack.packb([1, CID, 3, 2, 77, "p", "r", b"v"], use_bin_type=True)
+    cmd = decode_command(v1)
+    assert cmd == Put(
+        client_id=CID, session=0, seq=3, ack_below=2, ts_ms=77, patient_id="p",
+        record_id="r", value=b"v",
+    )
+    erase = bytes([FORMAT_V1]) + msgpack.packb([5, CID, 3, 2, 77, "p"], use_bin_type=True)
+    assert decode_command(erase) == ErasePatient(
+        client_id=CID, session=0, seq=3, ack_below=2, ts_ms=77, patient_id="p"
+    )
+    noop = bytes([FORMAT_V1]) + msgpack.packb([0, 5])
+    assert decode_command(noop) == Noop(5)
+    # v1 never had the session kinds
+    with pytest.raises(CommandDecodeError, match="unknown command kind 6"):
+        decode_command(bytes([FORMAT_V1]) + msgpack.packb([6, 1, CID, 1], use_bin_type=True))
 
 
 @given(commands, st.data())
@@ -103,25 +130,33 @@ def test_trailing_bytes_are_rejected(cmd: Command, extra: bytes) -> None:
     "raw, reason",
     [
         (b"", "empty"),
-        (b"\x02" + msgpack.packb([0, 1]), "unsupported command format 2"),
-        (bytes([FORMAT_V1]) + msgpack.packb({"a": 1}), "not an array"),
-        (bytes([FORMAT_V1]) + msgpack.packb([9, 1]), "unknown command kind 9"),
-        (bytes([FORMAT_V1]) + msgpack.packb([True, 1]), "no kind tag"),
-        (bytes([FORMAT_V1]) + msgpack.packb([0, -1]), "ts_ms is not an unsigned integer"),
-        (bytes([FORMAT_V1]) + msgpack.packb([1, CID, 1, 0, 0, "p", "r"]), "Put has 7 fields"),
+        (b"\x03" + msgpack.packb([0, 1]), "unsupported command format 3"),
+        (bytes([FORMAT_V2]) + msgpack.packb({"a": 1}), "not an array"),
+        (bytes([FORMAT_V2]) + msgpack.packb([9, 1]), "unknown command kind 9"),
+        (bytes([FORMAT_V2]) + msgpack.packb([True, 1]), "no kind tag"),
+        (bytes([FORMAT_V2]) + msgpack.packb([0, -1]), "ts_ms is not an unsigned integer"),
+        (bytes([FORMAT_V2]) + msgpack.packb([1, CID, 1, 1, 0, 0, "p", "r"]), "Put has 8 fields"),
         (
-            bytes([FORMAT_V1]) + msgpack.packb([1, "c", 1, 0, 0, "p", "r", b""]),
+            bytes([FORMAT_V2]) + msgpack.packb([1, "c", 1, 1, 0, 0, "p", "r", b""]),
             "client_id is not bytes",
         ),
         (
-            bytes([FORMAT_V1]) + msgpack.packb([1, CID, 1, 0, 0, b"p", "r", b""]),
+            bytes([FORMAT_V2]) + msgpack.packb([1, CID, -1, 1, 0, 0, "p", "r", b""]),
+            "session is not an unsigned integer",
+        ),
+        (
+            bytes([FORMAT_V2]) + msgpack.packb([1, CID, 1, 1, 0, 0, b"p", "r", b""]),
             "patient_id is not text",
         ),
         (
-            bytes([FORMAT_V1]) + msgpack.packb([4, CID, 1, 0, 0, "p", [[7, "r"]]]),
+            bytes([FORMAT_V2]) + msgpack.packb([4, CID, 1, 1, 0, 0, "p", [[7, "r"]]]),
             "ops[0] has an unknown kind",
         ),
-        (bytes([FORMAT_V1]) + b"\xa3\xff\xfe\xfd", "not well-formed"),  # invalid UTF-8 str
+        (bytes([FORMAT_V2]) + msgpack.packb([6, 1, "c", 1]), "client_id is not bytes"),
+        (bytes([FORMAT_V2]) + msgpack.packb([7, 1, 1, 1, {}]), "seed is not a boolean"),
+        (bytes([FORMAT_V2]) + msgpack.packb([7, 1, 1, True, []]), "settings is not a map"),
+        (bytes([FORMAT_V1]) + msgpack.packb([1, CID, 1, 0, 0, "p", "r"]), "Put has 8 fields"),
+        (bytes([FORMAT_V2]) + b"\xa3\xff\xfe\xfd", "not well-formed"),  # invalid UTF-8 str
     ],
 )
 def test_malformed_bytes_raise_clear_errors(raw: bytes, reason: str) -> None:
@@ -192,7 +227,24 @@ def test_value_and_write_id_limits() -> None:
     invalid(put(seq=0, ack_below=0), "write_id.seq")
     invalid(put(seq=3, ack_below=4), "write_id.ack_below")
     invalid(put(seq=1 << 64), "write_id.seq")
+    invalid(put(session=1 << 64), "write_id.session")
     invalid(Noop(-1), "ts_ms")
+
+
+def test_session_and_settings_commands_validate_their_fields() -> None:
+    invalid(RegisterSession(ts_ms=1, client_id=b"short", nonce=1), "write_id.client_id")
+    invalid(SetSettings(ts_ms=1, nonce=1, seed=False, changes=()), "settings")
+    invalid(SetSettings(ts_ms=1, nonce=1, seed=False, changes=(("ttl", 5),)), "settings")
+    invalid(
+        SetSettings(ts_ms=1, nonce=1, seed=False, changes=(("max_sessions", 0),)),
+        "settings.max_sessions",
+    )
+    invalid(
+        SetSettings(
+            ts_ms=1, nonce=1, seed=False, changes=(("max_sessions", 5), ("max_sessions", 6))
+        ),
+        "settings",
+    )
 
 
 def test_batch_limits() -> None:

@@ -29,6 +29,8 @@ from node.commands import (
     ErasePatient,
     Noop,
     Put,
+    RegisterSession,
+    SetSettings,
     encode_command,
 )
 from node.record_store import Record, RecordStore, blake2b_key_hasher
@@ -36,7 +38,10 @@ from node.state_machine import (
     FAILED_PRECONDITION,
     INVALID_ARGUMENT,
     NOT_FOUND,
+    RESOURCE_EXHAUSTED,
+    RESULT_FORGOTTEN,
     SESSION_EXPIRED,
+    SESSION_NOT_OWNED,
     ApplyOrderError,
     ApplyResult,
     PartitionStateMachine,
@@ -48,28 +53,49 @@ SECRET = "Jane Q. Patient"
 PARTITION = 9
 
 
+def settings_cmd(ts: int = 0, seed: bool = False, **changes: int) -> SetSettings:
+    return SetSettings(ts_ms=ts, nonce=1, seed=seed, changes=tuple(sorted(changes.items())))
+
+
 def open_sm(
-    db: plyvel.DB, codec: ValueCodec | None = None, hash_key: bytes = HASH_KEY, **kw: int
+    db: plyvel.DB, codec: ValueCodec | None = None, hash_key: bytes = HASH_KEY, **settings: int
 ) -> PartitionStateMachine:
+    """A state machine; given settings are set by a SetSettings entry (the next index)."""
     store = RecordStore(
         db.prefixed_db(b"sm/"), PARTITION, codec or TaggedXorCodec(), blake2b_key_hasher(hash_key)
     )
-    return PartitionStateMachine(store, **kw)
+    sm = PartitionStateMachine(store)
+    if settings:
+        res = Feeder(sm).one(settings_cmd(**settings))
+        assert res.ok, res
+    return sm
 
 
 class Client:
-    """Builds the commands one client would send: fixed client_id, increasing seq."""
+    """Builds the commands one client would send: fixed client_id, its session, increasing seq."""
 
-    def __init__(self, cid: bytes, ts: int = 1_000) -> None:
+    def __init__(self, cid: bytes, ts: int = 1_000, session: int = 0) -> None:
         self.cid = cid
+        self.session = session
         self.seq = 0
         self.ack = 0
         self.ts = ts
+
+    def register(self) -> RegisterSession:
+        return RegisterSession(ts_ms=self.ts, client_id=self.cid, nonce=self.seq)
+
+    def opened(self, feed: Feeder) -> Client:
+        """Open a session (a RegisterSession entry); its id is that entry's index."""
+        res = feed.one(self.register())
+        assert res.ok and res.version == res.index, res
+        self.session, self.seq, self.ack = res.version, 0, 0
+        return self
 
     def head(self, patient: str, ack: int | None = None) -> Head:
         self.seq += 1
         return {
             "client_id": self.cid,
+            "session": self.session,
             "seq": self.seq,
             "ack_below": self.ack if ack is None else ack,
             "ts_ms": self.ts,
@@ -122,16 +148,19 @@ def sm(db: plyvel.DB) -> PartitionStateMachine:
 
 
 def test_put_version_is_the_entry_index(sm: PartitionStateMachine) -> None:
-    feed, c = Feeder(sm), Client(b"c" * 16)
+    feed = Feeder(sm)
+    c = Client(b"c" * 16).opened(feed)
+    at = sm.applied_index
     feed(b"", b"")  # a new leader's empty entries: applied index moves, nothing else
     res = feed.one(c.put(SECRET, "vitals", b"bp 120/80"))
-    assert res == ApplyResult(3, 3, None, "", False, (c.cid, 1))
-    assert sm.applied_index == 3 and sm.applied_term == 1
-    assert sm.get(SECRET, "vitals") == Record(SECRET, "vitals", b"bp 120/80", 3)
+    assert res == ApplyResult(at + 3, at + 3, None, "", False, ("write", c.cid, c.session, 1))
+    assert sm.applied_index == at + 3 and sm.applied_term == 1
+    assert sm.get(SECRET, "vitals") == Record(SECRET, "vitals", b"bp 120/80", at + 3)
 
 
 def test_compare_and_set(sm: PartitionStateMachine) -> None:
-    feed, c = Feeder(sm), Client(b"c" * 16)
+    feed = Feeder(sm)
+    c = Client(b"c" * 16).opened(feed)
     assert feed.one(c.cas(SECRET, "r", b"v1", 5)).error_code == FAILED_PRECONDITION  # absent is 0
     v1 = feed.one(c.cas(SECRET, "r", b"v1", 0)).version
     bad = feed.one(c.cas(SECRET, "r", b"v2", 0))
@@ -147,7 +176,8 @@ def test_compare_and_set(sm: PartitionStateMachine) -> None:
 
 
 def test_delete_writes_a_tombstone_kept_in_history(sm: PartitionStateMachine) -> None:
-    feed, c = Feeder(sm), Client(b"c" * 16)
+    feed = Feeder(sm)
+    c = Client(b"c" * 16).opened(feed)
     assert feed.one(c.delete(SECRET, "r")).error_code == NOT_FOUND
     v1 = feed.one(c.put(SECRET, "r", b"a")).version
     assert feed.one(c.delete(SECRET, "r", expected=v1 + 100)).error_code == FAILED_PRECONDITION
@@ -164,7 +194,8 @@ def test_delete_writes_a_tombstone_kept_in_history(sm: PartitionStateMachine) ->
 
 
 def test_batch_is_atomic(sm: PartitionStateMachine) -> None:
-    feed, c = Feeder(sm), Client(b"c" * 16)
+    feed = Feeder(sm)
+    c = Client(b"c" * 16).opened(feed)
     va = feed.one(c.put(SECRET, "a", b"a1")).version
     failing = feed.one(
         c.batch(
@@ -193,7 +224,8 @@ def test_batch_is_atomic(sm: PartitionStateMachine) -> None:
 
 
 def test_erase_patient(sm: PartitionStateMachine) -> None:
-    feed, c = Feeder(sm), Client(b"c" * 16)
+    feed = Feeder(sm)
+    c = Client(b"c" * 16).opened(feed)
     feed(
         c.put(SECRET, "a", b"1"),
         c.put(SECRET, "a", b"2"),
@@ -212,7 +244,8 @@ def test_erase_patient(sm: PartitionStateMachine) -> None:
 
 
 def test_reads_inside_one_round_see_earlier_writes_of_that_round(sm: PartitionStateMachine) -> None:
-    feed, c = Feeder(sm), Client(b"c" * 16)
+    feed = Feeder(sm)
+    c = Client(b"c" * 16).opened(feed)
     put, cas, dele, cas2 = c.put(SECRET, "r", b"1"), None, None, None
     start = sm.applied_index + 1
     cas = c.cas(SECRET, "r", b"2", start)
@@ -227,7 +260,8 @@ def test_reads_inside_one_round_see_earlier_writes_of_that_round(sm: PartitionSt
 
 
 def test_retry_returns_the_first_result_and_changes_nothing(sm: PartitionStateMachine) -> None:
-    feed, c, other = Feeder(sm), Client(b"c" * 16), Client(b"o" * 16)
+    feed = Feeder(sm)
+    c, other = Client(b"c" * 16).opened(feed), Client(b"o" * 16).opened(feed)
     put = encode_command(c.put(SECRET, "r", b"first"))
     first = feed.one(put)
     feed.one(other.put(SECRET, "r", b"someone else's later write"))
@@ -246,50 +280,70 @@ def test_retry_returns_the_first_result_and_changes_nothing(sm: PartitionStateMa
 
 
 def test_acknowledged_seq_is_refused_not_reapplied(sm: PartitionStateMachine) -> None:
-    feed, c = Feeder(sm), Client(b"c" * 16)
+    feed = Feeder(sm)
+    c = Client(b"c" * 16).opened(feed)
     old = encode_command(c.put(SECRET, "r", b"1"))
     feed.one(old)
     c.ack = 2
     feed.one(c.put(SECRET, "r", b"2"))  # seq 2, ack_below 2: reply of seq 1 is held
     res = feed.one(old)
-    assert res.error_code == SESSION_EXPIRED and not res.duplicate
+    assert res.error_code == RESULT_FORGOTTEN and not res.duplicate
     assert sm.get(SECRET, "r").value == b"2"  # type: ignore[union-attr]
 
 
-def test_sessions_expire_by_leader_timestamps(db: plyvel.DB) -> None:
+def test_sessions_expire_by_log_time_and_the_replicated_ttl(db: plyvel.DB) -> None:
     sm = open_sm(db, session_ttl_ms=10_000)
-    feed, c, other = Feeder(sm), Client(b"c" * 16, ts=1_000), Client(b"o" * 16, ts=1_000)
+    feed = Feeder(sm)
+    c = Client(b"c" * 16, ts=1_000).opened(feed)
+    other = Client(b"o" * 16, ts=1_000).opened(feed)
     first = encode_command(c.put(SECRET, "r", b"1"))
     feed.one(first)
-    other.ts = 11_001  # the leader's clock moved past c's TTL
+    other.ts = 11_000  # exactly TTL after c's last use: still open
     feed.one(other.put(SECRET, "q", b"x"))
+    assert sm.session_count == 2
+    other.ts = 11_001  # log time moved past c's TTL
+    feed.one(other.put(SECRET, "q", b"y"))
     assert sm.session_count == 1
-    c.ack = 2
-    res = feed.one(c.put(SECRET, "r", b"2"))
-    assert res.error_code == SESSION_EXPIRED and sm.get(SECRET, "r").value == b"1"  # type: ignore[union-attr]
+    res = feed.one(first)  # a retry whose session is gone: refused, never applied again
+    assert res.error_code == SESSION_EXPIRED and not res.duplicate
+    assert "not applied" in res.message
+    rec = sm.get(SECRET, "r")
+    assert rec is not None and rec.value == b"1"
+    assert [h.version for h in sm.history(SECRET, "r")] == [rec.version]
+    # A stamp behind log time changes nothing (max), and the session never reopens.
+    c.ts = 0
+    assert feed.one(c.put(SECRET, "r", b"2")).error_code == SESSION_EXPIRED
+    assert sm.log_time_ms == 11_001
 
 
-def test_least_recently_used_sessions_are_evicted(db: plyvel.DB) -> None:
+def test_open_sessions_are_never_evicted_registration_is_refused(db: plyvel.DB) -> None:
     sm = open_sm(db, max_sessions=2)
     feed = Feeder(sm)
-    a, b, c = Client(b"a" * 16), Client(b"b" * 16), Client(b"c" * 16)
-    feed(
-        a.put(SECRET, "r", b""),
-        b.put(SECRET, "r", b""),
-        a.put(SECRET, "r", b""),
-        c.put(SECRET, "r", b""),
-    )
+    a, b = Client(b"a" * 16).opened(feed), Client(b"b" * 16).opened(feed)
+    first = encode_command(a.put(SECRET, "r", b"a1"))
+    applied = feed.one(first)
+    refused = feed.one(Client(b"c" * 16).register())
+    assert refused.error_code == RESOURCE_EXHAUSTED and "max_sessions" in refused.message
     assert sm.session_count == 2
-    b.ack = 2
-    assert feed.one(b.put(SECRET, "r", b"")).error_code == SESSION_EXPIRED
-    a.ack = 3
-    assert feed.one(a.put(SECRET, "r", b"")).ok
+    again = feed.one(first)  # a's early write, retried after the spray: its first result
+    assert again.duplicate and again.version == applied.version
+    assert feed.one(b.put(SECRET, "q", b"")).ok
+
+
+def test_a_write_in_another_clients_session_is_refused(sm: PartitionStateMachine) -> None:
+    feed = Feeder(sm)
+    a = Client(b"a" * 16).opened(feed)
+    thief = Client(b"t" * 16, session=a.session)
+    res = feed.one(thief.put(SECRET, "r", b"x"))
+    assert res.error_code == SESSION_NOT_OWNED and sm.get(SECRET, "r") is None
+    assert feed.one(a.put(SECRET, "r", b"mine")).ok  # a's session is unharmed
 
 
 def test_invalid_entries_answer_invalid_argument_and_the_round_goes_on(
     sm: PartitionStateMachine,
 ) -> None:
-    feed, c = Feeder(sm), Client(b"c" * 16)
+    feed = Feeder(sm)
+    c = Client(b"c" * 16).opened(feed)
     bad_id = c.put(SECRET + "\x00", "r", b"v")
     results = feed(
         b"\x01garbage",
@@ -300,7 +354,7 @@ def test_invalid_entries_answer_invalid_argument_and_the_round_goes_on(
     )
     codes = [r.error_code for r in results]
     assert codes == [INVALID_ARGUMENT, INVALID_ARGUMENT, INVALID_ARGUMENT, None, None]
-    assert results[0].write_key is None and results[1].write_key == (c.cid, 1)
+    assert results[0].wait_key is None and results[1].wait_key == ("write", c.cid, c.session, 1)
     assert results[1].message == "patient_id: contains a control character"
     assert all(SECRET not in r.message for r in results)
     assert sm.applied_index == results[-1].index
@@ -308,12 +362,13 @@ def test_invalid_entries_answer_invalid_argument_and_the_round_goes_on(
 
 
 def test_error_messages_carry_no_patient_data(sm: PartitionStateMachine) -> None:
-    feed, c = Feeder(sm), Client(b"c" * 16)
+    feed = Feeder(sm)
+    c = Client(b"c" * 16).opened(feed)
     feed.one(c.put(SECRET, SECRET, SECRET.encode()))
     results = feed(
         c.cas(SECRET, SECRET, b"x", 7),
         c.delete(SECRET, "nope"),
-        c.batch(SECRET, BatchOp(BATCH_CHECK, SECRET, expected_version=3)),
+        c.batch(SECRET, BatchOp(BATCH_CHECK, SECRET, expected_version=99)),
     )
     assert [r.error_code for r in results] == [FAILED_PRECONDITION, NOT_FOUND, FAILED_PRECONDITION]
     assert all(r.message and SECRET not in r.message and "Jane" not in r.message for r in results)
@@ -323,7 +378,8 @@ def test_error_messages_carry_no_patient_data(sm: PartitionStateMachine) -> None
 
 
 def test_replayed_entries_are_skipped_and_gaps_refused(sm: PartitionStateMachine) -> None:
-    feed, c = Feeder(sm), Client(b"c" * 16)
+    feed = Feeder(sm)
+    c = Client(b"c" * 16).opened(feed)
     entries = feed.entries([c.put(SECRET, "r", b"1"), c.put(SECRET, "r", b"2")])
     sm.apply(entries)
     snap = sm.snapshot()
@@ -348,24 +404,26 @@ class FailingCodec(TaggedXorCodec):
 
 def test_a_failed_round_leaves_disk_and_sessions_as_they_were(db: plyvel.DB) -> None:
     sm = open_sm(db, codec=FailingCodec())
-    feed, c = Feeder(sm), Client(b"c" * 16)
+    feed = Feeder(sm)
+    c = Client(b"c" * 16).opened(feed)
     feed.one(c.put(SECRET, "r", b"fine"))
     snap = sm.snapshot()
     seq_before = c.seq
     with pytest.raises(OSError):
         feed(c.put(SECRET, "r", b"new"), c.put(SECRET, "q", b"BOOM"))
-    assert sm.snapshot() == snap and sm.applied_index == 1
+    assert sm.snapshot() == snap and sm.applied_index == 2
     # The session of the failed round was rolled back: seq 2 is new again.
     c.seq = seq_before
     res = feed.one(c.put(SECRET, "r", b"retried"))
-    assert res.ok and not res.duplicate and res.index == 2
+    assert res.ok and not res.duplicate and res.index == 3
 
 
 def test_state_survives_reopening(tmp_path: Path) -> None:
     path = str(tmp_path / "reopen")
     db = plyvel.DB(path, create_if_missing=True)
     sm = open_sm(db)
-    feed, c = Feeder(sm, term=3), Client(b"c" * 16)
+    feed = Feeder(sm, term=3)
+    c = Client(b"c" * 16).opened(feed)
     put = encode_command(c.put(SECRET, "r", b"v"))
     first = feed.one(put)
     snap = sm.snapshot()
@@ -373,7 +431,7 @@ def test_state_survives_reopening(tmp_path: Path) -> None:
     db = plyvel.DB(path)
     try:
         sm2 = open_sm(db)
-        assert (sm2.applied_index, sm2.applied_term) == (1, 3)
+        assert (sm2.applied_index, sm2.applied_term) == (2, 3)
         assert sm2.snapshot() == snap
         again = Feeder(sm2).one(put)  # a retry that crosses a restart
         assert again.duplicate and again.version == first.version
@@ -384,20 +442,26 @@ def test_state_survives_reopening(tmp_path: Path) -> None:
 # --- snapshots and determinism ----------------------------------------------------
 
 
-def random_log(seed: int, n: int) -> list[bytes]:
-    """A reproducible mixed workload, including clock skew, expiry and eviction."""
+def random_log(seed: int, n: int, **settings: int) -> list[bytes]:
+    """A reproducible mixed workload, including clock skew, expiry, refused
+    registrations and retries from long ago; settings come first, as an entry."""
     rng = random.Random(seed)
     clients = [Client(bytes([i]) * 16, ts=0) for i in range(6)]
-    out: list[bytes] = []
+    out: list[bytes] = [encode_command(settings_cmd(**settings))] if settings else []
     ts = 1_000
     for _ in range(n):
-        ts += rng.choice([0, 5, 50, 400, -30])  # leaders' clocks disagree a little
+        ts += rng.choice([0, 5, 50, 400, -30])  # stamps of different leaders disagree a little
         c = rng.choice(clients)
         c.ts = max(ts, 0)
         p, r = rng.choice(["p1", "p2", SECRET]), rng.choice(["a", "b", "c"])
         kind = rng.random()
+        if c.session == 0 or rng.random() < 0.03:
+            out.append(encode_command(c.register()))
+            c.session, c.seq, c.ack = len(out), 0, 0  # its index, if it is not refused
+            continue
         if kind < 0.08 and out:
-            out.append(rng.choice(out))  # a retry, maybe from long ago
+            # a retry, most often of a recent write, sometimes from long ago
+            out.append(rng.choice(out[-12:] if rng.random() < 0.7 else out))
             continue
         if kind < 0.1:
             out.append(b"")
@@ -436,12 +500,15 @@ def apply_in_rounds(
 
 
 def test_same_entries_give_byte_identical_snapshots(tmp_path: Path) -> None:
-    log = random_log(seed=4, n=400)
+    log = random_log(
+        seed=4, n=400, history_retention=3, session_ttl_ms=2_000, max_sessions=6,
+        max_results_per_session=2,
+    )
     snaps, results = [], []
     for run in range(3):
         db = plyvel.DB(str(tmp_path / f"r{run}"), create_if_missing=True)
         try:
-            sm = open_sm(db, history_retention=3, session_ttl_ms=2_000, max_sessions=4)
+            sm = open_sm(db)
             results.append(apply_in_rounds(sm, log, random.Random(run)))  # different round splits
             snaps.append(sm.snapshot())
         finally:
@@ -454,23 +521,28 @@ def test_same_entries_give_byte_identical_snapshots(tmp_path: Path) -> None:
         FAILED_PRECONDITION,
         NOT_FOUND,
         SESSION_EXPIRED,
+        RESOURCE_EXHAUSTED,
+        RESULT_FORGOTTEN,
     } <= codes  # the log exercised them
     assert any(r.duplicate for r in results[0])
 
 
 def test_restore_reproduces_state_and_sessions(tmp_path: Path) -> None:
-    log = random_log(seed=9, n=200)
+    log = random_log(seed=9, n=200, history_retention=3, session_ttl_ms=2_000)
     db1 = plyvel.DB(str(tmp_path / "a"), create_if_missing=True)
     db2 = plyvel.DB(str(tmp_path / "b"), create_if_missing=True)
     try:
-        src = open_sm(db1, history_retention=3)
-        dst = open_sm(db2, history_retention=3)
+        src = open_sm(db1)
+        dst = open_sm(db2)
         apply_in_rounds(src, log[:150], random.Random(1))
-        Feeder(dst)(Client(b"z" * 16).put("will", "vanish", b"x"))
+        z = Client(b"z" * 16).opened(Feeder(dst))
+        Feeder(dst)(z.put("will", "vanish", b"x"))
         dst.restore(src.snapshot())
         assert dst.applied_index == src.applied_index == 150
         assert dst.snapshot() == src.snapshot()
         assert dst.get("will", "vanish") is None
+        assert dst.settings == src.settings and dst.settings.history_retention == 3
+        assert dst.log_time_ms == src.log_time_ms and dst.session_count == src.session_count
         tail = [(151 + i, 2, d) for i, d in enumerate(log[150:])]
         assert src.apply(tail) == dst.apply(tail)  # same answers, retries included
         assert dst.snapshot() == src.snapshot()
@@ -480,13 +552,14 @@ def test_restore_reproduces_state_and_sessions(tmp_path: Path) -> None:
 
 
 def test_read_snapshot_passthrough(sm: PartitionStateMachine) -> None:
-    feed, c = Feeder(sm), Client(b"c" * 16)
+    feed = Feeder(sm)
+    c = Client(b"c" * 16).opened(feed)
     feed(c.put(SECRET, "a", b"1"), c.put(SECRET, "b", b"2"))
     with sm.read_snapshot() as snap:
         feed(c.put(SECRET, "c", b"3"))
         records, _, done = snap.scan(b"", 10)
         assert sorted(r.record_id for r in records) == ["a", "b"] and done
-        assert snap.meta.applied_index == 2
+        assert snap.meta.applied_index == 4
 
 
 # --- stateful: the state machine against a dict-of-lists model -----------------------
@@ -534,12 +607,13 @@ class StateMachineVsModel(RuleBasedStateMachine):
         self.first: dict[tuple[bytes, int], tuple[int, str | None]] = {}
         self.floor: dict[bytes, int] = {}
         self.seq: dict[bytes, int] = dict.fromkeys(CLIENTS, 0)
+        self.session: dict[bytes, int] = {}
         self.sent: list[tuple[bytes, bytes, int]] = []  # (data, client_id, seq)
 
     def _fresh(self, hash_key: bytes) -> PartitionStateMachine:
         db = shared_db().prefixed_db(b"ex%d/" % next(_example_prefixes))
         store = RecordStore(db, PARTITION, TaggedXorCodec(), blake2b_key_hasher(hash_key))
-        return PartitionStateMachine(store, history_retention=RETENTION)
+        return PartitionStateMachine(store)
 
     # model helpers
     def live(self, p: str, r: str) -> int:
@@ -601,6 +675,7 @@ class StateMachineVsModel(RuleBasedStateMachine):
         # ack_below: every earlier reply is in hand (this model client is synchronous).
         return {
             "client_id": cid,
+            "session": self.session[cid],
             "seq": self.seq[cid],
             "ack_below": self.seq[cid] if ack else 0,
             "ts_ms": 1_000 + self.sm.applied_index,
@@ -617,6 +692,12 @@ class StateMachineVsModel(RuleBasedStateMachine):
     @initialize()
     def start(self) -> None:
         assert self.sm.applied_index == 0
+        setup = [settings_cmd(history_retention=RETENTION)] + [
+            RegisterSession(ts_ms=1_000, client_id=cid, nonce=0) for cid in CLIENTS
+        ]
+        results = self.sm.apply([(i + 1, 1, encode_command(c)) for i, c in enumerate(setup)])
+        assert all(r.ok for r in results)
+        self.session = {cid: res.version for cid, res in zip(CLIENTS, results[1:], strict=True)}
 
     @rule(c=cid, p=pid, r=rid, v=val, a=ack)
     def put(self, c: bytes, p: str, r: str, v: bytes, a: bool) -> None:
@@ -679,7 +760,7 @@ class StateMachineVsModel(RuleBasedStateMachine):
         before = dict(self.model)
         res = self.sm.apply([(self.sm.applied_index + 1, 1, data)])[0]
         if seq < self.floor.get(cid, 0):
-            assert (res.error_code, res.duplicate) == (SESSION_EXPIRED, False)
+            assert (res.error_code, res.duplicate) == (RESULT_FORGOTTEN, False)
         else:
             assert res.duplicate and (res.version, res.error_code) == self.first[(cid, seq)]
         assert self.model == before
@@ -699,7 +780,7 @@ class StateMachineVsModel(RuleBasedStateMachine):
     @rule()
     def reopen(self) -> None:
         """A restart: all in-memory state is rebuilt from what is on disk."""
-        self.sm = PartitionStateMachine(self.sm.store, history_retention=RETENTION)
+        self.sm = PartitionStateMachine(self.sm.store)
 
     @invariant()
     def agrees_with_model(self) -> None:

@@ -162,14 +162,74 @@ class TransferLeaderResponse(_message.Message):
     def __init__(self, leader: _Optional[int] = ...) -> None: ...
 
 class ErasePatientRequest(_message.Message):
-    __slots__ = ("client_id", "seq", "patient_id")
+    __slots__ = ("client_id", "seq", "patient_id", "session")
     CLIENT_ID_FIELD_NUMBER: _ClassVar[int]
     SEQ_FIELD_NUMBER: _ClassVar[int]
     PATIENT_ID_FIELD_NUMBER: _ClassVar[int]
+    SESSION_FIELD_NUMBER: _ClassVar[int]
     client_id: bytes
     seq: int
     patient_id: str
-    def __init__(self, client_id: _Optional[bytes] = ..., seq: _Optional[int] = ..., patient_id: _Optional[str] = ...) -> None: ...
+    session: int
+    def __init__(self, client_id: _Optional[bytes] = ..., seq: _Optional[int] = ..., patient_id: _Optional[str] = ..., session: _Optional[int] = ...) -> None: ...
+
+class ClusterSettings(_message.Message):
+    __slots__ = ("session_ttl_ms", "history_retention", "max_sessions", "max_results_per_session")
+    SESSION_TTL_MS_FIELD_NUMBER: _ClassVar[int]
+    HISTORY_RETENTION_FIELD_NUMBER: _ClassVar[int]
+    MAX_SESSIONS_FIELD_NUMBER: _ClassVar[int]
+    MAX_RESULTS_PER_SESSION_FIELD_NUMBER: _ClassVar[int]
+    session_ttl_ms: int
+    history_retention: int
+    max_sessions: int
+    max_results_per_session: int
+    def __init__(self, session_ttl_ms: _Optional[int] = ..., history_retention: _Optional[int] = ..., max_sessions: _Optional[int] = ..., max_results_per_session: _Optional[int] = ...) -> None: ...
+
+class SetSettingsRequest(_message.Message):
+    __slots__ = ("partition", "session_ttl_ms", "history_retention", "max_sessions", "max_results_per_session")
+    PARTITION_FIELD_NUMBER: _ClassVar[int]
+    SESSION_TTL_MS_FIELD_NUMBER: _ClassVar[int]
+    HISTORY_RETENTION_FIELD_NUMBER: _ClassVar[int]
+    MAX_SESSIONS_FIELD_NUMBER: _ClassVar[int]
+    MAX_RESULTS_PER_SESSION_FIELD_NUMBER: _ClassVar[int]
+    partition: int
+    session_ttl_ms: int
+    history_retention: int
+    max_sessions: int
+    max_results_per_session: int
+    def __init__(self, partition: _Optional[int] = ..., session_ttl_ms: _Optional[int] = ..., history_retention: _Optional[int] = ..., max_sessions: _Optional[int] = ..., max_results_per_session: _Optional[int] = ...) -> None: ...
+
+class SetSettingsResponse(_message.Message):
+    __slots__ = ("partition", "settings", "generation")
+    PARTITION_FIELD_NUMBER: _ClassVar[int]
+    SETTINGS_FIELD_NUMBER: _ClassVar[int]
+    GENERATION_FIELD_NUMBER: _ClassVar[int]
+    partition: int
+    settings: ClusterSettings
+    generation: int
+    def __init__(self, partition: _Optional[int] = ..., settings: _Optional[_Union[ClusterSettings, _Mapping]] = ..., generation: _Optional[int] = ...) -> None: ...
+
+class GetSettingsRequest(_message.Message):
+    __slots__ = ("partition",)
+    PARTITION_FIELD_NUMBER: _ClassVar[int]
+    partition: int
+    def __init__(self, partition: _Optional[int] = ...) -> None: ...
+
+class GetSettingsResponse(_message.Message):
+    __slots__ = ("partition", "settings", "generation", "answered_by", "applied_index", "open_sessions")
+    PARTITION_FIELD_NUMBER: _ClassVar[int]
+    SETTINGS_FIELD_NUMBER: _ClassVar[int]
+    GENERATION_FIELD_NUMBER: _ClassVar[int]
+    ANSWERED_BY_FIELD_NUMBER: _ClassVar[int]
+    APPLIED_INDEX_FIELD_NUMBER: _ClassVar[int]
+    OPEN_SESSIONS_FIELD_NUMBER: _ClassVar[int]
+    partition: int
+    settings: ClusterSettings
+    generation: int
+    answered_by: int
+    applied_index: int
+    open_sessions: int
+    def __init__(self, partition: _Optional[int] = ..., settings: _Optional[_Union[ClusterSettings, _Mapping]] = ..., generation: _Optional[int] = ..., answered_by: _Optional[int] = ..., applied_index: _Optional[int] = ..., open_sessions: _Optional[int] = ...) -> None: ...
 
 class ErasePatientResponse(_message.Message):
     __slots__ = ("version",)

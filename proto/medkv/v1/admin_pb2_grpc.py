@@ -74,6 +74,16 @@ class AdminStub:
                 request_serializer=proto_dot_medkv_dot_v1_dot_admin__pb2.KeyStatusRequest.SerializeToString,
                 response_deserializer=proto_dot_medkv_dot_v1_dot_admin__pb2.KeyStatusResponse.FromString,
                 _registered_method=True)
+        self.SetSettings = channel.unary_unary(
+                '/medkv.v1.Admin/SetSettings',
+                request_serializer=proto_dot_medkv_dot_v1_dot_admin__pb2.SetSettingsRequest.SerializeToString,
+                response_deserializer=proto_dot_medkv_dot_v1_dot_admin__pb2.SetSettingsResponse.FromString,
+                _registered_method=True)
+        self.GetSettings = channel.unary_unary(
+                '/medkv.v1.Admin/GetSettings',
+                request_serializer=proto_dot_medkv_dot_v1_dot_admin__pb2.GetSettingsRequest.SerializeToString,
+                response_deserializer=proto_dot_medkv_dot_v1_dot_admin__pb2.GetSettingsResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServicer:
@@ -134,6 +144,23 @@ class AdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SetSettings(self, request, context):
+        """Cluster settings that change what apply does (session TTL, history
+        retention, session limits), replicated through each partition's Raft log
+        so every replica decides identically. Per partition: SetSettings goes to
+        the partition's leader (UNAVAILABLE with a leader hint elsewhere);
+        GetSettings is answered by any replica from its applied state.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetSettings(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -176,6 +203,16 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.KeyStatus,
                     request_deserializer=proto_dot_medkv_dot_v1_dot_admin__pb2.KeyStatusRequest.FromString,
                     response_serializer=proto_dot_medkv_dot_v1_dot_admin__pb2.KeyStatusResponse.SerializeToString,
+            ),
+            'SetSettings': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetSettings,
+                    request_deserializer=proto_dot_medkv_dot_v1_dot_admin__pb2.SetSettingsRequest.FromString,
+                    response_serializer=proto_dot_medkv_dot_v1_dot_admin__pb2.SetSettingsResponse.SerializeToString,
+            ),
+            'GetSettings': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetSettings,
+                    request_deserializer=proto_dot_medkv_dot_v1_dot_admin__pb2.GetSettingsRequest.FromString,
+                    response_serializer=proto_dot_medkv_dot_v1_dot_admin__pb2.GetSettingsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -394,6 +431,60 @@ class Admin:
             '/medkv.v1.Admin/KeyStatus',
             proto_dot_medkv_dot_v1_dot_admin__pb2.KeyStatusRequest.SerializeToString,
             proto_dot_medkv_dot_v1_dot_admin__pb2.KeyStatusResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetSettings(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/medkv.v1.Admin/SetSettings',
+            proto_dot_medkv_dot_v1_dot_admin__pb2.SetSettingsRequest.SerializeToString,
+            proto_dot_medkv_dot_v1_dot_admin__pb2.SetSettingsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetSettings(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/medkv.v1.Admin/GetSettings',
+            proto_dot_medkv_dot_v1_dot_admin__pb2.GetSettingsRequest.SerializeToString,
+            proto_dot_medkv_dot_v1_dot_admin__pb2.GetSettingsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -24,23 +24,23 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bproto/medkv/v1/common.proto\x12\x08medkv.v1\"<\n\x07WriteId\x12\x11\n\tclient_id\x18\x01 \x01(\x0c\x12\x0b\n\x03seq\x18\x02 \x01(\x04\x12\x11\n\tack_below\x18\x03 \x01(\x04\"`\n\x06Record\x12\x12\n\npatient_id\x18\x01 \x01(\t\x12\x11\n\trecord_id\x18\x02 \x01(\t\x12\r\n\x05value\x18\x03 \x01(\x0c\x12\x0f\n\x07version\x18\x04 \x01(\x04\x12\x0f\n\x07\x64\x65leted\x18\x05 \x01(\x08\"\xa1\x01\n\tReadState\x12\x11\n\tpartition\x18\x01 \x01(\r\x12\x0f\n\x07node_id\x18\x02 \x01(\x04\x12\x15\n\rapplied_index\x18\x03 \x01(\x04\x12\x14\n\x0c\x63ommit_index\x18\x04 \x01(\x04\x12\x13\n\x0blag_entries\x18\x05 \x01(\x04\x12\x19\n\x11staleness_seconds\x18\x06 \x01(\x01\x12\x13\n\x0b\x66rom_leader\x18\x07 \x01(\x08\"h\n\x0bReadOptions\x12*\n\x0b\x63onsistency\x18\x01 \x01(\x0e\x32\x15.medkv.v1.Consistency\x12\x18\n\x10max_staleness_ms\x18\x02 \x01(\x04\x12\x13\n\x0bmin_version\x18\x03 \x01(\x04\"<\n\x06Status\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x13\n\x0bleader_hint\x18\x03 \x01(\t*W\n\x0b\x43onsistency\x12\x1b\n\x17\x43ONSISTENCY_UNSPECIFIED\x10\x00\x12\x10\n\x0cLINEARIZABLE\x10\x01\x12\x0c\n\x08\x46OLLOWER\x10\x02\x12\x0b\n\x07\x42OUNDED\x10\x03\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bproto/medkv/v1/common.proto\x12\x08medkv.v1\"M\n\x07WriteId\x12\x11\n\tclient_id\x18\x01 \x01(\x0c\x12\x0b\n\x03seq\x18\x02 \x01(\x04\x12\x11\n\tack_below\x18\x03 \x01(\x04\x12\x0f\n\x07session\x18\x04 \x01(\x04\"`\n\x06Record\x12\x12\n\npatient_id\x18\x01 \x01(\t\x12\x11\n\trecord_id\x18\x02 \x01(\t\x12\r\n\x05value\x18\x03 \x01(\x0c\x12\x0f\n\x07version\x18\x04 \x01(\x04\x12\x0f\n\x07\x64\x65leted\x18\x05 \x01(\x08\"\xa1\x01\n\tReadState\x12\x11\n\tpartition\x18\x01 \x01(\r\x12\x0f\n\x07node_id\x18\x02 \x01(\x04\x12\x15\n\rapplied_index\x18\x03 \x01(\x04\x12\x14\n\x0c\x63ommit_index\x18\x04 \x01(\x04\x12\x13\n\x0blag_entries\x18\x05 \x01(\x04\x12\x19\n\x11staleness_seconds\x18\x06 \x01(\x01\x12\x13\n\x0b\x66rom_leader\x18\x07 \x01(\x08\"h\n\x0bReadOptions\x12*\n\x0b\x63onsistency\x18\x01 \x01(\x0e\x32\x15.medkv.v1.Consistency\x12\x18\n\x10max_staleness_ms\x18\x02 \x01(\x04\x12\x13\n\x0bmin_version\x18\x03 \x01(\x04\"P\n\x06Status\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x13\n\x0bleader_hint\x18\x03 \x01(\t\x12\x12\n\nerror_kind\x18\x04 \x01(\t*W\n\x0b\x43onsistency\x12\x1b\n\x17\x43ONSISTENCY_UNSPECIFIED\x10\x00\x12\x10\n\x0cLINEARIZABLE\x10\x01\x12\x0c\n\x08\x46OLLOWER\x10\x02\x12\x0b\n\x07\x42OUNDED\x10\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'proto.medkv.v1.common_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_CONSISTENCY']._serialized_start=533
-  _globals['_CONSISTENCY']._serialized_end=620
+  _globals['_CONSISTENCY']._serialized_start=570
+  _globals['_CONSISTENCY']._serialized_end=657
   _globals['_WRITEID']._serialized_start=41
-  _globals['_WRITEID']._serialized_end=101
-  _globals['_RECORD']._serialized_start=103
-  _globals['_RECORD']._serialized_end=199
-  _globals['_READSTATE']._serialized_start=202
-  _globals['_READSTATE']._serialized_end=363
-  _globals['_READOPTIONS']._serialized_start=365
-  _globals['_READOPTIONS']._serialized_end=469
-  _globals['_STATUS']._serialized_start=471
-  _globals['_STATUS']._serialized_end=531
+  _globals['_WRITEID']._serialized_end=118
+  _globals['_RECORD']._serialized_start=120
+  _globals['_RECORD']._serialized_end=216
+  _globals['_READSTATE']._serialized_start=219
+  _globals['_READSTATE']._serialized_end=380
+  _globals['_READOPTIONS']._serialized_start=382
+  _globals['_READOPTIONS']._serialized_end=486
+  _globals['_STATUS']._serialized_start=488
+  _globals['_STATUS']._serialized_end=568
 # @@protoc_insertion_point(module_scope)

@@ -17,14 +17,16 @@ FOLLOWER: Consistency
 BOUNDED: Consistency
 
 class WriteId(_message.Message):
-    __slots__ = ("client_id", "seq", "ack_below")
+    __slots__ = ("client_id", "seq", "ack_below", "session")
     CLIENT_ID_FIELD_NUMBER: _ClassVar[int]
     SEQ_FIELD_NUMBER: _ClassVar[int]
     ACK_BELOW_FIELD_NUMBER: _ClassVar[int]
+    SESSION_FIELD_NUMBER: _ClassVar[int]
     client_id: bytes
     seq: int
     ack_below: int
-    def __init__(self, client_id: _Optional[bytes] = ..., seq: _Optional[int] = ..., ack_below: _Optional[int] = ...) -> None: ...
+    session: int
+    def __init__(self, client_id: _Optional[bytes] = ..., seq: _Optional[int] = ..., ack_below: _Optional[int] = ..., session: _Optional[int] = ...) -> None: ...
 
 class Record(_message.Message):
     __slots__ = ("patient_id", "record_id", "value", "version", "deleted")
@@ -69,11 +71,13 @@ class ReadOptions(_message.Message):
     def __init__(self, consistency: _Optional[_Union[Consistency, str]] = ..., max_staleness_ms: _Optional[int] = ..., min_version: _Optional[int] = ...) -> None: ...
 
 class Status(_message.Message):
-    __slots__ = ("code", "message", "leader_hint")
+    __slots__ = ("code", "message", "leader_hint", "error_kind")
     CODE_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
     LEADER_HINT_FIELD_NUMBER: _ClassVar[int]
+    ERROR_KIND_FIELD_NUMBER: _ClassVar[int]
     code: int
     message: str
     leader_hint: str
-    def __init__(self, code: _Optional[int] = ..., message: _Optional[str] = ..., leader_hint: _Optional[str] = ...) -> None: ...
+    error_kind: str
+    def __init__(self, code: _Optional[int] = ..., message: _Optional[str] = ..., leader_hint: _Optional[str] = ..., error_kind: _Optional[str] = ...) -> None: ...

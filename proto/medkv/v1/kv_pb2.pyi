@@ -7,6 +7,26 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class OpenSessionRequest(_message.Message):
+    __slots__ = ("client_id", "partition")
+    CLIENT_ID_FIELD_NUMBER: _ClassVar[int]
+    PARTITION_FIELD_NUMBER: _ClassVar[int]
+    client_id: bytes
+    partition: int
+    def __init__(self, client_id: _Optional[bytes] = ..., partition: _Optional[int] = ...) -> None: ...
+
+class OpenSessionResponse(_message.Message):
+    __slots__ = ("session", "partition", "ttl_ms", "max_results")
+    SESSION_FIELD_NUMBER: _ClassVar[int]
+    PARTITION_FIELD_NUMBER: _ClassVar[int]
+    TTL_MS_FIELD_NUMBER: _ClassVar[int]
+    MAX_RESULTS_FIELD_NUMBER: _ClassVar[int]
+    session: int
+    partition: int
+    ttl_ms: int
+    max_results: int
+    def __init__(self, session: _Optional[int] = ..., partition: _Optional[int] = ..., ttl_ms: _Optional[int] = ..., max_results: _Optional[int] = ...) -> None: ...
+
 class PutRequest(_message.Message):
     __slots__ = ("write_id", "patient_id", "record_id", "value")
     WRITE_ID_FIELD_NUMBER: _ClassVar[int]
@@ -190,7 +210,7 @@ class ScanResponse(_message.Message):
     def __init__(self, records: _Optional[_Iterable[_Union[_common_pb2.Record, _Mapping]]] = ..., read_state: _Optional[_Union[_common_pb2.ReadState, _Mapping]] = ..., resume_token: _Optional[bytes] = ..., done: _Optional[bool] = ...) -> None: ...
 
 class KVRequest(_message.Message):
-    __slots__ = ("request_id", "put", "get", "cas", "delete", "history", "batch")
+    __slots__ = ("request_id", "put", "get", "cas", "delete", "history", "batch", "open_session")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     PUT_FIELD_NUMBER: _ClassVar[int]
     GET_FIELD_NUMBER: _ClassVar[int]
@@ -198,6 +218,7 @@ class KVRequest(_message.Message):
     DELETE_FIELD_NUMBER: _ClassVar[int]
     HISTORY_FIELD_NUMBER: _ClassVar[int]
     BATCH_FIELD_NUMBER: _ClassVar[int]
+    OPEN_SESSION_FIELD_NUMBER: _ClassVar[int]
     request_id: int
     put: PutRequest
     get: GetRequest
@@ -205,10 +226,11 @@ class KVRequest(_message.Message):
     delete: DeleteRequest
     history: HistoryRequest
     batch: BatchRequest
-    def __init__(self, request_id: _Optional[int] = ..., put: _Optional[_Union[PutRequest, _Mapping]] = ..., get: _Optional[_Union[GetRequest, _Mapping]] = ..., cas: _Optional[_Union[CompareAndSetRequest, _Mapping]] = ..., delete: _Optional[_Union[DeleteRequest, _Mapping]] = ..., history: _Optional[_Union[HistoryRequest, _Mapping]] = ..., batch: _Optional[_Union[BatchRequest, _Mapping]] = ...) -> None: ...
+    open_session: OpenSessionRequest
+    def __init__(self, request_id: _Optional[int] = ..., put: _Optional[_Union[PutRequest, _Mapping]] = ..., get: _Optional[_Union[GetRequest, _Mapping]] = ..., cas: _Optional[_Union[CompareAndSetRequest, _Mapping]] = ..., delete: _Optional[_Union[DeleteRequest, _Mapping]] = ..., history: _Optional[_Union[HistoryRequest, _Mapping]] = ..., batch: _Optional[_Union[BatchRequest, _Mapping]] = ..., open_session: _Optional[_Union[OpenSessionRequest, _Mapping]] = ...) -> None: ...
 
 class KVResponse(_message.Message):
-    __slots__ = ("request_id", "status", "put", "get", "cas", "delete", "history", "batch")
+    __slots__ = ("request_id", "status", "put", "get", "cas", "delete", "history", "batch", "open_session")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
     PUT_FIELD_NUMBER: _ClassVar[int]
@@ -217,6 +239,7 @@ class KVResponse(_message.Message):
     DELETE_FIELD_NUMBER: _ClassVar[int]
     HISTORY_FIELD_NUMBER: _ClassVar[int]
     BATCH_FIELD_NUMBER: _ClassVar[int]
+    OPEN_SESSION_FIELD_NUMBER: _ClassVar[int]
     request_id: int
     status: _common_pb2.Status
     put: PutResponse
@@ -225,7 +248,8 @@ class KVResponse(_message.Message):
     delete: DeleteResponse
     history: HistoryResponse
     batch: BatchResponse
-    def __init__(self, request_id: _Optional[int] = ..., status: _Optional[_Union[_common_pb2.Status, _Mapping]] = ..., put: _Optional[_Union[PutResponse, _Mapping]] = ..., get: _Optional[_Union[GetResponse, _Mapping]] = ..., cas: _Optional[_Union[CompareAndSetResponse, _Mapping]] = ..., delete: _Optional[_Union[DeleteResponse, _Mapping]] = ..., history: _Optional[_Union[HistoryResponse, _Mapping]] = ..., batch: _Optional[_Union[BatchResponse, _Mapping]] = ...) -> None: ...
+    open_session: OpenSessionResponse
+    def __init__(self, request_id: _Optional[int] = ..., status: _Optional[_Union[_common_pb2.Status, _Mapping]] = ..., put: _Optional[_Union[PutResponse, _Mapping]] = ..., get: _Optional[_Union[GetResponse, _Mapping]] = ..., cas: _Optional[_Union[CompareAndSetResponse, _Mapping]] = ..., delete: _Optional[_Union[DeleteResponse, _Mapping]] = ..., history: _Optional[_Union[HistoryResponse, _Mapping]] = ..., batch: _Optional[_Union[BatchResponse, _Mapping]] = ..., open_session: _Optional[_Union[OpenSessionResponse, _Mapping]] = ...) -> None: ...
 
 class BatchCommandsRequest(_message.Message):
     __slots__ = ("requests",)

@@ -34,6 +34,11 @@ class KVStub:
         Args:
             channel: A grpc.Channel.
         """
+        self.OpenSession = channel.unary_unary(
+                '/medkv.v1.KV/OpenSession',
+                request_serializer=proto_dot_medkv_dot_v1_dot_kv__pb2.OpenSessionRequest.SerializeToString,
+                response_deserializer=proto_dot_medkv_dot_v1_dot_kv__pb2.OpenSessionResponse.FromString,
+                _registered_method=True)
         self.Put = channel.unary_unary(
                 '/medkv.v1.KV/Put',
                 request_serializer=proto_dot_medkv_dot_v1_dot_kv__pb2.PutRequest.SerializeToString,
@@ -78,6 +83,15 @@ class KVStub:
 
 class KVServicer:
     """Missing associated documentation comment in .proto file."""
+
+    def OpenSession(self, request, context):
+        """Open a write session on one partition (leader only; replicated). Every
+        write carries the session id in its WriteId. RESOURCE_EXHAUSTED when the
+        partition already has max_sessions open sessions (none is ever evicted).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
 
     def Put(self, request, context):
         """Missing associated documentation comment in .proto file."""
@@ -136,6 +150,11 @@ class KVServicer:
 
 def add_KVServicer_to_server(servicer, server):
     rpc_method_handlers = {
+            'OpenSession': grpc.unary_unary_rpc_method_handler(
+                    servicer.OpenSession,
+                    request_deserializer=proto_dot_medkv_dot_v1_dot_kv__pb2.OpenSessionRequest.FromString,
+                    response_serializer=proto_dot_medkv_dot_v1_dot_kv__pb2.OpenSessionResponse.SerializeToString,
+            ),
             'Put': grpc.unary_unary_rpc_method_handler(
                     servicer.Put,
                     request_deserializer=proto_dot_medkv_dot_v1_dot_kv__pb2.PutRequest.FromString,
@@ -186,6 +205,33 @@ def add_KVServicer_to_server(servicer, server):
  # This class is part of an EXPERIMENTAL API.
 class KV:
     """Missing associated documentation comment in .proto file."""
+
+    @staticmethod
+    def OpenSession(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/medkv.v1.KV/OpenSession',
+            proto_dot_medkv_dot_v1_dot_kv__pb2.OpenSessionRequest.SerializeToString,
+            proto_dot_medkv_dot_v1_dot_kv__pb2.OpenSessionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
 
     @staticmethod
     def Put(request,
