@@ -19,6 +19,7 @@ import plyvel
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 
+from consensus.codec import CodecError
 from consensus.leveldb_storage import LevelDBLogStore
 from consensus.types import MessageType
 from node import raft_guard, rpc_handlers, test_only
@@ -101,7 +102,7 @@ class RaftTransportService(raft_pb2_grpc.RaftTransportServicer):
             )
         try:
             group, msg = await receive_snapshot(request_iterator, MAX_SNAPSHOT_BYTES)
-        except ValueError as e:
+        except (ValueError, CodecError) as e:  # a header that does not decode is as bad
             return raft_pb2.SnapshotAck(accepted=False, message=str(e))
         # The header names its sender; the guard checks it is a member of the
         # group, and the rest (node.raft_guard). A refusal answers its status.
