@@ -27,6 +27,7 @@ from node.errors import (
     InvalidArgument,
     NodeError,
     NotFound,
+    ResourceExhausted,
     Unavailable,
 )
 from node.grpc_errors import abort_with, to_status
@@ -380,18 +381,21 @@ class KVService(kv_pb2_grpc.KVServicer):
         """Many requests multiplexed on one stream, answered as they finish.
 
         At most [limits] max_in_flight_per_stream of a stream's requests are
-        served at once: beyond that the node stops reading the stream until
-        one finishes, so HTTP/2 flow control pushes back on the client instead
-        of the node buffering without bound. A stream that sends something
-        that is not a request ends with INVALID_ARGUMENT (node.rpc_handlers)."""
+        served at once: one beyond that is answered at once with
+        RESOURCE_EXHAUSTED (retry it later) instead of queueing without bound.
+        Replies the client has not read yet are bounded too (twice the cap):
+        beyond that the node stops reading the stream, and HTTP/2 flow
+        control pushes back. A stream that sends something that is not a
+        request ends with INVALID_ARGUMENT (node.rpc_handlers); each request
+        waits no longer than the stream's deadline allows."""
         loop = asyncio.get_running_loop()
         done: asyncio.Queue[kv_pb2.KVResponse | Exception | None] = asyncio.Queue()
         tasks: set[asyncio.Task[kv_pb2.KVResponse]] = set()
-        slots = asyncio.Semaphore(self.node.cfg.limits.max_in_flight_per_stream)
+        cap = self.node.cfg.limits.max_in_flight_per_stream
+        unsent = asyncio.Semaphore(2 * cap)  # replies not yet handed to gRPC
 
         def finished(t: asyncio.Task[kv_pb2.KVResponse]) -> None:
             tasks.discard(t)
-            slots.release()
             if not t.cancelled():
                 done.put_nowait(t.result())
 
@@ -399,7 +403,10 @@ class KVService(kv_pb2_grpc.KVServicer):
             try:
                 async for batch in request_iterator:
                     for req in batch.requests:
-                        await slots.acquire()  # back-pressure: stop reading
+                        await unsent.acquire()
+                        if len(tasks) >= cap:
+                            done.put_nowait(_too_many_in_flight(req, cap))
+                            continue
                         t = loop.create_task(self._one(req, context))
                         tasks.add(t)
                         t.add_done_callback(finished)
@@ -427,10 +434,20 @@ class KVService(kv_pb2_grpc.KVServicer):
                         break
                     item = done.get_nowait()
                 yield kv_pb2.BatchCommandsResponse(responses=out)
+                for _ in out:
+                    unsent.release()
         finally:
             reader.cancel()
             for t in tasks:
                 t.cancel()
+
+
+def _too_many_in_flight(req: kv_pb2.KVRequest, cap: int) -> kv_pb2.KVResponse:
+    err = ResourceExhausted(
+        f"request: this stream already has {cap} requests in flight "
+        "([limits] max_in_flight_per_stream); retry it when one is answered"
+    )
+    return kv_pb2.KVResponse(request_id=req.request_id, status=to_status(err))
 
 
 def _record_pb(rec: Any) -> common_pb2.Record:

@@ -87,7 +87,7 @@ def _healthy(cluster: LocalCluster, kv: Client, patients: dict[int, list[str]], 
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.5)
-    for p, pids in patients.items():
+    for pids in patients.values():
         assert kv.get(pids[0], "hostile").value == tag.encode()
     for address in cluster.addresses:
         for p in patients:
@@ -152,7 +152,7 @@ def test_hostile_raft_messages_are_refused_and_the_partition_keeps_serving(
             ),
             (
                 raft_pb2.RaftBatch(
-                    from_node=[n for n in (1, 2, 3) if n not in (leader, victim)][0],
+                    from_node=next(n for n in (1, 2, 3) if n not in (leader, victim)),
                     to_node=victim,
                     messages=[raft_pb2.GroupMessage(
                         group=target_partition, message=encode_message(spoofed))],
