@@ -505,7 +505,10 @@ class MultiRaftHost:
             return None
         raw = r.raw
         members = raw.raft.trk.progress.keys() if raw.has_membership() else ()
-        return raft_guard.GroupView(term=raw.term, leader=raw.leader, members=frozenset(members))
+        return raft_guard.GroupView(
+            term=raw.term, leader=raw.leader, members=frozenset(members),
+            last_index=raw.last_index,
+        )
 
     def check_inbound(self, group: int, m: Message, sender: int) -> None:
         """Raise a NodeError if m must not reach the core (node.raft_guard).

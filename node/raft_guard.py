@@ -27,7 +27,13 @@ message that breaks one never refuses a correct peer:
                are short; at most max_entries entries;
   leadership   in this replica's current term, only the leader it knows may
                send what only a leader sends (APP, HEARTBEAT, SNAP, TIMEOUT_NOW,
-               READ_INDEX_RESP): Raft elects at most one leader per term.
+               READ_INDEX_RESP): Raft elects at most one leader per term;
+  acks         an append response of this replica's current term acknowledges
+               no index beyond this replica's last one: within a term a
+               leader's log only grows, and a follower acknowledges only what
+               that leader sent (or what was committed, which the leader
+               holds). Trusting a larger ack would let one lying follower
+               count towards a quorum for entries only the leader has.
 
 A refusal is a NodeError: INVALID_ARGUMENT for a message no correct peer can
 send in any state, FAILED_PRECONDITION for one that contradicts what this
@@ -87,6 +93,7 @@ class GroupView:
     term: int
     leader: int  # the leader known in `term`, 0 when none
     members: frozenset[int]  # empty: a blank replica that has no membership yet
+    last_index: int = (1 << 63) - 1  # the replica's last log index (unknown: no limit)
 
 
 @dataclass(frozen=True)
@@ -158,6 +165,12 @@ def check_message(
         raise refusal(
             group, m,
             f"node {view.leader} leads term {m.term}; a term has at most one leader",
+            precondition=True,
+        )
+    if t == MessageType.APP_RESP and m.term == view.term and m.index > view.last_index:
+        raise refusal(
+            group, m,
+            f"acknowledges index {m.index}, beyond this replica's last index {view.last_index}",
             precondition=True,
         )
 

@@ -162,6 +162,17 @@ def test_hostile_raft_messages_are_refused_and_the_partition_keeps_serving(
         ):
             _assert_refused(_send(address, batch), code, words)
 
+        # A follower acknowledging entries its leader never had: counted, it
+        # would make a quorum for entries only the leader holds.
+        ack = Message(MessageType.APP_RESP, to=leader, frm=victim, term=term, index=1 << 40)
+        _assert_refused(
+            _send(cluster.addresses[leader - 1], raft_pb2.RaftBatch(
+                from_node=victim, to_node=leader,
+                messages=[raft_pb2.GroupMessage(group=target_partition, message=encode_message(ack))],
+            )),
+            grpc.StatusCode.FAILED_PRECONDITION, "beyond this replica's last index",
+        )
+
         # Each node answered and still serves: the partition has a leader on
         # every node's view, with a sane term, and takes writes.
         _healthy(cluster, kv, patients, "after")

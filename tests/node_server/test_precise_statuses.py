@@ -17,7 +17,7 @@ import pytest
 
 from client import Client
 from proto.medkv.v1 import admin_pb2, admin_pb2_grpc, common_pb2, kv_pb2, kv_pb2_grpc
-from tests.cluster.harness import LocalCluster, patients_per_partition, start_cluster, stop_cluster
+from tests.cluster.harness import LocalCluster, start_cluster, stop_cluster
 
 pytestmark = [pytest.mark.cluster]
 
@@ -96,12 +96,10 @@ def test_erase_patient_with_a_bad_id_is_invalid_argument(cluster: LocalCluster) 
 def test_transfer_leader_to_a_node_without_a_replica_is_failed_precondition(
     cluster: LocalCluster, kv: Client
 ) -> None:
-    table = kv.routing_table()
     p, outsider = next(
         (i.partition, n) for i in kv.cluster_status().partition_info
         for n in (1, 2, 3) if n not in i.replicas
     )
-    del table
     for address in cluster.addresses:  # whichever node is asked
         admin = _admin(address)
         code, details = _status(lambda admin=admin: admin.TransferLeader(

@@ -79,6 +79,7 @@ def cases(draw: st.DrawFn) -> Case:
                 term=st.just(view_term),
                 leader=st.sampled_from([0, 1, 2, 3]),
                 members=st.sampled_from([frozenset(MEMBERS), frozenset()]),
+                last_index=st.sampled_from([10, MAX_TERM]),
             ),
         )
     )
@@ -179,6 +180,11 @@ def expected(c: Case) -> grpc.StatusCode | None:
             v is None or not leader_only or m.term != v.term or v.leader in (0, c.sender),
             precondition,
         ),
+        (
+            v is None or m.type != MessageType.APP_RESP or m.term != v.term
+            or m.index <= v.last_index,
+            precondition,
+        ),
     ]
     for ok, code in rules:
         if not ok:
@@ -219,6 +225,7 @@ class GuardedCluster(Cluster):
                 term=node.term,
                 leader=node.leader,
                 members=frozenset(node.raft.trk.progress) if node.has_membership() else frozenset(),
+                last_index=node.last_index,
             )
             limits = GuardLimits(node_id=m.to, peers=frozenset(self.nodes), partitions=1)
             try:
@@ -358,7 +365,8 @@ def test_an_accepted_message_never_poisons_the_replica(c: Case, warmup: int) -> 
     for _ in range(warmup * 7):
         node.tick()
     view = GroupView(
-        term=node.term, leader=node.leader, members=frozenset(node.raft.trk.progress)
+        term=node.term, leader=node.leader, members=frozenset(node.raft.trk.progress),
+        last_index=node.last_index,
     )
     m = c.m
     try:
@@ -388,3 +396,17 @@ def test_a_heartbeat_with_the_largest_term_is_refused_by_name() -> None:
     assert e.value.message == (
         "partition 0: HEARTBEAT from node 2 refused: term is out of range (above 2^63-1)"
     )
+
+
+def test_an_ack_beyond_the_last_index_is_refused() -> None:
+    """A follower acknowledging entries the leader never had would count
+    towards a quorum for entries only the leader holds."""
+    view = GroupView(term=5, leader=ME, members=frozenset(MEMBERS), last_index=40)
+    ack = Message(MessageType.APP_RESP, to=ME, frm=2, term=5, index=41)
+    with pytest.raises(NodeError) as e:
+        check_message(0, ack, 2, LIMITS, view)
+    assert e.value.code == grpc.StatusCode.FAILED_PRECONDITION
+    assert "acknowledges index 41, beyond this replica's last index 40" in e.value.message
+    check_message(0, Message(MessageType.APP_RESP, to=ME, frm=2, term=5, index=40), 2, LIMITS, view)
+    # An older term's ack is the core's to ignore; the guard lets it through.
+    check_message(0, Message(MessageType.APP_RESP, to=ME, frm=2, term=4, index=99), 2, LIMITS, view)
