@@ -125,7 +125,12 @@ def test_operator_help_offers_no_test_only_switch() -> None:
     import sys
 
     root = Path(__file__).resolve().parents[2]
-    for argv in (["scripts/cluster.py", "up", "--help"], ["-m", "node", "--help"]):
+    commands = ["up", "status", "down", "kill-node", "restart-node", "pause-node", "resume-node"]
+    for argv in (
+        ["scripts/cluster.py", "--help"],
+        *(["scripts/cluster.py", c, "--help"] for c in commands),
+        ["-m", "node", "--help"],
+    ):
         out = subprocess.run(
             [sys.executable, *argv], cwd=root, capture_output=True, text=True, timeout=60,
             check=True,
