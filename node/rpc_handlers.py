@@ -4,10 +4,12 @@ that turns bad input into a precise status.
 gRPC's own deserializer runs before any handler: a request that is not a
 valid protobuf encoding of its type, or holds a string that is not UTF-8,
 failed there with UNKNOWN and a traceback in the log, per request. Here the
-services are registered with raw bytes in and the wrapper parses: such a
-request answers INVALID_ARGUMENT naming the message type and the problem,
-and leaves one (rate-limited) log line. The same holds for every message of
-a streaming call: a stream that turns to garbage ends with INVALID_ARGUMENT.
+deserializer never raises: it hands on the parsed message, or a Garbled
+stand-in naming the problem, and the wrapper answers the latter with
+INVALID_ARGUMENT naming the message type and the problem, and one
+(rate-limited) log line. The same holds for every message of a streaming
+call: a stream that turns to garbage ends with INVALID_ARGUMENT. Server
+interceptors (node.auth) see parsed messages as before, or a Garbled one.
 
 Whatever a handler raises is mapped the same way for every method:
 ValidationError and CommandError are INVALID_ARGUMENT, a NodeError carries
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
 
@@ -52,6 +55,29 @@ def parse(cls: type[Message], raw: bytes) -> Any:
         raise InvalidArgument(f"request: {problem} of {cls.DESCRIPTOR.full_name}") from None
 
 
+@dataclass(frozen=True, slots=True)
+class Garbled:
+    """A request that did not parse, in place of the message it should have been."""
+
+    error: InvalidArgument
+
+
+def _lenient(cls: type[Message]) -> Callable[[bytes], Any]:
+    def deserialize(raw: bytes) -> Any:
+        try:
+            return parse(cls, raw)
+        except InvalidArgument as e:
+            return Garbled(e)
+
+    return deserialize
+
+
+def _checked(request: Any) -> Any:
+    if isinstance(request, Garbled):
+        raise request.error
+    return request
+
+
 def as_node_error(e: Exception) -> NodeError | None:
     """The status an exception from a handler stands for; None for a bug."""
     if isinstance(e, NodeError):
@@ -75,74 +101,73 @@ async def _answer(name: str, context: grpc.aio.ServicerContext, e: Exception) ->
         await abort_with(context, err)
 
 
-async def _parsed_stream(
-    cls: type[Message], raw_iter: AsyncIterator[bytes]
-) -> AsyncIterator[Any]:
-    async for raw in raw_iter:
-        yield parse(cls, raw)
+async def _parsed_stream(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
+    async for request in requests:
+        yield _checked(request)
 
 
 def _wrap(name: str, method: MethodDescriptor, impl: Callable[..., Any]) -> grpc.RpcMethodHandler:
-    req_cls = message_factory.GetMessageClass(method.input_type)
+    deserialize = _lenient(message_factory.GetMessageClass(method.input_type))
     resp_cls = message_factory.GetMessageClass(method.output_type)
     serialize = resp_cls.SerializeToString
 
     if not method.client_streaming and not method.server_streaming:
 
-        async def unary_unary(raw: bytes, context: grpc.aio.ServicerContext) -> Any:
+        async def unary_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
             current_method.set(name)
             try:
-                return await impl(parse(req_cls, raw), context)
+                return await impl(_checked(request), context)
             except grpc.aio.AbortError:
                 raise
             except Exception as e:
                 await _answer(name, context, e)
 
-        return grpc.unary_unary_rpc_method_handler(unary_unary, None, serialize)
+        return grpc.unary_unary_rpc_method_handler(unary_unary, deserialize, serialize)
 
     if not method.client_streaming:
 
-        async def unary_stream(raw: bytes, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        async def unary_stream(
+            request: Any, context: grpc.aio.ServicerContext
+        ) -> AsyncIterator[Any]:
             current_method.set(name)
             try:
-                request = parse(req_cls, raw)
-                async for reply in impl(request, context):
+                async for reply in impl(_checked(request), context):
                     yield reply
             except grpc.aio.AbortError:
                 raise
             except Exception as e:
                 await _answer(name, context, e)
 
-        return grpc.unary_stream_rpc_method_handler(unary_stream, None, serialize)
+        return grpc.unary_stream_rpc_method_handler(unary_stream, deserialize, serialize)
 
     if not method.server_streaming:
 
         async def stream_unary(
-            raw_iter: AsyncIterator[bytes], context: grpc.aio.ServicerContext
+            requests: AsyncIterator[Any], context: grpc.aio.ServicerContext
         ) -> Any:
             current_method.set(name)
             try:
-                return await impl(_parsed_stream(req_cls, raw_iter), context)
+                return await impl(_parsed_stream(requests), context)
             except grpc.aio.AbortError:
                 raise
             except Exception as e:
                 await _answer(name, context, e)
 
-        return grpc.stream_unary_rpc_method_handler(stream_unary, None, serialize)
+        return grpc.stream_unary_rpc_method_handler(stream_unary, deserialize, serialize)
 
     async def stream_stream(
-        raw_iter: AsyncIterator[bytes], context: grpc.aio.ServicerContext
+        requests: AsyncIterator[Any], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[Any]:
         current_method.set(name)
         try:
-            async for reply in impl(_parsed_stream(req_cls, raw_iter), context):
+            async for reply in impl(_parsed_stream(requests), context):
                 yield reply
         except grpc.aio.AbortError:
             raise
         except Exception as e:
             await _answer(name, context, e)
 
-    return grpc.stream_stream_rpc_method_handler(stream_stream, None, serialize)
+    return grpc.stream_stream_rpc_method_handler(stream_stream, deserialize, serialize)
 
 
 def add_service(
