@@ -66,8 +66,8 @@ class Limits:
     history_retention: int = 16
     session_ttl_s: float = 3600.0
     max_message_bytes: int = 8 << 20  # gRPC receive/send limit
-    # Requests of one BatchCommands stream being served at once; beyond it the
-    # node stops reading that stream (back-pressure) until one finishes.
+    # Requests of one BatchCommands stream being served at once; one beyond it
+    # is answered RESOURCE_EXHAUSTED at once (node.kv_service.BatchCommands).
     max_in_flight_per_stream: int = 1024
 
 
