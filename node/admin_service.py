@@ -91,7 +91,7 @@ class AdminService(admin_pb2_grpc.AdminServicer):
                     node_id=host.node_id,
                     role=_ROLE.get(r.role, admin_pb2.ROLE_UNKNOWN),
                     term=st.term, commit_index=st.commit, applied_index=r.applied,
-                    lag_entries=max(0, st.commit - r.applied), reachable=True,
+                    lag_entries=r.lag, reachable=True,
                 )
             )
         return info

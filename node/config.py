@@ -17,6 +17,7 @@ Example (one [[peers]] table per cluster member, this node included)::
     [raft]
     tick_ms = 100
     election_ticks = 10
+    max_clock_offset_ms = 250          # bound on clock skew between nodes
 
     [limits]
     request_timeout_s = 10.0
@@ -57,6 +58,16 @@ class RaftSettings:
     # A leader refuses new writes (RESOURCE_EXHAUSTED) while this many bytes of
     # its log are not committed yet: a slow quorum cannot make it buffer without bound.
     max_uncommitted_bytes: int = 64 << 20
+    # The most any two nodes' wall clocks may differ. A follower's stated
+    # staleness adds it to the age of the leader's last confirmed commit
+    # index (node/staleness.py); an announcement dated further in the future
+    # than this is refused. Keep clocks synced (NTP) well within it.
+    max_clock_offset_ms: int = 250
+
+    def __post_init__(self) -> None:
+        offset = self.max_clock_offset_ms
+        if isinstance(offset, bool) or not isinstance(offset, int) or not 0 <= offset <= 60_000:
+            raise ConfigError("[raft] max_clock_offset_ms must be an integer from 0 to 60000")
 
 
 @dataclass(frozen=True)

@@ -40,7 +40,6 @@ from consensus.types import (
     ConsensusError,
     EntryType,
     Message,
-    MessageType,
     ProposalDropped,
     Ready,
     StateRole,
@@ -58,12 +57,15 @@ from node.errors import (
     Unavailable,
 )
 from node.rate_log import RateLimitedLog
+from node.staleness import ReplicaFreshness
 from node.state_machine import ApplyResult, PartitionStateMachine
 
 log = logging.getLogger("medkv.host")
 _refusals = RateLimitedLog(logging.getLogger("medkv.raft_guard"))
 
-_LEADER_CONTACT = (MessageType.APP, MessageType.HEARTBEAT, MessageType.SNAP)
+# Bounds on a leader's announcement of its confirmed pairs (node/staleness.py):
+# announced pairs for groups that do not exist or from non-members are dropped.
+MAX_ANNOUNCED_PAIRS = 4096
 
 
 @dataclass
@@ -79,8 +81,8 @@ class Replica:
     role: StateRole = StateRole.FOLLOWER
     term: int = 0
     commit: int = 0
-    last_leader_contact: float = 0.0  # monotonic time of the last message from a leader
-    caught_up_at: float = 0.0  # leader-contact time at which applied >= known commit
+    # What this replica can honestly say about its staleness (node/staleness.py).
+    fresh: ReplicaFreshness = field(default_factory=lambda: ReplicaFreshness(0.25))
     since_snapshot: int = 0
     purged_at: int = 0  # the last erasure whose older copies were purged from disk
     broken: str = ""  # set when its stored state failed an integrity check
@@ -99,13 +101,15 @@ class Replica:
     def applied(self) -> int:
         return self.sm.applied_index
 
-    def staleness(self, now: float) -> float:
-        """Seconds since this replica last knew it had applied everything committed."""
-        if self.is_leader:
-            return 0.0
-        if self.caught_up_at == 0.0:
-            return float("inf")
-        return max(0.0, now - self.caught_up_at)
+    def staleness(self, mono: float, wall: float) -> float:
+        """An upper bound on how far its applied state trails the truth: the
+        age of the last confirmed commit index it has applied, -1.0 unknown."""
+        return self.fresh.staleness(mono, wall)
+
+    @property
+    def lag(self) -> int:
+        """Entries behind the leader's commit index as last announced."""
+        return self.fresh.lag(self.commit)
 
 
 class MultiRaftHost:
@@ -116,8 +120,15 @@ class MultiRaftHost:
         make_state_machine: Callable[[int], PartitionStateMachine],
         send: Callable[[list[tuple[int, Message]]], None],
         purge_disk: Callable[[], None] = lambda: None,
+        announce: Callable[[list[tuple[int, int, int, int, int]]], None] = lambda _pairs: None,
     ) -> None:
         self.cfg = cfg
+        self._announce = announce
+        self._announcements: list[tuple[int, int, int, int, int]] = []
+        self._closed_interval = cfg.raft.heartbeat_ticks * cfg.raft.tick_ms / 1000.0
+        self._closed_give_up = cfg.raft.election_ticks * cfg.raft.tick_ms / 1000.0
+        self._max_offset = cfg.raft.max_clock_offset_ms / 1000.0
+        self._refusal_logged: dict[int, float] = {}  # sender -> when its refusals were logged
         self._purge_disk = purge_disk
         # Partitions whose stored state failed an integrity check when the
         # node started: answered DATA_LOSS, served by their other replicas.
@@ -183,7 +194,9 @@ class MultiRaftHost:
             )
         )
         group_persist.check_stored_state(p, self.node_id, raw)
-        self.replicas[p] = Replica(p, reps, raw, storage, sm)
+        self.replicas[p] = Replica(
+            p, reps, raw, storage, sm, fresh=ReplicaFreshness(cfg.raft.max_clock_offset_ms / 1000.0)
+        )
         self._dirty.add(p)
         if fresh and reps[0] == self.node_id:
             # The preferred replica of a new group campaigns at once, so a
@@ -264,6 +277,7 @@ class MultiRaftHost:
                         failstop.check(e)
                         log.exception("queued operation failed")
                 self._issue_reads()
+                self._issue_closed()
                 await self._process_ready()
             except Exception as e:
                 failstop.check(e)  # a disk that fails a write stops the node
@@ -333,6 +347,9 @@ class MultiRaftHost:
                 r.raw.advance(rd)
             except Exception as e:
                 self.mark_broken(r, e)
+        if self._announcements:
+            pairs, self._announcements = self._announcements, []
+            self._announce(pairs)
         for r, rd in work:
             if r.broken:
                 continue
@@ -356,6 +373,7 @@ class MultiRaftHost:
             r.leader = rd.soft_state.leader
             r.role = rd.soft_state.role
             if was_leader and not r.is_leader:
+                r.fresh.not_leader()
                 self._fail_waiters(r, Unavailable(self._not_leader_message(r), self.leader_hint(r)))
         if rd.hard_state is not None:
             r.term = rd.hard_state.term
@@ -370,12 +388,23 @@ class MultiRaftHost:
         if rd.committed_entries:
             self._apply_entries(r, rd)
         for rs in rd.read_states:
+            if r.fresh.confirm(rs.context, rs.index) and r.is_leader:
+                self._queue_announcement(r)
             for fut in r.read_waiters.pop(rs.context, []):
                 if not fut.done():
                     fut.set_result(rs.index)
-        if r.applied >= r.commit:
-            r.caught_up_at = now if r.is_leader else r.last_leader_contact
+        r.fresh.advance(r.applied)
         self._wake_applied(r)
+
+    def _queue_announcement(self, r: Replica) -> None:
+        """Tell the other replicas the newest pair this leader confirmed."""
+        if r.fresh.newest is None:
+            return
+        index, wall = r.fresh.newest
+        time_ms = int(wall * 1000)
+        for peer in r.replicas:
+            if peer != self.node_id:
+                self._announcements.append((peer, r.partition, r.term, index, time_ms))
 
     def _apply_entries(self, r: Replica, rd: Ready) -> None:
         run: list[tuple[int, int, bytes]] = []
@@ -539,7 +568,6 @@ class MultiRaftHost:
     def deliver(self, msgs: Sequence[tuple[int, Message]], sender: int | None = None) -> None:
         """Queue inbound messages for the core. Each is checked again by the
         guard when it is stepped, against the replica's state at that moment."""
-        now = time.monotonic()
 
         def step() -> None:
             for group, m in msgs:
@@ -551,8 +579,6 @@ class MultiRaftHost:
                 except NodeError as e:
                     log_refusal(m.frm if sender is None else sender, e)
                     continue
-                if m.type in _LEADER_CONTACT and m.term >= r.term:
-                    r.last_leader_contact = now
                 self._dirty.add(group)
                 try:
                     r.raw.step(m)
@@ -562,6 +588,40 @@ class MultiRaftHost:
                     self.mark_broken(r, e)
 
         self._enqueue(step)
+
+    def deliver_closed(self, sender: int, pairs: Sequence[tuple[int, int, int, int]]) -> None:
+        """A leader's confirmed pairs (group, term, index, time_ms). Only a
+        member of the group is heard, and never a pair dated further ahead
+        of this node's clock than max_clock_offset: its clock is off by more
+        than the staleness arithmetic allows, so believing it could make this
+        replica claim to be fresher than it is."""
+        received = time.time()
+
+        def op() -> None:
+            refused = 0
+            for group, _term, index, time_ms in pairs[:MAX_ANNOUNCED_PAIRS]:
+                r = self.replicas.get(group)
+                if r is not None and r.broken:
+                    continue  # out of service: it answers no reads anyway
+                if r is None or sender not in r.replicas or sender == self.node_id:
+                    refused += 1
+                    continue
+                at = time_ms / 1000.0
+                if at > received + self._max_offset:
+                    refused += 1
+                    continue
+                r.fresh.heard(index, at)
+                r.fresh.advance(r.applied)
+            last = self._refusal_logged.get(sender, float("-inf"))
+            if refused and time.monotonic() - last >= 10.0:  # a skewed clock would flood the log
+                self._refusal_logged[sender] = time.monotonic()
+                log.warning(
+                    "refused %d confirmed pair(s) from node %d: unknown group, not a member, "
+                    "or dated beyond max_clock_offset_ms=%d ahead of this node's clock",
+                    refused, sender, self.cfg.raft.max_clock_offset_ms,
+                )
+
+        self._enqueue(op)
 
     def report_unreachable(self, peer: int, groups: Sequence[int]) -> None:
         def op() -> None:
@@ -718,6 +778,7 @@ class MultiRaftHost:
             self._dirty.add(r.partition)
             try:
                 r.raw.read_index(ctx)
+                r.fresh.issue(ctx, time.monotonic(), time.time())
             except ConsensusError:
                 # The core stepped down in this very turn; our role catches up
                 # with the next Ready. The client retries on the new leader.
@@ -727,6 +788,24 @@ class MultiRaftHost:
                         f.set_exception(err)
                 continue
             r.read_waiters[ctx] = futs
+
+    def _issue_closed(self) -> None:
+        """Each leader confirms its commit index once per heartbeat interval
+        (a ReadIndex round, answered by the next heartbeats' acks), so it
+        knows its own staleness and has a pair to announce to its followers."""
+        mono = time.monotonic()
+        for r in self.replicas.values():
+            if r.broken or not r.is_leader:
+                continue
+            if not r.fresh.closed_due(mono, self._closed_interval, self._closed_give_up):
+                continue
+            ctx = next(self._read_ctx).to_bytes(8, "big")
+            try:
+                r.raw.read_index(ctx)
+            except ConsensusError:
+                continue  # stepped down this turn; the soft state follows
+            r.fresh.issue(ctx, mono, time.time(), closed=True)
+            self._dirty.add(r.partition)
 
     async def wait_applied(self, r: Replica, index: int, timeout: float) -> None:
         if r.applied >= index:

@@ -65,6 +65,11 @@ def _checked(res: ApplyResult, partition: int) -> int:
     return res.version
 
 
+def _linearizable(read: common_pb2.ReadOptions) -> bool:
+    """Get and History default to linearizable reads, confirmed by ReadIndex."""
+    return (read.consistency or common_pb2.LINEARIZABLE) == common_pb2.LINEARIZABLE
+
+
 def token_fingerprint(index_key: bytes) -> bytes:
     """Scan resume tokens are storage keys; they carry a fingerprint of the
     storage-key secret so a replica with other keys refuses them, not misreads."""
@@ -92,15 +97,21 @@ class KVService(kv_pb2_grpc.KVServicer):
                 return max(0.05, min(self.timeout, remaining - margin))
         return self.timeout
 
-    def read_state(self, r: Replica) -> common_pb2.ReadState:
-        staleness = r.staleness(time.monotonic())
+    def read_state(self, r: Replica, *, confirmed: bool = False) -> common_pb2.ReadState:
+        """What a reply says about the state it was read from. `confirmed`: a
+        ReadIndex round just confirmed it current (a linearizable read, or a
+        write applied through this leader), so it is not stale at all."""
+        if confirmed and r.is_leader:
+            staleness, lag = 0.0, 0
+        else:
+            staleness, lag = r.staleness(time.monotonic(), time.time()), r.lag
         return common_pb2.ReadState(
             partition=r.partition,
             node_id=self.host.node_id,
             applied_index=r.applied,
             commit_index=r.commit,
-            lag_entries=max(0, r.commit - r.applied),
-            staleness_seconds=staleness if staleness != float("inf") else -1.0,
+            lag_entries=lag,
+            staleness_seconds=staleness,
             from_leader=r.is_leader,
         )
 
@@ -115,16 +126,21 @@ class KVService(kv_pb2_grpc.KVServicer):
             if mode == common_pb2.BOUNDED:
                 if read.max_staleness_ms == 0:
                     raise InvalidArgument("read.max_staleness_ms: must be > 0 with BOUNDED consistency")
-                staleness = r.staleness(time.monotonic())
-                if staleness * 1000.0 > read.max_staleness_ms:
-                    shown = "unknown" if staleness == float("inf") else f"{staleness:.3f}s"
-                    raise FailedPrecondition(
-                        f"partition {partition} on node {self.host.node_id} is too stale for this "
-                        f"read: staleness {shown}, lag {max(0, r.commit - r.applied)} entries, "
-                        f"bound {read.max_staleness_ms}ms",
-                        self.host.leader_hint(r),
-                        kind="too-stale",
-                    )
+                staleness = r.staleness(time.monotonic(), time.time())
+                if staleness < 0 or staleness * 1000.0 > read.max_staleness_ms:
+                    if r.is_leader:
+                        # The leader need not refuse: a ReadIndex round makes
+                        # it current (the reply then states staleness 0).
+                        r = await self.host.read_barrier(partition, timeout)
+                    else:
+                        shown = "unknown" if staleness < 0 else f"{staleness:.3f}s"
+                        raise FailedPrecondition(
+                            f"partition {partition} on node {self.host.node_id} is too stale for "
+                            f"this read: staleness {shown}, lag {r.lag} entries, "
+                            f"bound {read.max_staleness_ms}ms",
+                            self.host.leader_hint(r),
+                            kind="too-stale",
+                        )
         else:
             raise InvalidArgument(f"read.consistency: unknown mode {read.consistency}")
         if read.min_version and r.applied < read.min_version:
@@ -173,7 +189,7 @@ class KVService(kv_pb2_grpc.KVServicer):
             patient_id=req.patient_id, record_id=req.record_id, value=req.value,
         )
         version, r = await self._write(req.write_id, req.patient_id, c, context)
-        return kv_pb2.PutResponse(version=version, read_state=self.read_state(r))
+        return kv_pb2.PutResponse(version=version, read_state=self.read_state(r, confirmed=True))
 
     async def cas(
         self, req: kv_pb2.CompareAndSetRequest, context: Any = None
@@ -187,7 +203,7 @@ class KVService(kv_pb2_grpc.KVServicer):
             expected_version=req.expected_version,
         )
         version, r = await self._write(req.write_id, req.patient_id, c, context)
-        return kv_pb2.CompareAndSetResponse(version=version, read_state=self.read_state(r))
+        return kv_pb2.CompareAndSetResponse(version=version, read_state=self.read_state(r, confirmed=True))
 
     async def delete(self, req: kv_pb2.DeleteRequest, context: Any = None) -> kv_pb2.DeleteResponse:
         validate_write_id(req.write_id.client_id, req.write_id.seq, req.write_id.ack_below)
@@ -198,7 +214,7 @@ class KVService(kv_pb2_grpc.KVServicer):
             expected_version=req.expected_version if req.has_expected_version else None,
         )
         version, r = await self._write(req.write_id, req.patient_id, c, context)
-        return kv_pb2.DeleteResponse(version=version, read_state=self.read_state(r))
+        return kv_pb2.DeleteResponse(version=version, read_state=self.read_state(r, confirmed=True))
 
     async def batch(self, req: kv_pb2.BatchRequest, context: Any = None) -> kv_pb2.BatchResponse:
         validate_write_id(req.write_id.client_id, req.write_id.seq, req.write_id.ack_below)
@@ -221,7 +237,7 @@ class KVService(kv_pb2_grpc.KVServicer):
         c = cmd.Batch(**self._write_fields(req.write_id), patient_id=req.patient_id, ops=tuple(ops))
         cmd.validate_batch(c)
         version, r = await self._write(req.write_id, req.patient_id, c, context)
-        return kv_pb2.BatchResponse(version=version, read_state=self.read_state(r))
+        return kv_pb2.BatchResponse(version=version, read_state=self.read_state(r, confirmed=True))
 
     async def erase_patient(self, req: admin_pb2.ErasePatientRequest) -> int:
         validate_write_id(req.client_id, req.seq)
@@ -241,7 +257,9 @@ class KVService(kv_pb2_grpc.KVServicer):
                 f"no such record in partition {p}"
                 + (f" at version {req.at_version}" if req.at_version else "")
             )
-        return kv_pb2.GetResponse(record=_record_pb(rec), read_state=self.read_state(r))
+        return kv_pb2.GetResponse(
+            record=_record_pb(rec), read_state=self.read_state(r, confirmed=_linearizable(req.read))
+        )
 
     async def history(self, req: kv_pb2.HistoryRequest, context: Any = None) -> kv_pb2.HistoryResponse:
         validate_ids(req.patient_id, req.record_id)
@@ -258,7 +276,8 @@ class KVService(kv_pb2_grpc.KVServicer):
         if not versions and not req.before_version:
             raise NotFound(f"no such record in partition {p}")
         return kv_pb2.HistoryResponse(
-            versions=[_record_pb(v) for v in versions], read_state=self.read_state(r)
+            versions=[_record_pb(v) for v in versions],
+            read_state=self.read_state(r, confirmed=_linearizable(req.read)),
         )
 
     # ---- unary RPCs ------------------------------------------------------

@@ -34,6 +34,7 @@ from node.tls import is_node_peer
 from node.transport import (
     PeerTransport,
     decode_batch_items,
+    decode_closed,
     grpc_options,
     open_channel,
     receive_snapshot,
@@ -77,6 +78,8 @@ class RaftTransportService(raft_pb2_grpc.RaftTransportServicer):
                     [(g, m) for g, m in msgs if m.type != MessageType.SNAP], sender
                 )
                 self.node.host.deliver(accepted, sender)
+                if batch.closed:  # leaders' confirmed pairs (node.staleness); host checks them
+                    self.node.host.deliver_closed(sender, decode_closed(batch))
                 if garbled:
                     problem = InvalidArgument(f"partition {garbled[0][0]}: {garbled[0][1]}")
                 elif snaps:
@@ -134,6 +137,7 @@ class Node:
             self.layout.state_machine,
             self.transport.send,
             purge_disk=self.layout.purge_disk,
+            announce=self.transport.announce,
         )
         self.keys = KeyRotationManager(self.layout, self.host, cfg.key_file)
         self.kv = KVService(self)

@@ -116,6 +116,15 @@ def decode_batch_items(batch: raft_pb2.RaftBatch) -> tuple[GroupMessages, list[t
     return out, bad
 
 
+# (peer, group, term, index, time_ms): a leader's confirmed pair for a follower.
+ClosedPairs = list[tuple[int, int, int, int, int]]
+
+
+def decode_closed(batch: raft_pb2.RaftBatch) -> list[tuple[int, int, int, int]]:
+    """The batch's confirmed pairs as (group, term, index, time_ms)."""
+    return [(c.group, c.term, c.index, c.time_ms) for c in batch.closed]
+
+
 class _PeerLink:
     """The outbound stream to one peer, reconnecting with backoff."""
 
@@ -235,6 +244,19 @@ class PeerTransport:
             link = self.links.get(peer)
             if link is not None:
                 link.enqueue(encode_batch(self.node_id, peer, pm))
+
+    def announce(self, pairs: ClosedPairs) -> None:
+        """Queue one batch per peer of confirmed pairs (node/staleness.py);
+        never blocks, and a dropped batch only leaves a follower staler."""
+        per_peer: dict[int, list[raft_pb2.ClosedTimestamp]] = {}
+        for peer, group, term, index, time_ms in pairs:
+            per_peer.setdefault(peer, []).append(
+                raft_pb2.ClosedTimestamp(group=group, term=term, index=index, time_ms=time_ms)
+            )
+        for peer, closed in per_peer.items():
+            link = self.links.get(peer)
+            if link is not None:
+                link.enqueue(raft_pb2.RaftBatch(from_node=self.node_id, to_node=peer, closed=closed))
 
     def _send_snapshot(self, group: int, m: Message) -> None:
         link = self.links.get(m.to)

@@ -28,6 +28,20 @@ each read against the prefix it claims. What is checked, exactly:
     answered with applied_index below it.
 ``negative_lag``
     The reported lag is negative.
+``stale_beyond_claim``
+    The read states a staleness s >= 0 (seconds; -1 is "unknown" and claims
+    nothing) yet misses a write of its key acknowledged before
+    invoke - s - clock_error: its version is below that write's (DESIGN
+    invariant 8: a replica never claims to be fresher than it is). The
+    read's invoke time is used because the replica measured s at some
+    moment after it, so the test is never stricter than the claim; the
+    acknowledgement time is when the client saw it, after the commit.
+    `clock_error_s` is the error the suite states between its clock and the
+    nodes' (staleness is measured on the nodes). A read of an absent record
+    (version 0) reflects a write that was a delete.
+``over_bound``
+    A bounded read (value {"max_staleness": b}) was served stating a
+    staleness above b, or unknown: it must have been refused instead.
 ``beyond_log``
     applied_index + lag (the commit index the replica claims to know) exceeds
     what the log can hold when the read completed: the highest version of an
@@ -41,8 +55,9 @@ each read against the prefix it claims. What is checked, exactly:
 
 Op shapes: writes are the versioned register's (kinds write, cas, delete;
 ok output {"version": n}). Follower reads: kind "follower_read", key,
-value {"min_version": m} or null, ok output
-{"value": v, "version": n, "applied_index": a, "lag": l}.
+value {"min_version": m, "max_staleness": b} (each optional) or null, ok
+output {"value": v, "version": n, "applied_index": a, "lag": l,
+"staleness": s} (staleness optional or null: no claim).
 """
 
 from __future__ import annotations
@@ -69,6 +84,7 @@ class FollowerReadsResult:
     counts: dict[str, int] = field(default_factory=dict)
     violations: list[dict[str, Any]] = field(default_factory=list)
     index_slack: int | None = None
+    clock_error_s: float | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -78,6 +94,7 @@ class FollowerReadsResult:
             "reads": self.reads,
             "writes": self.writes,
             "index_slack": self.index_slack,
+            "clock_error_s": self.clock_error_s,
             "counts": self.counts,
             "violations": self.violations,
         }
@@ -90,6 +107,10 @@ class _KeyLog:
     by_version: dict[int, Hashable] = field(default_factory=dict)  # acknowledged
     writer: dict[int, Op] = field(default_factory=dict)
     versions: list[int] = field(default_factory=list)  # sorted, acknowledged
+    # Acknowledged writes by acknowledgement time: (complete_ns, version), and
+    # the running maximum of versions in that order.
+    acked_at: list[int] = field(default_factory=list)
+    acked_max: list[int] = field(default_factory=list)
     maybe_values: set[Hashable] = field(default_factory=set)  # info writes
 
 
@@ -117,6 +138,7 @@ def check_follower_reads(
     write_kinds: Collection[str] = ("write", "cas", "delete"),
     group_of: Callable[[str | None], Hashable] | None = None,
     index_slack: int | None = 64,
+    clock_error_s: float = 0.0,
 ) -> FollowerReadsResult:
     """Check every ok follower read of `history` (see the module doc).
 
@@ -153,6 +175,11 @@ def check_follower_reads(
             log.writer[version] = op
     for log in logs.values():
         log.versions = sorted(log.by_version)
+        best = 0
+        for at, v in sorted((int(w.complete_ns or 0), v) for v, w in log.writer.items()):
+            best = max(best, v)
+            log.acked_at.append(at)
+            log.acked_max.append(best)
     groups = {g: _group_log(ws) for g, ws in group_writes.items()}
 
     n_reads = 0
@@ -197,6 +224,9 @@ def check_follower_reads(
             add("below_min_version", op, applied_index=applied, min_version=int(token))
         if lag < 0:
             add("negative_lag", op, lag=lag)
+        staleness = out.get("staleness")
+        if staleness is not None:
+            _check_staleness(op, float(staleness), version, value, log, clock_error_s, add)
         if index_slack is not None:
             bound = _log_bound(groups.get(group(op.key)), op.end_ns) + index_slack
             if applied + max(lag, 0) > bound:
@@ -208,6 +238,40 @@ def check_follower_reads(
         counts=dict(counts),
         violations=violations,
         index_slack=index_slack,
+        clock_error_s=clock_error_s,
+    )
+
+
+def _check_staleness(
+    op: Op,
+    staleness: float,
+    version: int,
+    value: Hashable,
+    log: _KeyLog,
+    clock_error_s: float,
+    add: Callable[..., None],
+) -> None:
+    bound = op.value.get("max_staleness") if isinstance(op.value, dict) else None
+    if bound is not None and (staleness < 0 or staleness > float(bound)):
+        add("over_bound", op, staleness=staleness, max_staleness=float(bound))
+    if staleness < 0:
+        return  # unknown: no claim
+    cut = op.invoke_ns - round((staleness + clock_error_s) * 1e9)
+    i = bisect.bisect_left(log.acked_at, cut) - 1  # acknowledged strictly before the cut
+    if i < 0:
+        return
+    required = log.acked_max[i]
+    if version >= required:
+        return
+    if version == 0 and value is _ABSENT and log.by_version.get(required, 0) is _ABSENT:
+        return  # the latest write it must reflect was a delete
+    add(
+        "stale_beyond_claim",
+        op,
+        staleness=staleness,
+        version=version,
+        missed_version=required,
+        missed_write=_summary(log.writer[required]),
     )
 
 

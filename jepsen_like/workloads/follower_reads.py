@@ -3,7 +3,14 @@
 Workers put unique values through the leader, read linearizably now and
 then, and mostly read with consistency="follower" from whichever replica the
 client picks, half of those with a read-your-writes token (min_version = the
-version of the worker's own last acknowledged write of that key).
+version of the worker's own last acknowledged write of that key), and a fifth
+of them bounded (consistency="bounded", max_staleness 0.5-2 s: served by a
+replica within the bound or, refused there, by the leader).
+
+Each read records the staleness its replica states. The follower-reads
+checker holds it to that claim: a read claiming staleness s at time t must
+reflect every write acknowledged before t - s - CLOCK_ERROR_S, and a bounded
+read must never be served beyond its bound.
 
 Two checkers look at one history: `check_follower_reads` replays the
 committed writes (versions are Raft indexes) and checks each follower read
@@ -38,6 +45,13 @@ RECORD = "r"
 # deduplicated only when applied). Faults cause both, so the bound grows with
 # the number of fault windows and unacknowledged writes (see check()).
 BASE_INDEX_SLACK = 64
+# The error between the clock of the history (this process's monotonic clock)
+# and the clocks the nodes measure staleness on. The suite runs every node on
+# this machine, so they share one clock; the allowance covers timer
+# granularity and NTP slewing of the wall clock during a run. The nodes'
+# own max_clock_offset_ms is added by the nodes themselves.
+CLOCK_ERROR_S = 0.05
+BOUNDS_S = (0.5, 1.0, 2.0)
 
 
 class FollowerReadsWorkload(Workload):
@@ -76,19 +90,29 @@ class FollowerReadsWorkload(Workload):
             return {"value": None, "version": 0}
         return {"value": decode(rec.value), "version": rec.version}
 
-    async def _follower(self, client: AsyncClient, key: str, token: int | None) -> dict[str, Any]:
+    async def _follower(
+        self, client: AsyncClient, key: str, token: int | None, bound: float | None = None
+    ) -> dict[str, Any]:
         try:
-            rec = await client.get(key, RECORD, consistency="follower", min_version=token)
+            if bound is None:
+                rec = await client.get(key, RECORD, consistency="follower", min_version=token)
+            else:
+                rec = await client.get(
+                    key, RECORD, consistency="bounded", max_staleness=bound, min_version=token
+                )
         except NotFound:
             # A replica answers NOT_FOUND only after applying up to the token
             # (it waits for min_version first), so the token is a true lower
-            # bound of its applied index; without one, nothing is claimed.
+            # bound of its applied index; without one, nothing is claimed
+            # (nor any staleness: a NOT_FOUND carries no read state).
             return {"value": None, "version": 0, "applied_index": token or 0, "lag": 0}
         return {
             "value": decode(rec.value),
             "version": rec.version,
             "applied_index": rec.applied_index,
             "lag": rec.lag,
+            "staleness": rec.staleness,
+            "from_leader": rec.from_leader,
             "served_by": rec.served_by,
         }
 
@@ -115,10 +139,15 @@ class FollowerReadsWorkload(Workload):
             )
             return outcome
         token = self._own.get((slot, key)) if rng.random() < 0.5 else None
+        bound = rng.choice(BOUNDS_S) if rng.random() < 0.2 else None
+        spec: dict[str, Any] = {}
+        if token:
+            spec["min_version"] = token
+        if bound is not None:
+            spec["max_staleness"] = bound
         outcome, _ = await record_read(
-            ctx, process, "follower_read", key,
-            {"min_version": token} if token else None,
-            lambda: self._follower(client, key, token),
+            ctx, process, "follower_read", key, spec or None,
+            lambda: self._follower(client, key, token, bound),
         )
         return outcome
 
@@ -145,6 +174,7 @@ class FollowerReadsWorkload(Workload):
             history,
             group_of=lambda key: partition_of(key) if key is not None else None,
             index_slack=self.index_slack(history),
+            clock_error_s=CLOCK_ERROR_S,
         )
         linear = check_linearizable(
             history,

@@ -152,3 +152,132 @@ def test_a_read_made_older_than_its_applied_prefix_is_rejected(
     mutated[victim.id].output = {**victim.output, "value": None, "version": 0}
     result = check_follower_reads(mutated)
     assert result.counts == {"stale_for_applied_index": 1}
+
+
+# ---- staleness claims (issue 10 item 3) -----------------------------------------
+
+S = 1_000_000_000  # one second in the history's nanoseconds
+
+
+def sread(
+    h: Hist,
+    value: Any,
+    version: int,
+    staleness: float | None,
+    t0: float,
+    bound: float | None = None,
+    key: str = "k",
+) -> Op:
+    output: dict[str, Any] = {
+        "value": value, "version": version, "applied_index": version, "lag": 0,
+    }
+    if staleness is not None:
+        output["staleness"] = staleness
+    return h.add(
+        9, "follower_read", int(t0 * S), int(t0 * S) + 1000, key=key,
+        value={"max_staleness": bound} if bound is not None else None, output=output,
+    )
+
+
+def timed() -> Hist:
+    """Writes a (version 5) acked at 1 s, b (version 9) acked at 10 s."""
+    h = Hist()
+    h.add(1, "write", int(0.5 * S), 1 * S, value="a", output={"version": 5})
+    h.add(1, "write", int(9.5 * S), 10 * S, value="b", output={"version": 9})
+    return h
+
+
+def test_a_read_that_reflects_what_its_claim_requires_is_valid() -> None:
+    h = timed()
+    sread(h, "a", 5, 2.5, t0=12.0)  # must reflect writes acked before 9.5 s: a
+    sread(h, "b", 9, 0.1, t0=12.0)
+    sread(h, "a", 5, -1.0, t0=30.0)  # unknown: claims nothing
+    sread(h, "a", 5, None, t0=30.0)  # no staleness recorded (a NOT_FOUND): nothing
+    sread(h, None, 0, 0.5, t0=1.2)  # a acked at 1 s is within the claimed 0.5 s
+    result = check_follower_reads(h.ops, clock_error_s=0.05)
+    assert result.valid, result.violations
+
+
+def test_a_planted_stale_read_beyond_its_claim_is_found() -> None:
+    """The bug of issue 10: a follower 20 s behind claims 0.3 s."""
+    h = timed()
+    planted = sread(h, "a", 5, 0.3, t0=30.0)
+    result = check_follower_reads(h.ops, clock_error_s=0.05)
+    assert result.counts == {"stale_beyond_claim": 1}
+    v = result.violations[0]
+    assert v["op"]["id"] == planted.id and v["missed_version"] == 9 and v["staleness"] == 0.3
+
+
+def test_the_stated_clock_error_is_allowed_and_no_more() -> None:
+    h = timed()
+    sread(h, "a", 5, 1.96, t0=12.0)  # b acked 2.0 s before: 0.04 s beyond the claim
+    assert check_follower_reads(h.ops, clock_error_s=0.05).valid
+    assert check_follower_reads(h.ops, clock_error_s=0.0).counts == {"stale_beyond_claim": 1}
+
+
+def test_a_read_of_an_erased_or_deleted_record_reflects_the_delete() -> None:
+    h = timed()
+    h.add(1, "delete", 11 * S, 12 * S, output={"version": 12})
+    sread(h, None, 0, 1.0, t0=20.0)
+    assert check_follower_reads(h.ops).valid
+    sread(h, None, 0, 1.0, t0=11.5)  # absent before the delete: misses b
+    assert check_follower_reads(h.ops).counts == {"stale_beyond_claim": 1}
+
+
+def test_a_bounded_read_served_beyond_its_bound_is_found() -> None:
+    h = timed()
+    sread(h, "b", 9, 0.8, t0=12.0, bound=1.0)  # within
+    sread(h, "b", 9, 3.0, t0=12.0, bound=1.0)  # honest, but beyond its bound
+    sread(h, "b", 9, -1.0, t0=12.0, bound=2.0)  # unknown is beyond any bound
+    result = check_follower_reads(h.ops)
+    assert result.counts == {"over_bound": 2}
+
+
+def _honest_staleness(ops: list[Op], read: Op) -> float:
+    """The least honest claim for a simulated read: the age, at its invoke,
+    of the earliest acknowledged write (of any key) it did not apply."""
+    applied = int(read.output["applied_index"])
+    missed = [
+        w.complete_ns
+        for w in ops
+        if w.kind == "write" and w.outcome == "ok" and w.complete_ns is not None
+        and int(w.output["version"]) > applied and w.complete_ns < read.invoke_ns
+    ]
+    return 0.0 if not missed else (read.invoke_ns - min(missed)) / S
+
+
+def _with_claims(ops: list[Op], extra: float) -> list[Op]:
+    out = copy.deepcopy(ops)
+    for op in out:
+        if op.kind == "follower_read" and op.outcome == "ok":
+            op.output = {**op.output, "staleness": _honest_staleness(ops, op) + extra}
+    return out
+
+
+@given(params, st.sampled_from([0.0, 1e-9, 5.0]))
+def test_simulated_honest_claims_are_valid(p: dict[str, int], extra: float) -> None:
+    result = check_follower_reads(_with_claims(simulate_follower_reads(**p), extra))
+    assert result.valid, result.violations
+
+
+@given(params, st.data())
+def test_a_claim_fresher_than_the_truth_is_found(p: dict[str, int], data: st.DataObject) -> None:
+    ops = _with_claims(simulate_follower_reads(**p), 0.0)
+    # Reads that missed an acknowledged write of their own key, acked before they began.
+    acked = [o for o in ops if o.kind == "write" and o.outcome == "ok"]
+    candidates = [
+        (r, w)
+        for r in ops
+        if r.kind == "follower_read" and r.outcome == "ok"
+        for w in acked
+        if w.key == r.key and w.output["version"] > r.output["version"]
+        and w.complete_ns is not None and w.complete_ns < r.invoke_ns
+    ]
+    if not candidates:
+        return
+    victim, missed = data.draw(st.sampled_from(candidates))
+    # Claim less than the age of the write it missed: a lie.
+    claim = (victim.invoke_ns - missed.complete_ns) / S / 2
+    ops[victim.id].output = {**victim.output, "staleness": claim}
+    result = check_follower_reads(ops)
+    assert result.counts == {"stale_beyond_claim": 1}

@@ -29,6 +29,7 @@ def test_valid_config_resolves_paths_and_addresses(tmp_path: Path) -> None:
     assert cfg.client_address(2) == "127.0.0.1:9102"
     assert cfg.client_address(1) == "127.0.0.1:7101"
     assert cfg.raft.tick_ms == 100 and cfg.limits.request_timeout_s == 10.0
+    assert cfg.raft.max_clock_offset_ms == 250
     assert len(cfg.placement.partitions_on(2)) == 8  # 3 nodes, 3 replicas: every partition
 
 
@@ -38,6 +39,14 @@ def test_valid_config_resolves_paths_and_addresses(tmp_path: Path) -> None:
         ({"node_id": 9}, "node_id 9 is not among the [[peers]]"),
         ({"bogus": 1}, "unknown configuration key(s): bogus"),
         ({"raft": {"tick_ms": 50, "nope": 1}}, "unknown key(s) in [raft]: nope"),
+        (
+            {"raft": {"max_clock_offset_ms": -1}},
+            "[raft] max_clock_offset_ms must be an integer from 0 to 60000",
+        ),
+        (
+            {"raft": {"max_clock_offset_ms": "250"}},
+            "[raft] max_clock_offset_ms must be an integer from 0 to 60000",
+        ),
         ({"replication": 5}, "3 nodes cannot hold 5 distinct replicas"),
         ({"peers": [{"id": 2}]}, "each [[peers]] table needs id and address"),
     ],

@@ -30,19 +30,33 @@ class CoalescedHeartbeat(_message.Message):
     reject: bool
     def __init__(self, group: _Optional[int] = ..., term: _Optional[int] = ..., commit: _Optional[int] = ..., context: _Optional[bytes] = ..., response: _Optional[bool] = ..., reject: _Optional[bool] = ...) -> None: ...
 
+class ClosedTimestamp(_message.Message):
+    __slots__ = ("group", "term", "index", "time_ms")
+    GROUP_FIELD_NUMBER: _ClassVar[int]
+    TERM_FIELD_NUMBER: _ClassVar[int]
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    TIME_MS_FIELD_NUMBER: _ClassVar[int]
+    group: int
+    term: int
+    index: int
+    time_ms: int
+    def __init__(self, group: _Optional[int] = ..., term: _Optional[int] = ..., index: _Optional[int] = ..., time_ms: _Optional[int] = ...) -> None: ...
+
 class RaftBatch(_message.Message):
-    __slots__ = ("from_node", "to_node", "cluster_id", "messages", "heartbeats")
+    __slots__ = ("from_node", "to_node", "cluster_id", "messages", "heartbeats", "closed")
     FROM_NODE_FIELD_NUMBER: _ClassVar[int]
     TO_NODE_FIELD_NUMBER: _ClassVar[int]
     CLUSTER_ID_FIELD_NUMBER: _ClassVar[int]
     MESSAGES_FIELD_NUMBER: _ClassVar[int]
     HEARTBEATS_FIELD_NUMBER: _ClassVar[int]
+    CLOSED_FIELD_NUMBER: _ClassVar[int]
     from_node: int
     to_node: int
     cluster_id: int
     messages: _containers.RepeatedCompositeFieldContainer[GroupMessage]
     heartbeats: _containers.RepeatedCompositeFieldContainer[CoalescedHeartbeat]
-    def __init__(self, from_node: _Optional[int] = ..., to_node: _Optional[int] = ..., cluster_id: _Optional[int] = ..., messages: _Optional[_Iterable[_Union[GroupMessage, _Mapping]]] = ..., heartbeats: _Optional[_Iterable[_Union[CoalescedHeartbeat, _Mapping]]] = ...) -> None: ...
+    closed: _containers.RepeatedCompositeFieldContainer[ClosedTimestamp]
+    def __init__(self, from_node: _Optional[int] = ..., to_node: _Optional[int] = ..., cluster_id: _Optional[int] = ..., messages: _Optional[_Iterable[_Union[GroupMessage, _Mapping]]] = ..., heartbeats: _Optional[_Iterable[_Union[CoalescedHeartbeat, _Mapping]]] = ..., closed: _Optional[_Iterable[_Union[ClosedTimestamp, _Mapping]]] = ...) -> None: ...
 
 class RaftBatchAck(_message.Message):
     __slots__ = ("received",)
