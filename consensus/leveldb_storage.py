@@ -92,6 +92,29 @@ class GroupUpdate:
     snapshot: Snapshot | None = None
 
 
+class _OpList:
+    """One group's staged puts and deletes, replayed into the shared batch once
+    the whole group staged without error (write_isolated)."""
+
+    __slots__ = ("ops",)
+
+    def __init__(self) -> None:
+        self.ops: list[tuple[bytes, bytes | None]] = []
+
+    def put(self, key: bytes, value: bytes) -> None:
+        self.ops.append((key, value))
+
+    def delete(self, key: bytes) -> None:
+        self.ops.append((key, None))
+
+    def replay(self, batch: Any) -> None:
+        for key, value in self.ops:
+            if value is None:
+                batch.delete(key)
+            else:
+                batch.put(key, value)
+
+
 @dataclass(slots=True)
 class _GroupState:
     """The in-memory mirror of a group's small records plus the recent-term cache.
@@ -401,26 +424,60 @@ class LevelDBLogStore:
         staged: dict[int, _GroupState] = {}
         batch = self._db.write_batch(sync=sync)
         for up in updates:
-            st = staged.get(up.group_id)
-            if st is None:
-                st = self._state(up.group_id).copy()
-                staged[up.group_id] = st
-            if up.snapshot is not None:
-                self._stage_snapshot(batch, up.group_id, st, up.snapshot)
-            if up.entries:
-                self._stage_entries(batch, up.group_id, st, up.entries)
-            if up.hard_state is not None:
-                st.hard_state = up.hard_state
-                hs = up.hard_state
-                self._put(
-                    batch, self._key(up.group_id, KIND_HARD_STATE), [hs.term, hs.vote, hs.commit]
-                )
-                st.exists = True
+            self._stage_update(batch, staged, up)
         if not staged:
             return
         batch.write()
         for gid, st in staged.items():
             self.group(gid)._state = st
+
+    def write_isolated(
+        self, updates: Sequence[GroupUpdate], sync: bool = True
+    ) -> dict[int, Exception]:
+        """Like write(), but a group whose update cannot be staged (it breaks the
+        log's invariants, or a value cannot be encoded) is left out alone: the
+        other groups' updates are written in the one batch, and the refused
+        groups come back with their error, unchanged on disk and in memory.
+
+        Errors of the write itself (the disk) still raise: they are no group's.
+        """
+        failed: dict[int, Exception] = {}
+        per_group: dict[int, tuple[_OpList, dict[int, _GroupState]]] = {}
+        for up in updates:
+            gid = up.group_id
+            if gid in failed:
+                continue
+            ops, staged = per_group.setdefault(gid, (_OpList(), {}))
+            try:
+                self._stage_update(ops, staged, up)
+            except (ConsensusError, ValueError, TypeError, OverflowError) as e:
+                failed[gid] = e
+                del per_group[gid]
+        if not per_group:
+            return failed
+        batch = self._db.write_batch(sync=sync)
+        for ops, _ in per_group.values():
+            ops.replay(batch)
+        batch.write()
+        for _, staged in per_group.values():
+            for gid, st in staged.items():
+                self.group(gid)._state = st
+        return failed
+
+    def _stage_update(self, batch: Any, staged: dict[int, _GroupState], up: GroupUpdate) -> None:
+        st = staged.get(up.group_id)
+        if st is None:
+            st = self._state(up.group_id).copy()
+            staged[up.group_id] = st
+        if up.snapshot is not None:
+            self._stage_snapshot(batch, up.group_id, st, up.snapshot)
+        if up.entries:
+            self._stage_entries(batch, up.group_id, st, up.entries)
+        if up.hard_state is not None:
+            st.hard_state = up.hard_state
+            hs = up.hard_state
+            self._put(batch, self._key(up.group_id, KIND_HARD_STATE), [hs.term, hs.vote, hs.commit])
+            st.exists = True
 
     def _stage_snapshot(self, batch: Any, gid: int, st: _GroupState, snap: Snapshot) -> None:
         meta = snap.meta

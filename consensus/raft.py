@@ -42,6 +42,7 @@ from consensus.types import (
     SoftState,
     StateRole,
     UnavailableError,
+    UncommittedLimitExceeded,
 )
 
 # Campaign kinds; CAMPAIGN_TRANSFER is also the VOTE context that lets a
@@ -303,7 +304,7 @@ class Raft:
             return
         self._check_can_propose()
         if not self._increase_uncommitted_size(sum(map(len, datas))):
-            raise ProposalDropped("too many uncommitted entries")
+            raise UncommittedLimitExceeded("too many uncommitted entries")
         li = self.raft_log.last_index()
         term = self.term
         self._append_own([Entry(li + k, term, d) for k, d in enumerate(datas, 1)])
@@ -649,7 +650,7 @@ class Raft:
                 raise ProposalDropped("not in a joint configuration")
             pending_conf_index = log.last_index() + k + 1
         if not self.append_entry(m.entries):
-            raise ProposalDropped("too many uncommitted entries")
+            raise UncommittedLimitExceeded("too many uncommitted entries")
         if pending_conf_index:
             self.pending_conf_index = pending_conf_index
 

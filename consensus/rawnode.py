@@ -251,6 +251,28 @@ class RawNode:
             progress=progress,
         )
 
+    def is_member(self, node_id: int) -> bool:
+        """Whether node_id is in the group's configuration: a voter (incoming or
+        outgoing) or a learner. A blank replica (no membership yet) has none."""
+        return node_id in self.raft.trk.progress
+
+    def has_membership(self) -> bool:
+        """False for a blank replica that has not learnt its group's membership."""
+        return bool(self.raft.trk.progress)
+
+    @property
+    def term(self) -> int:
+        return self.raft.term
+
+    @property
+    def leader(self) -> int:
+        """The leader this replica knows in its current term (0: none)."""
+        return self.raft.lead
+
+    @property
+    def last_index(self) -> int:
+        return self.raft.raft_log.last_index()
+
     def soft_state(self) -> SoftState:
         return self.raft.soft_state()
 

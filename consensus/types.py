@@ -205,6 +205,11 @@ class ProposalDropped(ConsensusError):
     """The proposal was not accepted (no leader, transfer in progress, flow control)."""
 
 
+class UncommittedLimitExceeded(ProposalDropped):
+    """The leader holds max_uncommitted_entries_size bytes not yet committed:
+    back-pressure (retry later), not a change of leader."""
+
+
 class CompactedError(ConsensusError):
     """The requested index is older than the storage's first index (compacted away)."""
 

@@ -176,6 +176,22 @@ class ProxiedCluster:
 
     # -- scripts/cluster ---------------------------------------------------
 
+    def node_environment(self) -> dict[str, str]:
+        """The environment of every `scripts/cluster` call, which the node
+        processes it starts (and restarts) inherit: the spec's test-only
+        switches travel only as MEDKV_TEST_ONLY_* variables (node/test_only.py),
+        never through a configuration file or an operator flag."""
+        env = dict(os.environ)
+        for name, on in (
+            ("MEDKV_TEST_ONLY_LOSSY_UNSYNCED_WRITES", self.spec.lossy_unsynced_writes),
+            ("MEDKV_TEST_ONLY_SKIP_RAFT_FSYNC", self.spec.unsafe_skip_raft_fsync),
+        ):
+            if on:
+                env[name] = "1"
+            else:
+                env.pop(name, None)
+        return env
+
     async def script(self, *args: str, timeout: float = 60.0) -> str:
         """Run one `scripts/cluster` command; returns stdout, raises on failure/timeout."""
         proc = await asyncio.create_subprocess_exec(
@@ -188,6 +204,7 @@ class ProxiedCluster:
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
             cwd=str(ROOT),
+            env=self.node_environment(),
         )
         try:
             out, err = await asyncio.wait_for(proc.communicate(), timeout)
@@ -232,10 +249,6 @@ class ProxiedCluster:
         ]
         for key, value in sorted(self.spec.raft.items()):
             args += ["--raft", f"{key}={value}"]
-        if self.spec.lossy_unsynced_writes:
-            args.append("--lossy-unsynced-writes")
-        if self.spec.unsafe_skip_raft_fsync:
-            args.append("--unsafe-skip-raft-fsync")
         await self.script(*args, timeout=self.spec.up_timeout + 30.0)
 
     async def stop(self) -> list[int]:

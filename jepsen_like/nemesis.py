@@ -83,9 +83,9 @@ def cut_links(nodes: list[int], connected: Callable[[int, int], bool]) -> list[L
 
 class Nemesis(ABC):
     name: ClassVar[str]
-    # True: the cluster must start with --lossy-unsynced-writes.
+    # True: the nodes must run with MEDKV_TEST_ONLY_LOSSY_UNSYNCED_WRITES (node/test_only.py).
     lossy_disk: ClassVar[bool] = False
-    # True: the cluster must start with the planted --unsafe-skip-raft-fsync bug.
+    # True: the nodes must run with the planted MEDKV_TEST_ONLY_SKIP_RAFT_FSYNC bug.
     skip_fsync: ClassVar[bool] = False
     # True: outside medkv's failure model; used only to prove the suite finds bugs.
     planted: ClassVar[bool] = False

@@ -37,6 +37,9 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    import dataclasses
+
+    from node import test_only
     from node.config import ConfigError, load_config
     from node.errors import StartupError
     from node.server import serve
@@ -50,7 +53,9 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         cfg = load_config(ns.config)
-    except ConfigError as e:
+        # Test-only switches come from the environment alone (node.test_only).
+        cfg = dataclasses.replace(cfg, test_only=test_only.from_environ())
+    except (ConfigError, test_only.TestOnlyError) as e:
         print(f"medkv node: {e}", file=sys.stderr)
         return 2
     try:

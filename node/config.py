@@ -37,6 +37,7 @@ from typing import Any
 
 from node.limits import ValidationError
 from node.settings import seed_from_limits, validate_changes
+from node.test_only import FORMER_CONFIG_KEYS, TestOnlySwitches
 from node.tls import TlsSettings
 from proto.placement import DEFAULT_VIRTUAL_NODES, Placement, make_placement
 
@@ -56,6 +57,9 @@ class RaftSettings:
     max_size_per_msg: int = 1 << 20
     snapshot_every: int = 10_000  # applied entries between partition snapshots
     keep_after_snapshot: int = 2_000  # log entries kept behind a snapshot for slow followers
+    # A leader refuses new writes (RESOURCE_EXHAUSTED) while this many bytes of
+    # its log are not committed yet: a slow quorum cannot make it buffer without bound.
+    max_uncommitted_bytes: int = 64 << 20
     # The most any two nodes' wall clocks may differ. A follower's stated
     # staleness adds it to the age of the leader's last confirmed commit
     # index (node/staleness.py); an announcement dated further in the future
@@ -79,6 +83,9 @@ class Limits:
     max_sessions: int = 10_000  # open write sessions per partition
     max_results_per_session: int = 64
     max_message_bytes: int = 8 << 20  # gRPC receive/send limit
+    # Requests of one BatchCommands stream being served at once; one beyond it
+    # is answered RESOURCE_EXHAUSTED at once (node.kv_service.BatchCommands).
+    max_in_flight_per_stream: int = 1024
 
 
 @dataclass(frozen=True)
@@ -99,12 +106,9 @@ class NodeConfig:
     client_addresses: dict[int, str] = field(default_factory=dict)
     # Mutual TLS on every connection (node.tls); None: plaintext gRPC.
     tls: TlsSettings | None = None
-    # Test-only: writes not yet synced are lost by a kill -9 (node.lossy_db).
-    lossy_unsynced_writes: bool = False
-    # PLANTED BUG, test-only: never fsync the Raft log, so acknowledged writes
-    # can be lost. Exists so the fault-injection suite can show it catches a
-    # missing fsync (with lossy_unsynced_writes). Never set it otherwise.
-    unsafe_skip_raft_fsync: bool = False
+    # Test-only switches (node.test_only): set from MEDKV_TEST_ONLY_* environment
+    # variables by `python -m node`, never from the configuration file.
+    test_only: TestOnlySwitches = field(default_factory=TestOnlySwitches)
 
     def client_address(self, node_id: int) -> str:
         return self.client_addresses.get(node_id) or self.peers[node_id]
@@ -134,8 +138,7 @@ def _section(raw: dict[str, Any], name: str, cls: type[Any]) -> Any:
 
 _TOP_LEVEL = {
     "node_id", "listen", "data_dir", "peers", "partitions", "replication",
-    "virtual_nodes", "key_file", "raft", "limits", "lossy_unsynced_writes", "tls",
-    "unsafe_skip_raft_fsync",
+    "virtual_nodes", "key_file", "raft", "limits", "tls",
 }
 
 
@@ -161,7 +164,30 @@ def _tls(raw: dict[str, Any], base_dir: Path) -> TlsSettings | None:
     return TlsSettings(**paths)
 
 
+def _is_test_only_key(key: str) -> bool:
+    return key in FORMER_CONFIG_KEYS or "test_only" in key.lower()
+
+
+def _refuse_test_only_keys(raw: dict[str, Any]) -> None:
+    """A test-only switch named in a configuration file is an error, not ignored:
+    whoever wrote it expects it to act, and it must never act in production."""
+    named = sorted(k for k in raw if _is_test_only_key(k))
+    for section in ("raft", "limits"):
+        values = raw.get(section)
+        if isinstance(values, dict):
+            named += sorted(
+                f"[{section}] {k}" for k in values
+                if _is_test_only_key(k)
+            )
+    if named:
+        raise ConfigError(
+            f"{', '.join(named)}: test-only switch(es) cannot be set in a configuration file; "
+            "remove the line(s)"
+        )
+
+
 def parse_config(raw: dict[str, Any], base_dir: Path) -> NodeConfig:
+    _refuse_test_only_keys(raw)
     unknown = set(raw) - _TOP_LEVEL
     if unknown:
         raise ConfigError(f"unknown configuration key(s): {', '.join(sorted(unknown))}")
@@ -207,9 +233,11 @@ def parse_config(raw: dict[str, Any], base_dir: Path) -> NodeConfig:
         limits=_section(raw, "limits", Limits),
         client_addresses=client_addresses,
         tls=_tls(raw, base_dir),
-        lossy_unsynced_writes=bool(raw.get("lossy_unsynced_writes", False)),
-        unsafe_skip_raft_fsync=bool(raw.get("unsafe_skip_raft_fsync", False)),
     )
+    if cfg.limits.max_in_flight_per_stream < 1:
+        raise ConfigError("[limits] max_in_flight_per_stream must be at least 1")
+    if cfg.raft.max_uncommitted_bytes < 1:
+        raise ConfigError("[raft] max_uncommitted_bytes must be at least 1")
     try:
         validate_changes(seed_from_limits(cfg.limits))
     except (ValidationError, TypeError, ValueError) as e:

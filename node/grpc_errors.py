@@ -1,15 +1,42 @@
-"""Turning NodeError into a gRPC status, with the leader hint as trailing metadata."""
+"""Turning NodeError into a gRPC status, with the leader hint as trailing metadata.
+
+Refusals of bad input (INVALID_ARGUMENT, RESOURCE_EXHAUSTED) leave one log
+line each, rate-limited per method and status, naming the method and the
+problem (messages never quote patient data): an operator sees that a client
+misbehaves without a flood, and without a traceback.
+"""
 
 from __future__ import annotations
+
+import contextvars
+import logging
 
 import grpc
 
 from node.errors import ERROR_KIND_METADATA_KEY, LEADER_METADATA_KEY, NodeError
+from node.rate_log import RateLimitedLog
 from proto.medkv.v1 import common_pb2
+
+# The RPC method being served (set by node.rpc_handlers), for log lines.
+current_method: contextvars.ContextVar[str] = contextvars.ContextVar(
+    "medkv_current_method", default="?"
+)
+
+_LOGGED = (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.RESOURCE_EXHAUSTED)
+_refusals = RateLimitedLog(logging.getLogger("medkv.rpc"))
+
+
+def log_refusal(e: NodeError) -> None:
+    if e.code in _LOGGED:
+        method = current_method.get()
+        _refusals.info(
+            (method, e.code), "refused %s: %s %s", method, e.code.name, e.message
+        )
 
 
 async def abort_with(context: grpc.aio.ServicerContext, e: NodeError) -> None:
     """Abort the RPC with e's status; raises (grpc.aio's abort never returns)."""
+    log_refusal(e)
     md: list[tuple[str, str]] = []
     if e.leader_hint:
         md.append((LEADER_METADATA_KEY, e.leader_hint))
@@ -20,6 +47,7 @@ async def abort_with(context: grpc.aio.ServicerContext, e: NodeError) -> None:
 
 def to_status(e: NodeError) -> common_pb2.Status:
     """The same error inside a multiplexed BatchCommands reply."""
+    log_refusal(e)
     return common_pb2.Status(
         code=e.code.value[0], message=e.message, leader_hint=e.leader_hint, error_kind=e.kind
     )

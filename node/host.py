@@ -43,23 +43,28 @@ from consensus.types import (
     ProposalDropped,
     Ready,
     StateRole,
+    UncommittedLimitExceeded,
 )
-from node import failstop
+from node import failstop, group_persist, raft_guard
 from node.commands import WaitKey
 from node.config import NodeConfig
 from node.errors import (
     NOT_APPLIED,
     DataLoss,
     DeadlineExceeded,
+    FailedPrecondition,
+    InvalidArgument,
     NodeError,
     ResourceExhausted,
     Unavailable,
 )
 from node.log_clock import LeaderClock
+from node.rate_log import RateLimitedLog
 from node.staleness import ReplicaFreshness
 from node.state_machine import ApplyResult, PartitionStateMachine
 
 log = logging.getLogger("medkv.host")
+_refusals = RateLimitedLog(logging.getLogger("medkv.raft_guard"))
 
 # Bounds on a leader's announcement of its confirmed pairs (node/staleness.py):
 # announced pairs for groups that do not exist or from non-members are dropped.
@@ -148,10 +153,21 @@ class MultiRaftHost:
         self._task: asyncio.Task[None] | None = None
         self._pending_writes = 0
         self.started_at = time.monotonic()
+        self.guard_limits = raft_guard.GuardLimits(
+            node_id=cfg.node_id,
+            peers=frozenset(cfg.peers),
+            partitions=cfg.partitions,
+            # A leader sends at most max_size_per_msg bytes of entries per APP;
+            # every command is tens of bytes, so this count is never reached.
+            max_entries=max(raft_guard.DEFAULT_MAX_ENTRIES, cfg.raft.max_size_per_msg // 16),
+        )
         rng_seed = int.from_bytes(os.urandom(8), "big")
         for p in self.placement.partitions_on(self.node_id):
             try:
                 self._open_replica(p, make_state_machine, rng_seed)
+            except group_persist.ImpossibleStoredState as e:
+                log.error("%s", e)
+                self.broken_at_start[p] = str(e)
             except Exception as e:  # a damaged partition must not stop the others
                 log.error("partition %d cannot be opened: %s", p, type(e).__name__)
                 self.broken_at_start[p] = self._broken_message(p)
@@ -177,10 +193,12 @@ class MultiRaftHost:
                 applied=sm.applied_index,
                 max_size_per_msg=cfg.raft.max_size_per_msg,
                 max_inflight_msgs=cfg.raft.max_inflight_msgs,
+                max_uncommitted_entries_size=cfg.raft.max_uncommitted_bytes,
                 check_quorum=True,
                 pre_vote=True,
             )
         )
+        group_persist.check_stored_state(p, self.node_id, raw)
         self.replicas[p] = Replica(
             p, reps, raw, storage, sm, fresh=ReplicaFreshness(cfg.raft.max_clock_offset_ms / 1000.0)
         )
@@ -310,14 +328,23 @@ class MultiRaftHost:
         ]
         if updates:
             sync = any(rd.must_sync for _, rd in work) or any(u.snapshot for u in updates)
-            if self.cfg.unsafe_skip_raft_fsync:  # planted bug for the fault-injection suite
+            if self.cfg.test_only.skip_raft_fsync:  # planted bug for the fault-injection suite
                 sync = False
-            await asyncio.get_running_loop().run_in_executor(
-                self._writer, self.log_store.write, updates, sync
+            # Each group staged alone (node.group_persist): one that cannot be
+            # persisted is disabled, the others are written in the one batch.
+            failed = await asyncio.get_running_loop().run_in_executor(
+                self._writer, self.log_store.write_isolated, updates, sync
             )
+            if failed:
+                for gid, err in failed.items():
+                    self._disable(self.replicas[gid], "could not be persisted", err)
+                work = [(r, rd) for r, rd in work if not r.broken]
         msgs = [(r.partition, m) for r, rd in work for m in rd.messages]
         if msgs:
-            self._send(msgs)
+            group_persist.send_isolated(
+                self._send, msgs,
+                lambda g, err: self._disable(self.replicas[g], "could not be sent", err),
+            )
         now = time.monotonic()
         for r, rd in work:
             try:
@@ -331,11 +358,19 @@ class MultiRaftHost:
         for r, rd in work:
             if r.broken:
                 continue
-            restored = rd.snapshot is not None and not rd.snapshot.is_empty()
-            if r.sm.erased_at > r.purged_at or restored:
-                await self._purge(r)
-            else:
-                await self._maybe_snapshot(r)
+            try:
+                restored = rd.snapshot is not None and not rd.snapshot.is_empty()
+                if r.sm.erased_at > r.purged_at or restored:
+                    await self._purge(r)
+                else:
+                    await self._maybe_snapshot(r)
+            except Exception as e:  # one group's snapshot must not fail the others' turn
+                failstop.check(e)
+                _refusals.log(
+                    logging.ERROR, ("snapshot", r.partition, type(e)),
+                    "partition %d: snapshot or purge failed: %s", r.partition, type(e).__name__,
+                    exc_info=True,
+                )
 
     def _apply_ready(self, r: Replica, rd: Ready, now: float) -> None:
         if rd.soft_state is not None:
@@ -481,6 +516,17 @@ class MultiRaftHost:
             r.leader = 0
             self._fail_waiters(r, self._out_of_service(r.partition, r.broken))
 
+    def _disable(self, r: Replica, what: str, e: Exception) -> None:
+        """Take one group out of service because its own output failed (the
+        others' turn goes on, node.group_persist); the log line says why."""
+        failstop.check(e)
+        if not r.broken:
+            log.error(
+                "partition %d: its Raft output %s (%s: %s); disabled on this node, "
+                "its other replicas serve it", r.partition, what, type(e).__name__, e,
+            )
+        self.mark_broken(r, e)
+
     def _fail_waiters(self, r: Replica, err: NodeError) -> None:
         pending: list[asyncio.Future[Any]] = [f for fs in r.write_waiters.values() for f in fs]
         pending += [f for fs in r.read_waiters.values() for f in fs]
@@ -494,11 +540,56 @@ class MultiRaftHost:
 
     # ---- inbound from the transport -------------------------------------
 
-    def deliver(self, msgs: Sequence[tuple[int, Message]]) -> None:
+    def guard_view(self, group: int) -> raft_guard.GroupView | None:
+        r = self.replicas.get(group)
+        if r is None:
+            return None
+        raw = r.raw
+        members = raw.raft.trk.progress.keys() if raw.has_membership() else ()
+        return raft_guard.GroupView(
+            term=raw.term, leader=raw.leader, members=frozenset(members),
+            last_index=raw.last_index,
+        )
+
+    def check_inbound(self, group: int, m: Message, sender: int) -> None:
+        """Raise a NodeError if m must not reach the core (node.raft_guard).
+
+        A message to a replica this node took out of service is not the
+        sender's fault: it passes here and is dropped on delivery."""
+        r = self.replicas.get(group)
+        if (r is not None and r.broken) or (r is None and group in self.broken_at_start):
+            return
+        raft_guard.check_message(group, m, sender, self.guard_limits, self.guard_view(group))
+
+    def screen(
+        self, msgs: Sequence[tuple[int, Message]], sender: int
+    ) -> tuple[list[tuple[int, Message]], NodeError | None]:
+        """The messages that pass the guard, and the first refusal (logged, rate-limited)."""
+        ok: list[tuple[int, Message]] = []
+        first: NodeError | None = None
+        for group, m in msgs:
+            try:
+                self.check_inbound(group, m, sender)
+            except NodeError as e:
+                log_refusal(sender, e)
+                first = first or e
+                continue
+            ok.append((group, m))
+        return ok, first
+
+    def deliver(self, msgs: Sequence[tuple[int, Message]], sender: int | None = None) -> None:
+        """Queue inbound messages for the core. Each is checked again by the
+        guard when it is stepped, against the replica's state at that moment."""
+
         def step() -> None:
             for group, m in msgs:
                 r = self.replicas.get(group)
                 if r is None or r.broken:
+                    continue
+                try:
+                    self.check_inbound(group, m, m.frm if sender is None else sender)
+                except NodeError as e:
+                    log_refusal(m.frm if sender is None else sender, e)
                     continue
                 self._dirty.add(group)
                 try:
@@ -648,6 +739,18 @@ class MultiRaftHost:
             self._dirty.add(partition)
             try:
                 r.raw.propose(data)
+            except UncommittedLimitExceeded:
+                waiters = r.write_waiters.get(wait_key, [])
+                if fut in waiters:
+                    waiters.remove(fut)
+                    if not waiters:
+                        r.write_waiters.pop(wait_key, None)
+                fut.set_exception(ResourceExhausted(
+                    f"partition {partition}: its leader on node {self.node_id} holds "
+                    f"{self.cfg.raft.max_uncommitted_bytes} bytes of writes not yet committed "
+                    "([raft] max_uncommitted_bytes); retry later",
+                    kind=NOT_APPLIED,
+                ))
             except ProposalDropped:
                 waiters = r.write_waiters.get(wait_key, [])
                 if fut in waiters:
@@ -753,9 +856,15 @@ class MultiRaftHost:
             ) from None
 
     async def transfer_leader(self, partition: int, target: int, timeout: float) -> int:
+        if target not in self.cfg.peers:
+            raise InvalidArgument(f"target_node: node {target} is not a member of the cluster")
+        holders = self.placement.replicas(partition)
+        if target not in holders:
+            raise FailedPrecondition(
+                f"node {target} holds no replica of partition {partition}; its replicas are "
+                f"nodes {','.join(str(n) for n in holders)}"
+            )
         r = self.leader_replica(partition)
-        if target not in r.replicas:
-            raise NodeError(f"node {target} holds no replica of partition {partition}")
         self._enqueue(lambda: self._poke(r, r.raw.transfer_leadership, target))
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
@@ -792,3 +901,11 @@ class MultiRaftHost:
             "progress": {nid: (p.match, p.recent_active) for nid, p in st.progress.items()},
             "broken": r.broken,
         }
+
+
+def log_refusal(sender: int, e: NodeError) -> None:
+    """One line per kind of refused Raft message and sender, rate-limited."""
+    _refusals.warning(
+        ("raft", sender, e.code),
+        "refused a Raft message from node %d (%s): %s", sender, e.code.name, e.message,
+    )

@@ -108,10 +108,13 @@ class KVService(kv_pb2_grpc.KVServicer):
     # ---- helpers ---------------------------------------------------------
 
     def _deadline(self, context: grpc.aio.ServicerContext | None) -> float:
+        """How long a request may wait: the node's request timeout, or less to
+        answer before the caller's deadline (leaving the reply time to travel)."""
         if context is not None:
             remaining = context.time_remaining()
             if remaining is not None:
-                return max(0.05, min(self.timeout, remaining - 0.05))
+                margin = min(0.5, max(0.05, remaining * 0.1))
+                return max(0.05, min(self.timeout, remaining - margin))
         return self.timeout
 
     def read_state(self, r: Replica, *, confirmed: bool = False) -> common_pb2.ReadState:
@@ -142,7 +145,7 @@ class KVService(kv_pb2_grpc.KVServicer):
             r = self.host.replica(partition)
             if mode == common_pb2.BOUNDED:
                 if read.max_staleness_ms == 0:
-                    raise InvalidArgument("read.max_staleness_ms must be > 0 with BOUNDED consistency")
+                    raise InvalidArgument("read.max_staleness_ms: must be > 0 with BOUNDED consistency")
                 staleness = r.staleness(time.monotonic(), time.time())
                 if staleness < 0 or staleness * 1000.0 > read.max_staleness_ms:
                     if r.is_leader:
@@ -243,7 +246,7 @@ class KVService(kv_pb2_grpc.KVServicer):
     # ---- operations (shared by unary RPCs and BatchCommands) -------------
 
     async def put(self, req: kv_pb2.PutRequest, context: Any = None) -> kv_pb2.PutResponse:
-        validate_write_id(req.write_id.client_id, req.write_id.seq)
+        validate_write_id(req.write_id.client_id, req.write_id.seq, req.write_id.ack_below)
         validate_ids(req.patient_id, req.record_id)
         validate_value(req.value)
         version, r = await self._write(
@@ -258,7 +261,7 @@ class KVService(kv_pb2_grpc.KVServicer):
     async def cas(
         self, req: kv_pb2.CompareAndSetRequest, context: Any = None
     ) -> kv_pb2.CompareAndSetResponse:
-        validate_write_id(req.write_id.client_id, req.write_id.seq)
+        validate_write_id(req.write_id.client_id, req.write_id.seq, req.write_id.ack_below)
         validate_ids(req.patient_id, req.record_id)
         validate_value(req.value)
         version, r = await self._write(
@@ -272,7 +275,7 @@ class KVService(kv_pb2_grpc.KVServicer):
         return kv_pb2.CompareAndSetResponse(version=version, read_state=self.read_state(r, confirmed=True))
 
     async def delete(self, req: kv_pb2.DeleteRequest, context: Any = None) -> kv_pb2.DeleteResponse:
-        validate_write_id(req.write_id.client_id, req.write_id.seq)
+        validate_write_id(req.write_id.client_id, req.write_id.seq, req.write_id.ack_below)
         validate_ids(req.patient_id, req.record_id)
         expected = req.expected_version if req.has_expected_version else None
         version, r = await self._write(
@@ -286,7 +289,7 @@ class KVService(kv_pb2_grpc.KVServicer):
         return kv_pb2.DeleteResponse(version=version, read_state=self.read_state(r, confirmed=True))
 
     async def batch(self, req: kv_pb2.BatchRequest, context: Any = None) -> kv_pb2.BatchResponse:
-        validate_write_id(req.write_id.client_id, req.write_id.seq)
+        validate_write_id(req.write_id.client_id, req.write_id.seq, req.write_id.ack_below)
         validate_ids(req.patient_id, None)
         ops: list[cmd.BatchOp] = []
         for i, op in enumerate(req.ops):
@@ -447,9 +450,11 @@ class KVService(kv_pb2_grpc.KVServicer):
 
     # ---- BatchCommands: many requests multiplexed on one stream ----------
 
-    async def _one(self, req: kv_pb2.KVRequest) -> kv_pb2.KVResponse:
+    async def _one(
+        self, req: kv_pb2.KVRequest, context: grpc.aio.ServicerContext
+    ) -> kv_pb2.KVResponse:
         kind = req.WhichOneof("request")
-        handlers: dict[str, Callable[[Any], Awaitable[Any]]] = {
+        handlers: dict[str, Callable[[Any, Any], Awaitable[Any]]] = {
             "put": self.put, "get": self.get, "cas": self.cas,
             "delete": self.delete, "history": self.history, "batch": self.batch,
             "open_session": self.open_session,
@@ -459,7 +464,9 @@ class KVService(kv_pb2_grpc.KVServicer):
             resp.status.CopyFrom(to_status(InvalidArgument("request: no operation set")))
             return resp
         try:
-            result = await handlers[kind](getattr(req, kind))
+            # The stream's context: each request waits no longer than the
+            # stream's deadline allows (answered DEADLINE_EXCEEDED before it).
+            result = await handlers[kind](getattr(req, kind), context)
             getattr(resp, kind).CopyFrom(result)
         except (ValidationError, cmd.CommandError) as e:
             resp.status.CopyFrom(to_status(InvalidArgument(str(e))))
@@ -475,8 +482,21 @@ class KVService(kv_pb2_grpc.KVServicer):
         request_iterator: AsyncIterator[kv_pb2.BatchCommandsRequest],
         context: grpc.aio.ServicerContext,
     ) -> AsyncIterator[kv_pb2.BatchCommandsResponse]:
-        done: asyncio.Queue[kv_pb2.KVResponse | None] = asyncio.Queue()
+        """Many requests multiplexed on one stream, answered as they finish.
+
+        At most [limits] max_in_flight_per_stream of a stream's requests are
+        served at once: one beyond that is answered at once with
+        RESOURCE_EXHAUSTED (retry it later) instead of queueing without bound.
+        Replies the client has not read yet are bounded too (twice the cap):
+        beyond that the node stops reading the stream, and HTTP/2 flow
+        control pushes back. A stream that sends something that is not a
+        request ends with INVALID_ARGUMENT (node.rpc_handlers); each request
+        waits no longer than the stream's deadline allows."""
+        loop = asyncio.get_running_loop()
+        done: asyncio.Queue[kv_pb2.KVResponse | Exception | None] = asyncio.Queue()
         tasks: set[asyncio.Task[kv_pb2.KVResponse]] = set()
+        cap = self.node.cfg.limits.max_in_flight_per_stream
+        unsent = asyncio.Semaphore(2 * cap)  # replies not yet handed to gRPC
 
         def finished(t: asyncio.Task[kv_pb2.KVResponse]) -> None:
             tasks.discard(t)
@@ -484,33 +504,54 @@ class KVService(kv_pb2_grpc.KVServicer):
                 done.put_nowait(t.result())
 
         async def read_requests() -> None:
-            async for batch in request_iterator:
-                for req in batch.requests:
-                    t = asyncio.get_running_loop().create_task(self._one(req))
-                    tasks.add(t)
-                    t.add_done_callback(finished)
-            while tasks:
-                await asyncio.sleep(0.01)
-            done.put_nowait(None)
+            try:
+                async for batch in request_iterator:
+                    for req in batch.requests:
+                        await unsent.acquire()
+                        if len(tasks) >= cap:
+                            done.put_nowait(_too_many_in_flight(req, cap))
+                            continue
+                        t = loop.create_task(self._one(req, context))
+                        tasks.add(t)
+                        t.add_done_callback(finished)
+                while tasks:
+                    await asyncio.wait(set(tasks))
+                done.put_nowait(None)
+            except Exception as e:  # a garbled request ends the stream with its status
+                done.put_nowait(e)
 
-        reader = asyncio.get_running_loop().create_task(read_requests())
+        reader = loop.create_task(read_requests())
         try:
             while True:
                 first = await done.get()
-                if first is None:
-                    return
-                out = [first]
-                while not done.empty():  # coalesce every reply that is ready now
-                    nxt = done.get_nowait()
-                    if nxt is None:
-                        yield kv_pb2.BatchCommandsResponse(responses=out)
+                out: list[kv_pb2.KVResponse] = []
+                item: kv_pb2.KVResponse | Exception | None = first
+                while True:
+                    if item is None or isinstance(item, Exception):
+                        if out:
+                            yield kv_pb2.BatchCommandsResponse(responses=out)
+                        if isinstance(item, Exception):
+                            raise item
                         return
-                    out.append(nxt)
+                    out.append(item)
+                    if done.empty():  # coalesce every reply that is ready now
+                        break
+                    item = done.get_nowait()
                 yield kv_pb2.BatchCommandsResponse(responses=out)
+                for _ in out:
+                    unsent.release()
         finally:
             reader.cancel()
             for t in tasks:
                 t.cancel()
+
+
+def _too_many_in_flight(req: kv_pb2.KVRequest, cap: int) -> kv_pb2.KVResponse:
+    err = ResourceExhausted(
+        f"request: this stream already has {cap} requests in flight "
+        "([limits] max_in_flight_per_stream); retry it when one is answered"
+    )
+    return kv_pb2.KVResponse(request_id=req.request_id, status=to_status(err))
 
 
 def _record_pb(rec: Any) -> common_pb2.Record:

@@ -13,8 +13,8 @@ journal is not empty, the process died with writes the OS might have lost:
 they are rolled back, exactly as a power loss would have dropped them. Reads
 while running see every write, as the page cache would show them.
 
-Enabled only by `lossy_unsynced_writes = true` in a node's configuration,
-which the fault-injection suite sets; never in production.
+Enabled only by the environment variable MEDKV_TEST_ONLY_LOSSY_UNSYNCED_WRITES
+(node.test_only), which the fault-injection suite sets; never in production.
 """
 
 from __future__ import annotations

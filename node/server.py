@@ -19,11 +19,14 @@ import plyvel
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 
+from consensus.codec import CodecError
 from consensus.leveldb_storage import LevelDBLogStore
+from consensus.types import MessageType
+from node import raft_guard, rpc_handlers, test_only
 from node.admin_service import AdminService
 from node.config import NodeConfig
-from node.errors import StartupError
-from node.host import MultiRaftHost
+from node.errors import InvalidArgument, StartupError
+from node.host import MultiRaftHost, log_refusal
 from node.key_rotation import KeyRotationManager
 from node.kv_service import KVService
 from node.settings_service import SettingsService
@@ -31,13 +34,13 @@ from node.storage_layout import StorageLayout
 from node.tls import is_node_peer
 from node.transport import (
     PeerTransport,
-    decode_batch,
+    decode_batch_items,
     decode_closed,
     grpc_options,
     open_channel,
     receive_snapshot,
 )
-from proto.medkv.v1 import admin_pb2_grpc, kv_pb2_grpc, raft_pb2, raft_pb2_grpc
+from proto.medkv.v1 import admin_pb2, admin_pb2_grpc, kv_pb2, raft_pb2, raft_pb2_grpc
 
 log = logging.getLogger("medkv.node")
 
@@ -57,16 +60,39 @@ class RaftTransportService(raft_pb2_grpc.RaftTransportServicer):
                 grpc.StatusCode.PERMISSION_DENIED,
                 "the Raft transport accepts only node certificates",
             )
+        me = self.node.cfg.node_id
         async for batch in request_iterator:
-            if batch.to_node != self.node.cfg.node_id or batch.from_node not in self.node.cfg.peers:
+            sender = batch.from_node
+            if batch.to_node != me or sender not in self.node.cfg.peers or sender == me:
                 await context.abort(
                     grpc.StatusCode.PERMISSION_DENIED,
-                    f"node {self.node.cfg.node_id} refuses a batch from node {batch.from_node} "
-                    f"addressed to node {batch.to_node}",
+                    f"node {me} refuses a batch from node {sender} addressed to node {batch.to_node}",
                 )
-            self.node.host.deliver(decode_batch(batch))
-            if batch.closed:
-                self.node.host.deliver_closed(batch.from_node, decode_closed(batch))
+            # Every message is checked before the core sees it (node.raft_guard):
+            # the valid ones of the batch are delivered, and the first refusal
+            # ends the stream with its status; the sender logs it.
+            problem = raft_guard.check_envelope_numbers(batch)
+            if problem is None:
+                msgs, garbled = decode_batch_items(batch)
+                snaps = [g for g, m in msgs if m.type == MessageType.SNAP]
+                accepted, refused = self.node.host.screen(
+                    [(g, m) for g, m in msgs if m.type != MessageType.SNAP], sender
+                )
+                self.node.host.deliver(accepted, sender)
+                if batch.closed:  # leaders' confirmed pairs (node.staleness); host checks them
+                    self.node.host.deliver_closed(sender, decode_closed(batch))
+                if garbled:
+                    problem = InvalidArgument(f"partition {garbled[0][0]}: {garbled[0][1]}")
+                elif snaps:
+                    problem = InvalidArgument(
+                        f"partition {snaps[0]}: a snapshot travels on the Snapshot RPC, "
+                        "not in a batch"
+                    )
+                elif refused is not None:
+                    raise refused  # screen() logged it
+            if problem is not None:
+                log_refusal(sender, problem)
+                raise problem
         if False:  # an async generator that yields nothing: acks are not needed yet
             yield raft_pb2.RaftBatchAck()
 
@@ -80,15 +106,19 @@ class RaftTransportService(raft_pb2_grpc.RaftTransportServicer):
             )
         try:
             group, msg = await receive_snapshot(request_iterator, MAX_SNAPSHOT_BYTES)
-        except ValueError as e:
+        except (ValueError, CodecError) as e:  # a header that does not decode is as bad
             return raft_pb2.SnapshotAck(accepted=False, message=str(e))
-        self.node.host.deliver([(group, msg)])
+        # The header names its sender; the guard checks it is a member of the
+        # group, and the rest (node.raft_guard). A refusal answers its status.
+        self.node.host.check_inbound(group, msg, msg.frm)
+        self.node.host.deliver([(group, msg)], msg.frm)
         return raft_pb2.SnapshotAck(accepted=True)
 
 
 class Node:
     def __init__(self, cfg: NodeConfig) -> None:
         self.cfg = cfg
+        test_only.warn(cfg.test_only, log)  # before storage opens: it may roll writes back
         self.routing_epoch = 1
         cfg.data_dir.mkdir(parents=True, exist_ok=True)
         self.layout = StorageLayout.open(cfg)
@@ -131,9 +161,10 @@ class Node:
     async def start(self) -> None:
         opts = grpc_options(self.cfg.limits.max_message_bytes)
         self.server = grpc.aio.server(options=opts)
-        kv_pb2_grpc.add_KVServicer_to_server(self.kv, self.server)
-        admin_pb2_grpc.add_AdminServicer_to_server(self.admin, self.server)
-        raft_pb2_grpc.add_RaftTransportServicer_to_server(RaftTransportService(self), self.server)
+        # Raw bytes in, parsed and mapped to precise statuses (node.rpc_handlers).
+        rpc_handlers.add_service(self.server, kv_pb2, "KV", self.kv)
+        rpc_handlers.add_service(self.server, admin_pb2, "Admin", self.admin)
+        rpc_handlers.add_service(self.server, raft_pb2, "RaftTransport", RaftTransportService(self))
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         if self.cfg.tls is not None:
             port = self.server.add_secure_port(self.cfg.listen, self.cfg.tls.server_credentials())
@@ -155,8 +186,6 @@ class Node:
         await self.health.set("medkv.v1.KV", health_pb2.HealthCheckResponse.SERVING)
         self._background.append(asyncio.get_running_loop().create_task(self._balance_loop()))
         self._background.append(asyncio.get_running_loop().create_task(self.settings.seed_loop()))
-        if self.cfg.unsafe_skip_raft_fsync:
-            log.warning("TEST ONLY: the Raft log is never fsynced; acknowledged writes can be lost")
         log.info(
             "node %d serving on %s: %d local partitions",
             self.cfg.node_id, self.cfg.listen, len(self.host.replicas),

@@ -82,7 +82,7 @@ class StorageLayout:
                 f"cannot open the database in {cfg.data_dir} (is another node running on it?): "
                 f"{type(e).__name__}"
             ) from None
-        if cfg.lossy_unsynced_writes:
+        if cfg.test_only.lossy_unsynced_writes:
             from node.lossy_db import JOURNAL_NAME, LossyDB
 
             db = LossyDB(db, cfg.data_dir / JOURNAL_NAME)

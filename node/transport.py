@@ -20,12 +20,19 @@ from collections.abc import AsyncIterator, Callable, Sequence
 
 import grpc
 
-from consensus.codec import decode_message, encode_message
+from consensus.codec import CodecError, decode_message, encode_message
 from consensus.types import Message, MessageType
+from node.rate_log import RateLimitedLog
 from node.tls import TlsSettings
 from proto.medkv.v1 import raft_pb2, raft_pb2_grpc
 
 log = logging.getLogger("medkv.transport")
+_refused = RateLimitedLog(log)
+_REFUSALS = (
+    grpc.StatusCode.INVALID_ARGUMENT,
+    grpc.StatusCode.FAILED_PRECONDITION,
+    grpc.StatusCode.PERMISSION_DENIED,
+)
 
 SNAPSHOT_CHUNK_BYTES = 1 << 20
 _QUEUE_BATCHES = 256
@@ -74,7 +81,18 @@ def encode_batch(from_node: int, to_node: int, msgs: GroupMessages) -> raft_pb2.
 
 
 def decode_batch(batch: raft_pb2.RaftBatch) -> GroupMessages:
+    """Every message of the batch; raises CodecError if one does not decode."""
+    out, bad = decode_batch_items(batch)
+    if bad:
+        raise CodecError(f"partition {bad[0][0]}: {bad[0][1]}")
+    return out
+
+
+def decode_batch_items(batch: raft_pb2.RaftBatch) -> tuple[GroupMessages, list[tuple[int, str]]]:
+    """The messages of the batch that decode, and (group, problem) for each
+    that does not: one garbled message must not hide the others."""
     out: GroupMessages = []
+    bad: list[tuple[int, str]] = []
     for hb in batch.heartbeats:
         out.append(
             (
@@ -91,8 +109,11 @@ def decode_batch(batch: raft_pb2.RaftBatch) -> GroupMessages:
             )
         )
     for gm in batch.messages:
-        out.append((gm.group, decode_message(gm.message)))
-    return out
+        try:
+            out.append((gm.group, decode_message(gm.message)))
+        except CodecError as e:
+            bad.append((gm.group, f"not a valid Raft message ({e})"))
+    return out, bad
 
 
 # (peer, group, term, index, time_ms): a leader's confirmed pair for a follower.
@@ -142,7 +163,14 @@ class _PeerLink:
             except asyncio.CancelledError:
                 raise
             except grpc.aio.AioRpcError as e:
-                if self.connected:  # log the change of state, not every retry
+                if e.code() in _REFUSALS:
+                    # The peer's guard refused something we sent (node.raft_guard):
+                    # a bug on one side or the other, worth a line, not a flood.
+                    _refused.warning(
+                        (self.peer_id, e.code()), "node %d refused our Raft messages (%s): %s",
+                        self.peer_id, e.code().name, e.details(),
+                    )
+                elif self.connected:  # log the change of state, not every retry
                     log.info("lost node %d: %s", self.peer_id, e.code().name)
             except Exception:  # keep the link alive whatever one attempt hit
                 log.exception("stream to node %d failed", self.peer_id)
@@ -269,7 +297,10 @@ class PeerTransport:
             if not ok:
                 log.warning("node %d refused a snapshot of partition %d: %s", m.to, group, ack.message)
         except grpc.aio.AioRpcError as e:
-            log.warning("snapshot of partition %d to node %d failed: %s", group, m.to, e.code().name)
+            log.warning(
+                "snapshot of partition %d to node %d failed: %s %s",
+                group, m.to, e.code().name, e.details() if e.code() in _REFUSALS else "",
+            )
         self.on_snapshot_done(group, m.to, ok)
 
     async def close(self) -> None:

@@ -76,9 +76,8 @@ class Layout:
     replicas: int
     key_file: str | None
     raft: dict[str, int] = field(default_factory=dict)  # extra [raft] settings
-    lossy_unsynced_writes: bool = False  # test-only storage mode (node/lossy_db.py)
+    limits: dict[str, float] = field(default_factory=dict)  # extra [limits] settings
     tls_dir: str | None = None  # mutual TLS with the certificates here (scripts/certs)
-    unsafe_skip_raft_fsync: bool = False  # PLANTED BUG for jepsen_like's self-test
     # Optional indirection (see --links-file): {"peers": {src: {dst: addr}},
     # "clients": {dst: addr}}, node ids as strings (JSON object keys).
     links: dict[str, dict[str, Any]] | None = None
@@ -139,7 +138,11 @@ class Cluster:
     def load(self) -> Layout:
         path = self.dir / STATE_FILE
         try:
-            return Layout(**json.loads(path.read_text()))
+            raw = json.loads(path.read_text())
+            # Written by an older version: test-only switches lived here once.
+            for gone in ("lossy_unsynced_writes", "unsafe_skip_raft_fsync"):
+                raw.pop(gone, None)
+            return Layout(**raw)
         except FileNotFoundError:
             raise ClusterError(
                 f"no cluster in {self.dir} (run `scripts/cluster up` first)"
@@ -171,10 +174,6 @@ class Cluster:
         ]
         if layout.key_file:
             lines.append(f"key_file = {q(layout.key_file)}")
-        if layout.lossy_unsynced_writes:
-            lines.append("lossy_unsynced_writes = true  # TEST ONLY: unsynced writes die with kill -9")
-        if layout.unsafe_skip_raft_fsync:
-            lines.append("unsafe_skip_raft_fsync = true  # PLANTED BUG: Raft log never fsynced")
         for peer in layout.node_ids():
             lines += ["", "[[peers]]", f"id = {peer}", f"address = {q(layout.peer_address(node, peer))}"]
             client_address = layout.client_address(peer)
@@ -189,7 +188,10 @@ class Cluster:
                 f"key_file = {q(str(certs / f'node-{node}.key'))}",
             ]
         raft = {"tick_ms": 100, "election_ticks": 10, **layout.raft}
-        lines += ["", "[raft]", *(f"{k} = {v}" for k, v in sorted(raft.items())), ""]
+        lines += ["", "[raft]", *(f"{k} = {v}" for k, v in sorted(raft.items()))]
+        if layout.limits:
+            lines += ["", "[limits]", *(f"{k} = {v}" for k, v in sorted(layout.limits.items()))]
+        lines.append("")
         path = self.config_path(node)
         path.write_text("\n".join(lines))
         return path
@@ -455,6 +457,20 @@ def _raft_settings(pairs: list[str]) -> dict[str, int]:
     return out
 
 
+def _limits_settings(pairs: list[str]) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        try:
+            number = float(value) if "." in value else int(value)
+        except ValueError:
+            number = None
+        if not sep or not key or number is None:
+            raise ClusterError(f"--limits takes KEY=NUMBER, not {pair!r}")
+        out[key] = number
+    return out
+
+
 def _is_address(value: Any) -> bool:
     if not isinstance(value, str):
         return False
@@ -530,9 +546,8 @@ def cmd_up(args: argparse.Namespace) -> int:
         replicas=args.replicas,
         key_file=_ensure_key(cluster),
         raft=_raft_settings(args.raft),
-        lossy_unsynced_writes=args.lossy_unsynced_writes,
+        limits=_limits_settings(args.limits),
         tls_dir=_ensure_certs(cluster, args.nodes) if args.tls else None,
-        unsafe_skip_raft_fsync=args.unsafe_skip_raft_fsync,
         links=load_links(args.links_file, args.nodes) if args.links_file else None,
     )
     cluster.save(layout)
@@ -663,17 +678,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="a [raft] setting of every node, e.g. snapshot_every=200 (repeatable)",
     )
     up.add_argument(
-        "--unsafe-skip-raft-fsync", action="store_true",
-        help="PLANTED BUG for testing the fault-injection suite: never fsync the Raft log",
+        "--limits", action="append", default=[], metavar="KEY=VALUE",
+        help="a [limits] setting of every node, e.g. request_timeout_s=5 (repeatable)",
     )
     up.add_argument(
         "--tls", action="store_true",
         help="mutual TLS on every connection; certificates in DIR/certs "
         "(clients: MEDKV_TLS_DIR=DIR/certs or --tls-dir)",
-    )
-    up.add_argument(
-        "--lossy-unsynced-writes", action="store_true",
-        help="TEST ONLY: nodes lose writes not yet synced when killed (fault injection)",
     )
     up.add_argument(
         "--links-file", metavar="FILE",

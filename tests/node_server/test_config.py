@@ -70,3 +70,93 @@ def test_missing_key_and_file(tmp_path: Path) -> None:
     bad.write_text("node_id = [")
     with pytest.raises(ConfigError, match="not valid TOML"):
         load_config(bad)
+
+
+# ---- test-only switches: environment only, never a configuration file -------
+
+
+@pytest.mark.parametrize(
+    ("change", "named"),
+    [
+        ({"unsafe_skip_raft_fsync": True}, "unsafe_skip_raft_fsync"),
+        ({"lossy_unsynced_writes": True}, "lossy_unsynced_writes"),
+        ({"lossy_unsynced_writes": False}, "lossy_unsynced_writes"),  # even to turn it off
+        ({"MEDKV_TEST_ONLY_SKIP_RAFT_FSYNC": 1}, "MEDKV_TEST_ONLY_SKIP_RAFT_FSYNC"),
+        ({"raft": {"test_only_skip_fsync": True}}, "[raft] test_only_skip_fsync"),
+    ],
+)
+def test_a_config_file_cannot_turn_on_a_test_only_switch(
+    tmp_path: Path, change: dict[str, object], named: str
+) -> None:
+    raw = dict(BASE)
+    raw.update(change)
+    with pytest.raises(ConfigError) as e:
+        parse_config(raw, tmp_path)
+    assert named in str(e.value)
+    assert "test-only switch(es) cannot be set in a configuration file" in str(e.value)
+
+
+def test_test_only_switches_come_from_the_environment_only(tmp_path: Path) -> None:
+    from node.test_only import TestOnlyError, from_environ
+
+    cfg = parse_config(dict(BASE), tmp_path)
+    assert not cfg.test_only.any  # a file never turns them on
+    assert not from_environ({}).any
+    on = from_environ(
+        {"MEDKV_TEST_ONLY_SKIP_RAFT_FSYNC": "1", "MEDKV_TEST_ONLY_LOSSY_UNSYNCED_WRITES": "true"}
+    )
+    assert on.skip_raft_fsync and on.lossy_unsynced_writes
+    with pytest.raises(TestOnlyError, match="MEDKV_TEST_ONLY_SKIP_RAFT_FSYNC must be 1 or 0"):
+        from_environ({"MEDKV_TEST_ONLY_SKIP_RAFT_FSYNC": "maybe"})
+
+
+def test_a_node_with_a_test_only_switch_says_so_loudly(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    import dataclasses
+    import logging
+
+    from node import test_only
+
+    cfg = parse_config(dict(BASE), tmp_path)
+    switches = test_only.from_environ({"MEDKV_TEST_ONLY_SKIP_RAFT_FSYNC": "1"})
+    cfg = dataclasses.replace(cfg, test_only=switches)
+    with caplog.at_level(logging.WARNING):
+        test_only.warn(cfg.test_only, logging.getLogger("medkv.node"))
+    lines = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(lines) == 1
+    assert "TEST ONLY (MEDKV_TEST_ONLY_SKIP_RAFT_FSYNC is set)" in lines[0]
+    assert "never hold real data" in lines[0]
+
+
+def test_operator_help_offers_no_test_only_switch() -> None:
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[2]
+    commands = ["up", "status", "down", "kill-node", "restart-node", "pause-node", "resume-node"]
+    for argv in (
+        ["scripts/cluster.py", "--help"],
+        *(["scripts/cluster.py", c, "--help"] for c in commands),
+        ["-m", "node", "--help"],
+    ):
+        out = subprocess.run(
+            [sys.executable, *argv], cwd=root, capture_output=True, text=True, timeout=60,
+            check=True,
+        ).stdout.lower()
+        for word in ("fsync", "lossy", "test only", "test-only", "planted"):
+            assert word not in out, (argv, word)
+
+
+def test_the_new_limits_are_checked(tmp_path: Path) -> None:
+    raw = dict(BASE)
+    raw["limits"] = {"max_in_flight_per_stream": 0}
+    with pytest.raises(ConfigError, match="max_in_flight_per_stream must be at least 1"):
+        parse_config(raw, tmp_path)
+    raw["limits"] = {}
+    raw["raft"] = {"max_uncommitted_bytes": 0}
+    with pytest.raises(ConfigError, match="max_uncommitted_bytes must be at least 1"):
+        parse_config(raw, tmp_path)
+    cfg = parse_config(dict(BASE), tmp_path)
+    assert cfg.limits.max_in_flight_per_stream == 1024
+    assert cfg.raft.max_uncommitted_bytes == 64 << 20

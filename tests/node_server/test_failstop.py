@@ -55,6 +55,7 @@ def test_a_failed_synced_write_stops_the_node(tmp_path: Path, stops: list[BaseEx
         host, layout = _host(tmp_path)
         fatal = asyncio.Event()
         real_write = layout.log_store.write
+        real_isolated = layout.log_store.write_isolated
 
         def failing_write(*args: object, **kwargs: object) -> None:
             raise plyvel.IOError("IO error: db/000003.log: No space left on device")
@@ -68,12 +69,14 @@ def test_a_failed_synced_write_stops_the_node(tmp_path: Path, stops: list[BaseEx
                 assert loop.time() < deadline, "no leaders"
                 await asyncio.sleep(0.05)
             layout.log_store.write = failing_write  # type: ignore[method-assign]
+            layout.log_store.write_isolated = failing_write  # type: ignore[method-assign,assignment]
             write = asyncio.ensure_future(host.propose(0, ("write", b"c" * 16, 1, 1), lambda _stamp: b"", timeout=5))
             await asyncio.wait_for(fatal.wait(), 5)
             assert stops and isinstance(stops[0], plyvel.IOError)
             write.cancel()
         finally:
             layout.log_store.write = real_write  # type: ignore[method-assign]
+            layout.log_store.write_isolated = real_isolated  # type: ignore[method-assign]
             await host.stop()
             layout.close()
 
