@@ -22,7 +22,8 @@ from grpc_health.v1._async import HealthServicer
 from consensus.leveldb_storage import LevelDBLogStore
 from node.admin_service import AdminService
 from node.config import NodeConfig
-from node.errors import StartupError
+from node.errors import NodeError, StartupError
+from node.grpc_errors import abort_with
 from node.host import MultiRaftHost
 from node.key_rotation import KeyRotationManager
 from node.kv_service import KVService
@@ -33,7 +34,6 @@ from node.transport import (
     decode_batch,
     grpc_options,
     open_channel,
-    receive_snapshot,
 )
 from proto.medkv.v1 import admin_pb2_grpc, kv_pb2_grpc, raft_pb2, raft_pb2_grpc
 
@@ -75,9 +75,10 @@ class RaftTransportService(raft_pb2_grpc.RaftTransportServicer):
                 "the Raft transport accepts only node certificates",
             )
         try:
-            group, msg = await receive_snapshot(request_iterator, MAX_SNAPSHOT_BYTES)
-        except ValueError as e:
-            return raft_pb2.SnapshotAck(accepted=False, message=str(e))
+            group, msg = await self.node.host.snapshots.receive(request_iterator, MAX_SNAPSHOT_BYTES)
+        except NodeError as e:
+            log.warning("refused a snapshot: %s", e.message)
+            await abort_with(context, e)
         self.node.host.deliver([(group, msg)])
         return raft_pb2.SnapshotAck(accepted=True)
 
@@ -97,6 +98,7 @@ class Node:
             on_snapshot_done=lambda group, peer, ok: self.host.report_snapshot(group, peer, ok),
             max_message_bytes=cfg.limits.max_message_bytes,
             tls=cfg.tls,
+            snapshot_source=lambda group, m: self.host.snapshots.outgoing(group, m),
         )
         self.host = MultiRaftHost(
             cfg,

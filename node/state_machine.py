@@ -119,6 +119,11 @@ class PartitionStateMachine:
     def session_count(self) -> int:
         return len(self._sessions)
 
+    def reload(self) -> None:
+        """Re-read the state after something else replaced it on disk (a
+        snapshot install, node.snapshots)."""
+        self._reload()
+
     def _reload(self) -> None:
         """Rebuild in-memory state from what is committed on disk."""
         self._meta = self._store.meta()
