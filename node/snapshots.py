@@ -213,14 +213,23 @@ def _direct(fn: Callable[[], None]) -> None:
 
 def _delete_generations(store: RecordStore, gens: set[int], write: Writer,
                         marker: bool = False) -> None:
-    """Delete staged generations (and the marker), one synced write per ~batch."""
-    keys: list[bytes] = [_marker_key(store)] if marker else []
+    """Delete staged generations (and the marker). The marker and descriptors
+    go first, in one synced write: a generation without its descriptor is
+    never installed, so a crash while its chunks are deleted cannot leave a
+    half-deleted one that looks complete."""
+    heads = [_descriptor_key(store, g) for g in sorted(gens)]
+    if marker:
+        heads.insert(0, _marker_key(store))
+    chunks: list[bytes] = []
     for gen in sorted(gens):
-        keys.append(_descriptor_key(store, gen))
         with store.db.iterator(prefix=_chunk_prefix(store, gen), include_value=False) as it:
-            keys.extend(it)
-    for i in range(0, len(keys), DELETE_BATCH_KEYS):
-        part = keys[i : i + DELETE_BATCH_KEYS]
+            chunks.extend(it)
+    parts = [heads] + [
+        chunks[i : i + DELETE_BATCH_KEYS] for i in range(0, len(chunks), DELETE_BATCH_KEYS)
+    ]
+    for part in parts:
+        if not part:
+            continue
 
         def delete(part: list[bytes] = part) -> None:
             with store.db.write_batch(sync=True) as wb:
