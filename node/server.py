@@ -27,6 +27,7 @@ from node.grpc_errors import abort_with
 from node.host import MultiRaftHost
 from node.key_rotation import KeyRotationManager
 from node.kv_service import KVService
+from node.loop_lag import LoopLagProbe
 from node.storage_layout import StorageLayout
 from node.tls import is_node_peer
 from node.transport import (
@@ -150,6 +151,8 @@ class Node:
         await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
         await self.health.set("medkv.v1.KV", health_pb2.HealthCheckResponse.SERVING)
         self._background.append(asyncio.get_running_loop().create_task(self._balance_loop()))
+        self.loop_lag = LoopLagProbe()
+        self._background.append(asyncio.get_running_loop().create_task(self.loop_lag.run()))
         if self.cfg.unsafe_skip_raft_fsync:
             log.warning("TEST ONLY: the Raft log is never fsynced; acknowledged writes can be lost")
         log.info(
