@@ -57,6 +57,7 @@ import os
 import struct
 import sys
 import threading
+import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import Executor, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -408,6 +409,7 @@ class StagingSink:
         self.message = message
         self.declared = declared
         self.received = 0
+        self.started = time.monotonic()
         self._parser = SnapshotParser(store.partition, check_session_blob)
         self._seq = 0
         self._pending: list[tuple[bytes, bytes]] = []
@@ -568,6 +570,8 @@ class SnapshotManager:
                 await sink.finish()
             except SnapshotFormatError as e:
                 raise InvalidArgument(f"snapshot of partition {sink.group}: {e}") from None
+            log.info("partition %d: snapshot staged (%.1f MB in %.1f s)", sink.group,
+                     sink.received / 1e6, time.monotonic() - sink.started)
             return sink.group, sink.message
         except BaseException:
             if sink is not None:
@@ -613,6 +617,8 @@ class SnapshotManager:
                 f"not behind the snapshot at {msg.snapshot.meta.index}"
             )
         self._receiving.add(group)
+        log.info("partition %d: receiving a snapshot at index %d from node %d (at most %.1f MB)",
+                 group, msg.snapshot.meta.index, msg.frm, c.total_size / 1e6)
         return StagingSink(self, r.sm.store, self._next_gen(r.sm.store), msg, c.total_size)
 
     def _next_gen(self, store: RecordStore) -> int:
@@ -632,11 +638,14 @@ class SnapshotManager:
         state machine reflects it and the staging is gone."""
         p = sm.store.partition
         self._installing.add(p)
+        started = time.monotonic()
         try:
             await self.run(install_staged, sm.store, meta.index, meta.term, self.write)
             sm.reload()
         finally:
             self._installing.discard(p)
+        log.info("partition %d: snapshot at index %d installed in %.1f s", p, meta.index,
+                 time.monotonic() - started)
 
 
 __all__ = [

@@ -6,7 +6,9 @@ is compacted far past node 3's), restarts node 3 and measures, on node 3:
 
   catch-up     seconds from its restart until a follower read on it returns
                the last record written (applied index reaches the leader's);
-  peak RSS     VmHWM of its process (the whole run after the restart);
+  peak heap    the largest RssAnon sampled every 50 ms (anonymous memory:
+               what the process allocated), and peak RSS, VmHWM, which also
+               counts the pages of LevelDB's files it maps while reading;
   loop stall   the longest event-loop stall: measured from outside (the
                longest answer time of a health check sent every 20 ms while
                it catches up: any tree) and, where the node has the probe
@@ -65,11 +67,33 @@ def node_pid(data_dir: Path, node: int) -> int:
     return int((data_dir / f"node-{node}" / "node.pid").read_text())
 
 
-def peak_rss_mib(pid: int) -> float:
+def _status_mib(pid: int, field: str) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
+        if line.startswith(field):
             return int(line.split()[1]) / 1024
     return float("nan")
+
+
+def peak_rss_mib(pid: int) -> float:
+    return _status_mib(pid, "VmHWM:")
+
+
+class HeapSampler(threading.Thread):
+    """Samples the node's anonymous resident memory (RssAnon: its heap, not
+    the LevelDB files it maps, which VmHWM counts too) every 50 ms."""
+
+    def __init__(self, pid: int) -> None:
+        super().__init__(daemon=True)
+        self.pid = pid
+        self.peak = 0.0
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        while not self.stop.wait(0.05):
+            try:
+                self.peak = max(self.peak, _status_mib(self.pid, "RssAnon:"))
+            except OSError:
+                return
 
 
 async def load(addresses: list[str], size: int, value_size: int, concurrency: int) -> int:
@@ -187,6 +211,8 @@ def main() -> int:
         probe.start()
         pid = node_pid(data_dir, VICTIM)
         deadline = t0 + ns.timeout
+        heap = HeapSampler(pid)
+        heap.start()
         while follower_version(addresses[VICTIM - 1]) < last:
             if time.monotonic() > deadline:
                 raise SystemExit(f"node {VICTIM} did not catch up within {ns.timeout:g}s")
@@ -194,7 +220,10 @@ def main() -> int:
         result["catch_up_s"] = round(time.monotonic() - t0, 1)
         probe.stop.set()
         probe.join(35)
-        result["peak_rss_mib"] = round(peak_rss_mib(pid), 0)
+        heap.stop.set()
+        heap.join(5)
+        result["peak_heap_mib"] = round(heap.peak, 0)
+        result["peak_rss_mib_incl_mapped_files"] = round(peak_rss_mib(pid), 0)
         result["longest_health_check_ms"] = round(probe.longest * 1000, 0)
         text = log_path.read_bytes()[seen:].decode(errors="replace")
         stalls = [float(m) for m in re.findall(r"event loop stalled for (\d+) ms", text)]
@@ -208,7 +237,8 @@ def main() -> int:
         try:
             run_cluster(tree, "down", "--data-dir", str(data_dir), timeout=120)
         finally:
-            shutil.rmtree(data_dir, ignore_errors=True)
+            if not os.environ.get("MEDKV_BENCH_KEEP"):
+                shutil.rmtree(data_dir, ignore_errors=True)
     if ns.json:
         print(json.dumps(result))
     else:
