@@ -490,13 +490,18 @@ class SnapshotManager:
         self._installing: set[int] = set()
         self._gens = itertools.count(1)
         self._gen_floor: dict[int, int] = {}
+        self._closing = threading.Event()
         announce_crash_points()
 
     # -- plumbing
 
     def write(self, fn: Callable[[], None]) -> None:
         """Run one LevelDB write on the host's writer thread and wait for it
-        (from a worker thread: the event loop never waits here)."""
+        (from a worker thread: the event loop never waits here). Once the
+        node is stopping, refused: an install cut short between two writes is
+        finished at the next start (the marker says so)."""
+        if self._closing.is_set():
+            raise RuntimeError("the node is stopping")
         self._host.writer.submit(fn).result()
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
@@ -505,7 +510,13 @@ class SnapshotManager:
     def submit(self, fn: Callable[[], None]) -> None:
         self._pool.submit(fn)
 
+    def drain(self) -> None:
+        """Wait for every queued job (refused streams' discards included), then stop."""
+        self._pool.shutdown(wait=True)
+
     def close(self) -> None:
+        """Stop: work in flight ends at its next write (at most one batch)."""
+        self._closing.set()
         self._pool.shutdown(wait=True, cancel_futures=True)
 
     # -- sending

@@ -96,6 +96,7 @@ class FakeHost:
             self.replicas[sm.store.partition] = FakeReplica(sm, raw=_Raw())
 
     def close(self, mgr: SnapshotManager) -> None:
+        mgr.drain()  # the discards of refused streams run in the background
         mgr.close()
         self.writer.shutdown(wait=True)
 
