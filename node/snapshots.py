@@ -89,8 +89,11 @@ T = TypeVar("T")
 CHUNK_BYTES = 1 << 20  # one SnapshotChunk's data
 BATCH_BYTES = 4 << 20  # one staging or install write
 DELETE_BATCH_KEYS = 20_000
-# Header and end marker, which have no stored counterpart.
+# Header and end marker, which have no stored counterpart; and per stored
+# value, the few bytes of framing a logical item may have beyond it (only
+# without encryption, which adds more than that to every stored value).
 _DECLARED_SLACK = 4096
+_PER_KEY_SLACK = 8
 
 STAGING_KIND = b"t"  # P "t" ...: staging and the install marker (see the module doc)
 _CHUNK = b"c"
@@ -360,7 +363,7 @@ class OutgoingSnapshot:
         with self._lock, self._snap.iterator(prefix=self._store.key_prefix) as it:
             for key, value in it:
                 if not key.startswith(skip):
-                    total += len(key) + len(value)
+                    total += len(key) + len(value) + _PER_KEY_SLACK
         return total
 
     async def chunks(self) -> AsyncIterator[bytes]:
