@@ -285,7 +285,7 @@ def _replace_state(store: RecordStore, gen: int, index: int, term: int, write: W
     parser = SnapshotParser(store.partition, check_session_blob)
     stage = WriteStage()
     size = 0
-    crashed_here = False
+    mid_point_passed = False
 
     def commit(stage: WriteStage, sync: bool) -> None:
         write(lambda: store.commit(stage, sync=sync))
@@ -297,13 +297,13 @@ def _replace_state(store: RecordStore, gen: int, index: int, term: int, write: W
                 if size >= BATCH_BYTES:
                     commit(stage, False)
                     stage, size = WriteStage(), 0
-                    if not crashed_here:
+                    if not mid_point_passed:
                         crash_point("snapshot-mid-install")
-                        crashed_here = True
+                        mid_point_passed = True
     meta = parser.finish()
     if (meta.applied_index, meta.applied_term) != (index, term):
         raise SnapshotFormatError("staged snapshot data does not match its Raft snapshot")
-    if not crashed_here:
+    if not mid_point_passed:
         commit(stage, False)
         stage = WriteStage()
         crash_point("snapshot-mid-install")
@@ -394,7 +394,10 @@ class OutgoingSnapshot:
                     self._gen.close()  # type: ignore[attr-defined]
                 self._snap.close()
 
-        self._pool.submit(close)
+        try:
+            self._pool.submit(close)
+        except RuntimeError:  # the node is stopping: no read is in flight any more
+            close()
 
 
 # --- receiving ----------------------------------------------------------------------
