@@ -80,6 +80,7 @@ class RaftTransportService(raft_pb2_grpc.RaftTransportServicer):
         except NodeError as e:
             log.warning("refused a snapshot: %s", e.message)
             await abort_with(context, e)
+            raise  # abort_with raises; never reached
         self.node.host.deliver([(group, msg)])
         return raft_pb2.SnapshotAck(accepted=True)
 

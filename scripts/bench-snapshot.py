@@ -16,6 +16,7 @@ is compacted far past node 3's), restarts node 3 and measures, on node 3:
 
     scripts/bench-snapshot [--size-mb 1024] [--value-kb 16] [--tree PATH] [--json]
 
+MEDKV_BENCH_KEEP=1 keeps the (stopped) cluster's directory for its logs.
 --tree runs another checkout's nodes (e.g. a worktree of main) with this
 checkout's client, to compare before and after. A benchmark: it reports
 figures and never passes or fails on time.
