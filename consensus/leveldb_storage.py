@@ -260,6 +260,10 @@ class LevelDBGroupStorage:
     def hard_state(self) -> HardState:
         return self._state.hard_state
 
+    def snapshot_meta(self) -> SnapshotMeta:
+        """The stored snapshot's metadata, without reading its data."""
+        return self._state.snap_meta
+
 
 class LevelDBLogStore:
     """Every Raft group's log, hard state and snapshot in one LevelDB database.

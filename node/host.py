@@ -40,6 +40,7 @@ from consensus.types import (
     ConsensusError,
     EntryType,
     Message,
+    MessageType,
     ProposalDropped,
     Ready,
     StateRole,
@@ -60,6 +61,7 @@ from node.errors import (
 )
 from node.log_clock import LeaderClock
 from node.rate_log import RateLimitedLog
+from node.snapshots import SnapshotManager, recover_on_open
 from node.staleness import ReplicaFreshness
 from node.state_machine import ApplyResult, PartitionStateMachine
 
@@ -91,6 +93,9 @@ class Replica:
     broken: str = ""  # set when its stored state failed an integrity check
     # While this replica leads: the clock that stamps its proposals (node.log_clock).
     clock: LeaderClock | None = None
+    # A received snapshot is being installed (node.snapshots): its Ready waits,
+    # unadvanced, and nothing reads or applies to the state machine meanwhile.
+    installing: bool = False
     write_waiters: dict[WaitKey, list[asyncio.Future[ApplyResult]]] = field(
         default_factory=dict
     )
@@ -152,6 +157,8 @@ class MultiRaftHost:
         self._stopping = False
         self._task: asyncio.Task[None] | None = None
         self._pending_writes = 0
+        self._installs: set[asyncio.Task[None]] = set()
+        self.snapshots = SnapshotManager(self)
         self.started_at = time.monotonic()
         self.guard_limits = raft_guard.GuardLimits(
             node_id=cfg.node_id,
@@ -183,6 +190,9 @@ class MultiRaftHost:
             log_store.bootstrap(p, ConfState(voters=tuple(sorted(reps))))
         storage = log_store.group(p)
         sm = make_state_machine(p)
+        # A crash in the middle of a snapshot install is finished before Raft
+        # reads the log, which the snapshot already truncated.
+        recover_on_open(storage, sm)
         raw = RawNode(
             Config(
                 id=self.node_id,
@@ -239,6 +249,9 @@ class MultiRaftHost:
                 self._task.cancel()
             except Exception:  # it already failed; reported by start()'s callback
                 pass
+        for t in list(self._installs):
+            t.cancel()  # an install cut short is finished at the next start
+        self.snapshots.close()
         self._writer.shutdown(wait=True)
 
     @property
@@ -308,7 +321,7 @@ class MultiRaftHost:
         work: list[tuple[Replica, Ready]] = []
         for p in dirty:
             r = self.replicas.get(p)
-            if r is None or r.broken:
+            if r is None or r.broken or r.installing:
                 continue
             try:
                 if r.raw.has_ready():
@@ -347,6 +360,9 @@ class MultiRaftHost:
             )
         now = time.monotonic()
         for r, rd in work:
+            if rd.snapshot is not None and not rd.snapshot.is_empty():
+                self._start_install(r, rd)
+                continue
             try:
                 self._apply_ready(r, rd, now)
                 r.raw.advance(rd)
@@ -355,12 +371,11 @@ class MultiRaftHost:
         if self._announcements:
             pairs, self._announcements = self._announcements, []
             self._announce(pairs)
-        for r, rd in work:
-            if r.broken:
+        for r, _ in work:
+            if r.broken or r.installing:
                 continue
             try:
-                restored = rd.snapshot is not None and not rd.snapshot.is_empty()
-                if r.sm.erased_at > r.purged_at or restored:
+                if r.sm.erased_at > r.purged_at:
                     await self._purge(r)
                 else:
                     await self._maybe_snapshot(r)
@@ -389,7 +404,7 @@ class MultiRaftHost:
             r.term = rd.hard_state.term
             r.commit = max(r.commit, rd.hard_state.commit)
         if rd.snapshot is not None and not rd.snapshot.is_empty():
-            r.sm.restore(rd.snapshot.data)
+            # Installed already (_install); the log line is what operators grep for.
             r.since_snapshot = 0
             log.info(
                 "partition %d: caught up from a snapshot at index %d",
@@ -417,6 +432,36 @@ class MultiRaftHost:
         for peer in r.replicas:
             if peer != self.node_id:
                 self._announcements.append((peer, r.partition, r.term, index, time_ms))
+
+    def _start_install(self, r: Replica, rd: Ready) -> None:
+        """Install a received snapshot off the Raft turn: Raft persisted its
+        metadata; its data is staged. Other groups go on meanwhile; this one
+        neither applies nor advances until the install is done."""
+        r.installing = True
+        task = asyncio.get_running_loop().create_task(self._install(r, rd))
+        self._installs.add(task)
+        task.add_done_callback(self._installs.discard)
+
+    async def _install(self, r: Replica, rd: Ready) -> None:
+        assert rd.snapshot is not None
+        try:
+            await self.snapshots.install(r.sm, rd.snapshot.meta)
+            self._apply_ready(r, rd, time.monotonic())
+            r.raw.advance(rd)
+        except Exception as e:
+            self.mark_broken(r, e)
+            return
+        finally:
+            r.installing = False
+            self._dirty.add(r.partition)
+            self._wake.set()
+        await self.on_snapshot_installed(r)
+
+    async def on_snapshot_installed(self, r: Replica) -> None:
+        """The one place where a snapshot install has completed: the state
+        machine holds the snapshot's state, Raft's stored snapshot metadata
+        agrees, the install marker and staging are gone. Work owed after a
+        restore (e.g. erasure obligations) hooks in here."""
 
     def _apply_entries(self, r: Replica, rd: Ready) -> None:
         run: list[tuple[int, int, bytes]] = []
@@ -460,13 +505,14 @@ class MultiRaftHost:
         if r.broken or r.since_snapshot < self.cfg.raft.snapshot_every:
             return
         index = r.applied
-        data = r.sm.snapshot()
         conf = r.raw.status().conf_state
         keep = self.cfg.raft.keep_after_snapshot
         r.since_snapshot = 0
 
         def persist() -> None:
-            self.log_store.create_snapshot(r.partition, index, conf, data)
+            # Metadata only: the data is the state machine itself, streamed
+            # from a LevelDB snapshot when a follower needs it (node.snapshots).
+            self.log_store.create_snapshot(r.partition, index, conf, b"")
             if index > keep:
                 self.log_store.compact(r.partition, index - keep)
 
@@ -483,13 +529,12 @@ class MultiRaftHost:
         bytes leave the disk. Slow followers catch up by snapshot afterwards.
         """
         index = r.applied
-        data = r.sm.snapshot()
         conf = r.raw.status().conf_state
         r.purged_at = r.sm.erased_at
         r.since_snapshot = 0
 
         def persist() -> None:
-            self.log_store.create_snapshot(r.partition, index, conf, data)
+            self.log_store.create_snapshot(r.partition, index, conf, b"")
             self.log_store.compact(r.partition, index)
             self._purge_disk()
 
@@ -591,6 +636,8 @@ class MultiRaftHost:
                 except NodeError as e:
                     log_refusal(m.frm if sender is None else sender, e)
                     continue
+                if r.installing and m.type == MessageType.SNAP:
+                    continue  # one install at a time; the leader retries after
                 self._dirty.add(group)
                 try:
                     r.raw.step(m)
@@ -669,6 +716,12 @@ class MultiRaftHost:
             )
         if r.broken:
             raise DataLoss(r.broken)
+        if r.installing:
+            raise Unavailable(
+                f"partition {partition} on node {self.node_id} is installing a snapshot; "
+                "retry, or read from another replica",
+                self.leader_hint(r),
+            )
         return r
 
     def leader_hint(self, r: Replica) -> str:

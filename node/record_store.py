@@ -635,6 +635,16 @@ class RecordStore:
     def snapshot_bytes(self) -> bytes:
         return b"".join(self.snapshot_chunks())
 
+    def snapshot_stream(self, snap: Any, chunk_size: int = 1 << 20) -> Iterator[bytes]:
+        """snapshot_chunks over a LevelDB snapshot the caller took (and closes):
+        the sender takes it on the event loop, where it matches applied_index,
+        and iterates it in a worker thread."""
+        return self._snapshot_from(snap, chunk_size)
+
+    def read_meta(self, reader: Any = None) -> PartitionMeta:
+        """The metadata as of a LevelDB snapshot (None: as committed)."""
+        return self._read_meta(reader)
+
     def restore(
         self,
         data: bytes,
@@ -654,49 +664,15 @@ class RecordStore:
         The snapshot is parsed and checked in full before anything is written;
         `check_session(key, blob)` and `check_settings(blob)` may raise to
         reject a session or the settings. Returns the restored metadata.
+        Holds the whole state in memory: for small partitions and tests; the
+        node installs received snapshots in bounded batches (node.snapshots).
         """
-        unpacker = msgpack.Unpacker(
-            raw=False, use_list=True, strict_map_key=True, max_buffer_size=0
-        )
+        parser = SnapshotParser(self._partition, check_session, check_settings)
         stage = WriteStage()
-        first = True
-        meta: PartitionMeta | None = None
-        counts = [0, 0]
-        ended = False
-        try:
-            for chunk in chunks:
-                if first and chunk:
-                    if chunk[0] != _FORMAT:
-                        raise SnapshotFormatError("snapshot has an unknown format")
-                    chunk = chunk[1:]
-                    first = False
-                unpacker.feed(chunk)
-                for obj in unpacker:
-                    if ended:
-                        raise SnapshotFormatError("snapshot has data after its end")
-                    if meta is None:
-                        meta = self._restore_header(obj)
-                    elif type(obj) is list and obj and obj[0] == "end":
-                        if obj != ["end", counts[0], counts[1]]:
-                            raise SnapshotFormatError("snapshot counts do not match its contents")
-                        ended = True
-                    elif type(obj) is list and len(obj) == 2 and obj[0] == "g":
-                        key = self._prefix + _META_SETTINGS
-                        if type(obj[1]) is not bytes or key in stage._sealed:
-                            raise SnapshotFormatError("snapshot settings are malformed")
-                        if check_settings is not None:
-                            check_settings(obj[1])
-                        self._stage_put(stage, key, obj[1])
-                    else:
-                        self._restore_item(stage, obj, counts, check_session)
-        except SnapshotFormatError:
-            raise
-        except (ValidationError, CorruptRecordError, ValueError) as e:
-            raise SnapshotFormatError(f"snapshot content is invalid: {type(e).__name__}") from None
-        except Exception:
-            raise SnapshotFormatError("snapshot is not well-formed") from None
-        if meta is None or not ended:
-            raise SnapshotFormatError("snapshot is truncated")
+        for chunk in chunks:
+            for item in parser.feed(chunk):
+                self.stage_item(stage, item)
+        meta = parser.finish()
         self.put_meta(stage, meta)
         with self._db.write_batch(transaction=True) as wb:
             with self._db.iterator(prefix=self._prefix, include_value=False) as it:
@@ -709,7 +685,151 @@ class RecordStore:
         stage.discard()
         return meta
 
-    def _restore_header(self, obj: Any) -> PartitionMeta:
+    def stage_item(self, stage: WriteStage, item: SnapshotItem) -> int:
+        """Re-key and seal one checked snapshot item into `stage`; returns the
+        sealed bytes added. A record already in the stage is refused (the
+        node's batched install sees repeats only within one batch)."""
+        added = 0
+        if isinstance(item, SnapshotRecord):
+            recs = item.versions
+            ck, hp = self._record_keys(item.patient_id, item.record_id)
+            if ck in stage._sealed:
+                raise SnapshotFormatError("snapshot repeats a record")
+            for h in recs[1:]:
+                key = hp + h.version.to_bytes(8, "big")
+                self._stage_put(stage, key, self._encode_history(h))
+                added += len(stage._sealed[key] or b"")
+            self._stage_put(
+                stage, ck, self._encode_current(recs[0], [h.version for h in reversed(recs[1:])])
+            )
+            added += len(stage._sealed[ck] or b"")
+        elif isinstance(item, SnapshotSettings):
+            self.put_settings(stage, item.blob)
+            added += len(item.blob)
+        else:
+            self.put_session(stage, item.client_id, item.blob)
+            added += len(item.blob)
+        return added
+
+    def keys_outside(self, kind: bytes, reader: Any, batch: int) -> Iterator[list[bytes]]:
+        """Every key of the partition except those of one kind byte, in lists
+        of at most `batch` (read from `reader`, a LevelDB snapshot)."""
+        skip = self._prefix + kind
+        out: list[bytes] = []
+        with reader.iterator(prefix=self._prefix, include_value=False) as it:
+            for key in it:
+                if key.startswith(skip):
+                    continue
+                out.append(key)
+                if len(out) >= batch:
+                    yield out
+                    out = []
+        if out:
+            yield out
+
+    @property
+    def key_prefix(self) -> bytes:
+        """The partition's key prefix (relative to the store's db)."""
+        return self._prefix
+
+    @property
+    def db(self) -> LevelDB:
+        return self._db
+
+    @property
+    def codec(self) -> ValueCodec:
+        return self._codec
+
+    def delete_partition(self) -> None:
+        """Remove every key of this partition (after the replica moved away)."""
+        with (
+            self._db.write_batch(transaction=True) as wb,
+            self._db.iterator(prefix=self._prefix, include_value=False) as it,
+        ):
+            for key in it:
+                wb.delete(key)
+
+
+class SnapshotRecord(NamedTuple):
+    """One record of a snapshot: its versions, newest first."""
+
+    patient_id: str
+    record_id: str
+    versions: list[Record]
+
+
+class SnapshotSession(NamedTuple):
+    client_id: bytes  # the session's storage key (its id), as the sender stored it
+    blob: bytes
+
+
+class SnapshotSettings(NamedTuple):
+    """The replicated cluster settings in force at the snapshot (node.settings)."""
+
+    blob: bytes
+
+
+SnapshotItem = SnapshotRecord | SnapshotSession | SnapshotSettings
+
+
+class SnapshotParser:
+    """Checks a snapshot stream as its chunks arrive: the header first (of
+    this partition), well-formed items, the end marker's counts, nothing
+    after it. Holds at most one chunk and one item, so a stream of any size
+    is checked in bounded memory; feed() yields each item once it is checked.
+    """
+
+    def __init__(
+        self,
+        partition: int,
+        check_session: Callable[[bytes, bytes], None] | None = None,
+        check_settings: Callable[[bytes], None] | None = None,
+    ) -> None:
+        self._partition = partition
+        self._check_session = check_session
+        self._check_settings = check_settings
+        self._settings_seen = False
+        self._unpacker = msgpack.Unpacker(
+            raw=False, use_list=True, strict_map_key=True, max_buffer_size=0
+        )
+        self._first = True
+        self.meta: PartitionMeta | None = None
+        self.counts = [0, 0]
+        self.ended = False
+
+    def feed(self, chunk: bytes) -> Iterator[SnapshotItem]:
+        try:
+            if self._first and chunk:
+                if chunk[0] != _FORMAT:
+                    raise SnapshotFormatError("snapshot has an unknown format")
+                chunk = chunk[1:]
+                self._first = False
+            self._unpacker.feed(chunk)
+            for obj in self._unpacker:
+                if self.ended:
+                    raise SnapshotFormatError("snapshot has data after its end")
+                if self.meta is None:
+                    self.meta = self._header(obj)
+                elif type(obj) is list and obj and obj[0] == "end":
+                    if obj != ["end", self.counts[0], self.counts[1]]:
+                        raise SnapshotFormatError("snapshot counts do not match its contents")
+                    self.ended = True
+                else:
+                    yield self._item(obj)
+        except SnapshotFormatError:
+            raise
+        except (ValidationError, CorruptRecordError, ValueError) as e:
+            raise SnapshotFormatError(f"snapshot content is invalid: {type(e).__name__}") from None
+        except Exception:
+            raise SnapshotFormatError("snapshot is not well-formed") from None
+
+    def finish(self) -> PartitionMeta:
+        """The snapshot's metadata, once its end marker was seen."""
+        if self.meta is None or not self.ended:
+            raise SnapshotFormatError("snapshot is truncated")
+        return self.meta
+
+    def _header(self, obj: Any) -> PartitionMeta:
         if not (type(obj) is list and len(obj) == 6 and obj[0] == _SNAPSHOT_MAGIC and obj[1] == 1):
             raise SnapshotFormatError("snapshot header is malformed")
         if not all(_is_uint(v) for v in obj[2:]):
@@ -718,13 +838,7 @@ class RecordStore:
             raise SnapshotFormatError("snapshot is of another partition")
         return PartitionMeta(obj[3], obj[4], obj[5])
 
-    def _restore_item(
-        self,
-        stage: WriteStage,
-        obj: Any,
-        counts: list[int],
-        check_session: Callable[[bytes, bytes], None] | None,
-    ) -> None:
+    def _item(self, obj: Any) -> SnapshotItem:
         if type(obj) is not list or not obj:
             raise SnapshotFormatError("snapshot item is malformed")
         if obj[0] == "r" and len(obj) == 4:
@@ -745,34 +859,24 @@ class RecordStore:
                 if recs and v[0] >= recs[-1].version:
                     raise SnapshotFormatError("snapshot versions are not newest first")
                 recs.append(Record(p, r, v[2], v[0], v[1]))
-            ck, hp = self._record_keys(p, r)
-            if ck in stage._sealed:
-                raise SnapshotFormatError("snapshot repeats a record")
-            for h in recs[1:]:
-                self._stage_put(stage, hp + h.version.to_bytes(8, "big"), self._encode_history(h))
-            self._stage_put(
-                stage, ck, self._encode_current(recs[0], [h.version for h in reversed(recs[1:])])
-            )
-            counts[0] += 1
-        elif obj[0] == "s" and len(obj) == 3:
+            self.counts[0] += 1
+            return SnapshotRecord(p, r, recs)
+        if obj[0] == "g" and len(obj) == 2:
+            if type(obj[1]) is not bytes or self._settings_seen or self.counts != [0, 0]:
+                raise SnapshotFormatError("snapshot settings are malformed")
+            if self._check_settings is not None:
+                self._check_settings(obj[1])
+            self._settings_seen = True
+            return SnapshotSettings(obj[1])
+        if obj[0] == "s" and len(obj) == 3:
             _, cid, blob = obj
             if type(cid) is not bytes or type(blob) is not bytes:
                 raise SnapshotFormatError("snapshot session is malformed")
-            if check_session is not None:
-                check_session(cid, blob)
-            self.put_session(stage, cid, blob)
-            counts[1] += 1
-        else:
-            raise SnapshotFormatError("snapshot item has an unknown kind")
-
-    def delete_partition(self) -> None:
-        """Remove every key of this partition (after the replica moved away)."""
-        with (
-            self._db.write_batch(transaction=True) as wb,
-            self._db.iterator(prefix=self._prefix, include_value=False) as it,
-        ):
-            for key in it:
-                wb.delete(key)
+            if self._check_session is not None:
+                self._check_session(cid, blob)
+            self.counts[1] += 1
+            return SnapshotSession(cid, blob)
+        raise SnapshotFormatError("snapshot item has an unknown kind")
 
 
 __all__ = [
@@ -785,6 +889,11 @@ __all__ = [
     "RecordStore",
     "ScanPage",
     "SnapshotFormatError",
+    "SnapshotItem",
+    "SnapshotParser",
+    "SnapshotRecord",
+    "SnapshotSession",
+    "SnapshotSettings",
     "WriteStage",
     "blake2b_key_hasher",
 ]

@@ -19,16 +19,17 @@ import plyvel
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 
-from consensus.codec import CodecError
 from consensus.leveldb_storage import LevelDBLogStore
 from consensus.types import MessageType
 from node import raft_guard, rpc_handlers, test_only
 from node.admin_service import AdminService
 from node.config import NodeConfig
-from node.errors import InvalidArgument, StartupError
+from node.errors import InvalidArgument, NodeError, StartupError
+from node.grpc_errors import abort_with
 from node.host import MultiRaftHost, log_refusal
 from node.key_rotation import KeyRotationManager
 from node.kv_service import KVService
+from node.loop_lag import LoopLagProbe
 from node.settings_service import SettingsService
 from node.storage_layout import StorageLayout
 from node.tls import is_node_peer
@@ -38,7 +39,6 @@ from node.transport import (
     decode_closed,
     grpc_options,
     open_channel,
-    receive_snapshot,
 )
 from proto.medkv.v1 import admin_pb2, admin_pb2_grpc, kv_pb2, raft_pb2, raft_pb2_grpc
 
@@ -105,12 +105,13 @@ class RaftTransportService(raft_pb2_grpc.RaftTransportServicer):
                 "the Raft transport accepts only node certificates",
             )
         try:
-            group, msg = await receive_snapshot(request_iterator, MAX_SNAPSHOT_BYTES)
-        except (ValueError, CodecError) as e:  # a header that does not decode is as bad
-            return raft_pb2.SnapshotAck(accepted=False, message=str(e))
-        # The header names its sender; the guard checks it is a member of the
-        # group, and the rest (node.raft_guard). A refusal answers its status.
-        self.node.host.check_inbound(group, msg, msg.frm)
+            # The header is checked (node.raft_guard: its sender a member of the
+            # group, and the rest) before a byte of data is staged.
+            group, msg = await self.node.host.snapshots.receive(request_iterator, MAX_SNAPSHOT_BYTES)
+        except NodeError as e:
+            log.warning("refused a snapshot: %s", e.message)
+            await abort_with(context, e)
+            raise  # abort_with raises; never reached
         self.node.host.deliver([(group, msg)], msg.frm)
         return raft_pb2.SnapshotAck(accepted=True)
 
@@ -131,6 +132,7 @@ class Node:
             on_snapshot_done=lambda group, peer, ok: self.host.report_snapshot(group, peer, ok),
             max_message_bytes=cfg.limits.max_message_bytes,
             tls=cfg.tls,
+            snapshot_source=lambda group, m: self.host.snapshots.outgoing(group, m),
         )
         self.host = MultiRaftHost(
             cfg,
@@ -186,6 +188,8 @@ class Node:
         await self.health.set("medkv.v1.KV", health_pb2.HealthCheckResponse.SERVING)
         self._background.append(asyncio.get_running_loop().create_task(self._balance_loop()))
         self._background.append(asyncio.get_running_loop().create_task(self.settings.seed_loop()))
+        self.loop_lag = LoopLagProbe()
+        self._background.append(asyncio.get_running_loop().create_task(self.loop_lag.run()))
         log.info(
             "node %d serving on %s: %d local partitions",
             self.cfg.node_id, self.cfg.listen, len(self.host.replicas),

@@ -157,6 +157,11 @@ class PartitionStateMachine:
         """How many sessions would be open at log time now_ms (a leader's pre-check)."""
         return self._sessions.open_at(now_ms, self.settings.session_ttl_ms)
 
+    def reload(self) -> None:
+        """Re-read the state after something else replaced it on disk (a
+        snapshot install, node.snapshots)."""
+        self._reload()
+
     def _reload(self) -> None:
         """Rebuild in-memory state from what is committed on disk."""
         self._meta = self._store.meta()

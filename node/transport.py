@@ -8,7 +8,8 @@ idle cluster of many groups costs one small batch per tick per peer.
 Raft tolerates lost messages, so the transport never blocks the host: when a
 peer is down or slow, batches beyond a bounded queue are dropped and the
 groups concerned are told the peer is unreachable. Snapshots travel on their
-own RPC in chunks, so a large one never stalls the message stream.
+own RPC in chunks, so a large one never stalls the message stream; their data
+is read from a LevelDB snapshot as it is sent (node.snapshots), never held whole.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable, Sequence
+from typing import TYPE_CHECKING
 
 import grpc
 
@@ -26,6 +28,9 @@ from node.rate_log import RateLimitedLog
 from node.tls import TlsSettings
 from proto.medkv.v1 import raft_pb2, raft_pb2_grpc
 
+if TYPE_CHECKING:
+    from node.snapshots import OutgoingSnapshot
+
 log = logging.getLogger("medkv.transport")
 _refused = RateLimitedLog(log)
 _REFUSALS = (
@@ -34,7 +39,8 @@ _REFUSALS = (
     grpc.StatusCode.PERMISSION_DENIED,
 )
 
-SNAPSHOT_CHUNK_BYTES = 1 << 20
+# A snapshot stream may take this long per MB declared, plus a fixed minute.
+_SNAPSHOT_SECONDS_PER_MB = 0.25
 _QUEUE_BATCHES = 256
 _HEARTBEATS = (MessageType.HEARTBEAT, MessageType.HEARTBEAT_RESP)
 
@@ -217,11 +223,13 @@ class PeerTransport:
         on_snapshot_done: Callable[[int, int, bool], None],
         max_message_bytes: int = 8 << 20,
         tls: TlsSettings | None = None,
+        snapshot_source: Callable[[int, Message], OutgoingSnapshot | None] | None = None,
     ) -> None:
         self.node_id = node_id
         self.tls = tls
         self.on_unreachable = on_unreachable
         self.on_snapshot_done = on_snapshot_done
+        self.snapshot_source = snapshot_source
         self.max_message_bytes = max_message_bytes
         self.links = {
             pid: _PeerLink(self, pid, addr) for pid, addr in peers.items() if pid != node_id
@@ -267,32 +275,33 @@ class PeerTransport:
         task.add_done_callback(self._snapshot_tasks.discard)
 
     async def _stream_snapshot(self, link: _PeerLink, group: int, m: Message) -> None:
-        assert m.snapshot is not None
-        data = m.snapshot.data
-        header = encode_message(
-            Message(
-                type=m.type, to=m.to, frm=m.frm, term=m.term,
-                snapshot=type(m.snapshot)(meta=m.snapshot.meta, data=b""),
-            )
-        )
-
-        async def chunks() -> AsyncIterator[raft_pb2.SnapshotChunk]:
-            offset = 0
-            while True:
-                piece = data[offset : offset + SNAPSHOT_CHUNK_BYTES]
-                last = offset + len(piece) >= len(data)
-                yield raft_pb2.SnapshotChunk(
-                    from_node=self.node_id, to_node=m.to, group=group,
-                    header=header if offset == 0 else b"", offset=offset, data=piece,
-                    last=last, total_size=len(data),
-                )
-                offset += len(piece)
-                if last:
-                    return
-
+        # Pinned now, on the loop, so the data matches the applied index it claims.
+        out = self.snapshot_source(group, m) if self.snapshot_source is not None else None
+        if out is None:
+            self.on_snapshot_done(group, m.to, False)
+            return
         ok = False
         try:
-            ack = await link.stub().Snapshot(chunks(), timeout=120)
+            total = await out.declared_size()
+            header = encode_message(out.message)
+
+            async def chunks() -> AsyncIterator[raft_pb2.SnapshotChunk]:
+                offset = 0
+                async for piece in out.chunks():
+                    yield raft_pb2.SnapshotChunk(
+                        from_node=self.node_id, to_node=m.to, group=group,
+                        header=header if offset == 0 else b"", offset=offset, data=piece,
+                        total_size=total if offset == 0 else 0,
+                    )
+                    offset += len(piece)
+                # The last chunk says the stream is complete: one that ends
+                # without it is refused, never installed.
+                yield raft_pb2.SnapshotChunk(
+                    from_node=self.node_id, to_node=m.to, group=group, offset=offset, last=True
+                )
+
+            timeout = 60.0 + total / 1e6 * _SNAPSHOT_SECONDS_PER_MB
+            ack = await link.stub().Snapshot(chunks(), timeout=timeout)
             ok = ack.accepted
             if not ok:
                 log.warning("node %d refused a snapshot of partition %d: %s", m.to, group, ack.message)
@@ -301,6 +310,8 @@ class PeerTransport:
                 "snapshot of partition %d to node %d failed: %s %s",
                 group, m.to, e.code().name, e.details() if e.code() in _REFUSALS else "",
             )
+        finally:
+            out.close()
         self.on_snapshot_done(group, m.to, ok)
 
     async def close(self) -> None:
@@ -308,32 +319,3 @@ class PeerTransport:
             t.cancel()
         for link in self.links.values():
             await link.close()
-
-
-async def receive_snapshot(
-    chunks: AsyncIterator[raft_pb2.SnapshotChunk], max_bytes: int
-) -> tuple[int, Message]:
-    """Reassemble a chunked snapshot into (group, SNAP message). Raises ValueError on a bad stream."""
-    header: Message | None = None
-    group = -1
-    parts: list[bytes] = []
-    size = 0
-    async for c in chunks:
-        if header is None:
-            if not c.header:
-                raise ValueError("snapshot stream does not start with a header")
-            header = decode_message(c.header)
-            group = c.group
-            if c.total_size > max_bytes:
-                raise ValueError(f"snapshot of {c.total_size} bytes exceeds the limit")
-        if c.offset != size:
-            raise ValueError("snapshot chunks out of order")
-        parts.append(c.data)
-        size += len(c.data)
-        if c.last:
-            break
-    if header is None or header.snapshot is None:
-        raise ValueError("empty snapshot stream")
-    snap = type(header.snapshot)(meta=header.snapshot.meta, data=b"".join(parts))
-    header.snapshot = snap
-    return group, header
