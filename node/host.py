@@ -32,7 +32,12 @@ from functools import partial
 from typing import Any
 
 from consensus.codec import decode_conf_change
-from consensus.leveldb_storage import GroupUpdate, LevelDBGroupStorage, LevelDBLogStore
+from consensus.leveldb_storage import (
+    GroupUpdate,
+    LevelDBGroupStorage,
+    LevelDBLogStore,
+    SnapshotOutOfDateError,
+)
 from consensus.raft import Config
 from consensus.rawnode import RawNode
 from consensus.types import (
@@ -71,7 +76,6 @@ class Replica:
     last_leader_contact: float = 0.0  # monotonic time of the last message from a leader
     caught_up_at: float = 0.0  # leader-contact time at which applied >= known commit
     since_snapshot: int = 0
-    purged_at: int = 0  # the last erasure whose older copies were purged from disk
     broken: str = ""  # set when its stored state failed an integrity check
     write_waiters: dict[tuple[bytes, int], list[asyncio.Future[ApplyResult]]] = field(
         default_factory=dict
@@ -104,10 +108,15 @@ class MultiRaftHost:
         log_store: LevelDBLogStore,
         make_state_machine: Callable[[int], PartitionStateMachine],
         send: Callable[[list[tuple[int, Message]]], None],
-        purge_disk: Callable[[], None] = lambda: None,
+        on_purge_due: Callable[[int], None] = lambda partition: None,
     ) -> None:
         self.cfg = cfg
-        self._purge_disk = purge_disk
+        # Told (on the loop) when a partition recorded an erasure obligation;
+        # the purge itself runs off the Raft loop (node.erasure).
+        self._on_purge_due = on_purge_due
+        # Log-store work that must not interleave with Raft steps (which read
+        # the log store): run on the writer thread between two turns.
+        self._turn_jobs: list[tuple[Callable[[], Any], asyncio.Future[Any]]] = []
         # Partitions whose stored state failed an integrity check when the
         # node started: answered DATA_LOSS, served by their other replicas.
         self.broken_at_start: dict[int, str] = {}
@@ -241,6 +250,8 @@ class MultiRaftHost:
                         log.exception("queued operation failed")
                 self._issue_reads()
                 await self._process_ready()
+                if self._turn_jobs:
+                    await self._run_turn_jobs()
             except Exception as e:
                 failstop.check(e)  # a disk that fails a write stops the node
                 log.exception("raft turn failed")
@@ -300,14 +311,13 @@ class MultiRaftHost:
                 r.raw.advance(rd)
             except Exception as e:
                 self.mark_broken(r, e)
-        for r, rd in work:
+        for r, _ in work:
             if r.broken:
                 continue
-            restored = rd.snapshot is not None and not rd.snapshot.is_empty()
-            if r.sm.erased_at > r.purged_at or restored:
-                await self._purge(r)
-            else:
-                await self._maybe_snapshot(r)
+            if r.sm.purge_due:  # recorded durably with the apply or restore
+                r.sm.purge_due = False
+                self._on_purge_due(r.partition)
+            await self._maybe_snapshot(r)
 
     def _apply_ready(self, r: Replica, rd: Ready, now: float) -> None:
         if rd.soft_state is not None:
@@ -390,29 +400,50 @@ class MultiRaftHost:
 
         await asyncio.get_running_loop().run_in_executor(self._writer, persist)
 
-    async def _purge(self, r: Replica) -> None:
-        """Make erased data unrecoverable from this node's files.
+    async def _run_turn_jobs(self) -> None:
+        jobs, self._turn_jobs = self._turn_jobs, []
+        loop = asyncio.get_running_loop()
+        for job, fut in jobs:
+            try:
+                result = await loop.run_in_executor(self._writer, job)
+            except Exception as e:
+                failstop.check(e)
+                if not fut.done():
+                    fut.set_exception(e)
+            else:
+                if not fut.done():
+                    fut.set_result(result)
 
-        After an ErasePatient applies (or a snapshot replaced the state, which
-        may have come from after one), the erased records still exist in older
-        Raft log entries, the stored snapshot, and LevelDB files that have not
-        been compacted. Snapshot the partition now, drop the whole log up to
-        the applied index, and have LevelDB rewrite its files so the deleted
-        bytes leave the disk. Slow followers catch up by snapshot afterwards.
-        """
-        index = r.applied
-        data = r.sm.snapshot()
-        conf = r.raw.status().conf_state
-        r.purged_at = r.sm.erased_at
-        r.since_snapshot = 0
+    async def compact_log(self, partition: int, index: int, conf: ConfState, data: bytes) -> bool:
+        """Store `data` (the partition's state machine at applied index `index`,
+        with membership `conf`, built by the caller off the loop) as the group's
+        snapshot and drop its log through `index`: the purge of an erasure's
+        log entries. Runs between two Raft turns, on the writer thread (the
+        Raft core reads the log store). False when there was nothing to do: a
+        newer snapshot was installed meanwhile (which dropped the log itself)
+        or the replica is out of service."""
+        r = self.replicas.get(partition)
+        if r is None or r.broken:
+            return False
 
-        def persist() -> None:
-            self.log_store.create_snapshot(r.partition, index, conf, data)
-            self.log_store.compact(r.partition, index)
-            self._purge_disk()
+        def persist() -> bool:
+            if r.broken or index <= r.storage.first_index() - 1:
+                return False
+            try:
+                self.log_store.create_snapshot(partition, index, conf, data)
+            except SnapshotOutOfDateError:
+                return False  # a snapshot at or past index arrived meanwhile
+            self.log_store.compact(partition, index)
+            return True
 
-        await asyncio.get_running_loop().run_in_executor(self._writer, persist)
-        log.info("partition %d: purged log and files through index %d", r.partition, index)
+        fut: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._turn_jobs.append((persist, fut))
+        self._wake.set()
+        done = await fut
+        if done:
+            r.since_snapshot = 0
+            log.info("partition %d: dropped the Raft log through index %d", partition, index)
+        return done
 
     def mark_broken(self, r: Replica, e: BaseException) -> None:
         """Take this replica out of service after an integrity failure.

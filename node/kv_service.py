@@ -22,6 +22,7 @@ import plyvel
 from node import commands as cmd
 from node.crypto import IntegrityError
 from node.errors import (
+    Aborted,
     DataLoss,
     FailedPrecondition,
     InvalidArgument,
@@ -32,6 +33,7 @@ from node.errors import (
 from node.grpc_errors import abort_with, to_status
 from node.host import Replica
 from node.limits import ValidationError, validate_ids, validate_value, validate_write_id
+from node.read_snapshots import SnapshotInterrupted
 from node.record_store import CorruptRecordError
 from node.state_machine import ApplyResult
 from proto.medkv.v1 import admin_pb2, common_pb2, kv_pb2, kv_pb2_grpc
@@ -324,6 +326,10 @@ class KVService(kv_pb2_grpc.KVServicer):
                     if done:
                         return
                     await asyncio.sleep(0)  # let the Raft loop run between pages
+        except SnapshotInterrupted as e:
+            # An erasure released the snapshot this scan read from (it pinned
+            # erased versions on disk); the client resumes from its last token.
+            await abort_with(context, Aborted(str(e)))
         except ValidationError as e:
             await abort_with(context, InvalidArgument(str(e)))
         except cmd.CommandError as e:

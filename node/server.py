@@ -22,6 +22,7 @@ from grpc_health.v1._async import HealthServicer
 from consensus.leveldb_storage import LevelDBLogStore
 from node.admin_service import AdminService
 from node.config import NodeConfig
+from node.erasure import ErasurePurger
 from node.errors import StartupError
 from node.host import MultiRaftHost
 from node.key_rotation import KeyRotationManager
@@ -103,8 +104,9 @@ class Node:
             self.log_store,
             self.layout.state_machine,
             self.transport.send,
-            purge_disk=self.layout.purge_disk,
+            on_purge_due=lambda partition: self.purger.notify(partition),
         )
+        self.purger = ErasurePurger(self.host, self.layout)
         self.keys = KeyRotationManager(self.layout, self.host, cfg.key_file)
         self.kv = KVService(self)
         self.admin = AdminService(self)
@@ -142,6 +144,7 @@ class Node:
         # A node whose Raft loop died must not linger answering RPCs: stop it,
         # exiting non-zero, so its supervisor restarts it.
         self.host.start(on_fatal=self.fatal.set)
+        self.purger.start()  # completes erasure purges a stop or crash left pending
         self.keys.start()  # resumes a re-encryption pass a crash interrupted
         self.transport.start()
         await self.server.start()
@@ -182,6 +185,7 @@ class Node:
         await self.transport.close()
         log.debug("shutdown: transport closed")
         await self.keys.stop()  # before the host: it releases the parked writer thread
+        await self.purger.stop()  # before the database closes: a compaction may be running
         await self.host.stop()
         for ch in self._peer_channels.values():
             await ch.close()
