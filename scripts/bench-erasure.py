@@ -94,9 +94,10 @@ def run_cluster_script(root: Path, *args: str) -> str:
     return proc.stdout.strip()
 
 
-def start_nodes(root: Path, data_dir: Path, nodes: int) -> None:
-    """Start every node through this script's monitor wrapper; pid files as
-    scripts/cluster writes them, so its `down` stops them."""
+def start_nodes(root: Path, data_dir: Path, nodes: int) -> list[subprocess.Popen[bytes]]:
+    """Start every node through this script's monitor wrapper (stopped by
+    stop_nodes: scripts/cluster down only stops the processes it started)."""
+    procs = []
     env = dict(os.environ)
     env["PYTHONPATH"] = str(root)
     env.setdefault("GRPC_VERBOSITY", "ERROR")
@@ -109,11 +110,25 @@ def start_nodes(root: Path, data_dir: Path, nodes: int) -> None:
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                 cwd=str(root), env=env, start_new_session=True,
             )
-        (node_dir / "node.pid").write_text(f"{proc.pid}\n")
+        procs.append(proc)
+    return procs
+
+
+def stop_nodes(procs: list[subprocess.Popen[bytes]]) -> None:
+    for proc in procs:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + 20
+    for proc in procs:
+        try:
+            proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
 
 
 def stalls(path: Path, start: float, end: float) -> list[float]:
-    out = []
+    out: list[float] = []
     if not path.exists():
         return out
     for line in path.read_text().splitlines():
@@ -268,6 +283,7 @@ def main() -> int:
     machine = f"{os.cpu_count()} cpus, {platform.machine()}, {platform.platform()}, Python {platform.python_version()}"
     print(f"machine: {machine}; tree {root}; {args.nodes} nodes + load generator on this machine",
           file=sys.stderr)
+    procs: list[subprocess.Popen[bytes]] = []
     try:
         out = run_cluster_script(
             root, "up", "--nodes", str(args.nodes), "--data-dir", str(data_dir),
@@ -276,11 +292,11 @@ def main() -> int:
         )
         addresses = out.splitlines()[-1].split(",")
         run_cluster_script(root, "down", "--data-dir", str(data_dir))
-        start_nodes(root, data_dir, args.nodes)
+        procs = start_nodes(root, data_dir, args.nodes)
         result = asyncio.run(measure(args, addresses, data_dir))
     finally:
         try:
-            run_cluster_script(root, "down", "--data-dir", str(data_dir))
+            stop_nodes(procs)
         finally:
             if not args.keep:
                 shutil.rmtree(data_dir, ignore_errors=True)
