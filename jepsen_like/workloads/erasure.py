@@ -224,7 +224,7 @@ class ErasureWorkload(Workload):
         """Get and History of every record on exactly the replica at `address`,
         follower mode, after it applied the erasure (min_version)."""
         read = common_pb2.ReadOptions(consistency=common_pb2.FOLLOWER, min_version=version)
-        found: list[dict[str, Any]] = []
+        found: list[dict[str, Any] | None] = []
         async with grpc.aio.insecure_channel(address) as channel:
             stub: Any = kv_pb2_grpc.KVStub(channel)  # type: ignore[no-untyped-call]
             for record in RECORDS:
