@@ -13,10 +13,10 @@ done.
 The purger works through them in the background:
   1. settle briefly, so a burst of erasures costs one purge per partition;
   2. per partition with obligations: drop the Raft log through the applied
-     index, storing a snapshot built from a LevelDB read snapshot in a
-     background thread (only the store-and-truncate step runs between two
-     Raft turns, on the writer thread), unless the log already starts past
-     the erasure;
+     index, storing a snapshot built from a LevelDB read snapshot in slices
+     of a few milliseconds (only the store-and-truncate step runs between
+     two Raft turns, on the writer thread), unless the log already starts
+     past the erasure;
   3. ask the LevelDB read snapshots opened so far (slow scans) to end, and
      interrupt those still open after a grace period: an open snapshot keeps
      deleted versions in the files (node.read_snapshots);
@@ -39,13 +39,14 @@ import asyncio
 import contextlib
 import logging
 import os
+from collections.abc import Generator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from node import failstop
 from node.host import MultiRaftHost
-from node.record_store import OBLIGATION_ERASE, Obligation, obligations_in
+from node.record_store import OBLIGATION_ERASE, Obligation, ReadSnapshot, obligations_in
 from node.storage_layout import STATE_PREFIX, StorageLayout
 
 log = logging.getLogger("medkv.erasure")
@@ -60,6 +61,7 @@ class PurgeSettings:
     snapshot_grace_s: float = 2.0  # read snapshots get this long to end by themselves
     slices: int = 10  # per key range (records, history, log)
     slice_pause_s: float = 0.05  # between two compaction slices
+    build_slice_s: float = 0.005  # loop time per slice of a snapshot build
 
 
 class ErasurePurger:
@@ -210,19 +212,34 @@ class ErasurePurger:
         try:
             index = view.meta.applied_index
             conf = r.raw.status().conf_state
-        except BaseException:
+            data = await self._build(view)
+        finally:
             view.close()
-            raise
-
-        def build() -> bytes:
-            try:
-                return b"".join(view.snapshot_chunks())
-            finally:
-                view.close()  # in the thread that read it, never under its feet
-
-        data = await asyncio.get_running_loop().run_in_executor(self._thread, build)
         await self.host.compact_log(partition, index, conf, data)
         return not r.broken
+
+    async def _build(self, view: ReadSnapshot) -> bytes:
+        """The partition's snapshot as of `view`, built on the loop in slices
+        of a few milliseconds. Not in a thread: a CPU-bound Python thread
+        holds the GIL for 5 ms at a time, and every time the loop gives it up
+        (each socket and LevelDB call) it waits that long to get it back, so
+        a background build stalled the loop for hundreds of milliseconds.
+        (Once snapshots are metadata-only and streamed on demand, this build
+        goes away: dropping the log needs the snapshot's index and term only.)"""
+        loop = asyncio.get_running_loop()
+        parts: list[bytes] = []
+        budget = loop.time() + self.settings.build_slice_s
+        # A generator (RecordStore._snapshot_from): closing it ends its iterators.
+        chunks = cast(Generator[bytes, None, None], view.snapshot_chunks(chunk_size=16 << 10))
+        try:
+            for chunk in chunks:
+                parts.append(chunk)
+                if loop.time() >= budget:
+                    await asyncio.sleep(0)
+                    budget = loop.time() + self.settings.build_slice_s
+        finally:
+            chunks.close()  # ends its LevelDB iterators before the view closes
+        return b"".join(parts)
 
     async def _compact_files(self, partition: int) -> None:
         r = self.host.replicas.get(partition)
