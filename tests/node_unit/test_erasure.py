@@ -391,3 +391,86 @@ def test_a_scan_snapshot_opened_before_the_erasure_is_interrupted(tmp_path: Path
             await node.stop()
 
     asyncio.run(scenario())
+
+
+def test_a_replica_out_of_service_keeps_its_obligation_until_it_is_opened_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A replica disabled (integrity failure) when its erasure applied cannot
+    drop its log: the obligation stays on disk, and the next life of the node,
+    with the replica in service, completes it."""
+    value = _value("disabled")
+
+    async def disabled_life() -> None:
+        node = OneNode(tmp_path)
+        assert node.purger is not None and node.purger.held
+        await node.start()
+        try:
+            await node.put(ERASED, "a", value)
+            for i in range(10):
+                await node.put(f"filler-{i}", "a", b"f")
+            await node.erase(ERASED)
+            r = node.host.replicas[0]
+            node.host.mark_broken(r, ValueError("planted integrity failure"))
+            node.purger.held = False  # now let it try: the replica is out of service
+            assert await node.purger.purge({0}) == set()
+            assert r.sm.store.obligations() == [Obligation(r.applied, OBLIGATION_ERASE)]
+            assert node.logs_dropped == 0 and node.purger.completed == 0
+            assert node.slices > 0  # its files were compacted all the same
+            assert r.storage.first_index() <= 2  # its log, writes included, is still there
+        finally:
+            await node.stop()
+
+    async def repaired_life() -> None:
+        node = OneNode(tmp_path)
+        await node.start()
+        try:
+            await node.settled()
+            assert node.purger is not None and node.purger.completed == 1
+            assert node.host.replicas[0].storage.first_index() > 10
+        finally:
+            await node.stop()
+
+    monkeypatch.setenv(HOLD_ENV, "1")
+    asyncio.run(disabled_life())
+    monkeypatch.delenv(HOLD_ENV)
+    asyncio.run(repaired_life())
+    assert not _files_hold(tmp_path / "n1", value)
+
+
+def test_a_failed_purge_is_retried_and_the_obligation_kept_until_it_succeeds(
+    tmp_path: Path,
+) -> None:
+    value = _value("retried")
+
+    async def scenario() -> None:
+        node = OneNode(tmp_path)
+        fail_once = [True]
+        slice_ = node.layout.compact_slice
+
+        def flaky(start: bytes, stop: bytes) -> None:
+            if fail_once[0]:
+                fail_once[0] = False
+                raise RuntimeError("planted compaction failure")
+            slice_(start, stop)
+
+        node.layout.compact_slice = flaky  # type: ignore[method-assign]
+        await node.start()
+        try:
+            await node.put(ERASED, "a", value)
+            await node.erase(ERASED)
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + 10
+            assert node.purger is not None
+            while node.purger.rounds < 1 or fail_once[0]:
+                assert loop.time() < deadline
+                await asyncio.sleep(0.02)
+            # The failed round kept the obligation.
+            assert node.host.replicas[0].sm.store.obligations() != []
+            await node.settled()
+            assert node.purger.rounds == 2 and node.purger.completed == 1
+        finally:
+            await node.stop()
+        assert not _files_hold(node.cfg.data_dir, value)
+
+    asyncio.run(scenario())
