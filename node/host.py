@@ -416,12 +416,12 @@ class MultiRaftHost:
 
     async def compact_log(self, partition: int, index: int, conf: ConfState, data: bytes) -> bool:
         """Store `data` (the partition's state machine at applied index `index`,
-        with membership `conf`, built by the caller off the loop) as the group's
-        snapshot and drop its log through `index`: the purge of an erasure's
-        log entries. Runs between two Raft turns, on the writer thread (the
-        Raft core reads the log store). False when there was nothing to do: a
-        newer snapshot was installed meanwhile (which dropped the log itself)
-        or the replica is out of service."""
+        with membership `conf`, built by the caller) as the group's snapshot
+        and drop its log through `index`: the purge of an erasure's log
+        entries. Runs between two Raft turns, on the writer thread (the Raft
+        core reads the log store). False when there was nothing to do: the
+        log starts past `index` already (a snapshot install dropped it) or
+        the replica is out of service."""
         r = self.replicas.get(partition)
         if r is None or r.broken:
             return False
@@ -429,10 +429,11 @@ class MultiRaftHost:
         def persist() -> bool:
             if r.broken or index <= r.storage.first_index() - 1:
                 return False
-            try:
+            # A snapshot at or past index may be stored already (a periodic
+            # one, or one installed meanwhile), but it kept entries behind it
+            # for slow followers: the log must still go through index.
+            with contextlib.suppress(SnapshotOutOfDateError):
                 self.log_store.create_snapshot(partition, index, conf, data)
-            except SnapshotOutOfDateError:
-                return False  # a snapshot at or past index arrived meanwhile
             self.log_store.compact(partition, index)
             return True
 

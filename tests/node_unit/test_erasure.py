@@ -474,3 +474,43 @@ def test_a_failed_purge_is_retried_and_the_obligation_kept_until_it_succeeds(
         assert not _files_hold(node.cfg.data_dir, value)
 
     asyncio.run(scenario())
+
+
+def test_the_log_is_dropped_even_when_a_snapshot_at_the_erasure_is_stored_already(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A periodic snapshot taken right at the erasure's index keeps log entries
+    behind it for slow followers: the purge must still drop them (it once gave
+    up on "snapshot out of date" and left the patient's writes in the log)."""
+    value = _value("periodic")
+
+    async def scenario() -> None:
+        node = OneNode(tmp_path)
+        assert node.purger is not None and node.purger.held
+        await node.start()
+        try:
+            await node.put(ERASED, "a", value)
+            at = await node.erase(ERASED)
+            r = node.host.replicas[0]
+            assert r.applied == at
+            conf = r.raw.status().conf_state
+            data = r.sm.snapshot()
+            loop = asyncio.get_running_loop()
+            done: asyncio.Future[Any] = loop.create_future()
+            # What _maybe_snapshot stores, between two turns, without compacting.
+            node.host._turn_jobs.append(
+                (lambda: node.layout.log_store.create_snapshot(0, at, conf, data), done)
+            )
+            node.host._wake.set()
+            await done
+            assert r.storage.first_index() <= at - 1  # the patient's entries are still there
+            node.purger.held = False
+            node.purger.notify(0)
+            await node.settled()
+            assert node.logs_dropped == 1 and r.storage.first_index() == at + 1
+        finally:
+            await node.stop()
+        assert not _files_hold(node.cfg.data_dir, value)
+
+    monkeypatch.setenv(HOLD_ENV, "1")
+    asyncio.run(scenario())
