@@ -65,7 +65,7 @@ def _leaks(node_dir: Path, key_file: Path, erased: Patient, kept: Patient) -> tu
     live = decrypting_scan(node_dir, key_file, wanted)
     assert live.values > 100 and live.undecryptable == 0
     raw, opened = keystream_scan(node_dir, key_file, wanted)
-    assert opened > 100
+    assert opened > 20  # envelopes really were decrypted (the kept canaries are the control)
     hits = live.hits + raw
     leaked = sorted({h.canary for h in hits if h.canary in erased.canaries})
     found = {h.canary for h in hits if h.canary in kept.canaries}
