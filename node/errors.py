@@ -51,6 +51,13 @@ class ResourceExhausted(NodeError):
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
+class Aborted(NodeError):
+    """The operation was cut short and can be resumed (a scan whose read
+    snapshot an erasure released: resume from the last resume token)."""
+
+    code = grpc.StatusCode.ABORTED
+
+
 class DataLoss(NodeError):
     code = grpc.StatusCode.DATA_LOSS
 

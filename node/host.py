@@ -32,7 +32,12 @@ from functools import partial
 from typing import Any
 
 from consensus.codec import decode_conf_change
-from consensus.leveldb_storage import GroupUpdate, LevelDBGroupStorage, LevelDBLogStore
+from consensus.leveldb_storage import (
+    GroupUpdate,
+    LevelDBGroupStorage,
+    LevelDBLogStore,
+    SnapshotOutOfDateError,
+)
 from consensus.raft import Config
 from consensus.rawnode import RawNode
 from consensus.types import (
@@ -89,7 +94,6 @@ class Replica:
     # What this replica can honestly say about its staleness (node/staleness.py).
     fresh: ReplicaFreshness = field(default_factory=lambda: ReplicaFreshness(0.25))
     since_snapshot: int = 0
-    purged_at: int = 0  # the last erasure whose older copies were purged from disk
     broken: str = ""  # set when its stored state failed an integrity check
     # While this replica leads: the clock that stamps its proposals (node.log_clock).
     clock: LeaderClock | None = None
@@ -129,7 +133,7 @@ class MultiRaftHost:
         log_store: LevelDBLogStore,
         make_state_machine: Callable[[int], PartitionStateMachine],
         send: Callable[[list[tuple[int, Message]]], None],
-        purge_disk: Callable[[], None] = lambda: None,
+        on_purge_due: Callable[[int], None] = lambda partition: None,
         announce: Callable[[list[tuple[int, int, int, int, int]]], None] = lambda _pairs: None,
     ) -> None:
         self.cfg = cfg
@@ -139,7 +143,12 @@ class MultiRaftHost:
         self._closed_give_up = cfg.raft.election_ticks * cfg.raft.tick_ms / 1000.0
         self._max_offset = cfg.raft.max_clock_offset_ms / 1000.0
         self._refusal_logged: dict[int, float] = {}  # sender -> when its refusals were logged
-        self._purge_disk = purge_disk
+        # Told (on the loop) when a partition recorded an erasure obligation;
+        # the purge itself runs off the Raft loop (node.erasure).
+        self._on_purge_due = on_purge_due
+        # Log-store work that must not interleave with Raft steps (which read
+        # the log store): run on the writer thread between two turns.
+        self._turn_jobs: list[tuple[Callable[[], Any], asyncio.Future[Any]]] = []
         # Partitions whose stored state failed an integrity check when the
         # node started: answered DATA_LOSS, served by their other replicas.
         self.broken_at_start: dict[int, str] = {}
@@ -297,6 +306,8 @@ class MultiRaftHost:
                 self._issue_reads()
                 self._issue_closed()
                 await self._process_ready()
+                if self._turn_jobs:
+                    await self._run_turn_jobs()
             except Exception as e:
                 failstop.check(e)  # a disk that fails a write stops the node
                 log.exception("raft turn failed")
@@ -374,16 +385,16 @@ class MultiRaftHost:
         for r, _ in work:
             if r.broken or r.installing:
                 continue
+            if r.sm.purge_due:  # recorded durably with the apply or restore
+                r.sm.purge_due = False
+                self._on_purge_due(r.partition)
             try:
-                if r.sm.erased_at > r.purged_at:
-                    await self._purge(r)
-                else:
-                    await self._maybe_snapshot(r)
+                await self._maybe_snapshot(r)
             except Exception as e:  # one group's snapshot must not fail the others' turn
                 failstop.check(e)
                 _refusals.log(
                     logging.ERROR, ("snapshot", r.partition, type(e)),
-                    "partition %d: snapshot or purge failed: %s", r.partition, type(e).__name__,
+                    "partition %d: snapshot failed: %s", r.partition, type(e).__name__,
                     exc_info=True,
                 )
 
@@ -461,7 +472,13 @@ class MultiRaftHost:
         """The one place where a snapshot install has completed: the state
         machine holds the snapshot's state, Raft's stored snapshot metadata
         agrees, the install marker and staging are gone. Work owed after a
-        restore (e.g. erasure obligations) hooks in here."""
+        restore (e.g. erasure obligations) hooks in here.
+
+        The install's last write recorded a snapshot-install erasure
+        obligation (node.snapshots): the replaced state and log may hold data
+        the leader had erased since. The purger carries it out off the loop."""
+        r.sm.purge_due = False
+        self._on_purge_due(r.partition)
 
     def _apply_entries(self, r: Replica, rd: Ready) -> None:
         run: list[tuple[int, int, bytes]] = []
@@ -518,28 +535,51 @@ class MultiRaftHost:
 
         await asyncio.get_running_loop().run_in_executor(self._writer, persist)
 
-    async def _purge(self, r: Replica) -> None:
-        """Make erased data unrecoverable from this node's files.
+    async def _run_turn_jobs(self) -> None:
+        jobs, self._turn_jobs = self._turn_jobs, []
+        loop = asyncio.get_running_loop()
+        for job, fut in jobs:
+            try:
+                result = await loop.run_in_executor(self._writer, job)
+            except Exception as e:
+                failstop.check(e)
+                if not fut.done():
+                    fut.set_exception(e)
+            else:
+                if not fut.done():
+                    fut.set_result(result)
 
-        After an ErasePatient applies (or a snapshot replaced the state, which
-        may have come from after one), the erased records still exist in older
-        Raft log entries, the stored snapshot, and LevelDB files that have not
-        been compacted. Snapshot the partition now, drop the whole log up to
-        the applied index, and have LevelDB rewrite its files so the deleted
-        bytes leave the disk. Slow followers catch up by snapshot afterwards.
-        """
-        index = r.applied
-        conf = r.raw.status().conf_state
-        r.purged_at = r.sm.erased_at
-        r.since_snapshot = 0
+    async def compact_log(self, partition: int, index: int, conf: ConfState) -> bool:
+        """Store a snapshot at applied index `index` with membership `conf`
+        (metadata only: its data is read from the state machine when one is
+        sent, node.snapshots) and drop the group's log through `index`: the
+        purge of an erasure's log entries. Runs between two Raft turns, on the
+        writer thread (the Raft core reads the log store). False when there was nothing to do: the
+        log starts past `index` already (a snapshot install dropped it) or
+        the replica is out of service."""
+        r = self.replicas.get(partition)
+        if r is None or r.broken:
+            return False
 
-        def persist() -> None:
-            self.log_store.create_snapshot(r.partition, index, conf, b"")
-            self.log_store.compact(r.partition, index)
-            self._purge_disk()
+        def persist() -> bool:
+            if r.broken or index <= r.storage.first_index() - 1:
+                return False
+            # A snapshot at or past index may be stored already (a periodic
+            # one, or one installed meanwhile), but it kept entries behind it
+            # for slow followers: the log must still go through index.
+            with contextlib.suppress(SnapshotOutOfDateError):
+                self.log_store.create_snapshot(partition, index, conf, b"")
+            self.log_store.compact(partition, index)
+            return True
 
-        await asyncio.get_running_loop().run_in_executor(self._writer, persist)
-        log.info("partition %d: purged log and files through index %d", r.partition, index)
+        fut: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._turn_jobs.append((persist, fut))
+        self._wake.set()
+        done = await fut
+        if done:
+            r.since_snapshot = 0
+            log.info("partition %d: dropped the Raft log through index %d", partition, index)
+        return done
 
     def mark_broken(self, r: Replica, e: BaseException) -> None:
         """Take this replica out of service after an integrity failure.

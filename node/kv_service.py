@@ -24,6 +24,7 @@ from node import commands as cmd
 from node.crypto import IntegrityError
 from node.errors import (
     NOT_APPLIED,
+    Aborted,
     DataLoss,
     FailedPrecondition,
     InvalidArgument,
@@ -43,6 +44,7 @@ from node.limits import (
     validate_value,
     validate_write_id,
 )
+from node.read_snapshots import SnapshotInterrupted
 from node.record_store import CorruptRecordError
 from node.state_machine import ApplyResult
 from proto.medkv.v1 import admin_pb2, common_pb2, kv_pb2, kv_pb2_grpc
@@ -431,6 +433,10 @@ class KVService(kv_pb2_grpc.KVServicer):
                     if done:
                         return
                     await asyncio.sleep(0)  # let the Raft loop run between pages
+        except SnapshotInterrupted as e:
+            # An erasure released the snapshot this scan read from (it pinned
+            # erased versions on disk); the client resumes from its last token.
+            await abort_with(context, Aborted(str(e)))
         except ValidationError as e:
             await abort_with(context, InvalidArgument(str(e)))
         except cmd.CommandError as e:

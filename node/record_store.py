@@ -21,6 +21,11 @@ given (pass the node's dedicated prefixed_db for state-machine data):
     P "s" session_id        one client session (opaque blob, node.sessions)
     P "m" "applied"         applied index, applied term, log time
     P "m" "settings"        the replicated cluster settings in force (opaque, node.settings)
+    P "e" index kind        an erasure obligation (index: 8 bytes; kind: one
+                            byte, "e" an erasure applied at index, "i" a snapshot
+                            installed at index): older copies of deleted data
+                            may still be in the Raft log and the LevelDB files,
+                            and must be purged (node.erasure). No patient id.
 
 The kind byte comes right after the partition so that current records form
 one contiguous range (a scan never steps over history), while one patient's
@@ -44,6 +49,7 @@ import msgpack
 
 from consensus.storage import ValueCodec
 from node.limits import DEFAULT_SCAN_PAGE, ValidationError
+from node.read_snapshots import ReadSnapshotHandle, ReadSnapshotRegistry
 
 KEY_HASH_BYTES = 16
 _FORMAT = 0x01  # leading byte of every stored value and of snapshots
@@ -54,6 +60,12 @@ _SESSION = b"s"
 _META = b"m"
 _META_APPLIED = _META + b"applied"
 _META_SETTINGS = _META + b"settings"
+_OBLIGATION = b"e"
+_OBLIGATION_KEY_LEN = 4 + 1 + 8 + 1
+OBLIGATION_ERASE = "erase"
+OBLIGATION_SNAPSHOT_INSTALL = "snapshot-install"
+_OBLIGATION_KINDS = {OBLIGATION_ERASE: b"e", OBLIGATION_SNAPSHOT_INSTALL: b"i"}
+_OBLIGATION_NAMES = {v: k for k, v in _OBLIGATION_KINDS.items()}
 _CURRENT_KEY_LEN = 4 + 1 + 2 * KEY_HASH_BYTES
 
 _SNAPSHOT_MAGIC = "medkv-partition-snapshot"
@@ -116,6 +128,20 @@ class PartitionMeta:
     clock_ms: int = 0  # log time: the newest leader stamp applied (node.log_clock)
 
 
+@dataclass(frozen=True, slots=True, order=True)
+class Obligation:
+    """A purge this replica owes: deleted data older than `index` may still be
+    in its Raft log and in its LevelDB files (see node.erasure).
+
+    kind is OBLIGATION_ERASE (an ErasePatient applied at index deleted keys)
+    or OBLIGATION_SNAPSHOT_INSTALL (a snapshot installed at index replaced the
+    whole state, and the log before it: the replaced data may include records
+    the leader had erased)."""
+
+    index: int
+    kind: str
+
+
 class ScanPage(NamedTuple):
     """One page of a scan; unpacks as (records, resume_token, done)."""
 
@@ -137,12 +163,13 @@ class WriteStage:
     a read inside the round neither hits the disk nor decrypts again.
     """
 
-    __slots__ = ("_closed", "_plain", "_sealed")
+    __slots__ = ("_closed", "_plain", "_sealed", "obligations")
 
     def __init__(self) -> None:
         self._sealed: dict[bytes, bytes | None] = {}
         self._plain: dict[bytes, bytes | None] = {}
         self._closed = False
+        self.obligations: list[Obligation] = []  # erasure obligations staged in this round
 
     def _put(self, key: bytes, plaintext: bytes, sealed: bytes) -> None:
         self._check_open()
@@ -195,33 +222,55 @@ def _is_uint(v: object) -> bool:
 
 
 class ReadSnapshot:
-    """Reads of one RecordStore as of one instant (a LevelDB snapshot)."""
+    """Reads of one RecordStore as of one instant (a LevelDB snapshot).
 
-    def __init__(self, store: RecordStore, snap: Any) -> None:
+    Registered with the node's ReadSnapshotRegistry: an erasure may interrupt
+    it (its next read raises SnapshotInterrupted), because an open snapshot
+    keeps erased versions in the files (node.read_snapshots)."""
+
+    def __init__(self, store: RecordStore, snap: Any, handle: ReadSnapshotHandle | None) -> None:
         self._store = store
         self._snap = snap
+        self._handle = handle
+        self._closed = False
         self._meta: PartitionMeta | None = None
+
+    def _reader(self) -> Any:
+        if self._handle is not None:
+            self._handle.check()
+        if self._closed:
+            raise RuntimeError("this read snapshot is closed")
+        return self._snap
 
     @property
     def meta(self) -> PartitionMeta:
         """Applied index/term as of the snapshot."""
         if self._meta is None:
-            self._meta = self._store._read_meta(self._snap)
+            self._meta = self._store._read_meta(self._reader())
         return self._meta
 
     def get(self, patient_id: str, record_id: str, at_version: int = 0) -> Record | None:
-        return self._store._get(patient_id, record_id, at_version, None, self._snap)
+        return self._store._get(patient_id, record_id, at_version, None, self._reader())
 
     def history(
         self, patient_id: str, record_id: str, limit: int, before_version: int = 0
     ) -> list[Record]:
-        return self._store._history(patient_id, record_id, limit, before_version, None, self._snap)
+        return self._store._history(
+            patient_id, record_id, limit, before_version, None, self._reader()
+        )
 
     def scan(self, resume_token: bytes = b"", limit: int = DEFAULT_SCAN_PAGE) -> ScanPage:
-        return self._store._scan(resume_token, limit, self._snap)
+        return self._store._scan(resume_token, limit, self._reader())
 
     def close(self) -> None:
-        self._snap.close()
+        """Release the LevelDB snapshot (idempotent; an interrupted one already is)."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._handle is not None:
+            self._handle.release()
+        else:
+            self._snap.close()
 
     def __enter__(self) -> ReadSnapshot:
         return self
@@ -244,6 +293,7 @@ class RecordStore:
         partition: int,
         codec: ValueCodec,
         key_hasher: Callable[[bytes], bytes],
+        read_snapshots: ReadSnapshotRegistry | None = None,
     ) -> None:
         if not 0 <= partition < 1 << 32:
             raise ValueError("partition must fit in 32 bits")
@@ -254,6 +304,7 @@ class RecordStore:
         self._codec = codec
         self._hash = key_hasher
         self._prefix = partition.to_bytes(4, "big")
+        self._read_snapshots = read_snapshots if read_snapshots is not None else ReadSnapshotRegistry()
 
     @property
     def partition(self) -> int:
@@ -454,11 +505,15 @@ class RecordStore:
                     records.append(cur.record)
         return ScanPage(records, last, done)
 
-    def read_snapshot(self) -> ReadSnapshot:
+    def read_snapshot(self, register: bool = True) -> ReadSnapshot:
         """A consistent view of the committed state, for reads that span several
         calls (a paged scan). Use as a context manager; it pins LevelDB's
-        snapshot until closed."""
-        return ReadSnapshot(self, self._db.snapshot())
+        snapshot until closed. Registered snapshots may be interrupted by an
+        erasure; register=False is for the purger's own short reads."""
+        snap = self._db.snapshot()
+        if not register:
+            return ReadSnapshot(self, snap, None)
+        return ReadSnapshot(self, snap, self._read_snapshots.register(self._partition, snap.close))
 
     def meta(self) -> PartitionMeta:
         """Applied index/term and session clock, as committed."""
@@ -533,25 +588,65 @@ class RecordStore:
         rec = Record(patient_id, record_id, b"" if deleted else value, version, deleted)
         self._stage_put(stage, ck, self._encode_current(rec, retained))
 
-    def erase_patient(self, patient_id: str, stage: WriteStage | None = None) -> int:
+    def erase_patient(
+        self, patient_id: str, stage: WriteStage | None = None, *, index: int = 0
+    ) -> int:
         """Delete every key of one patient (current and history); returns the
-        number of records that existed. Without a stage, commits at once."""
+        number of records that existed. Without a stage, commits at once.
+
+        With `index` (the erasure's log index), an erasure that deleted any key
+        (on disk or staged in this round) also stages its obligation, so the
+        purge it owes is recorded in the same write as the deletion. An
+        erasure of a patient with no keys owes nothing."""
         own = stage is None
         st = self.begin() if stage is None else stage
         ph = self._patient_hash(patient_id)
         erased = 0
+        found = False
         for kind in (_CURRENT, _HISTORY):
             prefix = self._prefix + kind + ph
             keys: set[bytes] = set(st._keys_with_prefix(prefix))
             with self._db.iterator(prefix=prefix, include_value=False) as it:
                 keys.update(it)
             for key in sorted(keys):
+                found = True
                 if kind == _CURRENT and self._get_plain(key, st) is not None:
                     erased += 1
                 st._delete(key)
+        if found and index > 0:
+            self._stage_obligation(st, Obligation(index, OBLIGATION_ERASE))
         if own:
             self.commit(st)
         return erased
+
+    # --- erasure obligations ------------------------------------------------
+
+    def _obligation_key(self, ob: Obligation) -> bytes:
+        return self._prefix + _OBLIGATION + ob.index.to_bytes(8, "big") + _OBLIGATION_KINDS[ob.kind]
+
+    def _stage_obligation(self, stage: WriteStage, ob: Obligation) -> None:
+        self._stage_put(stage, self._obligation_key(ob), _pack([ob.kind, ob.index]))
+        stage.obligations.append(ob)
+
+    def obligations(self) -> list[Obligation]:
+        """The purges this replica still owes, oldest first (from the keys alone:
+        a partition whose values fail their integrity check still lists them)."""
+        return obligations_in(self._db, self._partition)
+
+    def complete_obligations(self, done: Iterable[Obligation]) -> None:
+        """Forget obligations whose purge finished (after the purge, never before:
+        a crash in between repeats the purge, which is harmless)."""
+        with self._db.write_batch(transaction=True) as wb:
+            for ob in done:
+                wb.delete(self._obligation_key(ob))
+
+    OBLIGATION_KIND = _OBLIGATION  # what a snapshot install keeps (node.snapshots)
+
+    def stage_snapshot_install_obligation(self, stage: WriteStage, index: int) -> None:
+        """A snapshot installed at `index` replaced the state and the log before
+        it, which may hold data the sender had erased: the purge it owes goes
+        into the install's last write (node.snapshots)."""
+        self._stage_obligation(stage, Obligation(index, OBLIGATION_SNAPSHOT_INSTALL))
 
     def put_session(self, stage: WriteStage, key: bytes, blob: bytes) -> None:
         self._stage_put(stage, self._prefix + _SESSION + key, blob)
@@ -674,10 +769,14 @@ class RecordStore:
                 self.stage_item(stage, item)
         meta = parser.finish()
         self.put_meta(stage, meta)
+        # The replaced state and log may hold data the snapshot's sender had
+        # erased: the purge this owes is recorded in the same write.
+        self.stage_snapshot_install_obligation(stage, meta.applied_index)
+        obligations = self._prefix + _OBLIGATION
         with self._db.write_batch(transaction=True) as wb:
             with self._db.iterator(prefix=self._prefix, include_value=False) as it:
                 for key in it:
-                    if key not in stage._sealed:
+                    if key not in stage._sealed and not key.startswith(obligations):
                         wb.delete(key)
             for key, sealed in stage._sealed.items():
                 assert sealed is not None
@@ -711,10 +810,12 @@ class RecordStore:
             added += len(item.blob)
         return added
 
-    def keys_outside(self, kind: bytes, reader: Any, batch: int) -> Iterator[list[bytes]]:
-        """Every key of the partition except those of one kind byte, in lists
-        of at most `batch` (read from `reader`, a LevelDB snapshot)."""
-        skip = self._prefix + kind
+    def keys_outside(
+        self, kinds: tuple[bytes, ...], reader: Any, batch: int
+    ) -> Iterator[list[bytes]]:
+        """Every key of the partition except those of the given kind bytes, in
+        lists of at most `batch` (read from `reader`, a LevelDB snapshot)."""
+        skip = tuple(self._prefix + kind for kind in kinds)
         out: list[bytes] = []
         with reader.iterator(prefix=self._prefix, include_value=False) as it:
             for key in it:
@@ -879,10 +980,27 @@ class SnapshotParser:
         raise SnapshotFormatError("snapshot item has an unknown kind")
 
 
+def obligations_in(db: LevelDB, partition: int) -> list[Obligation]:
+    """The erasure obligations stored for one partition, oldest first, read from
+    the keys only (no value is opened: they hold nothing the purge needs)."""
+    prefix = partition.to_bytes(4, "big") + _OBLIGATION
+    out: list[Obligation] = []
+    with db.iterator(prefix=prefix, include_value=False) as it:
+        for key in it:
+            kind = _OBLIGATION_NAMES.get(key[-1:])
+            if len(key) != _OBLIGATION_KEY_LEN or kind is None:
+                raise CorruptRecordError("an erasure obligation key is malformed")
+            out.append(Obligation(int.from_bytes(key[5:13], "big"), kind))
+    return out
+
+
 __all__ = [
     "KEY_HASH_BYTES",
+    "OBLIGATION_ERASE",
+    "OBLIGATION_SNAPSHOT_INSTALL",
     "CorruptRecordError",
     "LevelDB",
+    "Obligation",
     "PartitionMeta",
     "ReadSnapshot",
     "Record",
@@ -896,4 +1014,5 @@ __all__ = [
     "SnapshotSettings",
     "WriteStage",
     "blake2b_key_hasher",
+    "obligations_in",
 ]

@@ -24,6 +24,7 @@ from consensus.types import MessageType
 from node import raft_guard, rpc_handlers, test_only
 from node.admin_service import AdminService
 from node.config import NodeConfig
+from node.erasure import ErasurePurger
 from node.errors import InvalidArgument, NodeError, StartupError
 from node.grpc_errors import abort_with
 from node.host import MultiRaftHost, log_refusal
@@ -139,9 +140,10 @@ class Node:
             self.log_store,
             self.layout.state_machine,
             self.transport.send,
-            purge_disk=self.layout.purge_disk,
+            on_purge_due=lambda partition: self.purger.notify(partition),
             announce=self.transport.announce,
         )
+        self.purger = ErasurePurger(self.host, self.layout)
         self.keys = KeyRotationManager(self.layout, self.host, cfg.key_file)
         self.kv = KVService(self)
         self.settings = SettingsService(self)
@@ -181,6 +183,7 @@ class Node:
         # A node whose Raft loop died must not linger answering RPCs: stop it,
         # exiting non-zero, so its supervisor restarts it.
         self.host.start(on_fatal=self.fatal.set)
+        self.purger.start()  # completes erasure purges a stop or crash left pending
         self.keys.start()  # resumes a re-encryption pass a crash interrupted
         self.transport.start()
         await self.server.start()
@@ -222,6 +225,7 @@ class Node:
         await self.transport.close()
         log.debug("shutdown: transport closed")
         await self.keys.stop()  # before the host: it releases the parked writer thread
+        await self.purger.stop()  # before the database closes: a compaction may be running
         await self.host.stop()
         for ch in self._peer_channels.values():
             await ch.close()

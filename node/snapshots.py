@@ -273,7 +273,10 @@ def install_staged(store: RecordStore, index: int, term: int, write: Writer) -> 
 def _replace_state(store: RecordStore, gen: int, index: int, term: int, write: Writer) -> None:
     snap = store.db.snapshot()
     try:
-        for keys in store.keys_outside(STAGING_KIND, snap, DELETE_BATCH_KEYS):
+        # Staging is what is being installed; erasure obligations are owed by
+        # this replica's files and old log whatever the new state is.
+        kept = (STAGING_KIND, RecordStore.OBLIGATION_KIND)
+        for keys in store.keys_outside(kept, snap, DELETE_BATCH_KEYS):
 
             def delete(keys: list[bytes] = keys) -> None:
                 with store.db.write_batch() as wb:
@@ -309,6 +312,9 @@ def _replace_state(store: RecordStore, gen: int, index: int, term: int, write: W
         stage = WriteStage()
         crash_point("snapshot-mid-install")
     store.put_meta(stage, meta)
+    # The replaced state and log may hold data the sender had erased since:
+    # the purge this owes is recorded in the same (last, synced) write.
+    store.stage_snapshot_install_obligation(stage, meta.applied_index)
     commit(stage, True)
 
 

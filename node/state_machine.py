@@ -30,7 +30,9 @@ Semantics of writes (the version of every write is the index of its entry):
   * Batch: checks and deletes are judged against the state before the batch;
     if any fails (FAILED_PRECONDITION / NOT_FOUND, naming ops[i]) nothing
     applies; otherwise every write applies at one version.
-  * ErasePatient: every record and retained version of the patient is removed.
+  * ErasePatient: every record and retained version of the patient is removed,
+    and, when there was any, an erasure obligation is recorded in the same write
+    (node.erasure purges the older copies off the Raft loop).
 """
 
 from __future__ import annotations
@@ -118,9 +120,9 @@ class PartitionStateMachine:
         self._meta = PartitionMeta()
         self._log_time_ms = 0
         self._settings_dirty = False
-        # Index of the last ErasePatient applied by this instance: the host
-        # compares it with what it has purged (see MultiRaftHost._purge).
-        self.erased_at = 0
+        # Set when an apply or a restore recorded an erasure obligation (durably,
+        # in the same write); the host hands it to the purger and clears it.
+        self.purge_due = False
         self._reload()
 
     @property
@@ -206,7 +208,9 @@ class PartitionStateMachine:
                 self._store.put_settings(stage, encode_state(self._settings))
                 self._settings_dirty = False
             self._store.put_meta(stage, PartitionMeta(applied, term, self._log_time_ms))
+            owes = bool(stage.obligations)
             self._store.commit(stage)
+            self.purge_due = self.purge_due or owes
         except BaseException:
             # Nothing of this round reached the disk; the in-memory sessions
             # may have moved ahead of it, so rebuild them from the disk.
@@ -356,9 +360,9 @@ class PartitionStateMachine:
                 elif op.kind == BATCH_DELETE:
                     self._write(stage, cmd, op.record_id, index, b"", True)
         elif isinstance(cmd, ErasePatient):
-            self._store.erase_patient(cmd.patient_id, stage)
-            # The host must now purge older copies (Raft log, snapshot, LevelDB files).
-            self.erased_at = index
+            # Records the purge of older copies (Raft log, snapshot, LevelDB files)
+            # as an obligation in this same write, when the patient had any key.
+            self._store.erase_patient(cmd.patient_id, stage, index=index)
         return StoredResult(index, None, "")
 
     def _judge_batch(self, stage: WriteStage, cmd: Batch) -> StoredResult | None:
@@ -415,6 +419,7 @@ class PartitionStateMachine:
             self._store.restore(
                 data, check_session=check_session_blob, check_settings=check_state_blob
             )
+            self.purge_due = True  # the restore recorded a snapshot-install obligation
         finally:
             self._reload()
 

@@ -14,8 +14,9 @@ explicitly.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ from consensus.storage import IdentityCodec, ValueCodec
 from node.config import NodeConfig
 from node.crypto.reencrypt import Keyspace
 from node.errors import StartupError
+from node.read_snapshots import ReadSnapshotRegistry
 from node.record_store import RecordStore, blake2b_key_hasher
 from node.state_machine import PartitionStateMachine
 
@@ -70,6 +72,8 @@ class StorageLayout:
     codec: ValueCodec
     index_key: bytes
     log_store: LevelDBLogStore
+    # Every registered LevelDB read snapshot of the node (an erasure ends them).
+    read_snapshots: ReadSnapshotRegistry = field(default_factory=ReadSnapshotRegistry)
 
     @classmethod
     def open(cls, cfg: NodeConfig, codec: tuple[ValueCodec, bytes] | None = None) -> StorageLayout:
@@ -96,28 +100,56 @@ class StorageLayout:
 
         def make(partition: int) -> PartitionStateMachine:
             # No settings from the configuration: they are replicated (node.settings).
-            return PartitionStateMachine(RecordStore(prefixed, partition, self.codec, hasher))
+            store = RecordStore(prefixed, partition, self.codec, hasher, self.read_snapshots)
+            return PartitionStateMachine(store)
 
         return make
 
-    def purge_disk(self) -> None:
-        """Have LevelDB rewrite its files so deleted values leave the disk
-        (after an erasure). Explicit bounds: plyvel's open-ended compact_range
-        skips data already in the bottom level."""
-        for prefix in (RAFT_PREFIX, STATE_PREFIX):
-            self.db.compact_range(start=prefix, stop=prefix + b"\xff" * 48)
-        # LevelDB's CompactRange chooses its levels before it flushes the
-        # memtable and never rewrites the deepest level holding the range on
-        # its own; a flush (which keeps shadowed versions) can land exactly
-        # there. Writing and deleting two keys on either side of both key
-        # spaces makes the next flush overlap that file, so this second pass
-        # merges it down and drops the erased versions. The keys are never read.
-        low, high = b"q\xff", b"t"
-        with self.db.write_batch(sync=True) as wb:
-            for key in (low, high):
+    def purge_slices(self, partition: int, log_upto: int, slices: int = 10) -> list[tuple[bytes, bytes]]:
+        """The key ranges holding one partition's data and its Raft group's log,
+        cut into about `slices` pieces each, for compact_slice.
+
+        Records and history are spread by keyed hash, so their ranges split on
+        the first hash byte; the log splits on the entry index (0..log_upto).
+        Every bound is shorter than any real key of its key space, so the
+        marker writes of compact_slice never touch a real key."""
+        n = max(1, slices)
+        part = STATE_PREFIX + partition.to_bytes(4, "big")
+        state = [part]
+        for kind, after in ((b"c", b"d"), (b"h", b"i")):
+            state += [part + kind + bytes([k * 256 // n]) for k in range(1, n)] + [part + after]
+        state.append(part + b"\xff")
+        group = RAFT_PREFIX + partition.to_bytes(8, "big")
+        raft = [group]
+        step = max(1, log_upto // n)
+        for index in range(step, log_upto, step):
+            bound = group + b"e" + (index >> 8).to_bytes(7, "big")
+            if bound > raft[-1]:
+                raft.append(bound)
+        raft += [group + b"f", group + b"\xff"]
+        out: list[tuple[bytes, bytes]] = []
+        for bounds in (state, raft):
+            out += list(itertools.pairwise(bounds))
+        return out
+
+    def compact_slice(self, start: bytes, stop: bytes) -> None:
+        """Have LevelDB rewrite the files holding [start, stop] so deleted and
+        overwritten values in that range leave the disk.
+
+        LevelDB's CompactRange chooses its levels before it flushes the
+        memtable and never rewrites the deepest level holding the range on its
+        own; a flush (which keeps shadowed versions) can land exactly there.
+        So: compact, write and delete two marker keys at the bounds (never
+        real keys, never read), compact again: the markers' flush overlaps
+        that file, and the second pass merges it down, dropping the deleted
+        versions. Safe to run beside the writer thread: LevelDB orders writes
+        and compactions itself. Nothing here holds the event loop."""
+        self.db.compact_range(start=start, stop=stop)
+        with self.db.write_batch() as wb:
+            for key in (start, stop):
                 wb.put(key, b"")
                 wb.delete(key)
-        self.db.compact_range(start=low, stop=high + b"\x00")
+        self.db.compact_range(start=start, stop=stop)
 
     def close(self) -> None:
         self.db.close()

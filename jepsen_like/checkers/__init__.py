@@ -8,6 +8,7 @@ Each checker takes a history and returns a result with `valid: bool` and a
 
 from jepsen_like.checkers.append import AppendResult, check_append
 from jepsen_like.checkers.bank import BankResult, check_bank
+from jepsen_like.checkers.erasure import ErasureResult, check_erasure
 from jepsen_like.checkers.follower_reads import FollowerReadsResult, check_follower_reads
 from jepsen_like.checkers.linearizable import (
     KeyResult,
@@ -20,6 +21,7 @@ from jepsen_like.checkers.models import Model, RegisterModel, VersionedRegisterM
 __all__ = [
     "AppendResult",
     "BankResult",
+    "ErasureResult",
     "FollowerReadsResult",
     "KeyResult",
     "LinearizabilityResult",
@@ -28,6 +30,7 @@ __all__ = [
     "VersionedRegisterModel",
     "check_append",
     "check_bank",
+    "check_erasure",
     "check_follower_reads",
     "check_key",
     "check_linearizable",

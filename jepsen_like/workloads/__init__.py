@@ -5,6 +5,7 @@ from __future__ import annotations
 from jepsen_like.workloads.append import AppendWorkload
 from jepsen_like.workloads.bank import BankWorkload
 from jepsen_like.workloads.common import RunContext, Workload
+from jepsen_like.workloads.erasure import ErasureWorkload
 from jepsen_like.workloads.follower_reads import FollowerReadsWorkload
 from jepsen_like.workloads.registers import PLANTED_BUGS as REGISTER_BUGS
 from jepsen_like.workloads.registers import RegistersWorkload
@@ -14,6 +15,7 @@ WORKLOADS: dict[str, type[Workload]] = {
     AppendWorkload.name: AppendWorkload,
     FollowerReadsWorkload.name: FollowerReadsWorkload,
     BankWorkload.name: BankWorkload,
+    ErasureWorkload.name: ErasureWorkload,
 }
 
 
@@ -34,6 +36,7 @@ __all__ = [
     "WORKLOADS",
     "AppendWorkload",
     "BankWorkload",
+    "ErasureWorkload",
     "FollowerReadsWorkload",
     "RegistersWorkload",
     "RunContext",

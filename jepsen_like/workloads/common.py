@@ -122,7 +122,7 @@ async def record_read(
     ctx: RunContext,
     process: int | str,
     kind: str,
-    key: str,
+    key: str | None,
     value: Any,
     call: Callable[[], Awaitable[Any]],
 ) -> tuple[Outcome, Any]:

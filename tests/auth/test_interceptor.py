@@ -434,9 +434,17 @@ def test_batch_commands_authorizes_each_request(pki: Pki, keys: SigningKeys, tmp
         assert sorted(c.seen.calls) == [("get", "alice"), ("put", "alice")]
         # An admin may not open the stream at all.
         root = c.token("root", ["admin"])
-        call = stub.BatchCommands(requests(), metadata=md(root))
+
+        async def nothing_yet() -> AsyncIterator[kv_pb2.BatchCommandsRequest]:
+            # Sends nothing: the refusal comes before any request is read, and a
+            # client write racing the server's abort would surface as grpc's own
+            # INTERNAL "Internal error from Core" instead of the refusal.
+            await asyncio.Event().wait()
+            yield kv_pb2.BatchCommandsRequest()
+
+        call = stub.BatchCommands(nothing_yet(), metadata=md(root))
         code, msg = await code_of(call.read())
-        assert code == DENIED and "record.stream" in msg
+        assert code == DENIED and "record.stream" in msg, (code, msg)
 
     c = run(pki, keys, tmp_path, body)
     got = sorted((e["method"].rsplit("/", 1)[-1], e["outcome"]) for e in entries(c)

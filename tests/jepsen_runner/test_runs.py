@@ -55,6 +55,7 @@ def assert_clean(out: Path) -> None:
         ("append", "kill", {"append"}),
         ("follower-reads", "pause", {"follower_reads", "linearizable"}),
         ("bank", "lossy-disk", {"bank"}),
+        ("erasure", "kill", {"erasure"}),
     ],
 )
 def test_a_short_run_under_faults_is_valid(
@@ -81,6 +82,9 @@ def test_a_short_run_under_faults_is_valid(
     assert summary["checkers"]["final_reads"]["read"] == summary["checkers"]["final_reads"]["keys"] > 0
     if nemesis == "lossy-disk":
         assert summary["cluster"]["lossy_unsynced_writes"] is True
+    if workload == "erasure":  # erased patients were read back, on every replica too
+        erasure = summary["checkers"]["erasure"]
+        assert erasure["erasures"] > 0 and erasure["observations"] > 0
     ops = (out / "history.jsonl").read_text().splitlines()
     assert len(ops) == summary["history_stats"]["ops"]
     assert (out / "report.html").stat().st_size > 1000
