@@ -32,7 +32,13 @@ import grpc
 import grpc.aio
 
 from client import ops as batch_ops
-from client.auth import TOKEN_ENV, TokenSource, call_metadata, secure_channel_credentials, token_source
+from client.auth import (
+    TOKEN_ENV,
+    TokenSource,
+    call_metadata,
+    secure_channel_credentials,
+    token_source,
+)
 from client.errors import (
     DeadlineExceeded,
     InvalidArgument,
