@@ -282,3 +282,71 @@ def test_cli_token_comes_from_medkv_token_and_help_names_it(
     text = build_parser().format_help()
     assert "MEDKV_TOKEN" in text and "--clinic" in text and "--break-glass-reason" in text
     assert jwt not in text
+
+
+def _fake_cluster_dir(d: Path, port: int, tls_dir: Path | None, token: str | None) -> None:
+    """What `scripts/cluster up` leaves behind, as far as `env` reads it: cluster.json
+    (node 1 at `port`), and DIR/tokens/clinician.token. No node is started."""
+    import json
+
+    d.mkdir(parents=True)
+    layout = {"nodes": 1, "host": "127.0.0.1", "base_port": port - 1, "partitions": 4,
+              "replicas": 1, "key_file": None, "tls_dir": str(tls_dir) if tls_dir else None}
+    (d / "cluster.json").write_text(json.dumps(layout))
+    if token is not None:
+        (d / "tokens").mkdir()
+        (d / "tokens" / "clinician.token").write_text(token + "\n")
+
+
+def _script_env(**extra: str) -> dict[str, str]:
+    # MEDKV_VENV: scripts/_venv.sh uses this interpreter's venv instead of making one.
+    venv = os.environ.get("MEDKV_VENV") or str(Path(sys.executable).parents[1])
+    return {**os.environ, "PYTHONPATH": str(ROOT), "MEDKV_VENV": venv, **extra}
+
+
+def _eval_env(data_dir: Path, then: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    script = f'eval "$("$CLUSTER" env --data-dir "$DATA_DIR")" && {then}'
+    return subprocess.run(
+        ["bash", "-c", script], capture_output=True, text=True, timeout=60, check=False,
+        env={**env, "CLUSTER": str(ROOT / "scripts" / "cluster"), "DATA_DIR": str(data_dir)},
+    )
+
+
+def test_cluster_env_exports_make_the_cli_work(
+    cluster: TestCluster, pki: Path, signing_key: ed25519.Ed25519PrivateKey, tmp_path: Path
+) -> None:
+    jwt = token(signing_key, "from-env-file")
+    port = int(cluster.seeds()[0].rsplit(":", 1)[1])
+    data_dir = tmp_path / "a cluster dir"  # a space: the exports must be quoted
+    _fake_cluster_dir(data_dir, port, pki, jwt)
+    # Stale values from another cluster are replaced.
+    base = _script_env(MEDKV_ADDR="10.9.9.9:1", MEDKV_TOKEN="stale")
+    shown = _eval_env(data_dir, 'printf "%s\\n" "$MEDKV_ADDR" "$MEDKV_TLS_DIR" "$MEDKV_TOKEN"',
+                      base)
+    assert shown.returncode == 0, shown.stderr
+    assert shown.stdout.splitlines() == [
+        cluster.seeds()[0], str(pki.resolve()), f"@{data_dir.resolve()}/tokens/clinician.token"]
+    printed = subprocess.run([str(ROOT / "scripts" / "cluster"), "env", "--data-dir",
+                              str(data_dir)], capture_output=True, text=True, env=base,
+                             timeout=60, check=True).stdout
+    assert jwt not in printed  # a file reference, never the token
+    # The README's commands, unchanged, after one eval: the token goes over TLS.
+    ran = _eval_env(data_dir, f"{sys.executable} -m client.cli put p r --value v", base)
+    assert ran.returncode == 0, ran.stderr
+    assert bearers(cluster.calls()) == {f"Bearer {jwt}"}
+
+
+def test_cluster_env_without_tls_exports_no_token(tmp_path: Path) -> None:
+    data_dir = tmp_path / "plain"
+    _fake_cluster_dir(data_dir, 7101, None, "eyJhbGciOiJFZERTQSJ9.e30.c2ln")
+    base = _script_env(MEDKV_TLS_DIR="/stale", MEDKV_TOKEN="stale")
+    done = _eval_env(data_dir, 'printf "[%s]" "$MEDKV_ADDR" "${MEDKV_TLS_DIR-unset}" '
+                     '"${MEDKV_TOKEN-unset}"', base)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "[127.0.0.1:7101][unset][unset]"
+    assert "not exported: the cluster runs without TLS" in done.stderr
+    # No cluster there: a clear error and exit 1, nothing on stdout to eval.
+    none = subprocess.run([str(ROOT / "scripts" / "cluster"), "env", "--data-dir",
+                           str(tmp_path / "nothing")], capture_output=True, text=True,
+                          env=base, timeout=60, check=False)
+    assert none.returncode == 1 and none.stdout == "" and "no cluster in" in none.stderr
