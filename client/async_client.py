@@ -252,6 +252,16 @@ class AsyncClient:
 
     # ----------------------------------------------------------------- plumbing
 
+    def _check_token(self) -> None:
+        """Raise TokenError now if the token (file) is unusable.
+
+        grpc reports a failing call-credentials plugin as UNAVAILABLE, which
+        the retry loop would retry until the deadline and then report vaguely;
+        asking the source first (a stat of its file; the plugin asks again,
+        from the same cache) makes it a prompt, precise, final error."""
+        if self._token_source is not None:
+            self._token_source.token()
+
     @property
     def client_id(self) -> bytes:
         return self._sessions.client_id
@@ -302,6 +312,7 @@ class AsyncClient:
                 attempt_timeout = attempts.attempt_timeout()
                 if attempt_timeout is None:
                     break
+                self._check_token()
                 try:
                     return await getattr(self._admin_stub(address), method)(
                         request, timeout=attempt_timeout, metadata=self._metadata
@@ -466,6 +477,7 @@ class AsyncClient:
                 if not go_on:
                     break
                 continue
+            self._check_token()
             sent += 1
             stub = self._admin_stub(address) if admin else self._kv_stub(address)
             call = getattr(stub, method)(
@@ -930,6 +942,7 @@ class AsyncClient:
                 if not go_on:
                     break
                 continue
+            self._check_token()
             request = kv_pb2.ScanRequest(
                 partition=partition, read=options, resume_token=token, page_size=page_size
             )
@@ -1062,6 +1075,7 @@ class AsyncClient:
         attempts = Attempts(self.policy, timeout, rng=self._rng)
         last: MedkvError | None = None
         while (attempt_timeout := attempts.attempt_timeout()) is not None:
+            self._check_token()
             try:
                 return await getattr(self._admin_stub(address), method)(
                     request, timeout=attempt_timeout, metadata=self._metadata

@@ -11,6 +11,7 @@ import asyncio
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ import grpc
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from client import AsyncClient, Client, InvalidArgument, MedkvError, RetryPolicy, TlsConfig, ops
+from client import AsyncClient, Client, InvalidArgument, RetryPolicy, TlsConfig, ops
 from client.auth import TokenError
 from client.cli import build_parser, main
 from node.auth import certs
@@ -225,18 +226,29 @@ def test_no_token_text_in_repr_or_errors(
         with pytest.raises(TokenError) as e:
             Client(cluster.seeds(), tls=tls(pki), token=bad)
         assert jwt not in str(e.value) and "bearer token" in str(e.value)
-    # A token file that turns bad under a running client: calls fail, naming
-    # the file, not its contents.
+    # A token file that turns bad under a running client: calls fail at once
+    # (not retried until the deadline), naming the file, not its contents.
     path = tmp_path / "token"
     path.write_text(jwt)
-    quick = RetryPolicy(timeout=1.0, attempt_timeout=0.5, initial_backoff=0.01, max_backoff=0.05)
-    with Client(cluster.seeds(), retry=quick, tls=tls(pki), token=f"@{path}") as kv:
+    with Client(cluster.seeds(), retry=FAST, tls=tls(pki), token=f"@{path}") as kv:
         kv.put("p1", "r1", b"v")
         (tmp_path / "new").write_text(f"Bearer {jwt}")
         os.replace(tmp_path / "new", path)
-        with pytest.raises(MedkvError) as err:
-            kv.get("p1", "r1")
-        assert jwt not in str(err.value) and str(path) in str(err.value)
+        cluster.clear_calls()
+        for call in (lambda: kv.get("p1", "r1"), kv.cluster_status, lambda: list(kv.scan()),
+                     lambda: kv.key_status(cluster.seeds()[0])):
+            started = time.monotonic()
+            with pytest.raises(TokenError) as err:
+                call()
+            assert time.monotonic() - started < FAST.timeout / 2
+            assert jwt not in str(err.value) and str(path) in str(err.value)
+            assert "UNAUTHENTICATED" in str(err.value) and "not a bearer token" in str(err.value)
+        assert cluster.calls() == []  # nothing was sent without a token
+        # Fixed: calls go through again with the new token.
+        fixed = token(signing_key, "fixed")
+        path.write_text(fixed)
+        kv.get("p1", "r1")
+        assert bearers(cluster.calls()) == {f"Bearer {fixed}"}
     # Metadata grpc cannot carry is refused up front.
     with pytest.raises(InvalidArgument, match="printable ASCII"):
         Client(cluster.seeds(), tls=tls(pki), token=jwt, break_glass_reason="Notfall\nzwei")
