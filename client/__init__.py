@@ -11,6 +11,9 @@
             print(page.partition, page.staleness, len(page.records))
 
 `AsyncClient` has the same methods as coroutines (scans as async iterators).
+Both take `tls=TlsConfig...` (else $MEDKV_TLS_DIR) and `token=` (a JWT or
+`@FILE`, else $MEDKV_TOKEN; sent on every call, only over TLS), see
+docs/security.md.
 Errors are the typed exceptions of client.errors, all MedkvError subclasses.
 """
 
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 from client import errors, ops
 from client.async_client import AsyncClient
+from client.auth import TokenError
 from client.errors import (
     DataLoss,
     DeadlineExceeded,
@@ -55,6 +59,7 @@ __all__ = [
     "ScanPage",
     "SessionExpired",
     "TlsConfig",
+    "TokenError",
     "TooStale",
     "Unauthenticated",
     "Unavailable",

@@ -32,6 +32,13 @@ import grpc
 import grpc.aio
 
 from client import ops as batch_ops
+from client.auth import (
+    TOKEN_ENV,
+    TokenSource,
+    call_metadata,
+    secure_channel_credentials,
+    token_source,
+)
 from client.errors import (
     DeadlineExceeded,
     InvalidArgument,
@@ -152,17 +159,37 @@ def _check_version(name: str, version: int) -> None:
 
 
 
-
 _NO_ADDRESS = "the routing table names a node without an address"
 
-class _Plaintext:
-    """No TLS: credentials() is None and channels are insecure."""
 
-    def credentials(self) -> None:
+def _check_header(name: str, value: str | None) -> str | None:
+    """A metadata value grpc can send as is: printable ASCII, one line."""
+    if value is None:
         return None
+    if not isinstance(value, str) or not value.strip():
+        raise InvalidArgument(f"{name} must be a non-empty string")
+    if not value.isascii() or not value.isprintable():
+        raise InvalidArgument(f"{name} must be printable ASCII on one line")
+    return value.strip()
 
 
-_NO_TLS = _Plaintext()
+def _credentials(
+    tls: TlsConfig | None, source: TokenSource | None, from_env: bool
+) -> grpc.ChannelCredentials | None:
+    """Mutual TLS plus the bearer token on every call; None for a plaintext channel.
+
+    A token over plaintext is refused: grpc would not send it anyway, and a
+    bearer token in clear text is a password in clear text."""
+    if tls is None:
+        if source is not None:
+            given = f"${TOKEN_ENV}" if from_env else "token="
+            raise InvalidArgument(
+                f"a bearer token ({given}) needs TLS: give tls= (or set MEDKV_TLS_DIR / "
+                "--tls-dir); a token over a plaintext channel would be a password in clear text"
+            )
+        return None
+    return secure_channel_credentials(tls.credentials(), source)
+
 
 class AsyncClient:
     """A medkv client for asyncio code.
@@ -184,10 +211,20 @@ class AsyncClient:
         channel_options: Sequence[tuple[str, Any]] = (),
         rng: random.Random | None = None,
         tls: TlsConfig | None = None,
+        token: str | None = None,
+        clinic: str | None = None,
+        break_glass_reason: str | None = None,
     ) -> None:
         self._seeds = parse_addresses(addresses)
         # Mutual TLS when given (or when MEDKV_TLS_DIR names a certificate directory).
-        self._credentials = (tls or TlsConfig.from_env() or _NO_TLS).credentials()
+        tls = tls or TlsConfig.from_env()
+        self._token_source = token_source(token)
+        self._credentials = _credentials(tls, self._token_source, from_env=not token)
+        # None, not (), when empty: grpc then adds nothing to the call.
+        self._metadata = call_metadata(
+            clinic=_check_header("clinic", clinic),
+            break_glass_reason=_check_header("break_glass_reason", break_glass_reason),
+        ) or None
         policy = retry or RetryPolicy()
         self.policy = replace(policy, timeout=timeout) if timeout is not None else policy
         if client_id is not None and len(client_id) != 16:
@@ -206,7 +243,24 @@ class AsyncClient:
         self._refreshes = 0
         self._closed = False
 
+    def __repr__(self) -> str:
+        # The token source's repr never shows a token (a file's path at most).
+        return (
+            f"{type(self).__name__}({self._seeds!r}, tls={self._credentials is not None}, "
+            f"token={self._token_source!r})"
+        )
+
     # ----------------------------------------------------------------- plumbing
+
+    def _check_token(self) -> None:
+        """Raise TokenError now if the token (file) is unusable.
+
+        grpc reports a failing call-credentials plugin as UNAVAILABLE, which
+        the retry loop would retry until the deadline and then report vaguely;
+        asking the source first (a stat of its file; the plugin asks again,
+        from the same cache) makes it a prompt, precise, final error."""
+        if self._token_source is not None:
+            self._token_source.token()
 
     @property
     def client_id(self) -> bytes:
@@ -258,9 +312,10 @@ class AsyncClient:
                 attempt_timeout = attempts.attempt_timeout()
                 if attempt_timeout is None:
                     break
+                self._check_token()
                 try:
                     return await getattr(self._admin_stub(address), method)(
-                        request, timeout=attempt_timeout
+                        request, timeout=attempt_timeout, metadata=self._metadata
                     )
                 except grpc.aio.AioRpcError as exc:
                     last = from_status(exc.code(), exc.details() or "", is_read=True)
@@ -422,9 +477,12 @@ class AsyncClient:
                 if not go_on:
                     break
                 continue
+            self._check_token()
             sent += 1
             stub = self._admin_stub(address) if admin else self._kv_stub(address)
-            call = getattr(stub, method)(make_request(), timeout=attempt_timeout)
+            call = getattr(stub, method)(
+                make_request(), timeout=attempt_timeout, metadata=self._metadata
+            )
             try:
                 reply = await call
             except grpc.aio.AioRpcError as exc:
@@ -884,10 +942,11 @@ class AsyncClient:
                 if not go_on:
                     break
                 continue
+            self._check_token()
             request = kv_pb2.ScanRequest(
                 partition=partition, read=options, resume_token=token, page_size=page_size
             )
-            call = self._kv_stub(address).Scan(request)
+            call = self._kv_stub(address).Scan(request, metadata=self._metadata)
             try:
                 while True:
                     reply = await _read_page(call, self.policy.attempt_timeout)
@@ -1016,9 +1075,10 @@ class AsyncClient:
         attempts = Attempts(self.policy, timeout, rng=self._rng)
         last: MedkvError | None = None
         while (attempt_timeout := attempts.attempt_timeout()) is not None:
+            self._check_token()
             try:
                 return await getattr(self._admin_stub(address), method)(
-                    request, timeout=attempt_timeout
+                    request, timeout=attempt_timeout, metadata=self._metadata
                 )
             except grpc.aio.AioRpcError as exc:
                 code, details = exc.code(), exc.details() or ""

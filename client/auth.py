@@ -21,6 +21,7 @@ header names here are the contract with node/auth/interceptor.py.
 from __future__ import annotations
 
 import os
+import re
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -28,14 +29,36 @@ from typing import Protocol
 
 import grpc
 
+from client.errors import MedkvError
+
 TOKEN_ENV = "MEDKV_TOKEN"
 AUTHORIZATION = "authorization"
 CLINIC_METADATA = "medkv-clinic"
 BREAK_GLASS_METADATA = "medkv-break-glass-reason"
 
 
-class TokenError(Exception):
-    """No usable token (an unreadable token file, an empty token)."""
+class TokenError(MedkvError):
+    """No usable token (an unreadable token file, an empty or malformed token).
+
+    Its message names the file, never the token."""
+
+    code = grpc.StatusCode.UNAUTHENTICATED
+
+
+# RFC 6750 b64token: what a bearer token may consist of. Checked before the
+# token goes into a header, so a pasted token with a stray space or quote is
+# refused here with a clear message instead of by grpc (whose error could
+# echo the header).
+_B64TOKEN = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
+
+
+def _checked(token: str, where: str) -> str:
+    token = token.strip()
+    if not token:
+        raise TokenError(f"{where} is empty")
+    if not _B64TOKEN.fullmatch(token):
+        raise TokenError(f"{where} is not a bearer token (a JWT: letters, digits, '-_.~+/=')")
+    return token
 
 
 class TokenSource(Protocol):
@@ -44,10 +67,7 @@ class TokenSource(Protocol):
 
 class StaticToken:
     def __init__(self, token: str) -> None:
-        token = token.strip()
-        if not token:
-            raise TokenError("the bearer token is empty")
-        self._token = token
+        self._token = _checked(token, "the bearer token")
 
     def token(self) -> str:
         return self._token
@@ -57,24 +77,24 @@ class StaticToken:
 
 
 class FileToken:
-    """A token in a file, re-read when the file's modification time or size changes."""
+    """A token in a file, re-read when the file's inode, modification time or size
+    changes (an agent that renews by rename makes a new inode even within one
+    mtime tick)."""
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self._lock = threading.Lock()
-        self._stamp: tuple[int, int] | None = None
+        self._stamp: tuple[int, int, int] | None = None
         self._token = ""
         self.token()  # fail now, not on the first call
 
     def token(self) -> str:
         try:
             st = self.path.stat()
-            stamp = (st.st_mtime_ns, st.st_size)
+            stamp = (st.st_ino, st.st_mtime_ns, st.st_size)
             if stamp != self._stamp:
                 with self._lock:
-                    text = self.path.read_text().strip()
-                    if not text:
-                        raise TokenError(f"token file {self.path} is empty")
+                    text = _checked(self.path.read_text(), f"token file {self.path}")
                     self._token, self._stamp = text, stamp
         except OSError as e:
             if not self._token:

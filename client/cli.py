@@ -1,6 +1,7 @@
 """`medkv`: the command line for clinicians' tools, operators and scripts.
 
-    medkv [--addr HOST:PORT[,HOST:PORT...]] [--json] [--timeout S] COMMAND ...
+    medkv [--addr HOST:PORT[,HOST:PORT...]] [--json] [--timeout S] [--tls-dir DIR]
+          [--token JWT|@FILE] [--clinic C] [--break-glass-reason TEXT] COMMAND ...
 
     put PATIENT RECORD [--value TEXT]          value from --value, else stdin (bytes)
     get PATIENT RECORD [--consistency linearizable|follower|bounded]
@@ -28,7 +29,9 @@ after `keys`); with --data-dir or --key-file, `keys` runs the offline
 commands of `python -m node keys` on this host instead (init, stage-master,
 and the stopped-node forms of status/rotate-data/rotate-master).
 
-`--addr` defaults to $MEDKV_ADDR, else 127.0.0.1:7101. `get` writes the raw
+`--addr` defaults to $MEDKV_ADDR, else 127.0.0.1:7101; `--tls-dir` to
+$MEDKV_TLS_DIR; `--token` to $MEDKV_TOKEN (a token needs TLS; `eval "$(scripts/cluster
+env --data-dir D)"` sets all three for a local cluster). `get` writes the raw
 value to stdout and where it was read from to stderr; `--json` prints one
 JSON document (scan: one JSON object per line) instead. Exit status: 0 ok,
 1 error, 2 usage, 3 not found, 4 version conflict or too stale.
@@ -45,6 +48,7 @@ import time
 from collections.abc import Sequence
 from typing import Any, BinaryIO, TextIO
 
+from client.auth import TOKEN_ENV
 from client.errors import MedkvError, NotFound, TooStale, VersionConflict
 from client.records import Record, ScanPage
 from client.status_table import render_status, status_json
@@ -60,7 +64,7 @@ SERVER_COMMANDS = {
     "node": [], "keys": ["keys"], "certs": ["certs"], "tokens": ["tokens"], "audit": ["audit"],
 }
 # Global options that take a value, so the dispatcher can skip over them.
-_VALUED_GLOBALS = {"--addr", "--timeout"}
+_VALUED_GLOBALS = {"--addr", "--timeout", "--tls-dir", "--token", "--clinic", "--break-glass-reason"}
 
 
 def _command_index(args: Sequence[str]) -> int | None:
@@ -124,6 +128,20 @@ def _tls(ns: argparse.Namespace) -> TlsConfig | None:
     return TlsConfig.from_dir(tls_dir) if tls_dir else None
 
 
+def _client(ns: argparse.Namespace, addr: str, timeout: float | None) -> Client:
+    """A client with the global connection options (TLS, token, clinic, break-glass)."""
+    return Client(
+        addr,
+        timeout=timeout,
+        tls=_tls(ns),
+        # None: the client reads $MEDKV_TOKEN itself (kept out of argparse
+        # defaults, so no help or error text can ever show it).
+        token=ns.token,
+        clinic=ns.clinic,
+        break_glass_reason=ns.break_glass_reason,
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="medkv", description="medkv: replicated, encrypted patient-record store."
@@ -140,6 +158,20 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--tls-dir", default=os.environ.get(TLS_DIR_ENV),
         help="directory with ca.pem, client.pem, client.key for mutual TLS (env MEDKV_TLS_DIR)",
+    )
+    parser.add_argument(
+        "--token", default=None, metavar="JWT|@FILE",
+        help=f"bearer token sent on every call, or @FILE holding it (re-read when it "
+        f"changes; prefer it: a token on the command line shows in `ps`) "
+        f"(env {TOKEN_ENV}; needs TLS)",
+    )
+    parser.add_argument(
+        "--clinic", default=None,
+        help="the clinic a new patient is registered to (medkv-clinic metadata)",
+    )
+    parser.add_argument(
+        "--break-glass-reason", default=None, metavar="TEXT",
+        help="emergency access to a patient outside your clinics; the reason is audited",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -715,7 +747,7 @@ def keys_main(args_list: Sequence[str]) -> int:
     ns.timeout = ns.timeout if ns.timeout is not None else outer.timeout
     out = _Out(sys.stdout, sys.stderr, as_json)
     try:
-        with Client(addr, timeout=ns.timeout, tls=_tls(ns)) as kv:
+        with _client(outer, addr, ns.timeout) as kv:
             return _KEYS_COMMANDS[ns.keys_command](ns, kv, out)
     except MedkvError as error:
         out.note(f"medkv: error: {error}")
@@ -738,7 +770,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(args_list)
     out = _Out(sys.stdout, sys.stderr, args.json)
     try:
-        with Client(args.addr, timeout=args.timeout, tls=_tls(args)) as kv:
+        with _client(args, args.addr, args.timeout) as kv:
             return run(args, kv, out, sys.stdin.buffer, sys.stdout.buffer)
     except MedkvError as error:
         out.note(f"medkv: error: {error}")

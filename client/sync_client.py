@@ -66,8 +66,9 @@ async def _next_page(pages: AsyncGenerator[ScanPage, None]) -> ScanPage | None:
 class Client:
     """A blocking medkv client: `Client(["127.0.0.1:7101", ...])` or `Client("host:port")`.
 
-    Same methods and arguments as AsyncClient. Use as a context manager or
-    call close() to release the channels and the loop thread.
+    Same methods and arguments as AsyncClient (`token=`, `clinic=`,
+    `break_glass_reason=` included). Use as a context manager or call close()
+    to release the channels and the loop thread.
     """
 
     def __init__(
@@ -80,6 +81,9 @@ class Client:
         scan_parallelism: int = 8,
         channel_options: Sequence[tuple[str, Any]] = (),
         tls: TlsConfig | None = None,
+        token: str | None = None,
+        clinic: str | None = None,
+        break_glass_reason: str | None = None,
     ) -> None:
         # Built first: argument errors surface before a thread is started.
         self._async = AsyncClient(
@@ -90,9 +94,15 @@ class Client:
             scan_parallelism=scan_parallelism,
             channel_options=channel_options,
             tls=tls,
+            token=token,
+            clinic=clinic,
+            break_glass_reason=break_glass_reason,
         )
         self._loop = _LOOP.get()
         self._closed = False
+
+    def __repr__(self) -> str:
+        return "Client" + repr(self._async).removeprefix("AsyncClient")
 
     def _run(self, coro: Coroutine[Any, Any, T]) -> T:
         if self._closed:

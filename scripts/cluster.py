@@ -4,6 +4,7 @@
                        [--replicas 3] [--host 127.0.0.1] [--timeout 60]
                        [--links-file FILE]
     scripts/cluster status        --data-dir DIR [--json]
+    scripts/cluster env           --data-dir DIR [--as NAME]   shell exports for clients
     scripts/cluster down          --data-dir DIR [--grace 10]
     scripts/cluster kill-node ID  --data-dir DIR       (SIGKILL)
     scripts/cluster restart-node ID --data-dir DIR     (SIGTERM, then start again)
@@ -18,6 +19,12 @@ them, paused ones included, and waits until none is left.
 
 `up` prints the client addresses (host:port,host:port,...) on stdout, so
 `export MEDKV_ADDR=$(scripts/cluster up ...)` works; progress goes to stderr.
+`eval "$(scripts/cluster env --data-dir DIR)"` sets everything a client, the
+CLI and jepsen_like read: MEDKV_ADDR; MEDKV_TLS_DIR for a cluster started
+with --tls; MEDKV_TOKEN=@DIR/tokens/NAME.token when that file exists (a file
+reference, so the token itself never lands in the shell's environment dumps
+or history, and a renewed file is picked up). Variables that do not apply
+are unset, so switching between clusters leaves nothing stale.
 
 `--links-file` puts something between the nodes, e.g. the fault-injection
 proxies of jepsen_like: a JSON object
@@ -34,6 +41,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import signal
 import socket
 import subprocess
@@ -57,6 +65,8 @@ from client.tls import TlsConfig  # noqa: E402
 
 STATE_FILE = "cluster.json"
 KEY_FILE = "master.key"
+TOKENS_DIR = "tokens"  # DIR/tokens/NAME.token: bearer tokens for local clients
+DEFAULT_TOKEN_NAME = "clinician"
 
 
 def note(message: str) -> None:
@@ -125,6 +135,9 @@ class Cluster:
 
     def certs_dir(self) -> Path:
         return self.dir / "certs"
+
+    def token_path(self, name: str) -> Path:
+        return self.dir / TOKENS_DIR / f"{name}.token"
 
     def config_path(self, node: int) -> Path:
         return self.node_dir(node) / "node.toml"
@@ -602,6 +615,34 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0 if status is not None else 1
 
 
+def env_lines(cluster: Cluster, layout: Layout, token_name: str) -> list[str]:
+    """`export`/`unset` lines for a POSIX shell; reads files only, starts nothing."""
+    exports = {"MEDKV_ADDR": ",".join(layout.addresses())}
+    if layout.tls_dir:
+        exports["MEDKV_TLS_DIR"] = str(Path(layout.tls_dir).resolve())
+    token = cluster.token_path(token_name)
+    if token.is_file():
+        if layout.tls_dir:
+            exports["MEDKV_TOKEN"] = "@" + str(token)
+        else:
+            # The clients refuse a token over plaintext; say why it is left out.
+            note(f"cluster: {token} not exported: the cluster runs without TLS")
+    lines = [f"export {k}={shlex.quote(v)}" for k, v in exports.items()]
+    stale = [k for k in ("MEDKV_TLS_DIR", "MEDKV_TOKEN") if k not in exports]
+    if stale:
+        lines.append("unset " + " ".join(stale))
+    return lines
+
+
+def cmd_env(args: argparse.Namespace) -> int:
+    cluster = Cluster(Path(args.data_dir))
+    layout = cluster.load()
+    if not args.as_name or "/" in args.as_name or args.as_name.startswith("."):
+        raise ClusterError(f"--as must name a token in {cluster.dir / TOKENS_DIR}, not a path")
+    print("\n".join(env_lines(cluster, layout, args.as_name)), flush=True)
+    return 0
+
+
 def cmd_down(args: argparse.Namespace) -> int:
     cluster = Cluster(Path(args.data_dir))
     layout = cluster.load()
@@ -698,6 +739,17 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true")
     status.add_argument("--timeout", type=float, default=3.0)
     status.set_defaults(run=cmd_status)
+
+    env = sub.add_parser(
+        "env", help='shell exports for clients: eval "$(scripts/cluster env --data-dir DIR)"'
+    )
+    data_dir(env)
+    env.add_argument(
+        "--as", dest="as_name", default=DEFAULT_TOKEN_NAME, metavar="NAME",
+        help=f"export MEDKV_TOKEN=@DIR/{TOKENS_DIR}/NAME.token if it exists "
+        "(default %(default)s)",
+    )
+    env.set_defaults(run=cmd_env)
 
     down = sub.add_parser("down", help="stop every node (SIGTERM, then SIGKILL)")
     data_dir(down)

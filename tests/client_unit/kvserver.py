@@ -50,6 +50,8 @@ class Call:
     client_id: bytes = b""
     resume_token: bytes = b""
     session: int = 0
+    # The call's request metadata (authorization, medkv-clinic, ...), as received.
+    metadata: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass
@@ -96,6 +98,12 @@ class _Node(kv_pb2_grpc.KVServicer, admin_pb2_grpc.AdminServicer):  # type: igno
                     return fault
         return None
 
+    @staticmethod
+    def _md(context: Any) -> tuple[tuple[str, str], ...]:
+        return tuple(
+            (k, v) for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)
+        )
+
     def _trailing(self) -> tuple[tuple[str, str], ...]:
         return (("medkv-epoch", str(self.s.epoch)),) if self.s.send_epoch else ()
 
@@ -141,6 +149,7 @@ class _Node(kv_pb2_grpc.KVServicer, admin_pb2_grpc.AdminServicer):  # type: igno
                     wid.client_id if wid else b"",
                     getattr(request, "resume_token", b""),
                     wid.session if wid else 0,
+                    self._md(context),
                 )
             )
         fault = self._fault(method)
@@ -381,7 +390,7 @@ class _Node(kv_pb2_grpc.KVServicer, admin_pb2_grpc.AdminServicer):  # type: igno
 
     async def RoutingTable(self, request: Any, context: Any) -> admin_pb2.RoutingTableResponse:
         with self.cluster.lock:
-            self.s.calls.append(Call(self.node_id, "RoutingTable", 0))
+            self.s.calls.append(Call(self.node_id, "RoutingTable", 0, metadata=self._md(context)))
         fault = self._fault("RoutingTable")
         if fault is not None and fault.action == "unavailable":
             await self._abort(context, grpc.StatusCode.UNAVAILABLE, "starting")
@@ -400,6 +409,8 @@ class _Node(kv_pb2_grpc.KVServicer, admin_pb2_grpc.AdminServicer):  # type: igno
         return reply
 
     async def ClusterStatus(self, request: Any, context: Any) -> admin_pb2.ClusterStatusResponse:
+        with self.cluster.lock:
+            self.s.calls.append(Call(self.node_id, "ClusterStatus", 0, metadata=self._md(context)))
         reply = admin_pb2.ClusterStatusResponse(
             answered_by=self.node_id,
             partitions=self.s.partitions,
@@ -417,6 +428,20 @@ class _Node(kv_pb2_grpc.KVServicer, admin_pb2_grpc.AdminServicer):  # type: igno
                 applied_index=self.s.index,
             )
         return reply
+
+
+    async def KeyStatus(self, request: Any, context: Any) -> admin_pb2.KeyStatusResponse:
+        with self.cluster.lock:
+            self.s.calls.append(Call(self.node_id, "KeyStatus", 0, metadata=self._md(context)))
+        return admin_pb2.KeyStatusResponse(node_id=self.node_id)
+
+    async def BatchCommands(self, request_iterator: Any, context: Any) -> Any:
+        # Only what tests of call credentials need: the call is recorded, each
+        # batch answered with an empty reply.
+        with self.cluster.lock:
+            self.s.calls.append(Call(self.node_id, "BatchCommands", 0, metadata=self._md(context)))
+        async for _ in request_iterator:
+            yield kv_pb2.BatchCommandsResponse()
 
 
 class _Refused(Exception):
@@ -451,7 +476,13 @@ class TestCluster:
     __test__ = False  # not a pytest test class
 
     def __init__(
-        self, nodes: int = 3, partitions: int = 4, replication: int = 3, *, scan_page: int = 2
+        self,
+        nodes: int = 3,
+        partitions: int = 4,
+        replication: int = 3,
+        *,
+        scan_page: int = 2,
+        server_credentials: grpc.ServerCredentials | None = None,
     ) -> None:
         self.placement = make_placement(range(1, nodes + 1), partitions, replication)
         self.state = State(partitions, list(range(1, nodes + 1)), replication)
@@ -464,6 +495,8 @@ class TestCluster:
         self.addresses: dict[int, str] = {}
         self._servers: dict[int, grpc.aio.Server] = {}
         self._loop = _server_loop()
+        # TLS (e.g. mutual TLS with a test PKI) instead of plaintext ports.
+        self.server_credentials = server_credentials
 
     def _run(self, coro: Any, timeout: float = 10.0) -> Any:
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
@@ -473,7 +506,10 @@ class TestCluster:
         servicer = _Node(self, node)
         kv_pb2_grpc.add_KVServicer_to_server(servicer, server)
         admin_pb2_grpc.add_AdminServicer_to_server(servicer, server)
-        bound = server.add_insecure_port(f"127.0.0.1:{port}")
+        if self.server_credentials is None:
+            bound = server.add_insecure_port(f"127.0.0.1:{port}")
+        else:
+            bound = server.add_secure_port(f"127.0.0.1:{port}", self.server_credentials)
         await server.start()
         self._servers[node] = server
         self.addresses[node] = f"127.0.0.1:{bound}"
