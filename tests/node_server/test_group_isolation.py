@@ -25,6 +25,7 @@ from node.config import parse_config
 from node.errors import DataLoss, NodeError
 from node.host import MultiRaftHost
 from node.storage_layout import StorageLayout, plaintext_codec_for_tests
+from tests.host_writes import open_session, propose_write
 
 BIG = (1 << 64) - 1
 
@@ -45,22 +46,11 @@ def _open(tmp_path: Path) -> tuple[MultiRaftHost, StorageLayout]:
 async def _put(host: MultiRaftHost, partition: int, seq: int) -> int:
     """One write in a fresh registered session (writes outside one are refused)."""
     cid = os.urandom(16)
-    probe = cmd.RegisterSession(ts_ms=0, client_id=cid, nonce=seq)
-    opened = await host.propose(
-        partition, probe.wait_key,
-        lambda stamp: cmd.encode_command(cmd.RegisterSession(ts_ms=stamp, client_id=cid, nonce=seq)),
-        timeout=10,
-    )
-    assert opened.ok, opened
-    session = opened.version
-
-    def encode(stamp: int) -> bytes:
-        return cmd.encode_command(cmd.Put(
-            client_id=cid, session=session, seq=1, ack_below=0, ts_ms=stamp,
-            patient_id="p", record_id="r", value=b"v",
-        ))
-
-    res = await host.propose(partition, ("write", cid, session, 1), encode, timeout=10)
+    session = await open_session(host, partition, cid, nonce=seq)
+    res = await propose_write(host, partition, cmd.Put(
+        client_id=cid, session=session, seq=1, ack_below=0, ts_ms=0,
+        patient_id="p", record_id="r", value=b"v",
+    ))
     assert res.ok, res
     return res.version
 

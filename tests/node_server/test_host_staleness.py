@@ -20,6 +20,7 @@ from node.config import NodeConfig, parse_config
 from node.host import MultiRaftHost
 from node.staleness import UNKNOWN
 from node.storage_layout import StorageLayout, plaintext_codec_for_tests
+from tests.host_writes import open_session, propose_write
 
 NODES = (1, 2, 3)
 
@@ -77,26 +78,11 @@ def _staleness(h: MultiRaftHost) -> float:
 CID = b"\x01" * 16
 
 
-async def _open_session(host: MultiRaftHost) -> int:
-    """Register the writer's session (writes outside one are refused at apply)."""
-    probe = cmd.RegisterSession(ts_ms=0, client_id=CID, nonce=1)
-    res = await host.propose(
-        0, probe.wait_key,
-        lambda stamp: cmd.encode_command(cmd.RegisterSession(ts_ms=stamp, client_id=CID, nonce=1)),
-        5.0,
-    )
-    assert res.ok, res
-    return res.version
-
-
 async def _put(host: MultiRaftHost, session: int, seq: int) -> None:
-    def encode(stamp: int) -> bytes:
-        return cmd.encode_command(cmd.Put(
-            client_id=CID, session=session, seq=seq, ack_below=seq, ts_ms=stamp,
-            patient_id="p", record_id="r", value=b"v%d" % seq,
-        ))
-
-    res = await host.propose(0, ("write", CID, session, seq), encode, 5.0)
+    res = await propose_write(host, 0, cmd.Put(
+        client_id=CID, session=session, seq=seq, ack_below=seq, ts_ms=0,
+        patient_id="p", record_id="r", value=b"v%d" % seq,
+    ), 5.0)
     assert res.ok, res
 
 
@@ -120,7 +106,7 @@ def test_followers_state_honest_staleness_and_cut_off_one_grows(tmp_path: Path) 
             )
             leader = next(n for n, h in net.hosts.items() if h.replicas[0].is_leader)
             lh = net.hosts[leader]
-            session = await _open_session(lh)
+            session = await open_session(lh, 0, CID, timeout=5.0)
             await _put(lh, session, 1)
             followers = [n for n in NODES if n != leader]
             # Healthy: every replica knows its staleness, within a heartbeat

@@ -19,6 +19,7 @@ import asyncio
 import itertools
 import os
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +41,7 @@ from node.record_store import (
 )
 from node.state_machine import PartitionStateMachine
 from node.storage_layout import StorageLayout, plaintext_codec_for_tests
+from tests.host_writes import open_session, propose_write
 from tests.node_unit.conftest import HASH_KEY, TaggedXorCodec
 
 ERASED = "patient-to-erase"
@@ -257,26 +259,10 @@ class OneNode:
         await self.host.stop()
         self.layout.close()
 
-    async def _open_session(self) -> int:
-        probe = RegisterSession(ts_ms=0, client_id=b"n" * 16, nonce=1)
-        res = await self.host.propose(
-            0, probe.wait_key,
-            lambda stamp: encode_command(RegisterSession(ts_ms=stamp, client_id=b"n" * 16, nonce=1)),
-            10,
-        )
-        assert res.ok, res.message
-        return res.version
-
     async def write(self, command: Any) -> int:
         if self._session == 0:
-            self._session = await self._open_session()
-        head = {f: getattr(command, f) for f in command.__dataclass_fields__}
-        head["session"] = self._session
-
-        def encode(stamp: int) -> bytes:
-            return encode_command(type(command)(**{**head, "ts_ms": stamp}))
-
-        res = await self.host.propose(0, type(command)(**head).wait_key, encode, 10)
+            self._session = await open_session(self.host, 0, b"n" * 16)
+        res = await propose_write(self.host, 0, replace(command, session=self._session))
         assert res.ok, res.message
         return res.version
 
