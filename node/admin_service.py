@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
@@ -191,6 +191,21 @@ class AdminService(admin_pb2_grpc.AdminServicer):
     ) -> admin_pb2.ErasePatientResponse:
         version = await self.node.kv.erase_patient(request)
         return admin_pb2.ErasePatientResponse(version=version)
+
+    # ---- the audit log (node/auth/audit.py) -----------------------------------
+
+    async def AuditQuery(
+        self, request: admin_pb2.AuditQueryRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[admin_pb2.AuditQueryResponse]:
+        await abort_with(context, FailedPrecondition(
+            f"node {self.node.cfg.node_id} keeps no audit log (insecure = true)"))
+        yield admin_pb2.AuditQueryResponse()  # never reached: the stream's shape
+
+    @_answers_node_errors
+    async def AuditVerify(
+        self, request: admin_pb2.AuditVerifyRequest, context: grpc.aio.ServicerContext
+    ) -> admin_pb2.AuditVerifyResponse:
+        raise FailedPrecondition(f"node {self.node.cfg.node_id} keeps no audit log (insecure = true)")
 
     # ---- replicated cluster settings (node/settings_service.py) -----------
 

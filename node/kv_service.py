@@ -483,6 +483,14 @@ class KVService(kv_pb2_grpc.KVServicer):
             resp.status.CopyFrom(to_status(Unavailable("internal error; retry")))
         return resp
 
+    async def SharePatient(
+        self, request: kv_pb2.SharePatientRequest, context: grpc.aio.ServicerContext
+    ) -> Any:
+        return await self._unary(context, self._share_patient(request))
+
+    async def _share_patient(self, req: kv_pb2.SharePatientRequest) -> kv_pb2.SharePatientResponse:
+        raise FailedPrecondition("patient registration needs access control ([auth]); this node has none")
+
     async def BatchCommands(
         self,
         request_iterator: AsyncIterator[kv_pb2.BatchCommandsRequest],

@@ -49,12 +49,12 @@ def test_services_are_complete() -> None:
     kv = {m.name for m in kv_pb2.DESCRIPTOR.services_by_name["KV"].methods}
     assert kv == {
         "OpenSession", "Put", "Get", "CompareAndSet", "Delete", "History", "Batch", "Scan",
-        "BatchCommands",
+        "BatchCommands", "SharePatient",
     }
     admin = {m.name for m in admin_pb2.DESCRIPTOR.services_by_name["Admin"].methods}
     assert {
         "ClusterStatus", "PartitionStatus", "RoutingTable", "TransferLeader", "SetSettings",
-        "GetSettings",
+        "GetSettings", "AuditQuery", "AuditVerify",
     } <= admin
     raft = raft_pb2.DESCRIPTOR.services_by_name["RaftTransport"].methods_by_name
     assert raft["Stream"].client_streaming and raft["Stream"].server_streaming

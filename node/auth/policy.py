@@ -64,6 +64,7 @@ class Action(StrEnum):
     RECORD_READ = "record.read"
     RECORD_WRITE = "record.write"
     RECORD_STREAM = "record.stream"  # BatchCommands: each request inside is authorized too
+    SESSION = "record.session"  # open a write session (no patient: the writes are checked)
     SCAN = "record.scan"
     ROUTING = "cluster.routing"
     STATUS = "cluster.status"
@@ -97,6 +98,8 @@ METHODS: Mapping[str, Action] = {
     KV + "History": Action.RECORD_READ,
     KV + "Scan": Action.SCAN,
     KV + "BatchCommands": Action.RECORD_STREAM,
+    KV + "OpenSession": Action.SESSION,
+    KV + "SharePatient": Action.REGISTRY,
     ADMIN_SVC + "RoutingTable": Action.ROUTING,
     ADMIN_SVC + "ClusterStatus": Action.STATUS,
     ADMIN_SVC + "PartitionStatus": Action.STATUS,
@@ -105,6 +108,10 @@ METHODS: Mapping[str, Action] = {
     ADMIN_SVC + "RotateDataKey": Action.KEYS,
     ADMIN_SVC + "RotateMasterKey": Action.KEYS,
     ADMIN_SVC + "KeyStatus": Action.KEYS,
+    ADMIN_SVC + "SetSettings": Action.CLUSTER_ADMIN,
+    ADMIN_SVC + "GetSettings": Action.STATUS,
+    ADMIN_SVC + "AuditQuery": Action.AUDIT_READ,
+    ADMIN_SVC + "AuditVerify": Action.AUDIT_READ,
     RAFT_SVC + "Stream": Action.RAFT,
     RAFT_SVC + "Snapshot": Action.RAFT,
     HEALTH_SVC + "Check": Action.HEALTH,
@@ -122,7 +129,7 @@ _EVERYONE = {Action.ROUTING: Scope.ANY, Action.HEALTH: Scope.ANY}
 ROLE_GRANTS: Mapping[str, Mapping[Action, Scope]] = {
     CLINICIAN: {
         Action.RECORD_READ: Scope.CLINIC, Action.RECORD_WRITE: Scope.CLINIC,
-        Action.RECORD_STREAM: Scope.ANY, **_EVERYONE,
+        Action.RECORD_STREAM: Scope.ANY, Action.SESSION: Scope.ANY, **_EVERYONE,
     },
     # Only widens a clinician's CLINIC scope (with a reason); grants nothing alone.
     BREAK_GLASS: {**_EVERYONE},
@@ -134,7 +141,8 @@ ROLE_GRANTS: Mapping[str, Mapping[Action, Scope]] = {
     AUDITOR: {Action.AUDIT_READ: Scope.ANY, Action.STATUS: Scope.ANY, **_EVERYONE},
     ADMIN: {
         Action.CLUSTER_ADMIN: Scope.ANY, Action.KEYS: Scope.ANY, Action.ERASE: Scope.ANY,
-        Action.STATUS: Scope.ANY, **_EVERYONE,
+        # erasure is a replicated write: it needs a session like any other
+        Action.SESSION: Scope.ANY, Action.STATUS: Scope.ANY, **_EVERYONE,
     },
     NODE: {Action.RAFT: Scope.ANY, Action.STATUS: Scope.ANY, **_EVERYONE},
     TLS_PEER: {Action.HEALTH: Scope.ANY},

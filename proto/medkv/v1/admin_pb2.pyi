@@ -328,3 +328,55 @@ class RotateMasterKeyResponse(_message.Message):
     key_file_master_key_id: str
     staged_master_key_id: str
     def __init__(self, node_id: _Optional[int] = ..., keyring_master_key_id: _Optional[str] = ..., key_file_master_key_id: _Optional[str] = ..., staged_master_key_id: _Optional[str] = ...) -> None: ...
+
+class AuditQueryRequest(_message.Message):
+    __slots__ = ("patient_id", "subject", "since", "until", "limit", "break_glass_only")
+    PATIENT_ID_FIELD_NUMBER: _ClassVar[int]
+    SUBJECT_FIELD_NUMBER: _ClassVar[int]
+    SINCE_FIELD_NUMBER: _ClassVar[int]
+    UNTIL_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    BREAK_GLASS_ONLY_FIELD_NUMBER: _ClassVar[int]
+    patient_id: str
+    subject: str
+    since: float
+    until: float
+    limit: int
+    break_glass_only: bool
+    def __init__(self, patient_id: _Optional[str] = ..., subject: _Optional[str] = ..., since: _Optional[float] = ..., until: _Optional[float] = ..., limit: _Optional[int] = ..., break_glass_only: _Optional[bool] = ...) -> None: ...
+
+class AuditRecord(_message.Message):
+    __slots__ = ("node", "seq", "json")
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    JSON_FIELD_NUMBER: _ClassVar[int]
+    node: int
+    seq: int
+    json: str
+    def __init__(self, node: _Optional[int] = ..., seq: _Optional[int] = ..., json: _Optional[str] = ...) -> None: ...
+
+class AuditQueryResponse(_message.Message):
+    __slots__ = ("records",)
+    RECORDS_FIELD_NUMBER: _ClassVar[int]
+    records: _containers.RepeatedCompositeFieldContainer[AuditRecord]
+    def __init__(self, records: _Optional[_Iterable[_Union[AuditRecord, _Mapping]]] = ...) -> None: ...
+
+class AuditVerifyRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class AuditVerifyResponse(_message.Message):
+    __slots__ = ("node", "ok", "entries", "head", "anchored_head", "problems")
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    OK_FIELD_NUMBER: _ClassVar[int]
+    ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    HEAD_FIELD_NUMBER: _ClassVar[int]
+    ANCHORED_HEAD_FIELD_NUMBER: _ClassVar[int]
+    PROBLEMS_FIELD_NUMBER: _ClassVar[int]
+    node: int
+    ok: bool
+    entries: int
+    head: str
+    anchored_head: str
+    problems: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, node: _Optional[int] = ..., ok: _Optional[bool] = ..., entries: _Optional[int] = ..., head: _Optional[str] = ..., anchored_head: _Optional[str] = ..., problems: _Optional[_Iterable[str]] = ...) -> None: ...

@@ -84,6 +84,16 @@ class AdminStub:
                 request_serializer=proto_dot_medkv_dot_v1_dot_admin__pb2.GetSettingsRequest.SerializeToString,
                 response_deserializer=proto_dot_medkv_dot_v1_dot_admin__pb2.GetSettingsResponse.FromString,
                 _registered_method=True)
+        self.AuditQuery = channel.unary_stream(
+                '/medkv.v1.Admin/AuditQuery',
+                request_serializer=proto_dot_medkv_dot_v1_dot_admin__pb2.AuditQueryRequest.SerializeToString,
+                response_deserializer=proto_dot_medkv_dot_v1_dot_admin__pb2.AuditQueryResponse.FromString,
+                _registered_method=True)
+        self.AuditVerify = channel.unary_unary(
+                '/medkv.v1.Admin/AuditVerify',
+                request_serializer=proto_dot_medkv_dot_v1_dot_admin__pb2.AuditVerifyRequest.SerializeToString,
+                response_deserializer=proto_dot_medkv_dot_v1_dot_admin__pb2.AuditVerifyResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServicer:
@@ -161,6 +171,23 @@ class AdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def AuditQuery(self, request, context):
+        """The audit log (auditor role). Each node answers from its own log, newest
+        last; `medkv audit query` asks every node and merges. Itself audited.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AuditVerify(self, request, context):
+        """Check this node's audit chain end to end and against the chain heads it
+        anchored in replicated state (so a truncated or rewritten log is caught
+        even when its HEAD file was rolled back too).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -213,6 +240,16 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.GetSettings,
                     request_deserializer=proto_dot_medkv_dot_v1_dot_admin__pb2.GetSettingsRequest.FromString,
                     response_serializer=proto_dot_medkv_dot_v1_dot_admin__pb2.GetSettingsResponse.SerializeToString,
+            ),
+            'AuditQuery': grpc.unary_stream_rpc_method_handler(
+                    servicer.AuditQuery,
+                    request_deserializer=proto_dot_medkv_dot_v1_dot_admin__pb2.AuditQueryRequest.FromString,
+                    response_serializer=proto_dot_medkv_dot_v1_dot_admin__pb2.AuditQueryResponse.SerializeToString,
+            ),
+            'AuditVerify': grpc.unary_unary_rpc_method_handler(
+                    servicer.AuditVerify,
+                    request_deserializer=proto_dot_medkv_dot_v1_dot_admin__pb2.AuditVerifyRequest.FromString,
+                    response_serializer=proto_dot_medkv_dot_v1_dot_admin__pb2.AuditVerifyResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -485,6 +522,60 @@ class Admin:
             '/medkv.v1.Admin/GetSettings',
             proto_dot_medkv_dot_v1_dot_admin__pb2.GetSettingsRequest.SerializeToString,
             proto_dot_medkv_dot_v1_dot_admin__pb2.GetSettingsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AuditQuery(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/medkv.v1.Admin/AuditQuery',
+            proto_dot_medkv_dot_v1_dot_admin__pb2.AuditQueryRequest.SerializeToString,
+            proto_dot_medkv_dot_v1_dot_admin__pb2.AuditQueryResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AuditVerify(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/medkv.v1.Admin/AuditVerify',
+            proto_dot_medkv_dot_v1_dot_admin__pb2.AuditVerifyRequest.SerializeToString,
+            proto_dot_medkv_dot_v1_dot_admin__pb2.AuditVerifyResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -262,3 +262,21 @@ class BatchCommandsResponse(_message.Message):
     RESPONSES_FIELD_NUMBER: _ClassVar[int]
     responses: _containers.RepeatedCompositeFieldContainer[KVResponse]
     def __init__(self, responses: _Optional[_Iterable[_Union[KVResponse, _Mapping]]] = ...) -> None: ...
+
+class SharePatientRequest(_message.Message):
+    __slots__ = ("patient_id", "clinic", "revoke")
+    PATIENT_ID_FIELD_NUMBER: _ClassVar[int]
+    CLINIC_FIELD_NUMBER: _ClassVar[int]
+    REVOKE_FIELD_NUMBER: _ClassVar[int]
+    patient_id: str
+    clinic: str
+    revoke: bool
+    def __init__(self, patient_id: _Optional[str] = ..., clinic: _Optional[str] = ..., revoke: _Optional[bool] = ...) -> None: ...
+
+class SharePatientResponse(_message.Message):
+    __slots__ = ("clinics", "index")
+    CLINICS_FIELD_NUMBER: _ClassVar[int]
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    clinics: _containers.RepeatedScalarFieldContainer[str]
+    index: int
+    def __init__(self, clinics: _Optional[_Iterable[str]] = ..., index: _Optional[int] = ...) -> None: ...

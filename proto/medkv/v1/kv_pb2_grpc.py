@@ -79,6 +79,11 @@ class KVStub:
                 request_serializer=proto_dot_medkv_dot_v1_dot_kv__pb2.BatchCommandsRequest.SerializeToString,
                 response_deserializer=proto_dot_medkv_dot_v1_dot_kv__pb2.BatchCommandsResponse.FromString,
                 _registered_method=True)
+        self.SharePatient = channel.unary_unary(
+                '/medkv.v1.KV/SharePatient',
+                request_serializer=proto_dot_medkv_dot_v1_dot_kv__pb2.SharePatientRequest.SerializeToString,
+                response_deserializer=proto_dot_medkv_dot_v1_dot_kv__pb2.SharePatientResponse.FromString,
+                _registered_method=True)
 
 
 class KVServicer:
@@ -147,6 +152,16 @@ class KVServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SharePatient(self, request, context):
+        """The patient <-> clinic registration (clinic-admin role), replicated with the
+        patient's records: register an unregistered patient to one of the caller's
+        clinics, share a patient of the caller's clinics with another clinic, or
+        revoke a clinic's access. Leader only; audited.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_KVServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -194,6 +209,11 @@ def add_KVServicer_to_server(servicer, server):
                     servicer.BatchCommands,
                     request_deserializer=proto_dot_medkv_dot_v1_dot_kv__pb2.BatchCommandsRequest.FromString,
                     response_serializer=proto_dot_medkv_dot_v1_dot_kv__pb2.BatchCommandsResponse.SerializeToString,
+            ),
+            'SharePatient': grpc.unary_unary_rpc_method_handler(
+                    servicer.SharePatient,
+                    request_deserializer=proto_dot_medkv_dot_v1_dot_kv__pb2.SharePatientRequest.FromString,
+                    response_serializer=proto_dot_medkv_dot_v1_dot_kv__pb2.SharePatientResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -439,6 +459,33 @@ class KV:
             '/medkv.v1.KV/BatchCommands',
             proto_dot_medkv_dot_v1_dot_kv__pb2.BatchCommandsRequest.SerializeToString,
             proto_dot_medkv_dot_v1_dot_kv__pb2.BatchCommandsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SharePatient(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/medkv.v1.KV/SharePatient',
+            proto_dot_medkv_dot_v1_dot_kv__pb2.SharePatientRequest.SerializeToString,
+            proto_dot_medkv_dot_v1_dot_kv__pb2.SharePatientResponse.FromString,
             options,
             channel_credentials,
             insecure,
