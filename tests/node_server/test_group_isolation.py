@@ -36,6 +36,7 @@ def _open(tmp_path: Path) -> tuple[MultiRaftHost, StorageLayout]:
             "node_id": 1, "listen": "127.0.0.1:1", "data_dir": "n1",
             "partitions": 2, "replication": 1,
             "peers": [{"id": 1, "address": "127.0.0.1:1"}],
+            "insecure": True,  # the host alone: access control is tested elsewhere
         },
         tmp_path,
     )

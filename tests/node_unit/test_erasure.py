@@ -206,6 +206,7 @@ def _cfg(tmp_path: Path) -> NodeConfig:
             "node_id": 1, "listen": "127.0.0.1:1", "data_dir": "n1",
             "partitions": 1, "replication": 1,
             "peers": [{"id": 1, "address": "127.0.0.1:1"}],
+            "insecure": True,  # the host alone: access control is tested elsewhere
             "raft": {"tick_ms": 20},
         },
         tmp_path,

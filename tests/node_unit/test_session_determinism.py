@@ -126,6 +126,7 @@ def config_of(replica: int, base: Path) -> Any:
             "node_id": replica + 1, "listen": "127.0.0.1:1", "data_dir": f"n{replica}",
             "partitions": 1, "replication": 1,
             "peers": [{"id": replica + 1, "address": "127.0.0.1:1"}],
+            "insecure": True,  # the host alone: access control is tested elsewhere
             "limits": limits,
         },
         base,
