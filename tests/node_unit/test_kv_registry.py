@@ -278,3 +278,20 @@ def test_share_patient(kv: KVService) -> None:
         get(kv, NORTH, PATIENT, held=False)
     with pytest.raises(FailedPrecondition, match="last clinic"):
         share(kv, admin_south, PATIENT, "south", revoke=True)
+
+
+def test_the_interceptor_reads_share_patients_target_clinic_from_the_request() -> None:
+    """OWN_CLINIC scope for an unregistered patient needs the target clinic: it is
+    the request's `clinic` field, not medkv-clinic metadata."""
+    from node.auth.interceptor import AccessControl, _Call
+    from node.auth.policy import InMemoryRegistry
+
+    ctx = SimpleNamespace(invocation_metadata=lambda: (), peer=lambda: "ipv4:127.0.0.1:1")
+    method = KV + "SharePatient"
+    call = _Call(AccessControl(verifier=None, registry=InMemoryRegistry()), method, ctx)  # type: ignore[arg-type]
+    req = kv_pb2.SharePatientRequest(patient_id=PATIENT, clinic="north")
+    _, rf = call.facts_for(method, req)
+    assert rf.clinic == "north" and rf.registration.known and not rf.registration.registered
+    assert authorize(who("ca", CLINIC_ADMIN), method, rf).allowed
+    _, rf = call.facts_for(method, kv_pb2.SharePatientRequest(patient_id=PATIENT, clinic="west"))
+    assert not authorize(who("ca", CLINIC_ADMIN), method, rf).allowed
