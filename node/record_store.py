@@ -19,7 +19,7 @@ given (pass the node's dedicated prefixed_db for state-machine data):
                             retained older versions
     P "h" ph rh version     an older version (version: 8 bytes big-endian)
     P "s" session_id        one client session (opaque blob, node.sessions)
-    P "a" ph                the patient's registration: the clinics it is
+    P "p" ph                the patient's registration: the clinics it is
                             registered to (issue 11, node.auth.policy); the
                             patient id and clinics are inside the sealed value
     P "m" "applied"         applied index, applied term, log time
@@ -60,7 +60,7 @@ _FORMAT = 0x01  # leading byte of every stored value and of snapshots
 _CURRENT = b"c"
 _HISTORY = b"h"
 _SESSION = b"s"
-_REGISTRATION = b"a"
+_REGISTRATION = b"p"
 _META = b"m"
 _META_APPLIED = _META + b"applied"
 _META_SETTINGS = _META + b"settings"
@@ -713,7 +713,7 @@ class RecordStore:
     #   ["g", settings blob]                                           once, if ever set
     #   ["r", patient_id, record_id, [[version, deleted, value], ...newest first]]  per record
     #   ["s", client_id, blob]                                                       per session
-    #   ["a", patient_id, [clinic, ...]]                                       per registration
+    #   ["p", patient_id, [clinic, ...]]                                       per registration
     #   ["end", record_count, session_count] or, with registrations,
     #   ["end", record_count, session_count, registration_count]
     # Records come in storage-key order and sessions in client_id order, so
@@ -772,7 +772,7 @@ class RecordStore:
         with snap.iterator(prefix=self._prefix + _REGISTRATION) as it:
             for key, sealed in it:
                 patient, clinics = self._decode_registration(self._open(key, sealed))
-                buf += msgpack.packb(["a", patient, sorted(clinics)], use_bin_type=True)
+                buf += msgpack.packb(["p", patient, sorted(clinics)], use_bin_type=True)
                 n_regs += 1
                 if len(buf) >= chunk_size:
                     yield bytes(buf)
@@ -964,7 +964,8 @@ class SnapshotParser:
         )
         self._first = True
         self.meta: PartitionMeta | None = None
-        self.counts = [0, 0, 0]  # records, sessions, registrations
+        self.counts = [0, 0]  # records, sessions
+        self.registrations = 0
         self.ended = False
 
     def feed(self, chunk: bytes) -> Iterator[SnapshotItem]:
@@ -981,7 +982,9 @@ class SnapshotParser:
                 if self.meta is None:
                     self.meta = self._header(obj)
                 elif type(obj) is list and obj and obj[0] == "end":
-                    expected = ["end", *self.counts] if self.counts[2] else ["end", *self.counts[:2]]
+                    expected = ["end", *self.counts]
+                    if self.registrations:
+                        expected.append(self.registrations)
                     if obj != expected:
                         raise SnapshotFormatError("snapshot counts do not match its contents")
                     self.ended = True
@@ -1033,7 +1036,8 @@ class SnapshotParser:
             self.counts[0] += 1
             return SnapshotRecord(p, r, recs)
         if obj[0] == "g" and len(obj) == 2:
-            if type(obj[1]) is not bytes or self._settings_seen or any(self.counts):
+            if type(obj[1]) is not bytes or self._settings_seen or self.counts != [0, 0] \
+                    or self.registrations:
                 raise SnapshotFormatError("snapshot settings are malformed")
             if self._check_settings is not None:
                 self._check_settings(obj[1])
@@ -1047,13 +1051,13 @@ class SnapshotParser:
                 self._check_session(cid, blob)
             self.counts[1] += 1
             return SnapshotSession(cid, blob)
-        if obj[0] == "a" and len(obj) == 3:
+        if obj[0] == "p" and len(obj) == 3:
             _, p, clinics = obj
             if (type(p) is not str or type(clinics) is not list or not clinics
                     or not all(type(c) is str and c for c in clinics)
                     or len(set(clinics)) != len(clinics)):
                 raise SnapshotFormatError("snapshot registration is malformed")
-            self.counts[2] += 1
+            self.registrations += 1
             return SnapshotRegistration(p, frozenset(clinics))
         raise SnapshotFormatError("snapshot item has an unknown kind")
 

@@ -393,15 +393,15 @@ def test_snapshot_parser_checks_registrations(make_store: Any) -> None:
     store: RecordStore = make_store()
     header = msgpack.packb(["medkv-partition-snapshot", 1, 7, 3, 1, 0])
     for item, end in [
-        (["a", "p", []], ["end", 0, 0, 1]),  # no clinics
-        (["a", "p", ["n", "n"]], ["end", 0, 0, 1]),  # repeated clinic
-        (["a", "p", ["n"]], ["end", 0, 0]),  # count missing
-        (["a", "p", ["n"]], ["end", 0, 0, 2]),  # count wrong
+        (["p", "p", []], ["end", 0, 0, 1]),  # no clinics
+        (["p", "p", ["n", "n"]], ["end", 0, 0, 1]),  # repeated clinic
+        (["p", "p", ["n"]], ["end", 0, 0]),  # count missing
+        (["p", "p", ["n"]], ["end", 0, 0, 2]),  # count wrong
     ]:
         data = b"\x01" + header + msgpack.packb(item) + msgpack.packb(end)
         with pytest.raises(SnapshotFormatError):
             store.restore(data)
-    ok = b"\x01" + header + msgpack.packb(["a", "p", ["n"]]) + msgpack.packb(["end", 0, 0, 1])
+    ok = b"\x01" + header + msgpack.packb(["p", "p", ["n"]]) + msgpack.packb(["end", 0, 0, 1])
     store.restore(ok)
     assert store.registration("p") == {"n"}
 
