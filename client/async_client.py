@@ -50,7 +50,7 @@ from client.errors import (
     metadata_dict,
 )
 from client.fhir import decode_resource, encode_resource
-from client.records import ReadInfo, Record, ScanPage
+from client.records import ReadInfo, Record, ScanPage, Sharing
 from client.retry import Attempts, RetryPolicy, is_retryable
 from client.routing import (
     EPOCH_KEY,
@@ -704,6 +704,33 @@ class AsyncClient:
             admin=True,
         )
         return int(reply.version)
+
+    async def share_patient(
+        self, patient_id: str, clinic: str, revoke: bool = False, *, timeout: float | None = None
+    ) -> Sharing:
+        """Register a patient to one more clinic (or, revoke=True, remove one).
+
+        Allowed to a clinic-admin whose clinics include one the patient is
+        registered to, or, for a patient nobody has registered yet, when
+        `clinic` is one of theirs; revoking the patient's last clinic is refused
+        (FAILED_PRECONDITION). Idempotent, so retried like a read: repeating it
+        changes nothing. Needs a cluster with access control."""
+        _check_key(patient_id)
+        if not isinstance(clinic, str) or not clinic:
+            raise InvalidArgument("clinic must be a non-empty string")
+        attempts = Attempts(self.policy, timeout, rng=self._rng)
+        router = await self._router_for(attempts)
+        reply = await self._unary(
+            "SharePatient",
+            _const(kv_pb2.SharePatientRequest(
+                patient_id=patient_id, clinic=clinic, revoke=bool(revoke)
+            )),
+            partition=router.partition_of(patient_id),
+            mode=Mode.LEADER,
+            is_read=False,
+            attempts=attempts,
+        )
+        return Sharing(tuple(reply.clinics), int(reply.index))
 
     async def put_json(
         self,

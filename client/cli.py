@@ -12,6 +12,7 @@
     scan [--partition P ...] [--consistency ...] [--max-staleness S] [--page-size N]
     status                                    the cluster at a glance
     erase-patient PATIENT                     erase every record of a patient, everywhere
+    share-patient PATIENT CLINIC [--revoke]   register a patient to one more clinic (clinic-admin)
     settings get [--partition P ...]          the replicated cluster settings, per partition
     settings set [--session-ttl S] [--history-retention N] [--max-sessions N]
                  [--max-results-per-session N] [--partition P ...]
@@ -224,6 +225,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     erase.add_argument("patient")
 
+    share = sub.add_parser(
+        "share-patient",
+        help="register a patient to one more clinic, or --revoke one (clinic-admin; prints the "
+        "patient's clinics)",
+    )
+    share.add_argument("patient")
+    share.add_argument("clinic")
+    share.add_argument("--revoke", action="store_true", help="remove the clinic instead")
+
     settings = sub.add_parser(
         "settings", help="cluster settings replicated in every partition (session TTL, ...)"
     )
@@ -420,6 +430,14 @@ def run(
                 f"erased at version {version}; each replica purges the patient's data from its "
                 "log, snapshot and files once it has applied the erasure"
             )
+        return 0
+    if args.command == "share-patient":
+        sharing = kv.share_patient(args.patient, args.clinic, args.revoke, timeout=timeout)
+        if out.json:
+            out.doc({"clinics": list(sharing.clinics), "index": sharing.index})
+        else:
+            out.line(" ".join(sharing.clinics))
+            out.note(f"registration changed at index {sharing.index}")
         return 0
     if args.command == "settings":
         return _settings(args, kv, out)

@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 
 from client.async_client import DEFAULT_ADDRESS, AsyncClient
 from client.errors import MedkvError
-from client.records import Record, ScanPage
+from client.records import Record, ScanPage, Sharing
 from client.retry import RetryPolicy
 from client.routing import Router, RoutingTable
 from client.tls import TlsConfig
@@ -331,6 +331,14 @@ class Client:
     def erase_patient(self, patient_id: str, *, timeout: float | None = None) -> int:
         """Erase every record of one patient on every replica; returns the erasure's version."""
         return self._run(self._async.erase_patient(patient_id, timeout=timeout))
+
+    def share_patient(
+        self, patient_id: str, clinic: str, revoke: bool = False, *, timeout: float | None = None
+    ) -> Sharing:
+        """Register a patient to one more clinic, or revoke one (AsyncClient.share_patient)."""
+        return self._run(
+            self._async.share_patient(patient_id, clinic, revoke=revoke, timeout=timeout)
+        )
 
     def get_settings(
         self, *, partitions: Iterable[int] | None = None, timeout: float | None = None

@@ -33,6 +33,7 @@ from node.host import MultiRaftHost, log_refusal
 from node.key_rotation import KeyRotationManager
 from node.kv_service import KVService
 from node.loop_lag import LoopLagProbe
+from node.registry import ReplicatedRegistry
 from node.settings_service import SettingsService
 from node.storage_layout import StorageLayout
 from node.tls import is_node_peer, peer_node_id
@@ -178,6 +179,7 @@ class Node:
             return build_access_control(
                 cfg.auth, keyring=self.layout, sealer=self.layout.codec, data_dir=cfg.data_dir,
                 node_id=cfg.node_id, partitions=cfg.partitions,
+                registry=ReplicatedRegistry(self.host),
                 on_audit_failure=self._audit_failed,
             )
         except AuthConfigError as e:

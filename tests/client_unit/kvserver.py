@@ -73,6 +73,7 @@ class State:
     calls: list[Call] = field(default_factory=list)
     staleness: dict[int, float] = field(default_factory=dict)
     extra_nodes: dict[int, str] = field(default_factory=dict)
+    registrations: dict[str, set[str]] = field(default_factory=dict)  # patient -> clinics
 
 
 class _Node(kv_pb2_grpc.KVServicer, admin_pb2_grpc.AdminServicer):  # type: ignore[misc]
@@ -232,6 +233,29 @@ class _Node(kv_pb2_grpc.KVServicer, admin_pb2_grpc.AdminServicer):  # type: igno
             await self._abort(context, reply.code, reply.message, kind)
         context.set_trailing_metadata(self._trailing())
         return reply
+
+    async def SharePatient(self, request: Any, context: Any) -> kv_pb2.SharePatientResponse:
+        """Leader only; idempotent; revoking the last clinic is FAILED_PRECONDITION
+        (no clinic-scope check: the fake has no tokens)."""
+        partition = self._partition(request.patient_id)
+        await self._begin("SharePatient", request, context, partition)
+        if not self._is_leader(partition):
+            await self._redirect(context, partition)
+        with self.cluster.lock:
+            clinics = self.s.registrations.setdefault(request.patient_id, set())
+            refused = request.revoke and clinics == {request.clinic}
+            if not refused:
+                if request.revoke:
+                    clinics.discard(request.clinic)
+                else:
+                    clinics.add(request.clinic)
+                self.s.index += 1
+            after, index = sorted(clinics), self.s.index
+        if refused:
+            await self._abort(context, grpc.StatusCode.FAILED_PRECONDITION,
+                              "revoking the patient's last clinic")
+        context.set_trailing_metadata(self._trailing())
+        return kv_pb2.SharePatientResponse(clinics=after, index=index)
 
     async def OpenSession(self, request: Any, context: Any) -> kv_pb2.OpenSessionResponse:
         partition = request.partition
