@@ -17,6 +17,8 @@ client_id, session, seq, ack_below, ts_ms, patient_id:
   ErasePatient:    [5, head...]
   RegisterSession: [6, ts_ms, client_id, nonce]
   SetSettings:     [7, ts_ms, nonce, seed, {name: value, ...}]
+  (8 is reserved: SharePatient)
+  AuditAnchor:     [9, ts_ms, node_id, seq, chain_hash (32 bytes)]
 
 v1 (written before sessions were registered) is the same without `session`
 in the head and without kinds 6 and 7. It still decodes, so an old log can be
@@ -54,9 +56,12 @@ FORMAT_V1 = 0x01  # before registered sessions: decoded, never written
 FORMAT_V2 = 0x02
 
 _NOOP, _PUT, _CAS, _DELETE, _BATCH, _ERASE, _REGISTER, _SETTINGS = 0, 1, 2, 3, 4, 5, 6, 7
+_AUDIT_ANCHOR = 9
+AUDIT_CHAIN_HASH_BYTES = 32
 
 # How a proposer finds its entry's result: ("write", client_id, session, seq),
-# ("open", client_id, nonce, 0) or ("settings", b"", nonce, 0).
+# ("open", client_id, nonce, 0), ("settings", b"", nonce, 0) or
+# ("anchor", b"", node_id, seq).
 WaitKey = tuple[str, bytes, int, int]
 
 BATCH_PUT = "put"
@@ -180,8 +185,25 @@ class SetSettings:
         return ("settings", b"", self.nonce, 0)
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AuditAnchor:
+    """Node node_id's audit log reached entry `seq` with chain hash `chain_hash`
+    (node.auth.audit.ChainHead). Replicated so that a node's log cut short or
+    rewritten, HEAD file included, no longer matches what the cluster recorded
+    (node.audit_anchors). Carries no patient data."""
+
+    ts_ms: int
+    node_id: int
+    seq: int
+    chain_hash: bytes  # AUDIT_CHAIN_HASH_BYTES
+
+    @property
+    def wait_key(self) -> WaitKey:
+        return ("anchor", b"", self.node_id, self.seq)
+
+
 WriteCommand = Put | CompareAndSet | Delete | Batch | ErasePatient
-Command = WriteCommand | Noop | RegisterSession | SetSettings
+Command = WriteCommand | Noop | RegisterSession | SetSettings | AuditAnchor
 
 
 # --- encoding -------------------------------------------------------------
@@ -206,6 +228,8 @@ def _fields(cmd: Command) -> list[Any]:
         return [_REGISTER, cmd.ts_ms, cmd.client_id, cmd.nonce]
     if isinstance(cmd, SetSettings):
         return [_SETTINGS, cmd.ts_ms, cmd.nonce, cmd.seed, dict(cmd.changes)]
+    if isinstance(cmd, AuditAnchor):
+        return [_AUDIT_ANCHOR, cmd.ts_ms, cmd.node_id, cmd.seq, cmd.chain_hash]
     head = [cmd.client_id, cmd.session, cmd.seq, cmd.ack_below, cmd.ts_ms, cmd.patient_id]
     if isinstance(cmd, Put):
         return [_PUT, *head, cmd.record_id, cmd.value]
@@ -309,6 +333,12 @@ def _decode(fields: list[Any], version: int) -> Command:
             ts_ms=_uint(fields[1], "ts_ms"), nonce=_uint(fields[2], "nonce"),
             seed=fields[3], changes=changes,
         )
+    if tag == _AUDIT_ANCHOR and version >= FORMAT_V2:
+        _arity(fields, 5, "AuditAnchor")
+        return AuditAnchor(
+            ts_ms=_uint(fields[1], "ts_ms"), node_id=_uint(fields[2], "node_id"),
+            seq=_uint(fields[3], "seq"), chain_hash=_bytes(fields[4], "chain_hash"),
+        )
     if tag not in (_PUT, _CAS, _DELETE, _BATCH, _ERASE):
         raise CommandDecodeError(f"unknown command kind {tag}")
     # v1 heads have no session: shift them into the v2 layout with session 0.
@@ -408,6 +438,14 @@ def validate_command(cmd: Command) -> None:
             raise ValidationError("settings", "must name each changed setting once")
         validate_changes(dict(cmd.changes))
         return
+    if isinstance(cmd, AuditAnchor):
+        validate_uint64(cmd.node_id, "node_id")
+        validate_uint64(cmd.seq, "seq")
+        if cmd.node_id == 0:
+            raise ValidationError("node_id", "must be a node id (1 or more)")
+        if len(cmd.chain_hash) != AUDIT_CHAIN_HASH_BYTES:
+            raise ValidationError("chain_hash", f"must be {AUDIT_CHAIN_HASH_BYTES} bytes")
+        return
     validate_write_id(cmd.client_id, cmd.seq, cmd.ack_below)
     validate_uint64(cmd.session, "write_id.session")
     validate_id(cmd.patient_id, "patient_id")
@@ -427,11 +465,13 @@ def validate_command(cmd: Command) -> None:
 
 
 __all__ = [
+    "AUDIT_CHAIN_HASH_BYTES",
     "BATCH_CHECK",
     "BATCH_DELETE",
     "BATCH_PUT",
     "FORMAT_V1",
     "FORMAT_V2",
+    "AuditAnchor",
     "Batch",
     "BatchOp",
     "Command",

@@ -41,10 +41,12 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 from node import log_clock
+from node.audit_anchors import Anchor, apply_anchor, decode_anchors, encode_anchors
 from node.commands import (
     BATCH_CHECK,
     BATCH_DELETE,
     BATCH_PUT,
+    AuditAnchor,
     Batch,
     CommandDecodeError,
     CompareAndSet,
@@ -120,6 +122,10 @@ class PartitionStateMachine:
         self._meta = PartitionMeta()
         self._log_time_ms = 0
         self._settings_dirty = False
+        # node.audit_anchors: replaced (never mutated) on change, so a reader on
+        # another thread always sees one consistent table.
+        self._anchors: dict[int, Anchor] = {}
+        self._anchors_dirty = False
         # Set when an apply or a restore recorded an erasure obligation (durably,
         # in the same write); the host hands it to the purger and clears it.
         self.purge_due = False
@@ -155,6 +161,11 @@ class PartitionStateMachine:
         """Index of the SetSettings entry in force; 0 while the defaults apply."""
         return self._settings.generation
 
+    @property
+    def audit_anchors(self) -> dict[int, Anchor]:
+        """The newest audit chain head each node anchored here (node.audit_anchors)."""
+        return self._anchors
+
     def sessions_open_at(self, now_ms: int) -> int:
         """How many sessions would be open at log time now_ms (a leader's pre-check)."""
         return self._sessions.open_at(now_ms, self.settings.session_ttl_ms)
@@ -171,6 +182,9 @@ class PartitionStateMachine:
         blob = self._store.settings_blob()
         self._settings = SettingsState() if blob is None else decode_state(blob)
         self._settings_dirty = False
+        anchors = self._store.anchors_blob()
+        self._anchors = {} if anchors is None else decode_anchors(anchors)
+        self._anchors_dirty = False
         self._sessions.load(self._store.sessions())
 
     # --- apply ---------------------------------------------------------------
@@ -207,6 +221,9 @@ class PartitionStateMachine:
             if self._settings_dirty:
                 self._store.put_settings(stage, encode_state(self._settings))
                 self._settings_dirty = False
+            if self._anchors_dirty:
+                self._store.put_anchors(stage, encode_anchors(self._anchors))
+                self._anchors_dirty = False
             self._store.put_meta(stage, PartitionMeta(applied, term, self._log_time_ms))
             owes = bool(stage.obligations)
             self._store.commit(stage)
@@ -241,6 +258,8 @@ class PartitionStateMachine:
             return self._register(index, cmd)
         if isinstance(cmd, SetSettings):
             return self._set_settings(index, cmd)
+        if isinstance(cmd, AuditAnchor):
+            return self._anchor(index, cmd)
         outcome, prior = self._sessions.check(cmd.session, session_owner(cmd), cmd.seq)
         refusal = self._session_refusal(index, cmd, outcome)
         if refusal is not None:
@@ -311,6 +330,16 @@ class PartitionStateMachine:
         # A shorter TTL takes effect at this very entry, identically everywhere.
         self._sessions.expire(self._log_time_ms, self.settings.session_ttl_ms)
         return ApplyResult(index, index, wait_key=cmd.wait_key)
+
+    def _anchor(self, index: int, cmd: AuditAnchor) -> ApplyResult:
+        """Record a node's audit chain head if it is newer (node.audit_anchors);
+        version: the seq recorded for that node afterwards."""
+        anchors, note = apply_anchor(self._anchors, cmd, index)
+        if anchors is not None:
+            self._anchors = anchors
+            self._anchors_dirty = True
+        return ApplyResult(index, self._anchors[cmd.node_id].seq, None, note,
+                           wait_key=cmd.wait_key)
 
     def _live_version(self, stage: WriteStage, patient_id: str, record_id: str) -> int:
         """The version CAS compares against: 0 for an absent or deleted record."""
