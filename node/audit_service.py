@@ -53,7 +53,7 @@ from node.auth.audit import (
     read_entries,
     verify,
 )
-from node.errors import FailedPrecondition, InvalidArgument, NodeError
+from node.errors import FailedPrecondition, InvalidArgument, NodeError, Unavailable
 from node.limits import ValidationError, validate_id
 from proto.medkv.v1 import admin_pb2
 
@@ -68,6 +68,7 @@ PAGE_RECORDS = 256
 MAX_SUBJECT_BYTES = 256
 ANCHOR_INTERVAL_S = 10.0
 ANCHOR_TIMEOUT_S = 5.0
+FLUSH_TIMEOUT_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -182,8 +183,13 @@ class AuditService:
         return w
 
     async def _flushed(self, w: AuditWriter) -> None:
-        """Everything appended before now is on disk (the caller's earlier calls)."""
-        await w.durable(w.log.last_seq)
+        """Everything appended before now is on disk (the caller's earlier calls).
+        Bounded: a writer that stopped (the node is failing) never answers."""
+        try:
+            await asyncio.wait_for(w.durable(w.log.last_seq), FLUSH_TIMEOUT_S)
+        except TimeoutError:
+            raise Unavailable(f"node {self.node.cfg.node_id}: the audit log did not flush "
+                              f"within {FLUSH_TIMEOUT_S:g}s") from None
 
     # ---- AuditQuery -------------------------------------------------------
 
