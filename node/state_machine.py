@@ -33,6 +33,10 @@ Semantics of writes (the version of every write is the index of its entry):
   * ErasePatient: every record and retained version of the patient is removed,
     and, when there was any, an erasure obligation is recorded in the same write
     (node.erasure purges the older copies off the Raft loop).
+
+AuditAnchor (no session: a node's own entry, not a client's write) records a
+node's audit chain head when it is newer than the one kept for that node
+(node.audit_anchors); it never touches records.
 """
 
 from __future__ import annotations

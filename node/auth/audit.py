@@ -5,6 +5,9 @@
                        [--since T] [--until T] [--json]
     medkv audit head   --data-dir DIR --key-file KEY
 
+(On a running cluster, `medkv audit query|verify` ask the nodes instead:
+Admin.AuditQuery / AuditVerify, node/audit_service.py.)
+
 Every call a node answers (reads and scans included, refusals too) becomes one
 entry: when, which node and peer address, who (subject, roles, clinics, token
 id), what (method, permission, partition, patient and records as keyed
