@@ -153,3 +153,78 @@ def test_query_and_verify_on_a_secure_node(tmp_path: Path) -> None:
             await node.stop()
 
     asyncio.run(second_run())
+
+
+def test_three_nodes_anchor_into_replicated_state_and_answer_together(tmp_path: Path) -> None:
+    """Every node's anchor reaches the other replicas of the partition it went into;
+    the client merges every node's entries and every node's verification."""
+    ca = init_ca(tmp_path / "certs")
+    for n in (1, 2, 3):
+        issue_node(ca, tmp_path / "certs", n, hosts=["127.0.0.1"])
+    issue_client(ca, tmp_path / "certs", "client")
+    keygen(tmp_path / "auth")
+    create_key_file(tmp_path / "master.key")
+    signing = load_signing_key(tmp_path / "auth" / "token-signing.key")
+    tls = TlsConfig.from_dir(tmp_path / "certs")
+    addrs = {n: f"127.0.0.1:{_port()}" for n in (1, 2, 3)}
+
+    def cfg(n: int) -> object:
+        return parse_config({
+            "node_id": n, "listen": addrs[n], "data_dir": f"node-{n}", "partitions": 3,
+            "replication": 3, "key_file": "master.key",
+            "peers": [{"id": i, "address": a} for i, a in addrs.items()],
+            "tls": {"ca_file": "certs/ca.pem", "cert_file": f"certs/node-{n}.pem",
+                    "key_file": f"certs/node-{n}.key"},
+            "auth": {"jwks_file": "auth/jwks.json"},
+        }, tmp_path)
+
+    def client(role: str, subject: str) -> AsyncClient:
+        token = mint(signing, subject=subject, roles=[role], clinics=["north"])
+        return AsyncClient(list(addrs.values()), tls=tls, token=token, clinic="north",
+                           timeout=15)
+
+    async def scenario() -> None:
+        nodes = [Node(cfg(n)) for n in (1, 2, 3)]  # type: ignore[arg-type]
+        for node in nodes:
+            await node.start()
+        try:
+            for _ in range(400):
+                if all(r.leader for n in nodes for r in n.host.replicas.values()):
+                    break
+                await asyncio.sleep(0.05)
+            async with client("clinician", "dr-ada") as dr, client("auditor", "aud-1") as aud:
+                for i in range(6):
+                    await dr.put(f"{PATIENT}-{i}", "r", b"v")
+                await aud.audit_query(limit=10_000)  # audited on every node as it ends
+                res = await aud.audit_query(limit=10_000)
+                assert res.complete
+                assert {e.node for e in res.entries} == {1, 2, 3}
+                assert {e.node for e in res.entries
+                        if e.fields["method"].endswith("/AuditQuery")} == {1, 2, 3}
+                puts = [e for e in res.entries if e.fields["method"].endswith("/Put")]
+                assert len(puts) >= 6 and {e.fields["subject"] for e in puts} == {"dr-ada"}
+                assert not any(PATIENT in json.dumps(e.to_dict()) for e in res.entries)
+
+                anchored = {n.cfg.node_id: await n.admin.audit.anchor_once() for n in nodes}
+                assert any(anchored.values()), "no node leads a partition?"
+                # replicated: every node's replicas end up holding every anchor made
+                for _ in range(200):
+                    seen = {(n.cfg.node_id, nid) for n in nodes for r in n.host.replicas.values()
+                            for nid in r.sm.audit_anchors}
+                    if all((holder, nid) in seen for holder in (1, 2, 3)
+                           for nid, s in anchored.items() if s):
+                        break
+                    await asyncio.sleep(0.05)
+                else:
+                    raise AssertionError(f"anchors not replicated: {seen}")
+                results = await aud.audit_verify()
+                assert [r.node for r in results] == [1, 2, 3]
+                assert all(r.ok and not r.error for r in results), results
+                for r in results:
+                    if anchored[r.node]:
+                        assert r.anchored_head.startswith(f"{anchored[r.node]}:")
+        finally:
+            for node in nodes:
+                await node.stop()
+
+    asyncio.run(scenario())
