@@ -3,6 +3,9 @@ the newest chain head per node: monotonic, deterministic, carried by snapshots."
 
 from __future__ import annotations
 
+import asyncio
+from pathlib import Path
+
 import msgpack
 import plyvel
 import pytest
@@ -21,8 +24,11 @@ from node.commands import (
 )
 from node.limits import ValidationError
 from node.record_store import RecordStore, SnapshotFormatError, blake2b_key_hasher
+from node.snapshots import install_staged
 from node.state_machine import PartitionStateMachine
 from tests.node_unit.conftest import HASH_KEY, TaggedXorCodec
+from tests.node_unit.snapshot_helpers import apply_writes, chunks_of, send_side, stream
+from tests.node_unit.test_snapshot_stream import Pair, _direct
 from tests.node_unit.test_state_machine import PARTITION, Feeder, open_sm
 
 H1, H2, H3 = b"\x01" * 32, b"\x02" * 32, b"\x03" * 32
@@ -176,3 +182,27 @@ def test_a_snapshot_with_a_malformed_anchor_table_is_refused(db: plyvel.DB) -> N
     with pytest.raises(SnapshotFormatError):
         other.restore(snap.replace(good, bad))
     assert other.audit_anchors == {}
+
+
+def test_a_streamed_snapshot_install_carries_the_anchors(tmp_path: Path) -> None:
+    """The node's path: chunks staged as they arrive, then installed in batches."""
+    pair = Pair(tmp_path)
+    try:
+        apply_writes(pair.src, [("p", "r", b"v", False)])
+        Feeder(pair.src, term=2)(anchor(1, 10, H1), anchor(2, 20, H2))
+        apply_writes(pair.dst, [], term=1)
+        Feeder(pair.dst, term=1).one(anchor(1, 99, H3))  # replaced by the snapshot's
+
+        async def go() -> None:
+            msg, declared, data = await send_side(pair.src_mgr)
+            _, got = await pair.dst_mgr.receive(stream(chunks_of(msg, declared, data, 7)), 1 << 30)
+            assert got.snapshot is not None
+            install_staged(pair.dst.store, got.snapshot.meta.index, got.snapshot.meta.term,
+                           _direct)
+
+        asyncio.run(go())
+        pair.dst.reload()
+        assert pair.dst.audit_anchors == pair.src.audit_anchors
+        assert set(pair.dst.audit_anchors) == {1, 2}
+    finally:
+        pair.close()
