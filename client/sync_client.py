@@ -23,6 +23,7 @@ from collections.abc import AsyncGenerator, Coroutine, Iterable, Iterator, Mappi
 from typing import Any, TypeVar
 
 from client.async_client import DEFAULT_ADDRESS, AsyncClient
+from client.audit import AuditQueryResult, AuditVerifyResult
 from client.errors import MedkvError
 from client.records import Record, ScanPage, Sharing
 from client.retry import RetryPolicy
@@ -398,6 +399,27 @@ class Client:
         return self._run(
             self._async.rotate_master_key(address, new_master_key_id, step, timeout=timeout)
         )
+
+    def audit_query(
+        self,
+        *,
+        patient_id: str | None = None,
+        subject: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
+        limit: int | None = None,
+        break_glass_only: bool = False,
+        timeout: float | None = None,
+    ) -> AuditQueryResult:
+        """Every node's audit entries, merged by time (AsyncClient.audit_query)."""
+        return self._run(self._async.audit_query(
+            patient_id=patient_id, subject=subject, since=since, until=until, limit=limit,
+            break_glass_only=break_glass_only, timeout=timeout,
+        ))
+
+    def audit_verify(self, *, timeout: float | None = None) -> list[AuditVerifyResult]:
+        """Every node's audit chain check (AsyncClient.audit_verify)."""
+        return self._run(self._async.audit_verify(timeout=timeout))
 
 
 __all__ = ["Client"]

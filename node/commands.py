@@ -18,7 +18,7 @@ client_id, session, seq, ack_below, ts_ms, patient_id:
   RegisterSession: [6, ts_ms, client_id, nonce]
   SetSettings:     [7, ts_ms, nonce, seed, {name: value, ...}]
   SharePatient:    [8, ts_ms, nonce, patient_id, clinic, revoke, [caller clinic, ...]]
-  (tag 9 is reserved for AuditAnchor)
+  AuditAnchor:     [9, ts_ms, node_id, seq, chain_hash (32 bytes)]
 
 Put, CompareAndSet, Delete and Batch may carry one more, trailing element:
 the write's `auth` [[caller clinic, ...], register_clinic | nil, break_glass]
@@ -63,10 +63,12 @@ FORMAT_V2 = 0x02
 
 _NOOP, _PUT, _CAS, _DELETE, _BATCH, _ERASE, _REGISTER, _SETTINGS = 0, 1, 2, 3, 4, 5, 6, 7
 _SHARE = 8
-# 9: reserved for AuditAnchor (the audit log's chain heads in replicated state)
+_AUDIT_ANCHOR = 9
+AUDIT_CHAIN_HASH_BYTES = 32
 
 # How a proposer finds its entry's result: ("write", client_id, session, seq),
-# ("open", client_id, nonce, 0), ("settings", b"", nonce, 0) or ("share", b"", nonce, 0).
+# ("open", client_id, nonce, 0), ("settings", b"", nonce, 0), ("share", b"", nonce, 0)
+# or ("anchor", b"", node_id, seq).
 WaitKey = tuple[str, bytes, int, int]
 
 BATCH_PUT = "put"
@@ -233,9 +235,26 @@ class SharePatient:
         return ("share", b"", self.nonce, 0)
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AuditAnchor:
+    """Node node_id's audit log reached entry `seq` with chain hash `chain_hash`
+    (node.auth.audit.ChainHead). Replicated so that a node's log cut short or
+    rewritten, HEAD file included, no longer matches what the cluster recorded
+    (node.audit_anchors). Carries no patient data."""
+
+    ts_ms: int
+    node_id: int
+    seq: int
+    chain_hash: bytes  # AUDIT_CHAIN_HASH_BYTES
+
+    @property
+    def wait_key(self) -> WaitKey:
+        return ("anchor", b"", self.node_id, self.seq)
+
+
 WriteCommand = Put | CompareAndSet | Delete | Batch | ErasePatient
 AuthedWrite = Put | CompareAndSet | Delete | Batch
-Command = WriteCommand | Noop | RegisterSession | SetSettings | SharePatient
+Command = WriteCommand | Noop | RegisterSession | SetSettings | SharePatient | AuditAnchor
 
 
 # --- encoding -------------------------------------------------------------
@@ -263,6 +282,8 @@ def _fields(cmd: Command) -> list[Any]:
     if isinstance(cmd, SharePatient):
         return [_SHARE, cmd.ts_ms, cmd.nonce, cmd.patient_id, cmd.clinic, cmd.revoke,
                 sorted(cmd.caller_clinics)]
+    if isinstance(cmd, AuditAnchor):
+        return [_AUDIT_ANCHOR, cmd.ts_ms, cmd.node_id, cmd.seq, cmd.chain_hash]
     head = [cmd.client_id, cmd.session, cmd.seq, cmd.ack_below, cmd.ts_ms, cmd.patient_id]
     if isinstance(cmd, ErasePatient):
         return [_ERASE, *head]
@@ -405,6 +426,12 @@ def _decode(fields: list[Any], version: int) -> Command:
             patient_id=_text(fields[3], "patient_id"), clinic=_text(fields[4], "clinic"),
             revoke=fields[5], caller_clinics=_clinics(fields[6], "caller_clinics"),
         )
+    if tag == _AUDIT_ANCHOR and version >= FORMAT_V2:
+        _arity(fields, 5, "AuditAnchor")
+        return AuditAnchor(
+            ts_ms=_uint(fields[1], "ts_ms"), node_id=_uint(fields[2], "node_id"),
+            seq=_uint(fields[3], "seq"), chain_hash=_bytes(fields[4], "chain_hash"),
+        )
     if tag not in (_PUT, _CAS, _DELETE, _BATCH, _ERASE):
         raise CommandDecodeError(f"unknown command kind {tag}")
     # v1 heads have no session: shift them into the v2 layout with session 0.
@@ -528,6 +555,14 @@ def validate_command(cmd: Command) -> None:
             raise ValidationError("settings", "must name each changed setting once")
         validate_changes(dict(cmd.changes))
         return
+    if isinstance(cmd, AuditAnchor):
+        validate_uint64(cmd.node_id, "node_id")
+        validate_uint64(cmd.seq, "seq")
+        if cmd.node_id == 0:
+            raise ValidationError("node_id", "must be a node id (1 or more)")
+        if len(cmd.chain_hash) != AUDIT_CHAIN_HASH_BYTES:
+            raise ValidationError("chain_hash", f"must be {AUDIT_CHAIN_HASH_BYTES} bytes")
+        return
     validate_write_id(cmd.client_id, cmd.seq, cmd.ack_below)
     validate_uint64(cmd.session, "write_id.session")
     validate_id(cmd.patient_id, "patient_id")
@@ -552,12 +587,14 @@ def validate_command(cmd: Command) -> None:
 
 
 __all__ = [
+    "AUDIT_CHAIN_HASH_BYTES",
     "BATCH_CHECK",
     "BATCH_DELETE",
     "BATCH_PUT",
     "FORMAT_V1",
     "FORMAT_V2",
     "MAX_CLINIC_BYTES",
+    "AuditAnchor",
     "AuthedWrite",
     "Batch",
     "BatchOp",

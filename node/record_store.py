@@ -24,6 +24,7 @@ given (pass the node's dedicated prefixed_db for state-machine data):
                             patient id and clinics are inside the sealed value
     P "m" "applied"         applied index, applied term, log time
     P "m" "settings"        the replicated cluster settings in force (opaque, node.settings)
+    P "m" "audit"           the newest audit chain head of every node (node.audit_anchors)
     P "e" index kind        an erasure obligation (index: 8 bytes; kind: one
                             byte, "e" an erasure applied at index, "i" a snapshot
                             installed at index): older copies of deleted data
@@ -51,6 +52,7 @@ from typing import Any, NamedTuple, Protocol
 import msgpack
 
 from consensus.storage import ValueCodec
+from node.audit_anchors import check_anchors_blob
 from node.limits import DEFAULT_SCAN_PAGE, ValidationError
 from node.read_snapshots import ReadSnapshotHandle, ReadSnapshotRegistry
 
@@ -64,6 +66,7 @@ _REGISTRATION = b"p"
 _META = b"m"
 _META_APPLIED = _META + b"applied"
 _META_SETTINGS = _META + b"settings"
+_META_AUDIT = _META + b"audit"
 _OBLIGATION = b"e"
 _OBLIGATION_KEY_LEN = 4 + 1 + 8 + 1
 OBLIGATION_ERASE = "erase"
@@ -574,6 +577,10 @@ class RecordStore:
         """The committed cluster settings (node.settings), None if never set."""
         return self._get_plain(self._prefix + _META_SETTINGS, None, None)
 
+    def anchors_blob(self) -> bytes | None:
+        """The committed audit anchors (node.audit_anchors), None if none was recorded."""
+        return self._get_plain(self._prefix + _META_AUDIT, None, None)
+
     def sessions(self) -> Iterator[tuple[bytes, bytes]]:
         """(session key, session blob) of every committed session, in key order."""
         prefix = self._prefix + _SESSION
@@ -699,6 +706,9 @@ class RecordStore:
     def put_settings(self, stage: WriteStage, blob: bytes) -> None:
         self._stage_put(stage, self._prefix + _META_SETTINGS, blob)
 
+    def put_anchors(self, stage: WriteStage, blob: bytes) -> None:
+        self._stage_put(stage, self._prefix + _META_AUDIT, blob)
+
     def put_meta(self, stage: WriteStage, meta: PartitionMeta) -> None:
         fields = [meta.applied_index, meta.applied_term, meta.clock_ms]
         self._stage_put(stage, self._prefix + _META_APPLIED, _pack(fields))
@@ -711,6 +721,7 @@ class RecordStore:
     # byte:
     #   [magic, 1, partition, applied_index, applied_term, clock_ms]
     #   ["g", settings blob]                                           once, if ever set
+    #   ["a", audit anchors blob]                                      once, if any
     #   ["r", patient_id, record_id, [[version, deleted, value], ...newest first]]  per record
     #   ["s", client_id, blob]                                                       per session
     #   ["p", patient_id, [clinic, ...]]                                       per registration
@@ -744,6 +755,9 @@ class RecordStore:
         settings = self._get_plain(self._prefix + _META_SETTINGS, None, snap)
         if settings is not None:
             buf += msgpack.packb(["g", settings], use_bin_type=True)
+        anchors = self._get_plain(self._prefix + _META_AUDIT, None, snap)
+        if anchors is not None:
+            buf += msgpack.packb(["a", anchors], use_bin_type=True)
         n_records = 0
         with snap.iterator(prefix=self._prefix + _CURRENT) as it:
             for key, sealed in it:
@@ -867,6 +881,9 @@ class RecordStore:
                 raise SnapshotFormatError("snapshot repeats a registration")
             self.put_registration(stage, item.patient_id, item.clinics)
             added += len(stage._sealed[key] or b"")
+        elif isinstance(item, SnapshotAnchors):
+            self.put_anchors(stage, item.blob)
+            added += len(item.blob)
         else:
             self.put_session(stage, item.client_id, item.blob)
             added += len(item.blob)
@@ -939,7 +956,16 @@ class SnapshotRegistration(NamedTuple):
     clinics: frozenset[str]
 
 
-SnapshotItem = SnapshotRecord | SnapshotSession | SnapshotSettings | SnapshotRegistration
+
+class SnapshotAnchors(NamedTuple):
+    """The audit chain heads recorded in the partition (node.audit_anchors)."""
+
+    blob: bytes
+
+
+SnapshotItem = (
+    SnapshotRecord | SnapshotSession | SnapshotSettings | SnapshotRegistration | SnapshotAnchors
+)
 
 
 class SnapshotParser:
@@ -959,6 +985,7 @@ class SnapshotParser:
         self._check_session = check_session
         self._check_settings = check_settings
         self._settings_seen = False
+        self._anchors_seen = False
         self._unpacker = msgpack.Unpacker(
             raw=False, use_list=True, strict_map_key=True, max_buffer_size=0
         )
@@ -1043,6 +1070,12 @@ class SnapshotParser:
                 self._check_settings(obj[1])
             self._settings_seen = True
             return SnapshotSettings(obj[1])
+        if obj[0] == "a" and len(obj) == 2:
+            if type(obj[1]) is not bytes or self._anchors_seen or self.counts != [0, 0]:
+                raise SnapshotFormatError("snapshot audit anchors are malformed")
+            check_anchors_blob(obj[1])
+            self._anchors_seen = True
+            return SnapshotAnchors(obj[1])
         if obj[0] == "s" and len(obj) == 3:
             _, cid, blob = obj
             if type(cid) is not bytes or type(blob) is not bytes:
@@ -1088,6 +1121,7 @@ __all__ = [
     "Record",
     "RecordStore",
     "ScanPage",
+    "SnapshotAnchors",
     "SnapshotFormatError",
     "SnapshotItem",
     "SnapshotParser",

@@ -241,6 +241,10 @@ class Node:
         self._background.append(asyncio.get_running_loop().create_task(self.settings.seed_loop()))
         self.loop_lag = LoopLagProbe()
         self._background.append(asyncio.get_running_loop().create_task(self.loop_lag.run()))
+        if self.access is not None and self.access.audit is not None:
+            # The audit chain head into replicated state (node.audit_service).
+            self._background.append(
+                asyncio.get_running_loop().create_task(self.admin.audit.anchor_loop()))
         log.info(
             "node %d serving on %s: %d local partitions",
             self.cfg.node_id, self.cfg.listen, len(self.host.replicas),
@@ -265,6 +269,9 @@ class Node:
             deadline = loop.time() + GRACE_SECONDS
             while self.kv.in_flight and loop.time() < deadline:
                 await asyncio.sleep(0.02)
+            # The last audit head, while the peers' Raft streams still reach us
+            # (stop(0) cuts them): bounded, best effort.
+            await self.admin.audit.final_anchor()
             await self.server.stop(0)
             await stopping
         log.debug("shutdown: rpc server stopped")

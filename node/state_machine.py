@@ -48,6 +48,10 @@ when the patient is registered to one of the caller's clinics, or is
 unregistered and the clinic is one of the caller's; revoking the last clinic
 is FAILED_PRECONDITION. Deciding here, on the replicated registration, makes
 the check identical on every replica and ordered with every registry change.
+
+AuditAnchor (no session: a node's own entry, not a client's write) records a
+node's audit chain head when it is newer than the one kept for that node
+(node.audit_anchors); it never touches records.
 """
 
 from __future__ import annotations
@@ -56,6 +60,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 from node import log_clock
+from node.audit_anchors import Anchor, apply_anchor, decode_anchors, encode_anchors
 from node.auth.policy import (
     UNREGISTERED,
     Action,
@@ -68,6 +73,7 @@ from node.commands import (
     BATCH_CHECK,
     BATCH_DELETE,
     BATCH_PUT,
+    AuditAnchor,
     Batch,
     CommandDecodeError,
     CompareAndSet,
@@ -145,6 +151,10 @@ class PartitionStateMachine:
         self._meta = PartitionMeta()
         self._log_time_ms = 0
         self._settings_dirty = False
+        # node.audit_anchors: replaced (never mutated) on change, so a reader on
+        # another thread always sees one consistent table.
+        self._anchors: dict[int, Anchor] = {}
+        self._anchors_dirty = False
         # Set when an apply or a restore recorded an erasure obligation (durably,
         # in the same write); the host hands it to the purger and clears it.
         self.purge_due = False
@@ -180,6 +190,11 @@ class PartitionStateMachine:
         """Index of the SetSettings entry in force; 0 while the defaults apply."""
         return self._settings.generation
 
+    @property
+    def audit_anchors(self) -> dict[int, Anchor]:
+        """The newest audit chain head each node anchored here (node.audit_anchors)."""
+        return self._anchors
+
     def sessions_open_at(self, now_ms: int) -> int:
         """How many sessions would be open at log time now_ms (a leader's pre-check)."""
         return self._sessions.open_at(now_ms, self.settings.session_ttl_ms)
@@ -196,6 +211,9 @@ class PartitionStateMachine:
         blob = self._store.settings_blob()
         self._settings = SettingsState() if blob is None else decode_state(blob)
         self._settings_dirty = False
+        anchors = self._store.anchors_blob()
+        self._anchors = {} if anchors is None else decode_anchors(anchors)
+        self._anchors_dirty = False
         self._sessions.load(self._store.sessions())
 
     # --- apply ---------------------------------------------------------------
@@ -232,6 +250,9 @@ class PartitionStateMachine:
             if self._settings_dirty:
                 self._store.put_settings(stage, encode_state(self._settings))
                 self._settings_dirty = False
+            if self._anchors_dirty:
+                self._store.put_anchors(stage, encode_anchors(self._anchors))
+                self._anchors_dirty = False
             self._store.put_meta(stage, PartitionMeta(applied, term, self._log_time_ms))
             owes = bool(stage.obligations)
             self._store.commit(stage)
@@ -268,6 +289,8 @@ class PartitionStateMachine:
             return self._set_settings(index, cmd)
         if isinstance(cmd, SharePatient):
             return self._share(stage, index, cmd)
+        if isinstance(cmd, AuditAnchor):
+            return self._anchor(index, cmd)
         outcome, prior = self._sessions.check(cmd.session, session_owner(cmd), cmd.seq)
         refusal = self._session_refusal(index, cmd, outcome)
         if refusal is not None:
@@ -386,6 +409,16 @@ class PartitionStateMachine:
         elif auth.break_glass:
             return None, None
         return StoredResult(0, PERMISSION_DENIED, not_registered_reason(perm, auth.clinics)), None
+
+    def _anchor(self, index: int, cmd: AuditAnchor) -> ApplyResult:
+        """Record a node's audit chain head if it is newer (node.audit_anchors);
+        version: the seq recorded for that node afterwards."""
+        anchors, note = apply_anchor(self._anchors, cmd, index)
+        if anchors is not None:
+            self._anchors = anchors
+            self._anchors_dirty = True
+        return ApplyResult(index, self._anchors[cmd.node_id].seq, None, note,
+                           wait_key=cmd.wait_key)
 
     def _live_version(self, stage: WriteStage, patient_id: str, record_id: str) -> int:
         """The version CAS compares against: 0 for an absent or deleted record."""

@@ -459,6 +459,36 @@ class _Node(kv_pb2_grpc.KVServicer, admin_pb2_grpc.AdminServicer):  # type: igno
             self.s.calls.append(Call(self.node_id, "KeyStatus", 0, metadata=self._md(context)))
         return admin_pb2.KeyStatusResponse(node_id=self.node_id)
 
+    async def AuditQuery(self, request: Any, context: Any) -> Any:
+        """Entries seq 1..3 at times 1000 + 10 * seq + node (interleaving the nodes),
+        one page per entry; the subject filter and limit are honoured."""
+        with self.cluster.lock:
+            self.s.calls.append(Call(self.node_id, "AuditQuery", 0, metadata=self._md(context)))
+        fault = self._fault("AuditQuery")
+        if fault is not None and fault.action == "code":
+            await self._abort(context, fault.arg, "refused")
+        entries = [
+            {"seq": s, "time": 1000.0 + 10 * s + self.node_id, "node": self.node_id,
+             "subject": f"user-{s}", "roles": ["clinician"], "method": "/medkv.v1.KV/Get",
+             "outcome": "OK", "patient": "ab" * 16, "break_glass": s == 3,
+             "break_glass_reason": "ER" if s == 3 else "", "reason": ""}
+            for s in (1, 2, 3)
+        ]
+        entries = [e for e in entries if not request.subject or e["subject"] == request.subject]
+        for e in entries[-(request.limit or 1000):]:
+            yield admin_pb2.AuditQueryResponse(records=[admin_pb2.AuditRecord(
+                node=self.node_id, seq=int(e["seq"]), json=json.dumps(e))])  # type: ignore[call-overload]
+
+    async def AuditVerify(self, request: Any, context: Any) -> admin_pb2.AuditVerifyResponse:
+        """Node 2's log is behind its anchor; the others are fine."""
+        bad = self.node_id == 2
+        return admin_pb2.AuditVerifyResponse(
+            node=self.node_id, ok=not bad, entries=3 if bad else 5, head=("3:" if bad else "5:") + "c" * 64,
+            anchored_head="5:" + "c" * 64,
+            problems=["the log ends at entry 3 but the anchored head records entry 5: truncated "
+                      "(the tail was removed)"] if bad else [],
+        )
+
     async def BatchCommands(self, request_iterator: Any, context: Any) -> Any:
         # Only what tests of call credentials need: the call is recorded, each
         # batch answered with an empty reply.
