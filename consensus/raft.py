@@ -74,7 +74,10 @@ class Config:
     rng: random.Random
     election_tick: int = 10
     heartbeat_tick: int = 1
-    applied: int = 0  # last index applied before a restart (entries up to it are not re-applied)
+    # The last index the application applied before a restart: entries up to
+    # it are not handed out again, and conf changes up to it are replayed from
+    # the log onto the snapshot's membership (Raft._restore_applied).
+    applied: int = 0
     max_size_per_msg: int = 1 << 20  # bytes of entry data per APP message
     max_committed_size_per_ready: int = 8 << 20
     max_inflight_msgs: int = 256
@@ -156,8 +159,7 @@ class Raft:
             raise ConsensusError("restored configuration does not match the stored one")
         if not hs.is_empty():
             self._load_state(hs)
-        if c.applied > 0:
-            self.raft_log.applied_to(c.applied)
+        self._restore_applied(c)
         self.become_follower(self.term, 0)
 
     # -- state snapshots -------------------------------------------------------
@@ -177,6 +179,51 @@ class Raft:
         log.committed = hs.commit
         self.term = hs.term
         self.vote = hs.vote
+
+    def _restore_applied(self, c: Config) -> None:
+        """Resume from the application's applied index, with the membership
+        as of that index.
+
+        The stored ConfState is the one of the last snapshot. Conf changes
+        between the snapshot and c.applied were applied by the application
+        before the restart and are not handed out again (only entries after
+        applied are), so they are replayed here from the log: otherwise a
+        node restarting after two changes past its snapshot comes back with
+        the old membership, whose majorities need not overlap the real ones
+        (two leaders in one term). Entries up to the snapshot index are never
+        handed out again either: the snapshot holds their effect, the
+        membership included.
+
+        The commit index is raised to applied if it lags: the application
+        applies only committed entries, and a commit-only hard state is
+        written without a sync (rawnode.ready), so a crash may lose it while
+        the application's own record of what it applied survived.
+        """
+        log = self.raft_log
+        snap_index = c.storage.snapshot().meta.index
+        applied = max(c.applied, snap_index)
+        if applied <= 0:
+            return
+        if applied > log.last_index():
+            raise ConsensusError(
+                f"applied index {applied} is past the last stored index {log.last_index()}: "
+                "the log lost entries the application had applied"
+            )
+        if applied > log.committed:
+            log.committed = applied
+        if applied > snap_index:
+            try:
+                ents = log.slice(snap_index + 1, applied + 1)
+            except CompactedError:
+                raise ConsensusError(
+                    f"entries {snap_index + 1}..{applied} after the snapshot were compacted: "
+                    "the membership as of the applied index cannot be rebuilt"
+                ) from None
+            conf = EntryType.CONF_CHANGE
+            for e in ents:
+                if e.type == conf:
+                    self.apply_conf_change(codec.decode_conf_change(e.data))
+        log.applied_to(applied)
 
     # -- sending -------------------------------------------------------------------
 
