@@ -479,6 +479,7 @@ class Raft:
         if self.heartbeat_elapsed >= self.heartbeat_timeout:
             self.heartbeat_elapsed = 0
             self.step(Message(MessageType.BEAT, frm=self.id))
+        self._maybe_auto_leave()
 
     def promotable(self) -> bool:
         """Whether this node may campaign: a voter not busy restoring a snapshot."""
@@ -983,14 +984,30 @@ class Raft:
         log = self.raft_log
         if index > log.applied:
             log.applied_to(index)
-        cfg = self.trk.config
-        if cfg.auto_leave and self.state == StateRole.LEADER and index >= self.pending_conf_index:
-            # The joint configuration is applied: leave it automatically by
-            # proposing an empty conf change.
-            leave = Entry(0, 0, codec.encode_conf_change(ConfChange()), EntryType.CONF_CHANGE)
-            # If dropped (e.g. a transfer is in progress) it is retried on the next apply.
-            with contextlib.suppress(ProposalDropped):
-                self.step(Message(_PROP, frm=self.id, entries=[leave]))
+        self._maybe_auto_leave()
+
+    def _maybe_auto_leave(self) -> None:
+        """Leader: leave an auto-leave joint configuration once it is applied.
+
+        Called after every apply and on every leader tick, so that leaving
+        cannot be forgotten: the leave proposal may be dropped (a leadership
+        transfer is in progress) or lost with a leader change (the new
+        leader's pending_conf_index covers its whole log, so it proposes the
+        leave once its own first entry is applied), and a quiet group
+        applies nothing more that would retry it. pending_conf_index past
+        applied means a conf change (the leave itself) is still in flight.
+        """
+        if (
+            self.state != StateRole.LEADER
+            or not self.trk.config.auto_leave
+            or self.pending_conf_index > self.raft_log.applied
+            or self.lead_transferee != 0
+        ):
+            return
+        leave = Entry(0, 0, codec.encode_conf_change(ConfChange()), EntryType.CONF_CHANGE)
+        # Dropped only if the budget or the leadership is gone: retried on the next tick.
+        with contextlib.suppress(ProposalDropped):
+            self.step(Message(_PROP, frm=self.id, entries=[leave]))
 
 
 def _normalized(cs: ConfState) -> ConfState:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from consensus.codec import decode_conf_change
 from consensus.confchange import ConfChangeError
 from consensus.types import (
     ConfChange,
@@ -11,6 +12,8 @@ from consensus.types import (
     ConfChangeTransition,
     ConfChangeType,
     ConfState,
+    Entry,
+    EntryType,
     MessageType,
     ProposalDropped,
     StateRole,
@@ -285,3 +288,60 @@ def test_restart_raises_commit_to_applied_after_losing_an_unsynced_commit() -> N
     st = c.restart(3, applied=applied)
     assert st.node.raft.raft_log.committed == applied
     assert st.node.status().conf_state == ConfState(voters=(2, 3, 4))
+
+
+def _is_leave(e: Entry) -> bool:
+    return e.type == EntryType.CONF_CHANGE and decode_conf_change(e.data).leave_joint()
+
+
+def _joint_with_learner_4(c: Cluster) -> None:
+    c.elect(1)
+    c.add_blank(4)
+    c.node(1).propose_conf_change(_cc((ADD_LEARNER, 4)))
+    c.stabilize()
+
+
+def test_auto_leave_dropped_during_a_transfer_is_retried_by_the_leader() -> None:
+    """The joint change is applied while a leadership transfer is pending, so
+    the automatic leave is dropped; the transfer then fails (its target is
+    unreachable) and nothing else is ever applied. The leader must still
+    leave the joint configuration, on its own."""
+    c = Cluster([1, 2, 3])
+    _joint_with_learner_4(c)
+    c.isolate(2)
+    c.node(1).propose_conf_change(_cc((ADD_VOTER, 4), (REMOVE, 3)))
+    c.node(1).transfer_leadership(2)  # 2 lags: the leader waits for it to catch up
+    assert c.node(1).raft.lead_transferee == 2
+    c.stabilize()
+    cs = c[1].conf_state
+    assert cs.voters_outgoing == (1, 2, 3) and cs.auto_leave  # joint, leave was dropped
+    # The transfer times out after an election timeout; the group stays quiet.
+    for _ in range(3 * 10):
+        c.tick([1, 3, 4])
+        c.stabilize()
+    assert c.role(1) == StateRole.LEADER
+    assert c.node(1).raft.lead_transferee == 0
+    for i in (1, 4):
+        assert c[i].conf_state == ConfState(voters=(1, 2, 4)), i
+
+
+def test_auto_leave_lost_with_the_leader_is_proposed_by_the_next_one() -> None:
+    c = Cluster([1, 2, 3])
+    _joint_with_learner_4(c)
+    c.node(1).propose_conf_change(_cc((ADD_VOTER, 4), (REMOVE, 3)))
+    # Deliver until everyone applied the joint config; the leader's leave
+    # proposal never leaves it.
+    for _ in range(20):
+        c.process_all()
+        leave = c.take(lambda m: m.frm == 1 and any(_is_leave(e) for e in m.entries))
+        c.deliver()
+        if leave:
+            break
+    assert leave, "the leader never proposed the automatic leave"
+    c.isolate(1)
+    c.stabilize()
+    assert c[2].conf_state.voters_outgoing == (1, 2, 3)
+    c.tick_and_stabilize(40, node_ids=[2, 3, 4])
+    assert [i for i in c.leaders() if i != 1]
+    for i in (2, 4):
+        assert c[i].conf_state == ConfState(voters=(1, 2, 4)), i
