@@ -357,10 +357,30 @@ class Raft:
         self._append_own([Entry(li + k, term, d) for k, d in enumerate(datas, 1)])
 
     def _append_own(self, ents: list[Entry]) -> None:
-        li = self.raft_log.append(ents)
-        self.trk.progress[self.id].maybe_update(li)
-        self.maybe_commit()  # a single-voter group commits at once
+        # The leader's own Progress does not advance here: its entries count
+        # toward a quorum only once they are on its disk (on_persisted, from
+        # RawNode.advance), as etcd-io/raft's leader self-acknowledges on its
+        # storage append response. A single-voter group commits then.
+        self.raft_log.append(ents)
         self._bcast_pending = True
+
+    def on_persisted(self, index: int, term: int) -> None:
+        """The application persisted the log up to (index, term) (RawNode.advance).
+
+        A leader acknowledges its own entries here, as a follower does with
+        APP_RESP: counting them toward commit before they are durable would
+        let an entry commit with the leader's vote while only a minority
+        stores it, should the leader crash before its write (a driver that
+        persists asynchronously, or sends before persisting, could then
+        lose a committed entry)."""
+        if self.state != StateRole.LEADER:
+            return
+        pr = self.trk.progress.get(self.id)
+        if pr is None or not self.raft_log.match_term(index, term):
+            return  # removed, or those entries were replaced since
+        if pr.maybe_update(index) and self.maybe_commit():
+            self._release_pending_read_index_messages()
+            self._bcast_pending = True
 
     def _increase_uncommitted_size(self, s: int) -> bool:
         u = self.uncommitted_size
@@ -390,13 +410,16 @@ class Raft:
         self.reset_randomized_election_timeout()
         self.abort_leader_transfer()
         self.trk.reset_votes()
-        last = self.raft_log.last_index()
+        log = self.raft_log
+        last = log.last_index()
+        # Only what is on our disk counts as our own acknowledgement (on_persisted).
+        persisted = min(last, log.unstable.offset - 1)
         new_inflights = self.trk.new_inflights
         prs = self.trk.progress
         for nid, old in prs.items():
             pr = Progress(last + 1, new_inflights(), is_learner=old.is_learner)
             if nid == self.id:
-                pr.match = last
+                pr.match = persisted
             prs[nid] = pr
         self.pending_conf_index = 0
         self.uncommitted_size = 0
