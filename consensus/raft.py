@@ -51,7 +51,7 @@ CAMPAIGN_PRE_ELECTION = b"CampaignPreElection"
 CAMPAIGN_ELECTION = b"CampaignElection"
 CAMPAIGN_TRANSFER = b"CampaignTransfer"
 
-TEST_ONLY_BUGS = frozenset({"commit_prior_term_by_count", "vote_twice"})
+TEST_ONLY_BUGS = frozenset({"commit_prior_term_by_count", "vote_twice", "read_without_quorum"})
 
 _APP = MessageType.APP
 _APP_RESP = MessageType.APP_RESP
@@ -128,6 +128,7 @@ class Raft:
         # Planted bugs: read here once and nowhere else.
         self._bug_commit_by_count = c.test_only_bug == "commit_prior_term_by_count"
         self._bug_vote_twice = c.test_only_bug == "vote_twice"
+        self._bug_read_without_quorum = c.test_only_bug == "read_without_quorum"
 
         self.term = 0
         self.vote = 0
@@ -791,7 +792,9 @@ class Raft:
         self.lead_transferee = 0
 
     def _leader_read_index(self, m: Message) -> None:
-        if self.trk.is_singleton():
+        if self.trk.is_singleton() or self._bug_read_without_quorum:
+            # (PLANTED BUG when not a singleton: no quorum round, so a deposed
+            # leader that does not know it yet serves stale reads.)
             self._respond_to_read_index(m, self.raft_log.committed)
             return
         if not self.committed_entry_in_current_term():
