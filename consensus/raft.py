@@ -51,7 +51,9 @@ CAMPAIGN_PRE_ELECTION = b"CampaignPreElection"
 CAMPAIGN_ELECTION = b"CampaignElection"
 CAMPAIGN_TRANSFER = b"CampaignTransfer"
 
-TEST_ONLY_BUGS = frozenset({"commit_prior_term_by_count", "vote_twice", "read_without_quorum"})
+TEST_ONLY_BUGS = frozenset(
+    {"commit_prior_term_by_count", "vote_twice", "read_without_quorum", "auto_leave_once"}
+)
 
 _APP = MessageType.APP
 _APP_RESP = MessageType.APP_RESP
@@ -129,6 +131,8 @@ class Raft:
         self._bug_commit_by_count = c.test_only_bug == "commit_prior_term_by_count"
         self._bug_vote_twice = c.test_only_bug == "vote_twice"
         self._bug_read_without_quorum = c.test_only_bug == "read_without_quorum"
+        self._bug_auto_leave_once = c.test_only_bug == "auto_leave_once"
+        self._bug_auto_leave_tried = False
 
         self.term = 0
         self.vote = 0
@@ -503,7 +507,7 @@ class Raft:
         if self.heartbeat_elapsed >= self.heartbeat_timeout:
             self.heartbeat_elapsed = 0
             self.step(Message(MessageType.BEAT, frm=self.id))
-        self._maybe_auto_leave()
+        self._maybe_auto_leave(on_apply=False)
 
     def promotable(self) -> bool:
         """Whether this node may campaign: a voter not busy restoring a snapshot."""
@@ -981,6 +985,7 @@ class Raft:
         return self.switch_to_config(cfg, prs)
 
     def switch_to_config(self, cfg: TrackerConfig, prs: ProgressMap) -> ConfState:
+        self._bug_auto_leave_tried = False
         self.trk.config = cfg
         self.trk.progress = prs
         cs = cfg.conf_state()
@@ -1010,9 +1015,9 @@ class Raft:
         log = self.raft_log
         if index > log.applied:
             log.applied_to(index)
-        self._maybe_auto_leave()
+        self._maybe_auto_leave(on_apply=True)
 
-    def _maybe_auto_leave(self) -> None:
+    def _maybe_auto_leave(self, on_apply: bool) -> None:
         """Leader: leave an auto-leave joint configuration once it is applied.
 
         Called after every apply and on every leader tick, so that leaving
@@ -1027,9 +1032,15 @@ class Raft:
             self.state != StateRole.LEADER
             or not self.trk.config.auto_leave
             or self.pending_conf_index > self.raft_log.applied
-            or self.lead_transferee != 0
         ):
             return
+        if self.lead_transferee != 0:
+            # Proposals are refused during a transfer; the next tick retries.
+            if self._bug_auto_leave_once and on_apply:
+                self._bug_auto_leave_tried = True  # PLANTED BUG: this attempt was the only one
+            return
+        if self._bug_auto_leave_once and (not on_apply or self._bug_auto_leave_tried):
+            return  # PLANTED BUG: no retry, on ticks or later applies
         leave = Entry(0, 0, codec.encode_conf_change(ConfChange()), EntryType.CONF_CHANGE)
         # Dropped only if the budget or the leadership is gone: retried on the next tick.
         with contextlib.suppress(ProposalDropped):

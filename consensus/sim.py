@@ -31,6 +31,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields
 
 from consensus.codec import decode_conf_change
+from consensus.confchange import enter_joint_needed
 from consensus.memory_storage import MemoryStorage
 from consensus.raft import TEST_ONLY_BUGS, Config
 from consensus.sim_checks import SafetyChecker, Violation, state_link
@@ -56,6 +57,11 @@ from consensus.types import (
 DEFAULT_STEPS = 2000
 TICK_UNITS = 5  # virtual time units per node tick
 QUIET_LIMIT = 3000  # units the healed group gets to settle before liveness fails
+# Units a leader may stay in an applied auto-leave joint configuration with
+# nothing stopping it from proposing the leave (no transfer, no conf change
+# in flight) before the run fails: a few ticks, faults or not, since
+# proposing is the leader's own act.
+JOINT_LEAVE_BOUND = 20 * TICK_UNITS
 SPARES = 2  # never-used node ids available to membership changes
 MIN_VOTERS = 3
 # Planted bugs. Core bugs live in the Raft core (Config.test_only_bug); driver
@@ -81,6 +87,13 @@ class SimStats:
     reads: int = 0
     proposals: int = 0
     acked: int = 0
+    # The corners issue 12 taught the simulator:
+    restarts_past_snapshot: int = 0  # restarted with applied past its last snapshot
+    conf_replayed: int = 0  # ...with conf changes between the two
+    unsynced_lost: int = 0  # unsynced writes a crash lost
+    ack_kills: int = 0  # crashes right after sending a vote or an acknowledgement
+    removed_kept_up: int = 0  # removed nodes left running
+    joint_transfers: int = 0  # transfers started while a joint change was in flight
 
     def add(self, other: SimStats) -> None:
         for f in fields(self):
@@ -90,7 +103,10 @@ class SimStats:
         return (
             f"steps={self.steps}, elections={self.elections}, crashes={self.crashes}, "
             f"partitions={self.partitions}, membership_changes={self.membership_changes}, "
-            f"transfers={self.transfers}, reads={self.reads}"
+            f"transfers={self.transfers}, reads={self.reads}, "
+            f"restarts_past_snapshot={self.restarts_past_snapshot}, "
+            f"unsynced_lost={self.unsynced_lost}, ack_kills={self.ack_kills}, "
+            f"removed_kept_up={self.removed_kept_up}"
         )
 
 
@@ -198,6 +214,10 @@ class Simulation:
 
     def _boot(self, node: SimNode) -> None:
         node.boot(random.Random(self.rng.getrandbits(64)), self.knobs.durable_apply)
+        if node.applied > node.snap_index:
+            self.stats.restarts_past_snapshot += 1
+            if self.check.conf_at(node.applied) != self.check.conf_at(node.snap_index):
+                self.stats.conf_replayed += 1
         self.check.state_restored(node.id, node.applied, node.state_chain)
         self.check.conf_restored(node.id, node.applied, node.conf_state, "restarted")
 
@@ -262,6 +282,7 @@ class Simulation:
         for nid in sorted(touched):
             self._drain(touched[nid])
         self._apply_decommissions()
+        self._check_joint_left()
 
     def _deliver(self, item: InFlight) -> SimNode | None:
         dest = self.nodes.get(item.to)
@@ -323,6 +344,7 @@ class Simulation:
         ):
             # Die right after telling someone a vote or an acknowledgement.
             point = CrashPoint.AFTER_SEND
+            self.stats.ack_kills += 1
         early = self.bug == "send_before_persist"
         if early:
             # PLANTED BUG: the messages leave before the writes they depend on.
@@ -510,6 +532,7 @@ class Simulation:
 
     def _crash(self, node: SimNode, how: str) -> None:
         lost = node.lose_unsynced(self.rng)
+        self.stats.unsynced_lost += lost
         if lost:
             how += f", {lost} unsynced writes lost"
         self.check.promises_kept(
@@ -536,6 +559,7 @@ class Simulation:
                 # Nobody shuts it down: it keeps ticking and sending with
                 # whatever membership it last knew.
                 self._event(f"removed n{nid} stays up")
+                self.stats.removed_kept_up += 1
                 continue
             if node.alive:
                 node.crash()
@@ -575,10 +599,10 @@ class Simulation:
         self.figure8.start(self.now, lead)
         return self._propose_to(lead)
 
-    def _client_target(self) -> SimNode | None:
+    def _client_target(self, leader_share: float = 0.8) -> SimNode | None:
         """Clients mostly find the leader, sometimes talk to a follower."""
         lead = self.leader()
-        if lead is not None and self.rng.random() < 0.8:
+        if lead is not None and self.rng.random() < leader_share:
             return lead
         alive = [n for n in self._alive() if not n.removed]
         return self.rng.choice(alive) if alive else None
@@ -603,7 +627,9 @@ class Simulation:
         return node
 
     def _read(self) -> SimNode | None:
-        node = self._client_target()
+        # Reads go to followers as often as to the leader (follower reads
+        # are a ReadIndex round trip away from the leader's answer).
+        node = self._client_target(leader_share=0.5)
         if node is None:
             return None
         self._next_id += 1
@@ -725,7 +751,28 @@ class Simulation:
             self._event(f"conf change n{lead.id} {desc} dropped")
             return lead
         self._event(f"conf change n{lead.id} {desc} {cc.transition.name}")
+        joint, auto_leave = enter_joint_needed(cc) if cc.changes else (False, False)
+        if joint and auto_leave and self.rng.random() < self.rates.joint_transfer:
+            self._transfer_away(lead)
         return lead
+
+    def _transfer_away(self, lead: SimNode) -> None:
+        """Start a leadership transfer while a joint change is in flight,
+        mostly to a voter cut off by a partition, so that it fails
+        and the leader stays, having had its automatic leave refused."""
+        others = [v for v in lead.conf_state.voters if v != lead.id]
+        if not others:
+            return
+        target = self.rng.choice(others)
+        if self.rng.random() < 0.7:
+            self.net.partition({target: 1})
+            self._heal_at = self.now + self.rng.randint(30, 600)
+            self.stats.partitions += 1
+            self._event(f"partition isolate n{target}")
+        lead.rawnode.transfer_leadership(target)
+        self.stats.transfers += 1
+        self.stats.joint_transfers += 1
+        self._event(f"transfer n{lead.id} -> n{target} during a joint change")
 
     # --- settling and liveness ----------------------------------------------
 
@@ -759,6 +806,27 @@ class Simulation:
 
     def _settled(self) -> bool:
         return self._liveness_problem() is None
+
+    def _check_joint_left(self) -> None:
+        for node in self.nodes.values():
+            r = node.raw.raft if node.alive and node.raw is not None else None
+            if (
+                r is None
+                or r.state != StateRole.LEADER
+                or not r.trk.config.auto_leave
+                or r.lead_transferee != 0
+                or r.pending_conf_index > r.raft_log.applied
+            ):
+                node.joint_stuck_since = 0
+                continue
+            if not node.joint_stuck_since:
+                node.joint_stuck_since = self.now
+            elif self.now - node.joint_stuck_since > JOINT_LEAVE_BOUND:
+                raise Violation(
+                    "joint configuration",
+                    f"leader n{node.id} stayed {JOINT_LEAVE_BOUND} units in the applied joint "
+                    f"configuration {node.conf_state} without proposing to leave it",
+                )
 
     def _liveness_problem(self) -> str | None:
         lead = self.leader()
@@ -905,4 +973,3 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
-

@@ -98,6 +98,7 @@ class SimNode:
         self.leader = 0
         self.term = 0
         self.led_term = 0  # the term this node was last seen leading
+        self.joint_stuck_since = 0  # sim._check_joint_left
         self.proposed: set[bytes] = set()
         self.pending_reads: list[ReadState] = []
 
@@ -110,7 +111,12 @@ class SimNode:
         """Do a disk write; unless synced, a crash may lose it (and every
         write after it). A synced write makes everything before it durable."""
         if not synced and self._durable is None:
-            self._durable = (self.storage.clone(), self.chain.clone(), self.sm_applied, self.sm_chain)
+            self._durable = (
+                self.storage.clone(),
+                self.chain.clone(),
+                self.sm_applied,
+                self.sm_chain,
+            )
         op()
         if synced:
             self._durable = None

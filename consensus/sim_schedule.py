@@ -37,6 +37,10 @@ class Rates:
     # acknowledgement: the node dies right after sending it. Its disk must
     # still hold what the message promised (sim_checks.promises_kept).
     ack_kill: float
+    # Per proposed joint change left automatically: transfer leadership at
+    # once (half the time to a voter just cut off), so that the automatic
+    # leave is refused while the transfer is pending.
+    joint_transfer: float
 
     @staticmethod
     def random(rng: random.Random) -> Rates:
@@ -53,6 +57,7 @@ class Rates:
             strand=rng.choice([0.0, 0.3, 0.7]),
             figure8=rng.choice([0.0, 0.002, 0.006]),
             ack_kill=rng.choice([0.0, 0.002, 0.01]),
+            joint_transfer=rng.choice([0.0, 0.5, 1.0]),
         )
 
 
