@@ -11,8 +11,20 @@ duplicates and reordering; partitions; crashes, some of them halfway through
 handling a Ready; membership changes and leader transfers) while clients
 propose and read. Then the network heals, crashed nodes restart, faults stop
 and the group must settle: one leader, and every acknowledged proposal
-applied on every live replica. Invariants are checked on every event
-(sim_checks). A violation reports the seed and the command that replays it.
+applied on every live replica, and no joint configuration left. Invariants
+are checked on every event (sim_checks). A violation reports the seed and the
+command that replays it.
+
+What the disk and the nodes may do (issue 12): a crash keeps only a prefix
+of the writes made since the last sync (sim_node); the state machine may be
+durable, so a restart resumes with applied past the last snapshot (and the
+core must replay the conf changes in between: the membership check); a node
+may die right after sending a vote or an append acknowledgement, and what it
+sent must still be on its disk (the durability check); removed nodes may
+stay up and keep sending; a transfer may start while a joint change is in
+flight, and a leader must not linger in an applied joint configuration it
+could leave. Planted bugs (BUGS) show each check catching what it is for:
+`--bug NAME` runs the core or this driver with one.
 
 Modules: sim_schedule (what a seed decides: rates and Config knobs),
 sim_network (the wire), sim_node (a replica and its disk), sim_nemesis (the
