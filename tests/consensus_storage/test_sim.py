@@ -28,9 +28,13 @@ LAST_LINE = re.compile(
     r"restarts_past_snapshot=\d+, unsynced_lost=\d+, ack_kills=\d+, removed_kept_up=\d+\)$"
 )
 # Planted bugs must be caught within this many consecutive seeds. The seeds
-# are fixed, so this is deterministic; measured over 500 seeds, 4-7% of
-# schedules catch commit_prior_term_by_count and 19-32% catch vote_twice, so
-# the bound leaves a wide margin if the core's use of its rng shifts.
+# are fixed, so this is deterministic. Share of schedules that catch each one,
+# measured over seeds 0-299 (3 nodes / 5 nodes): ignore_must_sync 97%/98%,
+# send_before_persist 26%/33%, vote_twice 22%/35%, read_without_quorum
+# 14%/15%, commit_prior_term_by_count 8%/5%, auto_leave_once 4%/5%,
+# read_before_applied 3%/4%. The rarest leave the least margin if the core's or the schedule's
+# use of the rng shifts: the first catching seed is printed with its replay
+# command, and the bound is what to raise if one drifts past it.
 BUG_SEED_BOUND = 150
 
 
@@ -94,8 +98,9 @@ _SAFETY = {
     ("bug", "kinds"),
     [
         # Two leaders in one term; when one of them is too short-lived to be
-        # seen, their conflicting logs give it away.
-        ("vote_twice", {"election safety", "log matching"}),
+        # seen, their conflicting logs give it away, or a crashed node's disk
+        # contradicts the vote it sent before its second one.
+        ("vote_twice", {"election safety", "log matching", "durability"}),
         (
             "commit_prior_term_by_count",
             {"leader completeness", "committed entry changed", "state machine safety"},
