@@ -206,7 +206,12 @@ class Raft:
         """
         log = self.raft_log
         snap_index = c.storage.snapshot().meta.index
-        applied = max(c.applied, snap_index)
+        if 0 < c.applied < snap_index:
+            raise ConsensusError(
+                f"applied index {c.applied} is below the stored snapshot at {snap_index}: "
+                "the state machine is older than the snapshot (an unfinished install?)"
+            )
+        applied = max(c.applied, snap_index)  # 0: resume from the snapshot
         if applied <= 0:
             return
         if applied > log.last_index():

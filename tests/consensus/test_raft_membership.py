@@ -12,6 +12,7 @@ from consensus.types import (
     ConfChangeTransition,
     ConfChangeType,
     ConfState,
+    ConsensusError,
     Entry,
     EntryType,
     MessageType,
@@ -345,3 +346,12 @@ def test_auto_leave_lost_with_the_leader_is_proposed_by_the_next_one() -> None:
     assert [i for i in c.leaders() if i != 1]
     for i in (2, 4):
         assert c[i].conf_state == ConfState(voters=(1, 2, 4)), i
+
+
+def test_restart_with_applied_below_the_snapshot_is_refused() -> None:
+    """A state machine older than the stored snapshot (an install that never
+    finished) must not be silently resumed past what it holds."""
+    c, _ = _two_changes_past_a_snapshot()
+    snap = c[3].storage.snapshot().meta.index
+    with pytest.raises(ConsensusError, match="below the stored snapshot"):
+        c.restart(3, applied=snap - 1)
