@@ -34,10 +34,10 @@ import grpc.aio
 from client import ops as batch_ops
 from client.audit import AuditEntry, AuditQueryResult, AuditVerifyResult, merge_entries
 from client.auth import (
+    AUTHORIZATION,
     TOKEN_ENV,
     TokenSource,
     call_metadata,
-    secure_channel_credentials,
     token_source,
 )
 from client.errors import (
@@ -191,7 +191,10 @@ def _credentials(
                 "--tls-dir); a token over a plaintext channel would be a password in clear text"
             )
         return None
-    return secure_channel_credentials(tls.credentials(), source)
+    # The token travels as per-call metadata (AsyncClient._md), not as grpc call
+    # credentials: grpc runs a credentials plugin on a thread per call, which
+    # costs more than the call itself for a Python client.
+    return tls.credentials()
 
 
 class AsyncClient:
@@ -223,11 +226,10 @@ class AsyncClient:
         tls = tls or TlsConfig.from_env()
         self._token_source = token_source(token)
         self._credentials = _credentials(tls, self._token_source, from_env=not token)
-        # None, not (), when empty: grpc then adds nothing to the call.
-        self._metadata = call_metadata(
+        self._static_metadata = call_metadata(
             clinic=_check_header("clinic", clinic),
             break_glass_reason=_check_header("break_glass_reason", break_glass_reason),
-        ) or None
+        )
         policy = retry or RetryPolicy()
         self.policy = replace(policy, timeout=timeout) if timeout is not None else policy
         if client_id is not None and len(client_id) != 16:
@@ -264,6 +266,15 @@ class AsyncClient:
         from the same cache) makes it a prompt, precise, final error."""
         if self._token_source is not None:
             self._token_source.token()
+
+    @property
+    def _metadata(self) -> tuple[tuple[str, str], ...] | None:
+        """What every call carries: the bearer token (read from its source per call,
+        so a renewed token file is used at once) and the clinic / break-glass
+        headers. None, not (), when empty: grpc then adds nothing."""
+        if self._token_source is None:
+            return self._static_metadata or None
+        return ((AUTHORIZATION, f"Bearer {self._token_source.token()}"), *self._static_metadata)
 
     @property
     def client_id(self) -> bytes:
