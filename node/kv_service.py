@@ -280,8 +280,12 @@ class KVService(kv_pb2_grpc.KVServicer):
             return
         if not (call.decision.deferred or call.decision.scope in _PATIENT_SCOPES):
             return
+        registration = self._registration(r, patient_id)
+        if not call.decision.deferred and registration == call.facts.registration \
+                and patient_id == call.facts.patient_id:
+            return  # decided on this very registration: deciding again changes nothing
         try:
-            call.check_patient(patient_id, self._registration(r, patient_id))
+            call.check_patient(patient_id, registration)
         except AuthPermissionDenied as e:
             raise PermissionDenied(e.message) from None
 
