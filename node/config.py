@@ -22,10 +22,19 @@ Example (one [[peers]] table per cluster member, this node included)::
     [limits]
     request_timeout_s = 10.0
 
-    [tls]                              # optional: mutual TLS (scripts/certs)
+    [tls]                              # mutual TLS (`medkv certs`)
     ca_file = "/etc/medkv/ca.pem"
     cert_file = "/etc/medkv/node-1.pem"
     key_file = "/etc/medkv/node-1.key"
+
+    [auth]                             # bearer tokens (node/auth/setup.py)
+    jwks_file = "/etc/medkv/jwks.json"
+    issuers = ["medkv-local"]
+    audience = "medkv"
+
+A node needs both [tls] and [auth]: every caller proves who it is. The one
+way around it is a top-level `insecure = true`, for a lab on a trusted
+network, which the node announces with a warning at every start.
 """
 
 from __future__ import annotations
@@ -35,6 +44,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from node.auth.setup import AuthConfigError, AuthSettings, parse_auth
 from node.limits import ValidationError
 from node.settings import seed_from_limits, validate_changes
 from node.test_only import FORMER_CONFIG_KEYS, TestOnlySwitches
@@ -106,6 +116,11 @@ class NodeConfig:
     client_addresses: dict[int, str] = field(default_factory=dict)
     # Mutual TLS on every connection (node.tls); None: plaintext gRPC.
     tls: TlsSettings | None = None
+    # Bearer tokens and the audit log (node.auth.setup); None only when insecure.
+    auth: AuthSettings | None = None
+    # No access control at all: plaintext allowed, no tokens, no audit. Only
+    # from `insecure = true` in the file; the node warns at every start.
+    insecure: bool = False
     # Test-only switches (node.test_only): set from MEDKV_TEST_ONLY_* environment
     # variables by `python -m node`, never from the configuration file.
     test_only: TestOnlySwitches = field(default_factory=TestOnlySwitches)
@@ -138,7 +153,7 @@ def _section(raw: dict[str, Any], name: str, cls: type[Any]) -> Any:
 
 _TOP_LEVEL = {
     "node_id", "listen", "data_dir", "peers", "partitions", "replication",
-    "virtual_nodes", "key_file", "raft", "limits", "tls",
+    "virtual_nodes", "key_file", "raft", "limits", "tls", "auth", "audit", "insecure",
 }
 
 
@@ -220,6 +235,25 @@ def parse_config(raw: dict[str, Any], base_dir: Path) -> NodeConfig:
         key_path = Path(key_file)
         if not key_path.is_absolute():
             key_path = (base_dir / key_path).resolve()
+    insecure = raw.get("insecure", False)
+    if not isinstance(insecure, bool):
+        raise ConfigError("insecure must be true or false")
+    tls = _tls(raw, base_dir)
+    try:
+        auth = parse_auth(raw, base_dir)
+    except AuthConfigError as e:
+        raise ConfigError(str(e)) from None
+    if auth is not None and tls is None:
+        raise ConfigError(
+            "[auth] needs [tls]: a bearer token sent over plaintext is a password in clear text"
+        )
+    if not insecure and (tls is None or auth is None):
+        missing = " and ".join(t for t, v in (("[tls]", tls), ("[auth]", auth)) if v is None)
+        raise ConfigError(
+            f"no {missing} in the configuration: a node requires mutual TLS and bearer tokens "
+            "(`scripts/cluster up` writes both; `medkv certs` and `medkv tokens` make them). "
+            "For a lab on a trusted network only, set `insecure = true`."
+        )
     cfg = NodeConfig(
         node_id=node_id,
         listen=str(raw["listen"]),
@@ -232,7 +266,9 @@ def parse_config(raw: dict[str, Any], base_dir: Path) -> NodeConfig:
         raft=_section(raw, "raft", RaftSettings),
         limits=_section(raw, "limits", Limits),
         client_addresses=client_addresses,
-        tls=_tls(raw, base_dir),
+        tls=tls,
+        auth=auth,
+        insecure=insecure,
     )
     if cfg.limits.max_in_flight_per_stream < 1:
         raise ConfigError("[limits] max_in_flight_per_stream must be at least 1")

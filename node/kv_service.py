@@ -21,6 +21,7 @@ import grpc
 import plyvel
 
 from node import commands as cmd
+from node.auth.interceptor import current_call
 from node.crypto import IntegrityError
 from node.errors import (
     NOT_APPLIED,
@@ -71,6 +72,27 @@ _ERROR: dict[str, tuple[type[NodeError], str]] = {
     "RESULT_FORGOTTEN": (FailedPrecondition, "result-forgotten"),
     "SESSION_NOT_OWNED": (PermissionDenied, ""),
 }
+
+
+def session_owner(client_id: bytes) -> bytes:
+    """The owner a session is registered to and every write in it must carry.
+
+    With access control on, a client id is bound to the caller's token subject
+    (and issuer): the node replaces it by a hash of both, the same
+    on every node, so a session opened by one subject cannot be used or
+    advanced by another even if its client id and session id leak: the other
+    caller's writes carry a different owner and are refused SESSION_NOT_OWNED
+    at apply. Without access control (`insecure = true`) the client id is the
+    owner, as before."""
+    call = current_call()
+    if call is None:
+        return client_id
+    ident = call.identity
+    h = hashlib.blake2b(digest_size=len(client_id), person=b"medkv-session")
+    for part in (ident.issuer.encode(), ident.subject.encode(), client_id):
+        h.update(len(part).to_bytes(4, "big"))
+        h.update(part)
+    return h.digest()
 
 
 def validate_session(session: object, field: str = "write_id.session") -> None:
@@ -203,7 +225,7 @@ class KVService(kv_pb2_grpc.KVServicer):
     @staticmethod
     def _write_fields(write_id: common_pb2.WriteId, ts_ms: int) -> dict[str, Any]:
         return {
-            "client_id": write_id.client_id,
+            "client_id": session_owner(write_id.client_id),
             "session": write_id.session,
             "seq": write_id.seq,
             "ack_below": write_id.ack_below,
@@ -230,11 +252,12 @@ class KVService(kv_pb2_grpc.KVServicer):
                 kind=NOT_APPLIED,
             )
         nonce = int.from_bytes(os.urandom(8), "big") >> 1
-        probe = cmd.RegisterSession(ts_ms=0, client_id=req.client_id, nonce=nonce)
+        owner = session_owner(req.client_id)
+        probe = cmd.RegisterSession(ts_ms=0, client_id=owner, nonce=nonce)
 
         def encode(stamp_ms: int) -> bytes:
             return cmd.encode_command(
-                cmd.RegisterSession(ts_ms=stamp_ms, client_id=req.client_id, nonce=nonce)
+                cmd.RegisterSession(ts_ms=stamp_ms, client_id=owner, nonce=nonce)
             )
 
         res = await self.host.propose(p, probe.wait_key, encode, self._deadline(context))

@@ -23,6 +23,8 @@ from consensus.leveldb_storage import LevelDBLogStore
 from consensus.types import MessageType
 from node import raft_guard, rpc_handlers, test_only
 from node.admin_service import AdminService
+from node.auth.interceptor import AccessControl, interceptors
+from node.auth.setup import AuthConfigError, build_access_control
 from node.config import NodeConfig
 from node.erasure import ErasurePurger
 from node.errors import InvalidArgument, NodeError, StartupError
@@ -33,7 +35,7 @@ from node.kv_service import KVService
 from node.loop_lag import LoopLagProbe
 from node.settings_service import SettingsService
 from node.storage_layout import StorageLayout
-from node.tls import is_node_peer
+from node.tls import is_node_peer, peer_node_id
 from node.transport import (
     PeerTransport,
     decode_batch_items,
@@ -62,8 +64,17 @@ class RaftTransportService(raft_pb2_grpc.RaftTransportServicer):
                 "the Raft transport accepts only node certificates",
             )
         me = self.node.cfg.node_id
+        # With TLS a node speaks only for itself: the node id its certificate
+        # names must be every batch's sender (the interceptor checks it too, when
+        # access control is on; this holds for `insecure = true` with [tls]).
+        cert_node = peer_node_id(context, self.node.cfg.tls)
         async for batch in request_iterator:
             sender = batch.from_node
+            if cert_node is not None and sender != cert_node:
+                await context.abort(
+                    grpc.StatusCode.PERMISSION_DENIED,
+                    f"the certificate of node {cert_node} cannot send for node {sender}",
+                )
             if batch.to_node != me or sender not in self.node.cfg.peers or sender == me:
                 await context.abort(
                     grpc.StatusCode.PERMISSION_DENIED,
@@ -148,12 +159,48 @@ class Node:
         self.kv = KVService(self)
         self.settings = SettingsService(self)
         self.admin = AdminService(self)
+        self.access = self._access_control()
         self._peer_channels: dict[int, grpc.aio.Channel] = {}
         self.server: grpc.aio.Server | None = None
         self.health = HealthServicer()
         self._stopped = asyncio.Event()
         self.fatal = asyncio.Event()
         self._background: list[asyncio.Task[None]] = []
+
+    def _access_control(self) -> AccessControl | None:
+        """Tokens, policy and audit for every call; None only for `insecure = true`."""
+        cfg = self.cfg
+        if cfg.auth is None:
+            if not cfg.insecure:  # parse_config refuses this; a NodeConfig built in code might not
+                raise StartupError("a node needs [tls] and [auth], or `insecure = true`")
+            return None
+        try:
+            return build_access_control(
+                cfg.auth, keyring=self.layout, sealer=self.layout.codec, data_dir=cfg.data_dir,
+                node_id=cfg.node_id, partitions=cfg.partitions,
+                on_audit_failure=self._audit_failed,
+            )
+        except AuthConfigError as e:
+            raise StartupError(str(e)) from None
+
+    def _audit_failed(self, error: BaseException) -> None:
+        # An access that cannot be recorded must not be served: stop the node
+        # (non-zero exit) rather than answer unaudited calls.
+        log.critical("the audit log cannot be written (%s): stopping the node",
+                     type(error).__name__)
+        self.fatal.set()
+
+    def _warn_insecure(self) -> None:
+        if not self.cfg.insecure:
+            return
+        log.warning(
+            "INSECURE: node %d runs with `insecure = true`: %s; no caller is authenticated, any "
+            "process that reaches %s may read, write and erase patient records, and nothing is "
+            "audited. Use this only for a lab on a trusted network.",
+            self.cfg.node_id,
+            "plaintext gRPC" if self.cfg.tls is None else "mutual TLS but no tokens",
+            self.cfg.listen,
+        )
 
     def peer_admin(self, peer: int) -> admin_pb2_grpc.AdminStub:
         ch = self._peer_channels.get(peer)
@@ -164,7 +211,8 @@ class Node:
 
     async def start(self) -> None:
         opts = grpc_options(self.cfg.limits.max_message_bytes)
-        self.server = grpc.aio.server(options=opts)
+        self._warn_insecure()
+        self.server = grpc.aio.server(options=opts, interceptors=interceptors(self.access))
         # Raw bytes in, parsed and mapped to precise statuses (node.rpc_handlers).
         rpc_handlers.add_service(self.server, kv_pb2, "KV", self.kv)
         rpc_handlers.add_service(self.server, admin_pb2, "Admin", self.admin)
@@ -173,15 +221,13 @@ class Node:
         if self.cfg.tls is not None:
             port = self.server.add_secure_port(self.cfg.listen, self.cfg.tls.server_credentials())
         else:
-            log.warning(
-                "no [tls] configured: client and peer traffic (snapshots included) is not "
-                "encrypted in transit; use it only on a trusted network"
-            )
             port = self.server.add_insecure_port(self.cfg.listen)
         if port == 0:
             raise OSError(f"cannot listen on {self.cfg.listen}")
         # A node whose Raft loop died must not linger answering RPCs: stop it,
         # exiting non-zero, so its supervisor restarts it.
+        if self.access is not None and self.access.audit is not None:
+            self.access.audit.start()
         self.host.start(on_fatal=self.fatal.set)
         self.purger.start()  # completes erasure purges a stop or crash left pending
         self.keys.start()  # resumes a re-encryption pass a crash interrupted
@@ -222,6 +268,11 @@ class Node:
         log.debug("shutdown: rpc server stopped")
         for t in self._background:
             t.cancel()
+        if self.access is not None and self.access.audit is not None:
+            try:
+                await self.access.audit.close()  # the last calls' entries reach the disk
+            except Exception as e:
+                log.error("audit log: final flush failed (%s)", type(e).__name__)
         await self.transport.close()
         log.debug("shutdown: transport closed")
         await self.keys.stop()  # before the host: it releases the parked writer thread
@@ -247,5 +298,5 @@ async def serve(cfg: NodeConfig) -> None:
                        return_when=asyncio.FIRST_COMPLETED)
     await node.stop()
     if node.fatal.is_set():
-        raise StartupError("the Raft loop failed; see the log above")
+        raise StartupError("the node stopped on a fatal error (the Raft loop or the audit log); see the log above")
 

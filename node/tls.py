@@ -56,3 +56,12 @@ def is_node_peer(context: grpc.aio.ServicerContext, tls: TlsSettings | None) -> 
         return True
     peer = peer_certificate(context.auth_context())
     return peer is not None and peer.node_id is not None
+
+
+def peer_node_id(context: grpc.aio.ServicerContext, tls: TlsSettings | None) -> int | None:
+    """The node id the caller's certificate names; None without TLS or for a
+    certificate that names no node."""
+    if tls is None:
+        return None
+    peer = peer_certificate(context.auth_context())
+    return None if peer is None else peer.node_id

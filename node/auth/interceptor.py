@@ -45,6 +45,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 import grpc
+from google.protobuf.message import Message
 
 from node.auth import AuthError, PermissionDenied, Unauthenticated
 from node.auth.audit import AuditEvent, AuditWriter
@@ -303,6 +304,17 @@ class _Call:
         except AuthError as e:
             await self.refuse(e)
             raise AssertionError("unreachable") from None
+        if request is not None and not isinstance(request, Message):
+            # A request that did not parse (node.rpc_handlers' Garbled stand-in):
+            # the caller is authenticated, the method must be one its roles hold
+            # at all, and the servicer answers INVALID_ARGUMENT naming the problem.
+            decision = self.ac.policy.role_allows(self.identity, self.method)
+            if not decision.allowed:
+                await self.refuse(PermissionDenied(decision.reason), None, decision)
+            facts, rf = Facts(), RequestFacts()
+            _CURRENT.set(CallAuth(self.identity, self.method, decision, rf, self.ac.policy))
+            self._facts, self._decision, self._rf = facts, decision, rf
+            return facts, decision
         facts, rf = self.facts_for(self.method, request)
         decision = self.ac.policy.authorize(self.identity, self.method, rf)
         if not decision.allowed:
@@ -447,6 +459,9 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
     def _checked_raft(self, call: _Call, requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
         async def gen() -> AsyncIterator[Any]:
             async for msg in requests:
+                if not isinstance(msg, Message):
+                    yield msg  # garbled: the servicer ends the stream with INVALID_ARGUMENT
+                    continue
                 try:
                     require_from_node(call.cert, int(msg.from_node))
                 except PermissionDenied as e:
@@ -517,6 +532,9 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
 
             async def filtered() -> AsyncIterator[kv_pb2.BatchCommandsRequest]:
                 async for batch in requests:
+                    if not isinstance(batch, Message):
+                        yield batch  # garbled: the servicer ends the stream with INVALID_ARGUMENT
+                        continue
                     keep = []
                     refused = []
                     for req in batch.requests:

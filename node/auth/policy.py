@@ -255,19 +255,37 @@ class Policy:
         action = self.methods.get(method)
         return action in PATIENT_ACTIONS
 
-    def authorize(self, identity: Identity, method: str, facts: RequestFacts) -> Decision:
+    def _granted(self, identity: Identity, method: str) -> tuple[Action | None, dict[str, Scope], Decision | None]:
+        """The method's action and the caller's roles that hold it, or the refusal."""
         action = self.methods.get(method)
         if action is None:
-            return Decision(False, "", f"method {method} is not in medkv's access policy")
+            return None, {}, Decision(False, "", f"method {method} is not in medkv's access policy")
         granted = {r: self.grants[r][action] for r in identity.roles
                    if r in self.grants and action in self.grants[r]}
         if not granted:
             holders = sorted(r for r, g in self.grants.items() if action in g)
-            return Decision(
+            return action, {}, Decision(
                 False, action.value,
                 f"permission {action.value} denied: role {_roles_text(identity)} lacks it "
                 f"(granted to: {', '.join(holders) or 'no role'})",
             )
+        return action, granted, None
+
+    def role_allows(self, identity: Identity, method: str) -> Decision:
+        """Whether any of the caller's roles holds the method's permission at all,
+        whatever the scope: for a request too garbled to name its patient, which
+        the servicer refuses as INVALID_ARGUMENT anyway."""
+        action, _, refusal = self._granted(identity, method)
+        if refusal is not None:
+            return refusal
+        assert action is not None
+        return Decision(True, action.value)
+
+    def authorize(self, identity: Identity, method: str, facts: RequestFacts) -> Decision:
+        action, granted, refusal = self._granted(identity, method)
+        if refusal is not None:
+            return refusal
+        assert action is not None
         decisions = [self._scoped(identity, r, action, scope, facts) for r, scope in granted.items()]
         allowed = [d for d in decisions if d.allowed]
         if allowed:

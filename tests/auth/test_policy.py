@@ -21,7 +21,6 @@ from node.auth.policy import (
     METHODS,
     NOT_HELD,
     UNREGISTERED,
-    Action,
     InMemoryRegistry,
     Policy,
     Registration,
@@ -30,16 +29,16 @@ from node.auth.policy import (
 )
 
 KV, AD, RAFT = "/medkv.v1.KV/", "/medkv.v1.Admin/", "/medkv.v1.RaftTransport/"
-AUDIT_QUERY = "/medkv.v1.Audit/Query"  # not an RPC yet: the wiring step adds it
-REGISTER = "/medkv.v1.Registry/Register"
-POLICY = Policy({**METHODS, AUDIT_QUERY: Action.AUDIT_READ, REGISTER: Action.REGISTRY})
+AUDIT_READS = {AD + "AuditQuery", AD + "AuditVerify"}
+REGISTER = KV + "SharePatient"
+POLICY = Policy(METHODS)
 
 # The model, written from the words, not from the tables.
 READS = {KV + "Get", KV + "History"}
 WRITES = {KV + "Put", KV + "CompareAndSet", KV + "Delete", KV + "Batch"}
 ADMIN_OPS = {AD + "TransferLeader", AD + "ErasePatient", AD + "RotateDataKey",
-             AD + "RotateMasterKey", AD + "KeyStatus"}
-STATUS = {AD + "ClusterStatus", AD + "PartitionStatus"}
+             AD + "RotateMasterKey", AD + "KeyStatus", AD + "SetSettings"}
+STATUS = {AD + "ClusterStatus", AD + "PartitionStatus", AD + "GetSettings"}
 ALL_METHODS = sorted([*POLICY.methods, "/medkv.v1.KV/Nope", "/other.Svc/Call"])
 
 CLINICS = ["north", "south", "east"]
@@ -61,8 +60,10 @@ def model(i: Identity, method: str, f: RequestFacts) -> tuple[bool, bool, str | 
         return yes if roles & {CLINIC_ADMIN, ANALYST, AUDITOR, ADMIN, NODE} else no
     if method in ADMIN_OPS:
         return yes if ADMIN in roles else no
-    if method == AUDIT_QUERY:
+    if method in AUDIT_READS:
         return yes if AUDITOR in roles else no
+    if method == KV + "OpenSession":  # writes need a session; admins erase through one
+        return yes if roles & {CLINICIAN, ADMIN} else no
     if method == KV + "Scan":
         return yes if ANALYST in roles else no
     if method == KV + "BatchCommands":

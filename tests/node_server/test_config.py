@@ -19,6 +19,7 @@ BASE = {
         {"id": 2, "address": "127.0.0.1:7102", "client_address": "127.0.0.1:9102"},
         {"id": 3, "address": "127.0.0.1:7103"},
     ],
+    "insecure": True,  # the secure tables are tested on their own below
 }
 
 
@@ -160,3 +161,80 @@ def test_the_new_limits_are_checked(tmp_path: Path) -> None:
     cfg = parse_config(dict(BASE), tmp_path)
     assert cfg.limits.max_in_flight_per_stream == 1024
     assert cfg.raft.max_uncommitted_bytes == 64 << 20
+
+
+# ---- access control: [tls] and [auth], or an explicit `insecure = true` ------
+
+
+@pytest.fixture
+def secure_files(tmp_path: Path) -> dict[str, object]:
+    from node.auth.certs import init_ca, issue_node
+    from node.auth.tokens import keygen
+
+    ca = init_ca(tmp_path / "certs")
+    issue_node(ca, tmp_path / "certs", 2, hosts=["127.0.0.1"])
+    keygen(tmp_path / "auth")
+    return {
+        "tls": {"ca_file": "certs/ca.pem", "cert_file": "certs/node-2.pem",
+                "key_file": "certs/node-2.key"},
+        "auth": {"jwks_file": "auth/jwks.json", "issuers": ["medkv-local"], "audience": "medkv"},
+    }
+
+
+def _secure(files: dict[str, object], **change: object) -> dict[str, object]:
+    raw = {k: v for k, v in BASE.items() if k != "insecure"}
+    raw.update(files)
+    raw.update(change)
+    return {k: v for k, v in raw.items() if v is not None}
+
+
+def test_a_secure_config_has_tls_and_tokens(tmp_path: Path, secure_files: dict[str, object]) -> None:
+    cfg = parse_config(_secure(secure_files), tmp_path)
+    assert not cfg.insecure
+    assert cfg.tls is not None and cfg.tls.cert_file == tmp_path / "certs" / "node-2.pem"
+    assert cfg.auth is not None and cfg.auth.jwks_file == tmp_path / "auth" / "jwks.json"
+    assert cfg.auth.tokens.audience == "medkv"
+
+
+@pytest.mark.parametrize(
+    ("drop", "missing"),
+    [(("tls", "auth"), "no [tls] and [auth]"), (("auth",), "no [auth]"), (("tls",), "[auth] needs [tls]")],
+)
+def test_a_node_refuses_to_run_without_access_control(
+    tmp_path: Path, secure_files: dict[str, object], drop: tuple[str, ...], missing: str
+) -> None:
+    raw = _secure(secure_files, **{k: None for k in drop})
+    with pytest.raises(ConfigError) as e:
+        parse_config(raw, tmp_path)
+    assert missing in str(e.value)
+    if drop != ("tls",):
+        assert "insecure = true" in str(e.value)  # the message names the only way around it
+
+
+def test_insecure_must_be_said_plainly(tmp_path: Path, secure_files: dict[str, object]) -> None:
+    for value in ("true", 1, "yes"):
+        with pytest.raises(ConfigError, match="insecure must be true or false"):
+            parse_config({**BASE, "insecure": value}, tmp_path)
+    # insecure with [tls] only: TLS without tokens, allowed and flagged
+    cfg = parse_config(_secure(secure_files, auth=None, insecure=True), tmp_path)
+    assert cfg.insecure and cfg.tls is not None and cfg.auth is None
+    # tokens over plaintext never, not even when insecure
+    with pytest.raises(ConfigError, match=r"\[auth\] needs \[tls\]"):
+        parse_config(_secure(secure_files, tls=None, insecure=True), tmp_path)
+
+
+def test_an_insecure_node_warns_at_every_start(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    import logging
+
+    from node.server import Node
+
+    cfg = parse_config({**BASE, "data_dir": str(tmp_path / "d")}, tmp_path)
+    node = Node.__new__(Node)  # only the warning: no storage is opened
+    node.cfg = cfg
+    with caplog.at_level(logging.WARNING):
+        node._warn_insecure()
+    (line,) = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert line.startswith("INSECURE: node 2 runs with `insecure = true`: plaintext gRPC")
+    assert "nothing is audited" in line
