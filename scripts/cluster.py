@@ -249,8 +249,6 @@ class Cluster:
             f"data_dir = {q(str(self.node_dir(node)))}",
             f"partitions = {layout.partitions}",
             f"replication = {layout.replicas}",
-            # Transitional: `up` does not make tokens yet (issue 11 in progress).
-            "insecure = true",
         ]
         if layout.key_file:
             lines.append(f"key_file = {q(layout.key_file)}")
