@@ -236,6 +236,38 @@ def start_cluster(
     return cluster
 
 
+def env_credentials(as_node: int | None = None) -> grpc.ChannelCredentials | None:
+    """Credentials from the environment start_cluster exported (None: plaintext):
+    TLS with the client certificate and $MEDKV_TOKEN, or node as_node's
+    certificate without a token (the Raft transport's kind of caller)."""
+    tls_dir = os.environ.get(TLS_DIR_ENV)
+    if not tls_dir:
+        return None
+    if as_node is not None:
+        return TlsConfig.from_dir(tls_dir, f"node-{as_node}").credentials()
+    return secure_channel_credentials(TlsConfig.from_dir(tls_dir).credentials(), token_source())
+
+
+def raw_channel(
+    address: str, options: Sequence[tuple[str, Any]] = (), *, as_node: int | None = None
+) -> grpc.Channel:
+    """grpc.insecure_channel's stand-in for raw stubs: authenticated like the
+    clients (env_credentials), so a request reaches the node's handlers."""
+    creds = env_credentials(as_node)
+    if creds is None:
+        return grpc.insecure_channel(address, options=list(options))
+    return grpc.secure_channel(address, creds, options=list(options))
+
+
+def raw_aio_channel(
+    address: str, options: Sequence[tuple[str, Any]] = (), *, as_node: int | None = None
+) -> grpc.aio.Channel:
+    creds = env_credentials(as_node)
+    if creds is None:
+        return grpc.aio.insecure_channel(address, options=list(options))
+    return grpc.aio.secure_channel(address, creds, options=list(options))
+
+
 def stop_cluster(cluster: LocalCluster) -> None:
     cluster.restore_env()
     down = cluster.run("down", timeout=120)

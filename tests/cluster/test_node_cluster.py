@@ -26,6 +26,7 @@ from tests.cluster.harness import (
     LocalCluster,
     leader_of,
     patients_per_partition,
+    raw_channel,
     start_cluster,
     stop_cluster,
 )
@@ -46,7 +47,7 @@ def wait_until(predicate, timeout: float, what: str, interval: float = 0.1):  # 
 
 
 def kv_stub(address: str) -> kv_pb2_grpc.KVStub:
-    return kv_pb2_grpc.KVStub(grpc.insecure_channel(address))
+    return kv_pb2_grpc.KVStub(raw_channel(address))
 
 
 def follower_get(address: str, pid: str, rid: str) -> kv_pb2.GetResponse:
@@ -283,7 +284,7 @@ def test_garbage_requests_are_refused_precisely_and_change_nothing(
         if not (valid_ids and valid_write):
             assert _snapshot_of_data(kv) == before
         # The node is still up and serving.
-        health = admin_pb2_grpc.AdminStub(grpc.insecure_channel(cluster3.addresses[0]))
+        health = admin_pb2_grpc.AdminStub(raw_channel(cluster3.addresses[0]))
         assert health.ClusterStatus(admin_pb2.ClusterStatusRequest(local_only=True), timeout=5)
 
 

@@ -13,7 +13,7 @@ from typing import Any
 import grpc
 
 from proto.medkv.v1 import common_pb2, kv_pb2, kv_pb2_grpc
-from tests.cluster.harness import LocalCluster, start_cluster, stop_cluster
+from tests.cluster.harness import LocalCluster, raw_channel, start_cluster, stop_cluster
 
 SNAPSHOTTING = ("--raft", "snapshot_every=25", "--raft", "keep_after_snapshot=5")
 
@@ -60,7 +60,7 @@ def _stub(address: str) -> Any:
     """One channel per node address for the whole test session (reconnects by itself)."""
     stub = _STUBS.get(address)
     if stub is None:
-        stub = _STUBS[address] = kv_pb2_grpc.KVStub(grpc.insecure_channel(address))
+        stub = _STUBS[address] = kv_pb2_grpc.KVStub(raw_channel(address))
     return stub
 
 
