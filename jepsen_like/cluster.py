@@ -200,6 +200,10 @@ class ProxiedCluster:
         kwargs.setdefault("token", self.token())
         return AsyncClient(self.client_addresses() if addresses is None else addresses, **kwargs)
 
+    def env(self) -> dict[str, str]:
+        """MEDKV_TLS_DIR / MEDKV_TOKEN for clients (the CLI, a test's raw stubs)."""
+        return {"MEDKV_TLS_DIR": str(self.data_dir / "certs"), "MEDKV_TOKEN": self.token()}
+
     def credentials(self) -> grpc.ChannelCredentials:
         """TLS + the run's token, for raw stubs that must get past access control."""
         return secure_channel_credentials(self.tls().credentials(), token_source(self.token()))
