@@ -5,6 +5,10 @@ to run plaintext, and the node says so in its log."""
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,7 +20,7 @@ from client.auth import TOKEN_ENV
 from client.tls import TLS_DIR_ENV
 from node.auth.certs import init_ca, issue_client
 from proto.medkv.v1 import admin_pb2, admin_pb2_grpc, kv_pb2, kv_pb2_grpc, raft_pb2, raft_pb2_grpc
-from tests.cluster.harness import LocalCluster, start_cluster, stop_cluster
+from tests.cluster.harness import PARTITIONS, ROOT, LocalCluster, start_cluster, stop_cluster
 
 pytestmark = [pytest.mark.cluster]
 
@@ -123,3 +127,50 @@ def test_an_insecure_cluster_serves_plaintext_and_says_so(tmp_path: Path) -> Non
         assert "INSECURE" in log and "insecure = true" in log
     finally:
         stop_cluster(cluster)
+
+
+def test_a_second_up_reuses_the_ca_the_keys_and_the_tokens(tls_cluster: LocalCluster) -> None:
+    d = tls_cluster.data_dir
+    kept = [d / "certs" / "ca.pem", d / "certs" / "node-1.key", d / "auth" / "jwks.json",
+            d / "auth" / "token-signing.key", tls_cluster.token_path("clinician")]
+    before = [p.read_bytes() for p in kept]
+    base = int(tls_cluster.addresses[0].rsplit(":", 1)[1]) - 1
+    again = tls_cluster.run("up", "--nodes", "3", "--base-port", str(base),
+                            "--partitions", str(PARTITIONS), "--timeout", "60", "--tls")
+    assert again.returncode == 0, again.stderr
+    assert [p.read_bytes() for p in kept] == before
+    assert "created" not in again.stderr and "minted" not in again.stderr
+    # Switching a running cluster to --insecure is refused, not half done.
+    switch = tls_cluster.run("up", "--nodes", "3", "--base-port", str(base),
+                             "--partitions", str(PARTITIONS), "--insecure")
+    assert switch.returncode != 0 and "down" in switch.stderr
+    assert "[auth]" in (d / "node-1" / "node.toml").read_text()
+
+
+def test_cluster_env_status_and_the_cli_use_the_local_tokens(
+    tls_cluster: LocalCluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cluster_script = str(ROOT / "scripts" / "cluster")
+    # Another cluster's credentials in the shell: `status` ignores them, `env` replaces them.
+    monkeypatch.setenv(TOKEN_ENV, "stale.stale.stale")
+    monkeypatch.setenv(TLS_DIR_ENV, "/nowhere")
+    env = dict(os.environ)
+    status = tls_cluster.run("status", "--json", timeout=60)
+    assert status.returncode == 0, status.stderr
+    assert json.loads(status.stdout)["cluster"] is not None
+
+    def as_(name: str, cli: str) -> subprocess.CompletedProcess[str]:
+        script = (f'eval "$({cluster_script} env --data-dir "$DATA_DIR" --as {name})" && '
+                  f"{sys.executable} -m client.cli {cli}")
+        return subprocess.run(["bash", "-c", script], capture_output=True, text=True,
+                              timeout=60, check=False,
+                              env={**env, "DATA_DIR": str(tls_cluster.data_dir),
+                                   "PYTHONPATH": str(ROOT)})
+
+    put = as_("clinician", "put env-patient note --value hello")
+    assert put.returncode == 0, put.stderr
+    got = as_("clinician", "get env-patient note")
+    assert got.returncode == 0 and "hello" in got.stdout, got.stderr
+    refused = as_("auditor", "put env-patient note --value nope")
+    assert refused.returncode != 0 and "PERMISSION_DENIED" in refused.stderr
+    assert as_("admin", "status").returncode == 0
