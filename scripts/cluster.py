@@ -5,6 +5,8 @@
                        [--links-file FILE] [--insecure]
     scripts/cluster status        --data-dir DIR [--json]
     scripts/cluster env           --data-dir DIR [--as NAME]   shell exports for clients
+    scripts/cluster token NAME    --data-dir DIR --role R [--role R2] [--clinic C] [--ttl 8h]
+                                  mint DIR/tokens/NAME.token (e.g. a bench's several roles)
     scripts/cluster down          --data-dir DIR [--grace 10]
     scripts/cluster kill-node ID  --data-dir DIR       (SIGKILL)
     scripts/cluster restart-node ID --data-dir DIR     (SIGTERM, then start again)
@@ -827,6 +829,37 @@ def cmd_env(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_token(args: argparse.Namespace) -> int:
+    from node.auth.tokens import KeySourceError, load_signing_key, mint
+
+    cluster = Cluster(Path(args.data_dir))
+    layout = cluster.load()
+    if not layout.secure or not layout.auth_dir:
+        raise ClusterError(f"the cluster in {cluster.dir} runs --insecure: it takes no tokens")
+    if not args.name or "/" in args.name or args.name.startswith("."):
+        raise ClusterError(f"NAME names a file in {cluster.dir / TOKENS_DIR}, not a path")
+    try:
+        key = load_signing_key(Path(layout.auth_dir) / SIGNING_KEY_FILE)
+    except KeySourceError as exc:
+        raise ClusterError(str(exc)) from None
+    token = mint(key, subject=f"local-{args.name}", roles=args.role, clinics=args.clinic,
+                 ttl_seconds=args.ttl)
+    path = cluster.token_path(args.name)
+    _write_secret(path, token + "\n")
+    print(path, flush=True)
+    return 0
+
+
+def _duration(text: str) -> float:
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86_400}
+    try:
+        if text and text[-1] in units:
+            return float(text[:-1]) * units[text[-1]]
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: a duration like 900, 15m, 8h or 30d") from None
+
+
 def cmd_down(args: argparse.Namespace) -> int:
     cluster = Cluster(Path(args.data_dir))
     layout = cluster.load()
@@ -939,6 +972,20 @@ def build_parser() -> argparse.ArgumentParser:
         "(default %(default)s)",
     )
     env.set_defaults(run=cmd_env)
+
+    token = sub.add_parser(
+        "token", help="mint DIR/tokens/NAME.token with the cluster's signing key; prints its path"
+    )
+    token.add_argument("name", metavar="NAME")
+    data_dir(token)
+    token.add_argument("--role", action="append", required=True,
+                       choices=sorted({r for roles, _ in LOCAL_TOKENS.values() for r in roles}
+                                      | {"break-glass"}),
+                       help="a role (repeatable)")
+    token.add_argument("--clinic", action="append", default=[], help="a clinic (repeatable)")
+    token.add_argument("--ttl", type=_duration, default=8 * 3600.0,
+                       help="lifetime, e.g. 900, 15m, 8h, 30d (default 8h)")
+    token.set_defaults(run=cmd_token)
 
     down = sub.add_parser("down", help="stop every node (SIGTERM, then SIGKILL)")
     data_dir(down)
