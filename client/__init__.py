@@ -37,7 +37,7 @@ from client.errors import (
     Unavailable,
     VersionConflict,
 )
-from client.records import ReadInfo, Record, ScanPage
+from client.records import ReadInfo, Record, ScanPage, Sharing
 from client.retry import RetryPolicy
 from client.sync_client import Client
 from client.tls import TlsConfig
@@ -58,6 +58,7 @@ __all__ = [
     "RetryPolicy",
     "ScanPage",
     "SessionExpired",
+    "Sharing",
     "TlsConfig",
     "TokenError",
     "TooStale",

@@ -32,25 +32,28 @@ import grpc
 import grpc.aio
 
 from client import ops as batch_ops
+from client.audit import AuditEntry, AuditQueryResult, AuditVerifyResult, merge_entries
 from client.auth import (
+    AUTHORIZATION,
     TOKEN_ENV,
     TokenSource,
     call_metadata,
-    secure_channel_credentials,
     token_source,
 )
 from client.errors import (
     DeadlineExceeded,
     InvalidArgument,
     MedkvError,
+    PermissionDenied,
     SessionExpired,
     TooStale,
+    Unauthenticated,
     Unavailable,
     from_status,
     metadata_dict,
 )
 from client.fhir import decode_resource, encode_resource
-from client.records import ReadInfo, Record, ScanPage
+from client.records import ReadInfo, Record, ScanPage, Sharing
 from client.retry import Attempts, RetryPolicy, is_retryable
 from client.routing import (
     EPOCH_KEY,
@@ -188,7 +191,10 @@ def _credentials(
                 "--tls-dir); a token over a plaintext channel would be a password in clear text"
             )
         return None
-    return secure_channel_credentials(tls.credentials(), source)
+    # The token travels as per-call metadata (AsyncClient._md), not as grpc call
+    # credentials: grpc runs a credentials plugin on a thread per call, which
+    # costs more than the call itself for a Python client.
+    return tls.credentials()
 
 
 class AsyncClient:
@@ -220,11 +226,10 @@ class AsyncClient:
         tls = tls or TlsConfig.from_env()
         self._token_source = token_source(token)
         self._credentials = _credentials(tls, self._token_source, from_env=not token)
-        # None, not (), when empty: grpc then adds nothing to the call.
-        self._metadata = call_metadata(
+        self._static_metadata = call_metadata(
             clinic=_check_header("clinic", clinic),
             break_glass_reason=_check_header("break_glass_reason", break_glass_reason),
-        ) or None
+        )
         policy = retry or RetryPolicy()
         self.policy = replace(policy, timeout=timeout) if timeout is not None else policy
         if client_id is not None and len(client_id) != 16:
@@ -261,6 +266,15 @@ class AsyncClient:
         from the same cache) makes it a prompt, precise, final error."""
         if self._token_source is not None:
             self._token_source.token()
+
+    @property
+    def _metadata(self) -> tuple[tuple[str, str], ...] | None:
+        """What every call carries: the bearer token (read from its source per call,
+        so a renewed token file is used at once) and the clinic / break-glass
+        headers. None, not (), when empty: grpc then adds nothing."""
+        if self._token_source is None:
+            return self._static_metadata or None
+        return ((AUTHORIZATION, f"Bearer {self._token_source.token()}"), *self._static_metadata)
 
     @property
     def client_id(self) -> bytes:
@@ -705,6 +719,33 @@ class AsyncClient:
         )
         return int(reply.version)
 
+    async def share_patient(
+        self, patient_id: str, clinic: str, revoke: bool = False, *, timeout: float | None = None
+    ) -> Sharing:
+        """Register a patient to one more clinic (or, revoke=True, remove one).
+
+        Allowed to a clinic-admin whose clinics include one the patient is
+        registered to, or, for a patient nobody has registered yet, when
+        `clinic` is one of theirs; revoking the patient's last clinic is refused
+        (FAILED_PRECONDITION). Idempotent, so retried like a read: repeating it
+        changes nothing. Needs a cluster with access control."""
+        _check_key(patient_id)
+        if not isinstance(clinic, str) or not clinic:
+            raise InvalidArgument("clinic must be a non-empty string")
+        attempts = Attempts(self.policy, timeout, rng=self._rng)
+        router = await self._router_for(attempts)
+        reply = await self._unary(
+            "SharePatient",
+            _const(kv_pb2.SharePatientRequest(
+                patient_id=patient_id, clinic=clinic, revoke=bool(revoke)
+            )),
+            partition=router.partition_of(patient_id),
+            mode=Mode.LEADER,
+            is_read=False,
+            attempts=attempts,
+        )
+        return Sharing(tuple(reply.clinics), int(reply.index))
+
     async def put_json(
         self,
         patient_id: str,
@@ -1133,6 +1174,107 @@ class AsyncClient:
             timeout,
         )
         return reply
+
+    # --------------------------------------------- the audit log, per node
+
+    async def _node_audit_query(
+        self, address: str, request: admin_pb2.AuditQueryRequest, timeout: float | None
+    ) -> list[AuditEntry]:
+        """One node's AuditQuery stream, read to its end; retried (from the start)
+        only while that node is unreachable, within the deadline."""
+        attempts = Attempts(self.policy, timeout, rng=self._rng)
+        last: MedkvError | None = None
+        while (attempt_timeout := attempts.attempt_timeout()) is not None:
+            self._check_token()
+            try:
+                out: list[AuditEntry] = []
+                call = self._admin_stub(address).AuditQuery(
+                    request, timeout=attempt_timeout, metadata=self._metadata)
+                async for page in call:
+                    out.extend(AuditEntry.from_proto(r) for r in page.records)
+                return out
+            except grpc.aio.AioRpcError as exc:
+                code, details = exc.code(), exc.details() or ""
+                if code == grpc.StatusCode.FAILED_PRECONDITION:
+                    raise MedkvError(details, code) from None  # e.g. an insecure node
+                last = from_status(code, details, is_read=True)
+                if code not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                    raise last from None
+            wait = attempts.wait_after(grpc.StatusCode.UNAVAILABLE)
+            if wait is None:
+                break
+            await asyncio.sleep(wait)
+        raise Unavailable(
+            f"node {address} did not answer AuditQuery within {attempts.deadline.timeout:g}s"
+            + (f" (last error: {last})" if last else "")
+        )
+
+    async def audit_query(
+        self,
+        *,
+        patient_id: str | None = None,
+        subject: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
+        limit: int | None = None,
+        break_glass_only: bool = False,
+        timeout: float | None = None,
+    ) -> AuditQueryResult:
+        """Audit entries of every node of the routing table, merged by time (oldest
+        first): the newest `limit` (default 1000, at most 10000) matching all the
+        given filters. since/until are Unix seconds, both inclusive. The patient id
+        is sent to the nodes, which hash it; entries name patients only by hash.
+        Needs the auditor role. A node that did not answer is in `errors`."""
+        for name, t in (("since", since), ("until", until)):
+            if t is not None and (not math.isfinite(t) or t <= 0):
+                raise InvalidArgument(f"{name} must be positive Unix seconds")
+        if limit is not None and (isinstance(limit, bool) or not 1 <= limit <= 10_000):
+            raise InvalidArgument("limit must be in 1..10000")
+        request = admin_pb2.AuditQueryRequest(
+            patient_id=patient_id or "", subject=subject or "", since=since or 0.0,
+            until=until or 0.0, limit=limit or 0, break_glass_only=break_glass_only,
+        )
+        table = await self.routing_table(timeout=timeout)
+        nodes = sorted(table.nodes.items())
+        answers = await asyncio.gather(
+            *(self._node_audit_query(addr, request, timeout) for _, addr in nodes),
+            return_exceptions=True,
+        )
+        result = AuditQueryResult()
+        found: list[list[AuditEntry]] = []
+        for (node_id, _), ans in zip(nodes, answers, strict=True):
+            if isinstance(ans, InvalidArgument | PermissionDenied | Unauthenticated):
+                raise ans  # the same request, the same caller: refused everywhere alike
+            if isinstance(ans, MedkvError | ValueError):
+                result.errors[node_id] = str(ans)
+            elif isinstance(ans, BaseException):
+                raise ans
+            else:
+                found.append(ans)
+        result.entries = merge_entries(found, limit or 1000)
+        return result
+
+    async def audit_verify(self, *, timeout: float | None = None) -> list[AuditVerifyResult]:
+        """Every node checks its own audit chain and its anchored head (AuditVerify);
+        one result per node of the routing table, in id order. Needs the auditor role."""
+        table = await self.routing_table(timeout=timeout)
+        nodes = sorted(table.nodes.items())
+        answers = await asyncio.gather(
+            *(self._node_admin(addr, "AuditVerify", admin_pb2.AuditVerifyRequest(), timeout)
+              for _, addr in nodes),
+            return_exceptions=True,
+        )
+        out: list[AuditVerifyResult] = []
+        for (node_id, addr), ans in zip(nodes, answers, strict=True):
+            if isinstance(ans, PermissionDenied | Unauthenticated):
+                raise ans
+            if isinstance(ans, MedkvError):
+                out.append(AuditVerifyResult(node_id, addr, error=str(ans)))
+            elif isinstance(ans, BaseException):
+                raise ans
+            else:
+                out.append(AuditVerifyResult.from_proto(node_id, addr, ans))
+        return out
 
 
 class _PartitionDone:

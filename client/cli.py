@@ -12,6 +12,7 @@
     scan [--partition P ...] [--consistency ...] [--max-staleness S] [--page-size N]
     status                                    the cluster at a glance
     erase-patient PATIENT                     erase every record of a patient, everywhere
+    share-patient PATIENT CLINIC [--revoke]   register a patient to one more clinic (clinic-admin)
     settings get [--partition P ...]          the replicated cluster settings, per partition
     settings set [--session-ttl S] [--history-retention N] [--max-sessions N]
                  [--max-results-per-session N] [--partition P ...]
@@ -22,12 +23,18 @@
     node ... / keys ... --data-dir/--key-file server-side: runs `python -m node ...`
     certs init|issue|show                     cluster CA, node and client certificates
     tokens keygen|issue|verify                bearer tokens (local signing key, JWKS)
-    audit verify|show|head --data-dir D --key-file K   a node's audit log
+    audit query [--patient P] [--subject S] [--since T] [--until T] [--break-glass]
+                [--limit N] [--json | --jsonl]   every node's audit entries, merged by time
+    audit verify [--cluster]                  every node checks its chain and anchored head
+    audit verify|show|head --data-dir D --key-file K   a stopped node's audit log, offline
 
 The three online `keys` commands talk to running nodes (--addr, before or
 after `keys`); with --data-dir or --key-file, `keys` runs the offline
 commands of `python -m node keys` on this host instead (init, stage-master,
-and the stopped-node forms of status/rotate-data/rotate-master).
+and the stopped-node forms of status/rotate-data/rotate-master). Likewise
+`audit query` and `audit verify` (or `audit verify --cluster`) ask the running
+nodes (auditor role), while `audit verify|show|head` with --data-dir/--key-file
+read one node's files on this host.
 
 `--addr` defaults to $MEDKV_ADDR, else 127.0.0.1:7101; `--tls-dir` to
 $MEDKV_TLS_DIR; `--token` to $MEDKV_TOKEN (a token needs TLS; `eval "$(scripts/cluster
@@ -42,12 +49,15 @@ from __future__ import annotations
 import argparse
 import base64
 import json
+import math
 import os
 import sys
 import time
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from typing import Any, BinaryIO, TextIO
 
+from client.audit import render_audit_entries, render_audit_verify
 from client.auth import TOKEN_ENV
 from client.errors import MedkvError, NotFound, TooStale, VersionConflict
 from client.records import Record, ScanPage
@@ -99,11 +109,31 @@ def is_online_keys(argv: Sequence[str]) -> bool:
     return not any(a.split("=", 1)[0] in _OFFLINE_KEYS_OPTIONS for a in rest)
 
 
+# `audit` subcommands answered by running nodes (Admin.AuditQuery / AuditVerify).
+ONLINE_AUDIT_COMMANDS = ("query", "verify")
+_OFFLINE_AUDIT_OPTIONS = ("--data-dir", "--key-file", "--audit-dir", "--log-id", "--expect-head")
+
+
+def is_online_audit(argv: Sequence[str]) -> bool:
+    """`medkv audit query ...`, and `medkv audit verify` without the offline options
+    (--data-dir, --key-file, ...), which read one node's files instead."""
+    args = list(argv)
+    i = _command_index(args)
+    if i is None or args[i] != "audit" or len(args) <= i + 1:
+        return False
+    rest = args[i + 1 :]
+    if rest[0] not in ONLINE_AUDIT_COMMANDS:
+        return False
+    return rest[0] == "query" or not any(
+        a.split("=", 1)[0] in _OFFLINE_AUDIT_OPTIONS for a in rest)
+
+
 def server_command(argv: Sequence[str]) -> list[str] | None:
     """`[python, -m, node, ...]` when argv names a server-side command, else None."""
     args = list(argv)
     i = _command_index(args)
-    if i is None or args[i] not in SERVER_COMMANDS or is_online_keys(args):
+    if i is None or args[i] not in SERVER_COMMANDS or is_online_keys(args) \
+            or is_online_audit(args):
         return None
     return [sys.executable, "-m", "node", *SERVER_COMMANDS[args[i]], *args[i + 1 :]]
 
@@ -224,6 +254,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     erase.add_argument("patient")
 
+    share = sub.add_parser(
+        "share-patient",
+        help="register a patient to one more clinic, or --revoke one (clinic-admin; prints the "
+        "patient's clinics)",
+    )
+    share.add_argument("patient")
+    share.add_argument("clinic")
+    share.add_argument("--revoke", action="store_true", help="remove the clinic instead")
+
     settings = sub.add_parser(
         "settings", help="cluster settings replicated in every partition (session TTL, ...)"
     )
@@ -258,8 +297,8 @@ def build_parser() -> argparse.ArgumentParser:
                    add_help=False)
     sub.add_parser("tokens", help="bearer tokens for labs and tests (keygen|issue|verify)",
                    add_help=False)
-    sub.add_parser("audit", help="the audit log of a node's data dir (verify|show|head)",
-                   add_help=False)
+    sub.add_parser("audit", help="audit logs: query|verify the cluster's (auditor role), or "
+                   "verify|show|head one node's files (--data-dir)", add_help=False)
     return parser
 
 
@@ -420,6 +459,14 @@ def run(
                 f"erased at version {version}; each replica purges the patient's data from its "
                 "log, snapshot and files once it has applied the erasure"
             )
+        return 0
+    if args.command == "share-patient":
+        sharing = kv.share_patient(args.patient, args.clinic, args.revoke, timeout=timeout)
+        if out.json:
+            out.doc({"clinics": list(sharing.clinics), "index": sharing.index})
+        else:
+            out.line(" ".join(sharing.clinics))
+            out.note(f"registration changed at index {sharing.index}")
         return 0
     if args.command == "settings":
         return _settings(args, kv, out)
@@ -757,10 +804,129 @@ def keys_main(args_list: Sequence[str]) -> int:
         return 130
 
 
+# ---- the cluster's audit logs: `medkv audit query|verify` (auditor role)
+
+
+def _time_arg(text: str) -> float:
+    """Unix seconds, or an ISO time (UTC unless it names a zone)."""
+    try:
+        value = float(text)
+    except ValueError:
+        try:
+            dt = datetime.fromisoformat(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"{text!r}: an ISO time (2026-01-31T08:00) or Unix seconds") from None
+        value = (dt if dt.tzinfo else dt.replace(tzinfo=UTC)).timestamp()
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: a time after 1970")
+    return value
+
+
+def _limit_arg(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if not 1 <= n <= 10_000:
+        raise argparse.ArgumentTypeError("a number of entries in 1..10000")
+    return n
+
+
+def build_audit_parser() -> argparse.ArgumentParser:
+    """The online `audit` commands; --addr/--json/--timeout may follow the subcommand."""
+    parser = argparse.ArgumentParser(
+        prog="medkv audit",
+        description="The running cluster's audit logs (auditor role). Each node keeps its "
+        "own log; `verify|show|head --data-dir D --key-file K` read one stopped node's files.",
+    )
+    sub = parser.add_subparsers(dest="audit_command", required=True, metavar="COMMAND")
+
+    def add(name: str, help_text: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.add_argument("--addr", default=None, help="node address(es), host:port[,...]")
+        p.add_argument("--json", action="store_true", default=None, help="machine-readable")
+        p.add_argument("--timeout", type=float, default=None, help="seconds per node call")
+        return p
+
+    q = add("query", "every node's audit entries matching the filters, merged by time "
+            "(the newest --limit)")
+    q.add_argument("--patient", metavar="P",
+                   help="a patient id (sent to the nodes, which hash it; entries hold hashes)")
+    q.add_argument("--subject", metavar="S", help="a token subject (sub)")
+    q.add_argument("--since", type=_time_arg, metavar="T", help="ISO time or Unix seconds")
+    q.add_argument("--until", type=_time_arg, metavar="T", help="ISO time or Unix seconds")
+    q.add_argument("--break-glass", action="store_true", help="emergency accesses only")
+    q.add_argument("--limit", type=_limit_arg, default=None, metavar="N",
+                   help="the newest N entries (default 1000, at most 10000)")
+    q.add_argument("--jsonl", action="store_true",
+                   help="one JSON object per entry and line (for a SIEM)")
+    v = add("verify", "every node checks its audit chain and the head it anchored in "
+            "replicated state")
+    v.add_argument("--cluster", action="store_true",
+                   help="ask the running nodes (the default without --data-dir)")
+    return parser
+
+
+def _audit_query(args: argparse.Namespace, kv: Client, out: _Out) -> int:
+    res = kv.audit_query(
+        patient_id=args.patient, subject=args.subject, since=args.since, until=args.until,
+        limit=args.limit, break_glass_only=args.break_glass, timeout=args.timeout,
+    )
+    if args.jsonl:
+        for e in res.entries:
+            out.line(json.dumps(e.to_dict(), sort_keys=True))
+    elif out.json:
+        out.doc([e.to_dict() for e in res.entries])
+    else:
+        out.line(render_audit_entries(res.entries))
+        out.note(f"{len(res.entries)} entries")
+    for node_id, why in sorted(res.errors.items()):
+        out.note(f"medkv: node {node_id} did not answer; its entries are missing: {why}")
+    return 0 if res.complete else EXIT_ERROR
+
+
+def _audit_verify(args: argparse.Namespace, kv: Client, out: _Out) -> int:
+    results = kv.audit_verify(timeout=args.timeout)
+    if out.json:
+        out.doc([r.to_dict() for r in results])
+    else:
+        out.line(render_audit_verify(results))
+    return 0 if all(r.ok and not r.error for r in results) else EXIT_ERROR
+
+
+_AUDIT_COMMANDS = {"query": _audit_query, "verify": _audit_verify}
+
+
+def audit_main(args_list: Sequence[str]) -> int:
+    """An online `audit` command: global options before `audit` and after it both count."""
+    i = _command_index(args_list)
+    assert i is not None
+    outer = build_parser().parse_args([*args_list[:i], "status"])  # just the globals
+    ns = build_audit_parser().parse_args(list(args_list[i + 1 :]))
+    addr = ns.addr or outer.addr
+    as_json = bool(ns.json) or outer.json
+    ns.timeout = ns.timeout if ns.timeout is not None else outer.timeout
+    out = _Out(sys.stdout, sys.stderr, as_json)
+    try:
+        with _client(outer, addr, ns.timeout) as kv:
+            return _AUDIT_COMMANDS[ns.audit_command](ns, kv, out)
+    except MedkvError as error:
+        out.note(f"medkv: error: {error}")
+        return _exit_code(error)
+    except KeyboardInterrupt:
+        out.note("medkv: interrupted")
+        return 130
+    except BrokenPipeError:
+        return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
     if is_online_keys(args_list):
         return keys_main(args_list)
+    if is_online_audit(args_list):
+        return audit_main(args_list)
     command = server_command(args_list)
     if command is not None:
         sys.stdout.flush()

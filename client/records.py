@@ -114,4 +114,17 @@ class ScanPage:
         )
 
 
-__all__ = ["ReadInfo", "Record", "ScanPage"]
+@dataclass(frozen=True, slots=True)
+class Sharing:
+    """A patient's clinics after share_patient, and the Raft index the change
+    applied at (usable as a read's min_version on the patient's partition)."""
+
+    clinics: tuple[str, ...]
+    index: int
+
+    def __repr__(self) -> str:
+        # The patient is not named; its clinics are what the caller just set.
+        return f"Sharing(clinics={list(self.clinics)}, index={self.index})"
+
+
+__all__ = ["ReadInfo", "Record", "ScanPage", "Sharing"]

@@ -23,8 +23,9 @@ from collections.abc import AsyncGenerator, Coroutine, Iterable, Iterator, Mappi
 from typing import Any, TypeVar
 
 from client.async_client import DEFAULT_ADDRESS, AsyncClient
+from client.audit import AuditQueryResult, AuditVerifyResult
 from client.errors import MedkvError
-from client.records import Record, ScanPage
+from client.records import Record, ScanPage, Sharing
 from client.retry import RetryPolicy
 from client.routing import Router, RoutingTable
 from client.tls import TlsConfig
@@ -332,6 +333,14 @@ class Client:
         """Erase every record of one patient on every replica; returns the erasure's version."""
         return self._run(self._async.erase_patient(patient_id, timeout=timeout))
 
+    def share_patient(
+        self, patient_id: str, clinic: str, revoke: bool = False, *, timeout: float | None = None
+    ) -> Sharing:
+        """Register a patient to one more clinic, or revoke one (AsyncClient.share_patient)."""
+        return self._run(
+            self._async.share_patient(patient_id, clinic, revoke=revoke, timeout=timeout)
+        )
+
     def get_settings(
         self, *, partitions: Iterable[int] | None = None, timeout: float | None = None
     ) -> list[admin_pb2.GetSettingsResponse]:
@@ -390,6 +399,27 @@ class Client:
         return self._run(
             self._async.rotate_master_key(address, new_master_key_id, step, timeout=timeout)
         )
+
+    def audit_query(
+        self,
+        *,
+        patient_id: str | None = None,
+        subject: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
+        limit: int | None = None,
+        break_glass_only: bool = False,
+        timeout: float | None = None,
+    ) -> AuditQueryResult:
+        """Every node's audit entries, merged by time (AsyncClient.audit_query)."""
+        return self._run(self._async.audit_query(
+            patient_id=patient_id, subject=subject, since=since, until=until, limit=limit,
+            break_glass_only=break_glass_only, timeout=timeout,
+        ))
+
+    def audit_verify(self, *, timeout: float | None = None) -> list[AuditVerifyResult]:
+        """Every node's audit chain check (AsyncClient.audit_verify)."""
+        return self._run(self._async.audit_verify(timeout=timeout))
 
 
 __all__ = ["Client"]

@@ -75,6 +75,16 @@ class MemoryStorage:
     def snapshot(self) -> Snapshot:
         return self._snapshot
 
+    def clone(self) -> MemoryStorage:
+        """An independent copy: the simulator keeps one as the durable state
+        while unsynced writes may still be lost by a crash. Entries are
+        shared (they are never modified)."""
+        c = MemoryStorage.__new__(MemoryStorage)
+        c._hard_state = self._hard_state
+        c._snapshot = self._snapshot
+        c._ents = list(self._ents)
+        return c
+
     # -- write side ------------------------------------------------------------
 
     @property

@@ -51,7 +51,9 @@ CAMPAIGN_PRE_ELECTION = b"CampaignPreElection"
 CAMPAIGN_ELECTION = b"CampaignElection"
 CAMPAIGN_TRANSFER = b"CampaignTransfer"
 
-TEST_ONLY_BUGS = frozenset({"commit_prior_term_by_count", "vote_twice"})
+TEST_ONLY_BUGS = frozenset(
+    {"commit_prior_term_by_count", "vote_twice", "read_without_quorum", "auto_leave_once"}
+)
 
 _APP = MessageType.APP
 _APP_RESP = MessageType.APP_RESP
@@ -74,7 +76,10 @@ class Config:
     rng: random.Random
     election_tick: int = 10
     heartbeat_tick: int = 1
-    applied: int = 0  # last index applied before a restart (entries up to it are not re-applied)
+    # The last index the application applied before a restart: entries up to
+    # it are not handed out again, and conf changes up to it are replayed from
+    # the log onto the snapshot's membership (Raft._restore_applied).
+    applied: int = 0
     max_size_per_msg: int = 1 << 20  # bytes of entry data per APP message
     max_committed_size_per_ready: int = 8 << 20
     max_inflight_msgs: int = 256
@@ -125,6 +130,9 @@ class Raft:
         # Planted bugs: read here once and nowhere else.
         self._bug_commit_by_count = c.test_only_bug == "commit_prior_term_by_count"
         self._bug_vote_twice = c.test_only_bug == "vote_twice"
+        self._bug_read_without_quorum = c.test_only_bug == "read_without_quorum"
+        self._bug_auto_leave_once = c.test_only_bug == "auto_leave_once"
+        self._bug_auto_leave_tried = False
 
         self.term = 0
         self.vote = 0
@@ -156,8 +164,7 @@ class Raft:
             raise ConsensusError("restored configuration does not match the stored one")
         if not hs.is_empty():
             self._load_state(hs)
-        if c.applied > 0:
-            self.raft_log.applied_to(c.applied)
+        self._restore_applied(c)
         self.become_follower(self.term, 0)
 
     # -- state snapshots -------------------------------------------------------
@@ -177,6 +184,56 @@ class Raft:
         log.committed = hs.commit
         self.term = hs.term
         self.vote = hs.vote
+
+    def _restore_applied(self, c: Config) -> None:
+        """Resume from the application's applied index, with the membership
+        as of that index.
+
+        The stored ConfState is the one of the last snapshot. Conf changes
+        between the snapshot and c.applied were applied by the application
+        before the restart and are not handed out again (only entries after
+        applied are), so they are replayed here from the log: otherwise a
+        node restarting after two changes past its snapshot comes back with
+        the old membership, whose majorities need not overlap the real ones
+        (two leaders in one term). Entries up to the snapshot index are never
+        handed out again either: the snapshot holds their effect, the
+        membership included.
+
+        The commit index is raised to applied if it lags: the application
+        applies only committed entries, and a commit-only hard state is
+        written without a sync (rawnode.ready), so a crash may lose it while
+        the application's own record of what it applied survived.
+        """
+        log = self.raft_log
+        snap_index = c.storage.snapshot().meta.index
+        if 0 < c.applied < snap_index:
+            raise ConsensusError(
+                f"applied index {c.applied} is below the stored snapshot at {snap_index}: "
+                "the state machine is older than the snapshot (an unfinished install?)"
+            )
+        applied = max(c.applied, snap_index)  # 0: resume from the snapshot
+        if applied <= 0:
+            return
+        if applied > log.last_index():
+            raise ConsensusError(
+                f"applied index {applied} is past the last stored index {log.last_index()}: "
+                "the log lost entries the application had applied"
+            )
+        if applied > log.committed:
+            log.committed = applied
+        if applied > snap_index:
+            try:
+                ents = log.slice(snap_index + 1, applied + 1)
+            except CompactedError:
+                raise ConsensusError(
+                    f"entries {snap_index + 1}..{applied} after the snapshot were compacted: "
+                    "the membership as of the applied index cannot be rebuilt"
+                ) from None
+            conf = EntryType.CONF_CHANGE
+            for e in ents:
+                if e.type == conf:
+                    self.apply_conf_change(codec.decode_conf_change(e.data))
+        log.applied_to(applied)
 
     # -- sending -------------------------------------------------------------------
 
@@ -310,10 +367,30 @@ class Raft:
         self._append_own([Entry(li + k, term, d) for k, d in enumerate(datas, 1)])
 
     def _append_own(self, ents: list[Entry]) -> None:
-        li = self.raft_log.append(ents)
-        self.trk.progress[self.id].maybe_update(li)
-        self.maybe_commit()  # a single-voter group commits at once
+        # The leader's own Progress does not advance here: its entries count
+        # toward a quorum only once they are on its disk (on_persisted, from
+        # RawNode.advance), as etcd-io/raft's leader self-acknowledges on its
+        # storage append response. A single-voter group commits then.
+        self.raft_log.append(ents)
         self._bcast_pending = True
+
+    def on_persisted(self, index: int, term: int) -> None:
+        """The application persisted the log up to (index, term) (RawNode.advance).
+
+        A leader acknowledges its own entries here, as a follower does with
+        APP_RESP: counting them toward commit before they are durable would
+        let an entry commit with the leader's vote while only a minority
+        stores it, should the leader crash before its write (a driver that
+        persists asynchronously, or sends before persisting, could then
+        lose a committed entry)."""
+        if self.state != StateRole.LEADER:
+            return
+        pr = self.trk.progress.get(self.id)
+        if pr is None or not self.raft_log.match_term(index, term):
+            return  # removed, or those entries were replaced since
+        if pr.maybe_update(index) and self.maybe_commit():
+            self._release_pending_read_index_messages()
+            self._bcast_pending = True
 
     def _increase_uncommitted_size(self, s: int) -> bool:
         u = self.uncommitted_size
@@ -343,13 +420,16 @@ class Raft:
         self.reset_randomized_election_timeout()
         self.abort_leader_transfer()
         self.trk.reset_votes()
-        last = self.raft_log.last_index()
+        log = self.raft_log
+        last = log.last_index()
+        # Only what is on our disk counts as our own acknowledgement (on_persisted).
+        persisted = min(last, log.unstable.offset - 1)
         new_inflights = self.trk.new_inflights
         prs = self.trk.progress
         for nid, old in prs.items():
             pr = Progress(last + 1, new_inflights(), is_learner=old.is_learner)
             if nid == self.id:
-                pr.match = last
+                pr.match = persisted
             prs[nid] = pr
         self.pending_conf_index = 0
         self.uncommitted_size = 0
@@ -432,6 +512,7 @@ class Raft:
         if self.heartbeat_elapsed >= self.heartbeat_timeout:
             self.heartbeat_elapsed = 0
             self.step(Message(MessageType.BEAT, frm=self.id))
+        self._maybe_auto_leave(on_apply=False)
 
     def promotable(self) -> bool:
         """Whether this node may campaign: a voter not busy restoring a snapshot."""
@@ -720,7 +801,9 @@ class Raft:
         self.lead_transferee = 0
 
     def _leader_read_index(self, m: Message) -> None:
-        if self.trk.is_singleton():
+        if self.trk.is_singleton() or self._bug_read_without_quorum:
+            # (PLANTED BUG when not a singleton: no quorum round, so a deposed
+            # leader that does not know it yet serves stale reads.)
             self._respond_to_read_index(m, self.raft_log.committed)
             return
         if not self.committed_entry_in_current_term():
@@ -907,6 +990,7 @@ class Raft:
         return self.switch_to_config(cfg, prs)
 
     def switch_to_config(self, cfg: TrackerConfig, prs: ProgressMap) -> ConfState:
+        self._bug_auto_leave_tried = False
         self.trk.config = cfg
         self.trk.progress = prs
         cs = cfg.conf_state()
@@ -936,14 +1020,36 @@ class Raft:
         log = self.raft_log
         if index > log.applied:
             log.applied_to(index)
-        cfg = self.trk.config
-        if cfg.auto_leave and self.state == StateRole.LEADER and index >= self.pending_conf_index:
-            # The joint configuration is applied: leave it automatically by
-            # proposing an empty conf change.
-            leave = Entry(0, 0, codec.encode_conf_change(ConfChange()), EntryType.CONF_CHANGE)
-            # If dropped (e.g. a transfer is in progress) it is retried on the next apply.
-            with contextlib.suppress(ProposalDropped):
-                self.step(Message(_PROP, frm=self.id, entries=[leave]))
+        self._maybe_auto_leave(on_apply=True)
+
+    def _maybe_auto_leave(self, on_apply: bool) -> None:
+        """Leader: leave an auto-leave joint configuration once it is applied.
+
+        Called after every apply and on every leader tick, so that leaving
+        cannot be forgotten: the leave proposal may be dropped (a leadership
+        transfer is in progress) or lost with a leader change (the new
+        leader's pending_conf_index covers its whole log, so it proposes the
+        leave once its own first entry is applied), and a quiet group
+        applies nothing more that would retry it. pending_conf_index past
+        applied means a conf change (the leave itself) is still in flight.
+        """
+        if (
+            self.state != StateRole.LEADER
+            or not self.trk.config.auto_leave
+            or self.pending_conf_index > self.raft_log.applied
+        ):
+            return
+        if self.lead_transferee != 0:
+            # Proposals are refused during a transfer; the next tick retries.
+            if self._bug_auto_leave_once and on_apply:
+                self._bug_auto_leave_tried = True  # PLANTED BUG: this attempt was the only one
+            return
+        if self._bug_auto_leave_once and (not on_apply or self._bug_auto_leave_tried):
+            return  # PLANTED BUG: no retry, on ticks or later applies
+        leave = Entry(0, 0, codec.encode_conf_change(ConfChange()), EntryType.CONF_CHANGE)
+        # Dropped only if the budget or the leadership is gone: retried on the next tick.
+        with contextlib.suppress(ProposalDropped):
+            self.step(Message(_PROP, frm=self.id, entries=[leave]))
 
 
 def _normalized(cs: ConfState) -> ConfState:

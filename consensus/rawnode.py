@@ -206,12 +206,17 @@ class RawNode:
         return rd
 
     def advance(self, rd: Ready) -> None:
-        """Everything in rd was persisted, sent and applied."""
+        """Everything in rd was persisted, sent and applied.
+
+        This is also where a leader acknowledges its own entries (they count
+        toward commit only once persisted), so a single-voter group commits
+        a proposal here and hands it out in the next Ready."""
         r = self.raft
         log = r.raft_log
         if rd.entries:
             last = rd.entries[-1]
             log.stable_to(last.index, last.term)
+            r.on_persisted(last.index, last.term)
         applied = 0
         if rd.snapshot is not None:
             idx = rd.snapshot.meta.index

@@ -11,8 +11,20 @@ duplicates and reordering; partitions; crashes, some of them halfway through
 handling a Ready; membership changes and leader transfers) while clients
 propose and read. Then the network heals, crashed nodes restart, faults stop
 and the group must settle: one leader, and every acknowledged proposal
-applied on every live replica. Invariants are checked on every event
-(sim_checks). A violation reports the seed and the command that replays it.
+applied on every live replica, and no joint configuration left. Invariants
+are checked on every event (sim_checks). A violation reports the seed and the
+command that replays it.
+
+What the disk and the nodes may do (issue 12): a crash keeps only a prefix
+of the writes made since the last sync (sim_node); the state machine may be
+durable, so a restart resumes with applied past the last snapshot (and the
+core must replay the conf changes in between: the membership check); a node
+may die right after sending a vote or an append acknowledgement, and what it
+sent must still be on its disk (the durability check); removed nodes may
+stay up and keep sending; a transfer may start while a joint change is in
+flight, and a leader must not linger in an applied joint configuration it
+could leave. Planted bugs (BUGS) show each check catching what it is for:
+`--bug NAME` runs the core or this driver with one.
 
 Modules: sim_schedule (what a seed decides: rates and Config knobs),
 sim_network (the wire), sim_node (a replica and its disk), sim_nemesis (the
@@ -31,8 +43,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields
 
 from consensus.codec import decode_conf_change
+from consensus.confchange import enter_joint_needed
 from consensus.memory_storage import MemoryStorage
-from consensus.raft import Config
+from consensus.raft import TEST_ONLY_BUGS, Config
 from consensus.sim_checks import SafetyChecker, Violation, state_link
 from consensus.sim_nemesis import Figure8Nemesis
 from consensus.sim_network import InFlight, NetworkFaults, SimNetwork
@@ -45,6 +58,7 @@ from consensus.types import (
     ConfChangeType,
     ConfState,
     EntryType,
+    Message,
     MessageType,
     ProposalDropped,
     ReadState,
@@ -55,9 +69,23 @@ from consensus.types import (
 DEFAULT_STEPS = 2000
 TICK_UNITS = 5  # virtual time units per node tick
 QUIET_LIMIT = 3000  # units the healed group gets to settle before liveness fails
+# Units a leader may stay in an applied auto-leave joint configuration with
+# nothing stopping it from proposing the leave (no transfer, no conf change
+# in flight) before the run fails: a few ticks, faults or not, since
+# proposing is the leader's own act.
+JOINT_LEAVE_BOUND = 20 * TICK_UNITS
 SPARES = 2  # never-used node ids available to membership changes
 MIN_VOTERS = 3
-BUGS = ("commit_prior_term_by_count", "vote_twice")
+# Planted bugs. Core bugs live in the Raft core (Config.test_only_bug); driver
+# bugs in this module's handling of a Ready, i.e. in the application's side
+# of the persistence contract.
+CORE_BUGS = tuple(sorted(TEST_ONLY_BUGS))
+DRIVER_BUGS = (
+    "send_before_persist",  # a Ready's messages leave before its writes
+    "ignore_must_sync",  # nothing is synced: a crash may lose any recent write
+    "read_before_applied",  # a ReadState is served before its index is applied
+)
+BUGS = CORE_BUGS + DRIVER_BUGS
 
 
 @dataclass
@@ -71,6 +99,13 @@ class SimStats:
     reads: int = 0
     proposals: int = 0
     acked: int = 0
+    # The corners issue 12 taught the simulator:
+    restarts_past_snapshot: int = 0  # restarted with applied past its last snapshot
+    conf_replayed: int = 0  # ...with conf changes between the two
+    unsynced_lost: int = 0  # unsynced writes a crash lost
+    ack_kills: int = 0  # crashes right after sending a vote or an acknowledgement
+    removed_kept_up: int = 0  # removed nodes left running
+    joint_transfers: int = 0  # transfers started while a joint change was in flight
 
     def add(self, other: SimStats) -> None:
         for f in fields(self):
@@ -80,7 +115,10 @@ class SimStats:
         return (
             f"steps={self.steps}, elections={self.elections}, crashes={self.crashes}, "
             f"partitions={self.partitions}, membership_changes={self.membership_changes}, "
-            f"transfers={self.transfers}, reads={self.reads}"
+            f"transfers={self.transfers}, reads={self.reads}, "
+            f"restarts_past_snapshot={self.restarts_past_snapshot}, "
+            f"unsynced_lost={self.unsynced_lost}, ack_kills={self.ack_kills}, "
+            f"removed_kept_up={self.removed_kept_up}"
         )
 
 
@@ -137,7 +175,6 @@ class Simulation:
         self.now = 0
         self.faulty = True
         self.stats = SimStats()
-        self.check = SafetyChecker()
         self._trace = hashlib.blake2b(digest_size=16)
         self.rates = Rates.random(self.rng)
         self.knobs = Knobs.random(self.rng)
@@ -148,6 +185,7 @@ class Simulation:
         n_voters = nodes if nodes != 5 else self.rng.choice([3, 5])
         voters = tuple(range(1, n_voters + 1))
         self.initial_conf = ConfState(voters=voters)
+        self.check = SafetyChecker(self.initial_conf)
         self.nodes: dict[int, SimNode] = {}
         for nid in range(1, n_voters + SPARES + 1):
             node = SimNode(nid, MemoryStorage(), self._make_config)
@@ -183,12 +221,17 @@ class Simulation:
             max_inflight_msgs=k.max_inflight_msgs,
             check_quorum=k.check_quorum,
             pre_vote=k.pre_vote,
-            test_only_bug=self.bug,
+            test_only_bug=self.bug if self.bug in CORE_BUGS else None,
         )
 
     def _boot(self, node: SimNode) -> None:
-        node.boot(random.Random(self.rng.getrandbits(64)))
+        node.boot(random.Random(self.rng.getrandbits(64)), self.knobs.durable_apply)
+        if node.applied > node.snap_index:
+            self.stats.restarts_past_snapshot += 1
+            if self.check.conf_at(node.applied) != self.check.conf_at(node.snap_index):
+                self.stats.conf_replayed += 1
         self.check.state_restored(node.id, node.applied, node.state_chain)
+        self.check.conf_restored(node.id, node.applied, node.conf_state, "restarted")
 
     def _event(self, text: str) -> None:
         line = f"{self.now} {text}"
@@ -251,6 +294,7 @@ class Simulation:
         for nid in sorted(touched):
             self._drain(touched[nid])
         self._apply_decommissions()
+        self._check_joint_left()
 
     def _deliver(self, item: InFlight) -> SimNode | None:
         dest = self.nodes.get(item.to)
@@ -303,6 +347,22 @@ class Simulation:
         if rd.soft_state is not None:
             node.role = rd.soft_state.role
             node.leader = rd.soft_state.leader
+        if (
+            self.faulty
+            and point == CrashPoint.NONE
+            and self.rates.ack_kill
+            and any(_promise(m) for m in rd.messages)
+            and self.rng.random() < self.rates.ack_kill
+        ):
+            # Die right after telling someone a vote or an acknowledgement.
+            point = CrashPoint.AFTER_SEND
+            self.stats.ack_kills += 1
+        early = self.bug == "send_before_persist"
+        if early:
+            # PLANTED BUG: the messages leave before the writes they depend on.
+            self._send(node, rd)
+            if point == CrashPoint.AFTER_SEND:
+                return self._crash(node, "after sending, before persisting")
         prev_commit = node.storage.hard_state.commit
         self._persist(node, rd)
         if node.role == StateRole.LEADER and node.led_term != node.term:
@@ -322,9 +382,8 @@ class Simulation:
             point = self._commit_nemesis(node, point)
         if point == CrashPoint.AFTER_PERSIST:
             return self._crash(node, "after persisting, before sending")
-        for m in rd.messages:
-            if m.to in self.nodes and m.to != node.id:
-                self.net.send(self.now, m, node.incarnation)
+        if not early:
+            self._send(node, rd)
         if point == CrashPoint.AFTER_SEND:
             return self._crash(node, "after sending, before applying")
         self._apply(node, rd)
@@ -332,6 +391,21 @@ class Simulation:
             return self._crash(node, "after applying, before advance")
         self._maybe_snapshot(node)
         raw.advance(rd)
+
+    def _send(self, node: SimNode, rd: Ready) -> None:
+        """Send a Ready's messages, noting what they promise (sim_checks.promises_kept)."""
+        for m in rd.messages:
+            t = m.type
+            if t == MessageType.VOTE_RESP and not m.reject:
+                if m.term >= node.promised_vote[0]:
+                    node.promised_vote = (m.term, m.to)
+            elif t == MessageType.VOTE:
+                if m.term >= node.promised_vote[0]:
+                    node.promised_vote = (m.term, node.id)
+            elif t == MessageType.APP_RESP and not m.reject:
+                node.promised_ack = max(node.promised_ack, (m.term, m.index))
+            if m.to in self.nodes and m.to != node.id:
+                self.net.send(self.now, m, node.incarnation)
 
     def _leader_nemesis(self, node: SimNode, point: CrashPoint) -> CrashPoint:
         """A new leader may be killed soon, or right after persisting its first Ready."""
@@ -355,24 +429,42 @@ class Simulation:
         return point
 
     def _persist(self, node: SimNode, rd: Ready) -> None:
-        st, check = node.storage, self.check
-        if rd.snapshot is not None:
-            st.apply_snapshot(rd.snapshot)
-            meta = rd.snapshot.meta
-            _, _, log_chain = decode_state(rd.snapshot)
-            node.chain.reset(meta.index, log_chain)
-            check.snapshot_installed(node.id, meta.index, meta.term, log_chain)
-        if rd.entries:
-            st.append(rd.entries)
-            node.chain.append(rd.entries)
-            check.entries_persisted(node.id, rd.entries, node.chain)
-            if st.last_index() != node.chain.last:
+        """One write of the Ready's snapshot, entries and hard state, synced
+        when the Ready says so (or when it carries a snapshot, as the node's
+        host does): an unsynced write may be lost by a crash."""
+        check = self.check
+        synced = rd.must_sync or rd.snapshot is not None
+        if self.bug == "ignore_must_sync":
+            synced = False  # PLANTED BUG
+        snap, ents, hs_new = rd.snapshot, rd.entries, rd.hard_state
+
+        def write() -> None:
+            st = node.storage
+            if snap is not None:
+                st.apply_snapshot(snap)
+                index, state_chain, log_chain = decode_state(snap)
+                node.chain.reset(snap.meta.index, log_chain)
+                node.set_sm(index, state_chain)
+            if ents:
+                st.append(ents)
+                node.chain.append(ents)
+            if hs_new is not None:
+                st.set_hard_state(hs_new)
+
+        if hs_new is not None and hs_new.term < node.term:
+            raise Violation("term regressed", f"node {node.id}: {node.term} -> {hs_new.term}")
+        if snap is None and not ents and hs_new is None:
+            return
+        node.write(write, synced)
+        if snap is not None:
+            meta = snap.meta
+            check.snapshot_installed(node.id, meta.index, meta.term, decode_state(snap)[2])
+        if ents:
+            check.entries_persisted(node.id, ents, node.chain)
+            if node.storage.last_index() != node.chain.last:
                 raise Violation("storage", f"node {node.id}: storage and log chain disagree")
-        if rd.hard_state is not None:
-            hs = rd.hard_state
-            if hs.term < node.term:
-                raise Violation("term regressed", f"node {node.id}: {node.term} -> {hs.term}")
-            st.set_hard_state(hs)
+        if hs_new is not None:
+            hs = hs_new
             node.term = hs.term
             check.commit_persisted(node.id, hs.term, hs.commit, node.chain)
             self._trace.update(
@@ -392,6 +484,7 @@ class Simulation:
             node.applied, node.state_chain = index, state_chain
             node.snap_index = index
             node.conf_state = rd.snapshot.meta.conf_state
+            check.conf_restored(node.id, index, node.conf_state, "installed a snapshot")
         for e in rd.committed_entries:
             if e.index != node.applied + 1:
                 raise Violation(
@@ -403,6 +496,7 @@ class Simulation:
             if e.type == EntryType.CONF_CHANGE:
                 before = node.conf_state
                 node.conf_state = raw.apply_conf_change(decode_conf_change(e.data))
+                check.conf_applied(node.id, e.index, node.conf_state)
                 if first:
                     self.stats.membership_changes += 1
                     self._event(f"conf {e.index} -> {node.conf_state}")
@@ -412,11 +506,17 @@ class Simulation:
                 node.proposed.discard(e.data)
                 self.acked.setdefault(e.data, e.index)
                 self.stats.acked += 1
+        if rd.committed_entries and self.knobs.durable_apply:
+            # The state machine's own record, in the same ordered disk log,
+            # written without a sync as the node's is.
+            applied, chain = node.applied, node.state_chain
+            node.write(lambda: node.set_sm(applied, chain), synced=False)
         node.pending_reads.extend(rd.read_states)
         if node.pending_reads:
+            early = self.bug == "read_before_applied"  # PLANTED BUG
             still: list[ReadState] = []
             for rs in node.pending_reads:
-                if rs.index <= node.applied:
+                if rs.index <= node.applied or early:
                     check.read_served(node.id, rs.index, rs.context, node.applied)
                     self.stats.reads += 1
                 else:
@@ -431,14 +531,29 @@ class Simulation:
         if log_chain is None:
             raise Violation("storage", f"node {node.id}: applied {node.applied} not in its log")
         data = encode_state(node.applied, node.state_chain, log_chain)
-        node.storage.create_snapshot(node.applied, node.conf_state, data)
-        node.snap_index = node.applied
-        upto = node.applied - k.snap_keep
-        if upto >= node.storage.first_index():
-            node.storage.compact(upto)
-            node.chain.compact(upto)
+        index, conf, upto = node.applied, node.conf_state, node.applied - k.snap_keep
+
+        def write() -> None:
+            node.storage.create_snapshot(index, conf, data)
+            if upto >= node.storage.first_index():
+                node.storage.compact(upto)
+                node.chain.compact(upto)
+
+        node.write(write, synced=True)  # the node's host syncs snapshots and compactions
+        node.snap_index = index
 
     def _crash(self, node: SimNode, how: str) -> None:
+        lost = node.lose_unsynced(self.rng)
+        self.stats.unsynced_lost += lost
+        if lost:
+            how += f", {lost} unsynced writes lost"
+        self.check.promises_kept(
+            node.id,
+            node.storage.hard_state,
+            node.storage.last_index(),
+            node.promised_vote,
+            node.promised_ack,
+        )
         node.crash()
         node.restart_at = self.now + self.rng.randint(20, 400)
         self.stats.crashes += 1
@@ -452,6 +567,12 @@ class Simulation:
             if node.removed:
                 continue
             node.removed = True
+            if node.alive and self.knobs.keep_removed:
+                # Nobody shuts it down: it keeps ticking and sending with
+                # whatever membership it last knew.
+                self._event(f"removed n{nid} stays up")
+                self.stats.removed_kept_up += 1
+                continue
             if node.alive:
                 node.crash()
             self._event(f"decommission n{nid}")
@@ -490,10 +611,10 @@ class Simulation:
         self.figure8.start(self.now, lead)
         return self._propose_to(lead)
 
-    def _client_target(self) -> SimNode | None:
+    def _client_target(self, leader_share: float = 0.8) -> SimNode | None:
         """Clients mostly find the leader, sometimes talk to a follower."""
         lead = self.leader()
-        if lead is not None and self.rng.random() < 0.8:
+        if lead is not None and self.rng.random() < leader_share:
             return lead
         alive = [n for n in self._alive() if not n.removed]
         return self.rng.choice(alive) if alive else None
@@ -518,7 +639,9 @@ class Simulation:
         return node
 
     def _read(self) -> SimNode | None:
-        node = self._client_target()
+        # Reads go to followers as often as to the leader (follower reads
+        # are a ReadIndex round trip away from the leader's answer).
+        node = self._client_target(leader_share=0.5)
         if node is None:
             return None
         self._next_id += 1
@@ -640,7 +763,28 @@ class Simulation:
             self._event(f"conf change n{lead.id} {desc} dropped")
             return lead
         self._event(f"conf change n{lead.id} {desc} {cc.transition.name}")
+        joint, auto_leave = enter_joint_needed(cc) if cc.changes else (False, False)
+        if joint and auto_leave and self.rng.random() < self.rates.joint_transfer:
+            self._transfer_away(lead)
         return lead
+
+    def _transfer_away(self, lead: SimNode) -> None:
+        """Start a leadership transfer while a joint change is in flight,
+        mostly to a voter cut off by a partition, so that it fails
+        and the leader stays, having had its automatic leave refused."""
+        others = [v for v in lead.conf_state.voters if v != lead.id]
+        if not others:
+            return
+        target = self.rng.choice(others)
+        if self.rng.random() < 0.7:
+            self.net.partition({target: 1})
+            self._heal_at = self.now + self.rng.randint(30, 600)
+            self.stats.partitions += 1
+            self._event(f"partition isolate n{target}")
+        lead.rawnode.transfer_leadership(target)
+        self.stats.transfers += 1
+        self.stats.joint_transfers += 1
+        self._event(f"transfer n{lead.id} -> n{target} during a joint change")
 
     # --- settling and liveness ----------------------------------------------
 
@@ -675,10 +819,35 @@ class Simulation:
     def _settled(self) -> bool:
         return self._liveness_problem() is None
 
+    def _check_joint_left(self) -> None:
+        for node in self.nodes.values():
+            r = node.raw.raft if node.alive and node.raw is not None else None
+            if (
+                r is None
+                or r.state != StateRole.LEADER
+                or not r.trk.config.auto_leave
+                or r.lead_transferee != 0
+                or r.pending_conf_index > r.raft_log.applied
+            ):
+                node.joint_stuck_since = 0
+                continue
+            if not node.joint_stuck_since:
+                node.joint_stuck_since = self.now
+            elif self.now - node.joint_stuck_since > JOINT_LEAVE_BOUND:
+                raise Violation(
+                    "joint configuration",
+                    f"leader n{node.id} stayed {JOINT_LEAVE_BOUND} units in the applied joint "
+                    f"configuration {node.conf_state} without proposing to leave it",
+                )
+
     def _liveness_problem(self) -> str | None:
         lead = self.leader()
         if lead is None:
             return "no leader"
+        if lead.conf_state.voters_outgoing:
+            # Every joint configuration must end: an auto-leave one by the
+            # leader, an explicit one by the leave _settling_action proposes.
+            return f"still in the joint configuration {lead.conf_state}"
         need = max(self.acked.values(), default=0)
         for nid in sorted(members(lead.conf_state)):
             node = self.nodes[nid]
@@ -695,6 +864,15 @@ class Simulation:
         if problem is not None:
             raise Violation("liveness", f"after {QUIET_LIMIT} quiet units: {problem}")
         self._event(f"settled: acked={len(self.acked)}")
+
+
+def _promise(m: Message) -> bool:
+    """Whether the message tells its receiver something the sender's disk
+    must keep (sim_checks.promises_kept)."""
+    t = m.type
+    return t == MessageType.VOTE or (
+        t in (MessageType.VOTE_RESP, MessageType.APP_RESP) and not m.reject
+    )
 
 
 def run_schedule(

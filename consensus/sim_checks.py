@@ -16,10 +16,11 @@ replica restored from one can keep checking.
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import struct
 
-from consensus.types import Entry
+from consensus.types import ConfState, Entry, HardState
 
 ZERO = b"\x00" * 16
 _TERM_TYPE = struct.Struct(">QB")
@@ -77,6 +78,11 @@ class LogChain:
             h = log_link(h, e.term, e.type, e.data)
             self.hashes.append(h)
 
+    def clone(self) -> LogChain:
+        c = LogChain(self.base)
+        c.hashes = list(self.hashes)
+        return c
+
     def reset(self, index: int, chain: bytes) -> None:
         self.base = index
         self.hashes = [chain]
@@ -91,8 +97,12 @@ class LogChain:
 class SafetyChecker:
     """Global records of one schedule and the invariant checks against them."""
 
-    def __init__(self) -> None:
+    def __init__(self, initial_conf: ConfState | None = None) -> None:
         self.leaders: dict[int, int] = {}  # term -> the one node that led it
+        # The group's membership history: (index of a conf change, the
+        # configuration it produced), in index order.
+        self.conf_index: list[int] = [0]
+        self.confs: list[ConfState] = [_norm(initial_conf or ConfState())]
         self.log_by_index_term: dict[tuple[int, int], bytes] = {}  # -> log chain
         self.committed: dict[int, bytes] = {}  # index -> log chain of the committed entry
         self.commit_frontier = 0  # highest commit index any node has persisted
@@ -218,6 +228,69 @@ class SafetyChecker:
                 "state machine safety", f"node {node_id}: snapshot state at {index} differs"
             )
 
+    # --- membership ---------------------------------------------------------
+
+    def conf_applied(self, node_id: int, index: int, cs: ConfState) -> None:
+        """A node applied the conf change at index, which produced cs."""
+        cs = _norm(cs)
+        k = bisect.bisect_left(self.conf_index, index)
+        if k < len(self.conf_index) and self.conf_index[k] == index:
+            if self.confs[k] != cs:
+                raise Violation(
+                    "membership",
+                    f"node {node_id}: the conf change at {index} gave {cs}, "
+                    f"elsewhere {self.confs[k]}",
+                )
+            return
+        self.conf_index.insert(k, index)
+        self.confs.insert(k, cs)
+
+    def conf_at(self, index: int) -> ConfState:
+        return self.confs[bisect.bisect_right(self.conf_index, index) - 1]
+
+    def conf_restored(self, node_id: int, applied: int, cs: ConfState, how: str) -> None:
+        """A node (re)started or installed a snapshot at applied: its
+        membership must be the group's as of applied. A blank replica (no
+        membership yet) is exempt."""
+        if cs == ConfState():
+            return
+        want = self.conf_at(applied)
+        if _norm(cs) != want:
+            raise Violation(
+                "membership",
+                f"node {node_id} {how} at applied {applied} with {_norm(cs)}, "
+                f"but the group's configuration there is {want}",
+            )
+
+    # --- durability of what was sent ----------------------------------------
+
+    def promises_kept(
+        self,
+        node_id: int,
+        hs: HardState,
+        last_index: int,
+        vote: tuple[int, int],
+        ack: tuple[int, int],
+    ) -> None:
+        """After a crash, the node's disk must still back what it sent: a vote
+        (granted, or asked for itself) and an append acknowledgement. A node
+        that sent them before persisting (or without syncing) forgets them,
+        and may then vote twice in one term or lose a committed entry."""
+        vt, cand = vote
+        if vt and (hs.term < vt or (hs.term == vt and hs.vote != cand)):
+            raise Violation(
+                "durability",
+                f"node {node_id} voted for {cand} in term {vt}, but after a crash its disk "
+                f"holds term {hs.term} vote {hs.vote}",
+            )
+        at, ai = ack
+        if at and (hs.term < at or (hs.term == at and last_index < ai)):
+            raise Violation(
+                "durability",
+                f"node {node_id} acknowledged index {ai} in term {at}, but after a crash its "
+                f"disk holds term {hs.term} and entries up to {last_index}",
+            )
+
     # --- linearizable reads -------------------------------------------------
 
     def read_requested(self, ctx: bytes) -> None:
@@ -236,3 +309,13 @@ class SafetyChecker:
                 "before the read was requested",
             )
         self.reads_checked += 1
+
+
+def _norm(cs: ConfState) -> ConfState:
+    return ConfState(
+        voters=tuple(sorted(cs.voters)),
+        learners=tuple(sorted(cs.learners)),
+        voters_outgoing=tuple(sorted(cs.voters_outgoing)),
+        learners_next=tuple(sorted(cs.learners_next)),
+        auto_leave=cs.auto_leave,
+    )

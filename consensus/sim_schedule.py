@@ -33,6 +33,14 @@ class Rates:
     kill_after_commit: float
     strand: float
     figure8: float  # per time unit: start the staged figure-8 history (sim_nemesis)
+    # Per Ready that sends a vote (granted or requested) or an append
+    # acknowledgement: the node dies right after sending it. Its disk must
+    # still hold what the message promised (sim_checks.promises_kept).
+    ack_kill: float
+    # Per proposed joint change left automatically: transfer leadership at
+    # once (half the time to a voter just cut off), so that the automatic
+    # leave is refused while the transfer is pending.
+    joint_transfer: float
 
     @staticmethod
     def random(rng: random.Random) -> Rates:
@@ -48,6 +56,8 @@ class Rates:
             kill_after_commit=rng.choice([0.0, 0.02, 0.1, 0.3]),
             strand=rng.choice([0.0, 0.3, 0.7]),
             figure8=rng.choice([0.0, 0.002, 0.006]),
+            ack_kill=rng.choice([0.0, 0.002, 0.01]),
+            joint_transfer=rng.choice([0.0, 0.5, 1.0]),
         )
 
 
@@ -64,6 +74,13 @@ class Knobs:
     snap_every: int  # applied entries between two snapshots of a node
     snap_keep: int  # entries kept below a snapshot when compacting
     ready_per_message: bool  # handle Ready after every message, or once per time unit
+    # The state machine records what it applied durably (as the node's does),
+    # so a restart resumes with applied past the last snapshot, conf changes
+    # included; otherwise it is rebuilt from the last snapshot.
+    durable_apply: bool
+    # A removed node stays up (until the group has settled) and keeps
+    # ticking, campaigning and sending, as one nobody has shut down yet.
+    keep_removed: bool
 
     @staticmethod
     def random(rng: random.Random) -> Knobs:
@@ -76,4 +93,6 @@ class Knobs:
             snap_every=rng.choice([5, 20, 60, 1 << 30]),
             snap_keep=rng.choice([0, 3, 20]),
             ready_per_message=rng.random() < 0.5,
+            durable_apply=rng.random() < 0.5,
+            keep_removed=rng.random() < 0.5,
         )

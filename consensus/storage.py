@@ -12,7 +12,8 @@ Persistence contract (what must be durable, and when):
     entries are on disk.
   * Committed entries may be applied only after they are durable locally.
   * A restart reads HardState, ConfState, the snapshot and the log back and
-    resumes from them; anything not yet durable is treated as never having
+    resumes from them (with the conf changes between the snapshot and the
+    application's applied index replayed from the log); anything not yet durable is treated as never having
     happened, which the rules above make safe.
 
 Two implementations: MemoryStorage (memory_storage.py) and, for many groups
@@ -39,7 +40,9 @@ class Storage(Protocol):
     """
 
     def initial_state(self) -> tuple[HardState, ConfState]:
-        """The persisted hard state and the membership as of the last snapshot/bootstrap."""
+        """The persisted hard state and the membership as of the last
+        snapshot/bootstrap, i.e. as of snapshot().meta.index (Raft replays the
+        conf changes after it up to Config.applied on a restart)."""
         ...
 
     def entries(self, lo: int, hi: int, max_size: int = NO_LIMIT) -> list[Entry]:

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import grpc
 
 from consensus.types import StateRole
+from node.audit_service import AuditService
 from node.config import NodeConfig
 from node.crypto import CryptoError
 from node.errors import FailedPrecondition, InvalidArgument, NodeError
@@ -50,6 +51,7 @@ def _answers_node_errors(method: _Rpc) -> _Rpc:
 class AdminService(admin_pb2_grpc.AdminServicer):
     def __init__(self, node: Node) -> None:
         self.node = node
+        self.audit = AuditService(node)
 
     # ---- this node's own view -------------------------------------------
 
@@ -197,15 +199,19 @@ class AdminService(admin_pb2_grpc.AdminServicer):
     async def AuditQuery(
         self, request: admin_pb2.AuditQueryRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[admin_pb2.AuditQueryResponse]:
-        await abort_with(context, FailedPrecondition(
-            f"node {self.node.cfg.node_id} keeps no audit log (insecure = true)"))
-        yield admin_pb2.AuditQueryResponse()  # never reached: the stream's shape
+        """This node's own entries (node/audit_service.py); an insecure node keeps
+        none and answers FAILED_PRECONDITION."""
+        try:
+            async for page in self.audit.query(request):
+                yield page
+        except NodeError as e:
+            await abort_with(context, e)
 
     @_answers_node_errors
     async def AuditVerify(
         self, request: admin_pb2.AuditVerifyRequest, context: grpc.aio.ServicerContext
     ) -> admin_pb2.AuditVerifyResponse:
-        raise FailedPrecondition(f"node {self.node.cfg.node_id} keeps no audit log (insecure = true)")
+        return await self.audit.verify()
 
     # ---- replicated cluster settings (node/settings_service.py) -----------
 

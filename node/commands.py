@@ -17,6 +17,14 @@ client_id, session, seq, ack_below, ts_ms, patient_id:
   ErasePatient:    [5, head...]
   RegisterSession: [6, ts_ms, client_id, nonce]
   SetSettings:     [7, ts_ms, nonce, seed, {name: value, ...}]
+  SharePatient:    [8, ts_ms, nonce, patient_id, clinic, revoke, [caller clinic, ...]]
+  AuditAnchor:     [9, ts_ms, node_id, seq, chain_hash (32 bytes)]
+
+Put, CompareAndSet, Delete and Batch may carry one more, trailing element:
+the write's `auth` [[caller clinic, ...], register_clinic | nil, break_glass]
+(WriteAuth), set by a node with access control. An entry without it (every
+entry written before it existed, an insecure node's, an admin's erasure)
+decodes exactly as before and is applied without a clinic check.
 
 v1 (written before sessions were registered) is the same without `session`
 in the head and without kinds 6 and 7. It still decodes, so an old log can be
@@ -54,9 +62,13 @@ FORMAT_V1 = 0x01  # before registered sessions: decoded, never written
 FORMAT_V2 = 0x02
 
 _NOOP, _PUT, _CAS, _DELETE, _BATCH, _ERASE, _REGISTER, _SETTINGS = 0, 1, 2, 3, 4, 5, 6, 7
+_SHARE = 8
+_AUDIT_ANCHOR = 9
+AUDIT_CHAIN_HASH_BYTES = 32
 
 # How a proposer finds its entry's result: ("write", client_id, session, seq),
-# ("open", client_id, nonce, 0) or ("settings", b"", nonce, 0).
+# ("open", client_id, nonce, 0), ("settings", b"", nonce, 0), ("share", b"", nonce, 0)
+# or ("anchor", b"", node_id, seq).
 WaitKey = tuple[str, bytes, int, int]
 
 BATCH_PUT = "put"
@@ -90,14 +102,37 @@ class _Write:
         return ("write", self.client_id, self.session, self.seq)
 
 
+@dataclass(frozen=True, slots=True)
+class WriteAuth:
+    """Who proposed a record write, for the clinic check at apply (state_machine).
+
+    clinics: the caller's clinics (from its token). register_clinic: the clinic a
+    patient nobody has registered yet is registered to by this write (None: such
+    a write is refused). break_glass: the caller has the break-glass role and
+    gave a reason, so the write applies to any patient (the audit log flags it).
+    The check runs at apply, against the replicated registration, so it is the
+    same on every replica and cannot race a concurrent SharePatient."""
+
+    clinics: frozenset[str]
+    register_clinic: str | None = None
+    break_glass: bool = False
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
-class Put(_Write):
+class _AuthedWrite(_Write):
+    """A record write: may carry the proposer's WriteAuth (None: not checked)."""
+
+    auth: WriteAuth | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Put(_AuthedWrite):
     record_id: str
     value: bytes
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class CompareAndSet(_Write):
+class CompareAndSet(_AuthedWrite):
     """Write only if the record is at expected_version (0: absent or deleted)."""
 
     record_id: str
@@ -106,7 +141,7 @@ class CompareAndSet(_Write):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class Delete(_Write):
+class Delete(_AuthedWrite):
     """Write a tombstone; with expected_version, only if the record is at it."""
 
     record_id: str
@@ -129,7 +164,7 @@ class BatchOp:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class Batch(_Write):
+class Batch(_AuthedWrite):
     """Atomic operations on one patient's records: all apply, or none does."""
 
     ops: tuple[BatchOp, ...]
@@ -180,8 +215,46 @@ class SetSettings:
         return ("settings", b"", self.nonce, 0)
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SharePatient:
+    """Register a patient to one more clinic, or revoke one (KV.SharePatient).
+
+    caller_clinics: the clinics of whoever asked; apply allows the change when
+    the patient is registered to one of them, or is unregistered and `clinic`
+    is one of them (policy Scope.OWN_CLINIC, decided on the replicated state)."""
+
+    ts_ms: int
+    nonce: int
+    patient_id: str
+    clinic: str
+    revoke: bool
+    caller_clinics: frozenset[str]
+
+    @property
+    def wait_key(self) -> WaitKey:
+        return ("share", b"", self.nonce, 0)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AuditAnchor:
+    """Node node_id's audit log reached entry `seq` with chain hash `chain_hash`
+    (node.auth.audit.ChainHead). Replicated so that a node's log cut short or
+    rewritten, HEAD file included, no longer matches what the cluster recorded
+    (node.audit_anchors). Carries no patient data."""
+
+    ts_ms: int
+    node_id: int
+    seq: int
+    chain_hash: bytes  # AUDIT_CHAIN_HASH_BYTES
+
+    @property
+    def wait_key(self) -> WaitKey:
+        return ("anchor", b"", self.node_id, self.seq)
+
+
 WriteCommand = Put | CompareAndSet | Delete | Batch | ErasePatient
-Command = WriteCommand | Noop | RegisterSession | SetSettings
+AuthedWrite = Put | CompareAndSet | Delete | Batch
+Command = WriteCommand | Noop | RegisterSession | SetSettings | SharePatient | AuditAnchor
 
 
 # --- encoding -------------------------------------------------------------
@@ -206,18 +279,29 @@ def _fields(cmd: Command) -> list[Any]:
         return [_REGISTER, cmd.ts_ms, cmd.client_id, cmd.nonce]
     if isinstance(cmd, SetSettings):
         return [_SETTINGS, cmd.ts_ms, cmd.nonce, cmd.seed, dict(cmd.changes)]
+    if isinstance(cmd, SharePatient):
+        return [_SHARE, cmd.ts_ms, cmd.nonce, cmd.patient_id, cmd.clinic, cmd.revoke,
+                sorted(cmd.caller_clinics)]
+    if isinstance(cmd, AuditAnchor):
+        return [_AUDIT_ANCHOR, cmd.ts_ms, cmd.node_id, cmd.seq, cmd.chain_hash]
     head = [cmd.client_id, cmd.session, cmd.seq, cmd.ack_below, cmd.ts_ms, cmd.patient_id]
-    if isinstance(cmd, Put):
-        return [_PUT, *head, cmd.record_id, cmd.value]
-    if isinstance(cmd, CompareAndSet):
-        return [_CAS, *head, cmd.record_id, cmd.value, cmd.expected_version]
-    if isinstance(cmd, Delete):
-        return [_DELETE, *head, cmd.record_id, cmd.expected_version]
-    if isinstance(cmd, Batch):
-        return [_BATCH, *head, [_op_fields(op, i) for i, op in enumerate(cmd.ops)]]
     if isinstance(cmd, ErasePatient):
         return [_ERASE, *head]
-    raise CommandError(f"not a command: {type(cmd).__name__}")
+    if isinstance(cmd, Put):
+        out = [_PUT, *head, cmd.record_id, cmd.value]
+    elif isinstance(cmd, CompareAndSet):
+        out = [_CAS, *head, cmd.record_id, cmd.value, cmd.expected_version]
+    elif isinstance(cmd, Delete):
+        out = [_DELETE, *head, cmd.record_id, cmd.expected_version]
+    elif isinstance(cmd, Batch):
+        out = [_BATCH, *head, [_op_fields(op, i) for i, op in enumerate(cmd.ops)]]
+    else:
+        raise CommandError(f"not a command: {type(cmd).__name__}")
+    if cmd.auth is not None:
+        # Sorted: one encoding per content, so replicas' logs are byte-identical.
+        a = cmd.auth
+        out.append([sorted(a.clinics), a.register_clinic, a.break_glass])
+    return out
 
 
 def encode_command(cmd: Command) -> bytes:
@@ -282,6 +366,30 @@ def _decode_op(raw: object, i: int) -> BatchOp:
     raise CommandDecodeError(f"{what} has an unknown kind")
 
 
+def _clinics(v: object, what: str) -> frozenset[str]:
+    if type(v) is not list:
+        raise CommandDecodeError(f"{what} is not an array")
+    return frozenset(_text(c, what) for c in v)
+
+
+def _decode_auth(raw: object) -> WriteAuth:
+    if type(raw) is not list or len(raw) != 3:
+        raise CommandDecodeError("auth is not a 3-element array")
+    clinics = _clinics(raw[0], "auth.clinics")
+    register = None if raw[1] is None else _text(raw[1], "auth.register_clinic")
+    if type(raw[2]) is not bool:
+        raise CommandDecodeError("auth.break_glass is not a boolean")
+    return WriteAuth(clinics, register, raw[2])
+
+
+def _split_auth(fields: list[Any], n: int, what: str) -> WriteAuth | None:
+    """The optional trailing auth element of a record write of n fields without it."""
+    if len(fields) == n + 1:
+        return _decode_auth(fields[n])
+    _arity(fields, n, what)
+    return None
+
+
 def _decode(fields: list[Any], version: int) -> Command:
     if not fields or type(fields[0]) is not int:
         raise CommandDecodeError("command has no kind tag")
@@ -309,6 +417,21 @@ def _decode(fields: list[Any], version: int) -> Command:
             ts_ms=_uint(fields[1], "ts_ms"), nonce=_uint(fields[2], "nonce"),
             seed=fields[3], changes=changes,
         )
+    if tag == _SHARE and version >= FORMAT_V2:
+        _arity(fields, 7, "SharePatient")
+        if type(fields[5]) is not bool:
+            raise CommandDecodeError("revoke is not a boolean")
+        return SharePatient(
+            ts_ms=_uint(fields[1], "ts_ms"), nonce=_uint(fields[2], "nonce"),
+            patient_id=_text(fields[3], "patient_id"), clinic=_text(fields[4], "clinic"),
+            revoke=fields[5], caller_clinics=_clinics(fields[6], "caller_clinics"),
+        )
+    if tag == _AUDIT_ANCHOR and version >= FORMAT_V2:
+        _arity(fields, 5, "AuditAnchor")
+        return AuditAnchor(
+            ts_ms=_uint(fields[1], "ts_ms"), node_id=_uint(fields[2], "node_id"),
+            seq=_uint(fields[3], "seq"), chain_hash=_bytes(fields[4], "chain_hash"),
+        )
     if tag not in (_PUT, _CAS, _DELETE, _BATCH, _ERASE):
         raise CommandDecodeError(f"unknown command kind {tag}")
     # v1 heads have no session: shift them into the v2 layout with session 0.
@@ -325,27 +448,33 @@ def _decode(fields: list[Any], version: int) -> Command:
         "patient_id": _text(fields[6], "patient_id"),
     }
     if tag == _PUT:
-        _arity(fields, 9, "Put")
+        auth = _split_auth(fields, 9, "Put")
         return Put(
-            **head, record_id=_text(fields[7], "record_id"), value=_bytes(fields[8], "value")
+            **head, record_id=_text(fields[7], "record_id"), value=_bytes(fields[8], "value"),
+            auth=auth,
         )
     if tag == _CAS:
-        _arity(fields, 10, "CompareAndSet")
+        auth = _split_auth(fields, 10, "CompareAndSet")
         return CompareAndSet(
             **head,
             record_id=_text(fields[7], "record_id"),
             value=_bytes(fields[8], "value"),
             expected_version=_uint(fields[9], "expected_version"),
+            auth=auth,
         )
     if tag == _DELETE:
-        _arity(fields, 9, "Delete")
+        auth = _split_auth(fields, 9, "Delete")
         expected = None if fields[8] is None else _uint(fields[8], "expected_version")
-        return Delete(**head, record_id=_text(fields[7], "record_id"), expected_version=expected)
+        return Delete(
+            **head, record_id=_text(fields[7], "record_id"), expected_version=expected, auth=auth
+        )
     if tag == _BATCH:
-        _arity(fields, 8, "Batch")
+        auth = _split_auth(fields, 8, "Batch")
         if type(fields[7]) is not list:
             raise CommandDecodeError("ops is not an array")
-        return Batch(**head, ops=tuple(_decode_op(op, i) for i, op in enumerate(fields[7])))
+        return Batch(
+            **head, ops=tuple(_decode_op(op, i) for i, op in enumerate(fields[7])), auth=auth
+        )
     _arity(fields, 7, "ErasePatient")
     return ErasePatient(**head)
 
@@ -392,6 +521,17 @@ def validate_batch(cmd: Batch) -> None:
     )
 
 
+MAX_CLINIC_BYTES = 128
+
+
+def validate_clinic(clinic: object, field: str = "clinic") -> None:
+    """A clinic name: non-empty text of at most MAX_CLINIC_BYTES bytes (never quoted)."""
+    if type(clinic) is not str or not clinic:
+        raise ValidationError(field, "must be a non-empty clinic name")
+    if len(clinic.encode("utf-8", "surrogatepass")) > MAX_CLINIC_BYTES:
+        raise ValidationError(field, f"must be at most {MAX_CLINIC_BYTES} bytes")
+
+
 def validate_command(cmd: Command) -> None:
     """Check a command against the documented limits. Raises ValidationError."""
     validate_uint64(cmd.ts_ms, "ts_ms")
@@ -401,6 +541,13 @@ def validate_command(cmd: Command) -> None:
         validate_client_id(cmd.client_id)
         validate_uint64(cmd.nonce, "nonce")
         return
+    if isinstance(cmd, SharePatient):
+        validate_uint64(cmd.nonce, "nonce")
+        validate_id(cmd.patient_id, "patient_id")
+        validate_clinic(cmd.clinic, "clinic")
+        for c in cmd.caller_clinics:
+            validate_clinic(c, "caller_clinics")
+        return
     if isinstance(cmd, SetSettings):
         validate_uint64(cmd.nonce, "nonce")
         names = [name for name, _ in cmd.changes]
@@ -408,9 +555,22 @@ def validate_command(cmd: Command) -> None:
             raise ValidationError("settings", "must name each changed setting once")
         validate_changes(dict(cmd.changes))
         return
+    if isinstance(cmd, AuditAnchor):
+        validate_uint64(cmd.node_id, "node_id")
+        validate_uint64(cmd.seq, "seq")
+        if cmd.node_id == 0:
+            raise ValidationError("node_id", "must be a node id (1 or more)")
+        if len(cmd.chain_hash) != AUDIT_CHAIN_HASH_BYTES:
+            raise ValidationError("chain_hash", f"must be {AUDIT_CHAIN_HASH_BYTES} bytes")
+        return
     validate_write_id(cmd.client_id, cmd.seq, cmd.ack_below)
     validate_uint64(cmd.session, "write_id.session")
     validate_id(cmd.patient_id, "patient_id")
+    if not isinstance(cmd, ErasePatient) and cmd.auth is not None:
+        for c in cmd.auth.clinics:
+            validate_clinic(c, "auth.clinics")
+        if cmd.auth.register_clinic is not None:
+            validate_clinic(cmd.auth.register_clinic, "auth.register_clinic")
     if isinstance(cmd, Put | CompareAndSet):
         validate_id(cmd.record_id, "record_id")
         validate_value(cmd.value, "value")
@@ -427,11 +587,15 @@ def validate_command(cmd: Command) -> None:
 
 
 __all__ = [
+    "AUDIT_CHAIN_HASH_BYTES",
     "BATCH_CHECK",
     "BATCH_DELETE",
     "BATCH_PUT",
     "FORMAT_V1",
     "FORMAT_V2",
+    "MAX_CLINIC_BYTES",
+    "AuditAnchor",
+    "AuthedWrite",
     "Batch",
     "BatchOp",
     "Command",
@@ -444,10 +608,13 @@ __all__ = [
     "Put",
     "RegisterSession",
     "SetSettings",
+    "SharePatient",
     "WaitKey",
+    "WriteAuth",
     "WriteCommand",
     "decode_command",
     "encode_command",
     "validate_batch",
+    "validate_clinic",
     "validate_command",
 ]

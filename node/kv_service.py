@@ -4,6 +4,18 @@ read-your-writes).
 
 Each operation is one coroutine that returns its reply or raises NodeError,
 so the unary RPCs and the multiplexed BatchCommands stream share it.
+
+Access control (issue 11; node.auth.interceptor authenticated and authorized
+the call before it gets here, and current_call() says who it is; None on an
+insecure node, where nothing below applies):
+  * writes carry a WriteAuth (the caller's clinics, the clinic a new patient
+    is registered to, break-glass), and the partition's state machine decides
+    at apply against the replicated registration;
+  * reads in clinic scope are checked again against the registration of the
+    replica that serves them, once it reached the read's index, before
+    anything about the record is read (a refusal says nothing about whether
+    the patient exists);
+  * SharePatient proposes a SharePatient command on the partition's leader.
 """
 
 from __future__ import annotations
@@ -14,6 +26,7 @@ import logging
 import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import replace
 from functools import partial
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -21,7 +34,11 @@ import grpc
 import plyvel
 
 from node import commands as cmd
-from node.auth.interceptor import current_call
+from node.auth import PermissionDenied as AuthPermissionDenied
+from node.auth.identity import BREAK_GLASS
+from node.auth.interceptor import CallAuth, current_call
+from node.auth.policy import KV as KV_METHOD_PREFIX
+from node.auth.policy import STREAM_REQUEST_METHODS, Registration
 from node.crypto import IntegrityError
 from node.errors import (
     NOT_APPLIED,
@@ -71,7 +88,15 @@ _ERROR: dict[str, tuple[type[NodeError], str]] = {
     "SESSION_EXPIRED": (FailedPrecondition, "session-expired"),
     "RESULT_FORGOTTEN": (FailedPrecondition, "result-forgotten"),
     "SESSION_NOT_OWNED": (PermissionDenied, ""),
+    "PERMISSION_DENIED": (PermissionDenied, ""),
 }
+_BATCH_COMMANDS = KV_METHOD_PREFIX + "BatchCommands"
+_CONSISTENCY_NAMES = {
+    common_pb2.LINEARIZABLE: "linearizable", common_pb2.FOLLOWER: "follower",
+    common_pb2.BOUNDED: "bounded",
+}
+# Which grants a unary read's decision must be re-checked for, where the data is.
+_PATIENT_SCOPES = ("clinic", "break-glass")
 
 
 def session_owner(client_id: bytes) -> bytes:
@@ -105,8 +130,34 @@ def validate_session(session: object, field: str = "write_id.session") -> None:
 def _checked(res: ApplyResult, partition: int) -> int:
     if res.error_code is not None:
         err, kind = _ERROR.get(res.error_code, (FailedPrecondition, ""))
+        if res.error_code == "PERMISSION_DENIED":
+            # The policy's words exactly, as the interceptor would have refused.
+            raise err(res.message, kind=kind)
         raise err(f"partition {partition}: {res.message}", kind=kind)
     return res.version
+
+
+def write_auth(call: CallAuth | None) -> cmd.WriteAuth | None:
+    """What a record write carries for the clinic check at apply (None: no
+    access control on this node, not checked).
+
+    The register clinic (for a patient nobody has registered yet): the one the
+    policy chose, else the request's medkv-clinic when it is one of the
+    caller's, else the caller's only clinic. Inside BatchCommands the call is
+    the stream's (same identity and metadata), whose decision chose none."""
+    if call is None:
+        return None
+    ident = call.identity
+    clinics = frozenset(ident.clinics)
+    register = call.decision.register_clinic
+    if register is None:
+        named = call.facts.clinic
+        if named is not None and named in clinics:
+            register = named
+        elif len(clinics) == 1:
+            (register,) = clinics
+    break_glass = BREAK_GLASS in ident.roles and bool(call.facts.break_glass_reason.strip())
+    return cmd.WriteAuth(clinics, register, break_glass)
 
 
 def _linearizable(read: common_pb2.ReadOptions) -> bool:
@@ -201,6 +252,42 @@ class KVService(kv_pb2_grpc.KVServicer):
             self.host.mark_broken(r, e)
             raise DataLoss(r.broken) from None
 
+    def _check_read(
+        self, r: Replica, patient_id: str, read: common_pb2.ReadOptions, kind: str
+    ) -> None:
+        """The clinic scope of a read, against the registration of the replica
+        that serves it (reached the read's index already). Raises PermissionDenied.
+
+        A unary call is re-checked when its grant depends on the patient (clinic,
+        break-glass, or deferred because the interceptor's node held no replica);
+        an analyst's replica-scope read is not. Inside BatchCommands the stream's
+        decision says nothing about this request, so the request is authorized
+        here in full, as its unary method and with its own read consistency."""
+        call = current_call()
+        if call is None:
+            return
+        if call.method == _BATCH_COMMANDS:
+            method = STREAM_REQUEST_METHODS[kind]
+            consistency = _CONSISTENCY_NAMES.get(
+                read.consistency or common_pb2.LINEARIZABLE, "linearizable"
+            )
+            facts = replace(call.facts, patient_id=patient_id,
+                            registration=self._registration(r, patient_id),
+                            consistency=consistency)
+            d = call.policy.authorize(call.identity, method, facts)
+            if not d.allowed:
+                raise PermissionDenied(d.reason)
+            return
+        if not (call.decision.deferred or call.decision.scope in _PATIENT_SCOPES):
+            return
+        try:
+            call.check_patient(patient_id, self._registration(r, patient_id))
+        except AuthPermissionDenied as e:
+            raise PermissionDenied(e.message) from None
+
+    def _registration(self, r: Replica, patient_id: str) -> Registration:
+        return self._read(r, lambda: r.sm.registration(patient_id))
+
     def _partition(self, patient_id: str) -> int:
         return self.placement.partition_of(patient_id)
 
@@ -210,14 +297,17 @@ class KVService(kv_pb2_grpc.KVServicer):
         patient_id: str,
         build: Callable[[dict[str, Any]], cmd.WriteCommand],
         context: Any,
+        auth: cmd.WriteAuth | None = None,
     ) -> tuple[int, Replica]:
-        """Propose the write build(head) makes; the head carries the leader's stamp."""
+        """Propose the write build(head) makes; the head carries the leader's
+        stamp and, for a record write, `auth` (write_auth)."""
         validate_session(write_id.session)
         p = self._partition(patient_id)
-        probe = build(self._write_fields(write_id, 0))
+        extra: dict[str, Any] = {} if auth is None else {"auth": auth}
+        probe = build({**self._write_fields(write_id, 0), **extra})
 
         def encode(stamp_ms: int) -> bytes:
-            return cmd.encode_command(build(self._write_fields(write_id, stamp_ms)))
+            return cmd.encode_command(build({**self._write_fields(write_id, stamp_ms), **extra}))
 
         res = await self.host.propose(p, probe.wait_key, encode, self._deadline(context))
         return _checked(res, p), self.host.replicas[p]
@@ -279,7 +369,7 @@ class KVService(kv_pb2_grpc.KVServicer):
             lambda head: cmd.Put(
                 **head, patient_id=req.patient_id, record_id=req.record_id, value=req.value
             ),
-            context,
+            context, write_auth(current_call()),
         )
         return kv_pb2.PutResponse(version=version, read_state=self.read_state(r, confirmed=True))
 
@@ -295,7 +385,7 @@ class KVService(kv_pb2_grpc.KVServicer):
                 **head, patient_id=req.patient_id, record_id=req.record_id, value=req.value,
                 expected_version=req.expected_version,
             ),
-            context,
+            context, write_auth(current_call()),
         )
         return kv_pb2.CompareAndSetResponse(version=version, read_state=self.read_state(r, confirmed=True))
 
@@ -309,7 +399,7 @@ class KVService(kv_pb2_grpc.KVServicer):
                 **head, patient_id=req.patient_id, record_id=req.record_id,
                 expected_version=expected,
             ),
-            context,
+            context, write_auth(current_call()),
         )
         return kv_pb2.DeleteResponse(version=version, read_state=self.read_state(r, confirmed=True))
 
@@ -337,7 +427,7 @@ class KVService(kv_pb2_grpc.KVServicer):
         version, r = await self._write(
             req.write_id, req.patient_id,
             lambda head: cmd.Batch(**head, patient_id=req.patient_id, ops=tuple(ops)),
-            context,
+            context, write_auth(current_call()),
         )
         return kv_pb2.BatchResponse(version=version, read_state=self.read_state(r, confirmed=True))
 
@@ -355,6 +445,7 @@ class KVService(kv_pb2_grpc.KVServicer):
         validate_ids(req.patient_id, req.record_id)
         p = self._partition(req.patient_id)
         r = await self._replica_for_read(p, req.read, self._deadline(context), common_pb2.LINEARIZABLE)
+        self._check_read(r, req.patient_id, req.read, "get")
         rec = self._read(r, lambda: r.sm.get(req.patient_id, req.record_id, req.at_version))
         if rec is None or (rec.deleted and not req.at_version):
             raise NotFound(
@@ -371,6 +462,7 @@ class KVService(kv_pb2_grpc.KVServicer):
             raise InvalidArgument(f"limit: at most {MAX_HISTORY_LIMIT}")
         p = self._partition(req.patient_id)
         r = await self._replica_for_read(p, req.read, self._deadline(context), common_pb2.LINEARIZABLE)
+        self._check_read(r, req.patient_id, req.read, "history")
         versions = self._read(
             r,
             lambda: r.sm.history(
@@ -509,10 +601,37 @@ class KVService(kv_pb2_grpc.KVServicer):
     async def SharePatient(
         self, request: kv_pb2.SharePatientRequest, context: grpc.aio.ServicerContext
     ) -> Any:
-        return await self._unary(context, self._share_patient(request))
+        return await self._unary(context, self.share_patient(request, context))
 
-    async def _share_patient(self, req: kv_pb2.SharePatientRequest) -> kv_pb2.SharePatientResponse:
-        raise FailedPrecondition("patient registration needs access control ([auth]); this node has none")
+    async def share_patient(
+        self, req: kv_pb2.SharePatientRequest, context: Any = None
+    ) -> kv_pb2.SharePatientResponse:
+        """Register a patient to one more clinic or revoke one: a replicated
+        SharePatient, decided at apply against the caller's clinics (leader only:
+        elsewhere UNAVAILABLE with the leader's address)."""
+        call = current_call()
+        if call is None:
+            raise FailedPrecondition(
+                "patient registration needs access control ([auth]); this node has none"
+            )
+        validate_ids(req.patient_id, None)
+        cmd.validate_clinic(req.clinic, "clinic")
+        p = self._partition(req.patient_id)
+        nonce = int.from_bytes(os.urandom(8), "big") >> 1
+        probe = cmd.SharePatient(
+            ts_ms=0, nonce=nonce, patient_id=req.patient_id, clinic=req.clinic,
+            revoke=req.revoke, caller_clinics=frozenset(call.identity.clinics),
+        )
+
+        def encode(stamp_ms: int) -> bytes:
+            return cmd.encode_command(replace(probe, ts_ms=stamp_ms))
+
+        res = await self.host.propose(p, probe.wait_key, encode, self._deadline(context))
+        index = _checked(res, p)
+        r = self.host.replicas[p]
+        # As applied here, at or after the change (a later one may be in too).
+        reg = self._registration(r, req.patient_id)
+        return kv_pb2.SharePatientResponse(clinics=sorted(reg.clinics), index=index)
 
     async def BatchCommands(
         self,

@@ -19,8 +19,12 @@ given (pass the node's dedicated prefixed_db for state-machine data):
                             retained older versions
     P "h" ph rh version     an older version (version: 8 bytes big-endian)
     P "s" session_id        one client session (opaque blob, node.sessions)
+    P "p" ph                the patient's registration: the clinics it is
+                            registered to (issue 11, node.auth.policy); the
+                            patient id and clinics are inside the sealed value
     P "m" "applied"         applied index, applied term, log time
     P "m" "settings"        the replicated cluster settings in force (opaque, node.settings)
+    P "m" "audit"           the newest audit chain head of every node (node.audit_anchors)
     P "e" index kind        an erasure obligation (index: 8 bytes; kind: one
                             byte, "e" an erasure applied at index, "i" a snapshot
                             installed at index): older copies of deleted data
@@ -48,6 +52,7 @@ from typing import Any, NamedTuple, Protocol
 import msgpack
 
 from consensus.storage import ValueCodec
+from node.audit_anchors import check_anchors_blob
 from node.limits import DEFAULT_SCAN_PAGE, ValidationError
 from node.read_snapshots import ReadSnapshotHandle, ReadSnapshotRegistry
 
@@ -57,9 +62,11 @@ _FORMAT = 0x01  # leading byte of every stored value and of snapshots
 _CURRENT = b"c"
 _HISTORY = b"h"
 _SESSION = b"s"
+_REGISTRATION = b"p"
 _META = b"m"
 _META_APPLIED = _META + b"applied"
 _META_SETTINGS = _META + b"settings"
+_META_AUDIT = _META + b"audit"
 _OBLIGATION = b"e"
 _OBLIGATION_KEY_LEN = 4 + 1 + 8 + 1
 OBLIGATION_ERASE = "erase"
@@ -469,6 +476,44 @@ class RecordStore:
             )
         return out
 
+    # --- registrations (patient <-> clinics) -------------------------------
+
+    def _registration_key(self, patient_id: str) -> bytes:
+        return self._prefix + _REGISTRATION + self._patient_hash(patient_id)
+
+    @staticmethod
+    def _decode_registration(plain: bytes) -> tuple[str, frozenset[str]]:
+        fields = _unpack(plain)
+        if not (type(fields) is list and len(fields) == 2 and type(fields[0]) is str
+                and type(fields[1]) is list and all(type(c) is str for c in fields[1])):
+            raise CorruptRecordError("stored registration has the wrong shape")
+        return fields[0], frozenset(fields[1])
+
+    def registration(
+        self, patient_id: str, stage: WriteStage | None = None, reader: Any = None
+    ) -> frozenset[str]:
+        """The clinics the patient is registered to (empty: unregistered).
+        With a stage, sees the stage's uncommitted writes."""
+        key = self._registration_key(patient_id)
+        plain = self._get_plain(key, stage, reader)
+        if plain is None:
+            return frozenset()
+        p, clinics = self._decode_registration(plain)
+        if p != patient_id:
+            raise CorruptRecordError("stored registration does not match its key")
+        return clinics
+
+    def put_registration(
+        self, stage: WriteStage, patient_id: str, clinics: Iterable[str]
+    ) -> None:
+        """Set the patient's clinics (none: delete the registration)."""
+        key = self._registration_key(patient_id)
+        ordered = sorted(set(clinics))
+        if not ordered:
+            stage._delete(key)
+            return
+        self._stage_put(stage, key, _pack([patient_id, ordered]))
+
     def scan(self, resume_token: bytes = b"", limit: int = DEFAULT_SCAN_PAGE) -> ScanPage:
         """Up to `limit` live records of the partition in storage-key order (opaque).
 
@@ -532,6 +577,10 @@ class RecordStore:
         """The committed cluster settings (node.settings), None if never set."""
         return self._get_plain(self._prefix + _META_SETTINGS, None, None)
 
+    def anchors_blob(self) -> bytes | None:
+        """The committed audit anchors (node.audit_anchors), None if none was recorded."""
+        return self._get_plain(self._prefix + _META_AUDIT, None, None)
+
     def sessions(self) -> Iterator[tuple[bytes, bytes]]:
         """(session key, session blob) of every committed session, in key order."""
         prefix = self._prefix + _SESSION
@@ -591,8 +640,8 @@ class RecordStore:
     def erase_patient(
         self, patient_id: str, stage: WriteStage | None = None, *, index: int = 0
     ) -> int:
-        """Delete every key of one patient (current and history); returns the
-        number of records that existed. Without a stage, commits at once.
+        """Delete every key of one patient (current, history and its
+        registration); returns the number of records that existed. Without a stage, commits at once.
 
         With `index` (the erasure's log index), an erasure that deleted any key
         (on disk or staged in this round) also stages its obligation, so the
@@ -603,7 +652,7 @@ class RecordStore:
         ph = self._patient_hash(patient_id)
         erased = 0
         found = False
-        for kind in (_CURRENT, _HISTORY):
+        for kind in (_CURRENT, _HISTORY, _REGISTRATION):
             prefix = self._prefix + kind + ph
             keys: set[bytes] = set(st._keys_with_prefix(prefix))
             with self._db.iterator(prefix=prefix, include_value=False) as it:
@@ -657,6 +706,9 @@ class RecordStore:
     def put_settings(self, stage: WriteStage, blob: bytes) -> None:
         self._stage_put(stage, self._prefix + _META_SETTINGS, blob)
 
+    def put_anchors(self, stage: WriteStage, blob: bytes) -> None:
+        self._stage_put(stage, self._prefix + _META_AUDIT, blob)
+
     def put_meta(self, stage: WriteStage, meta: PartitionMeta) -> None:
         fields = [meta.applied_index, meta.applied_term, meta.clock_ms]
         self._stage_put(stage, self._prefix + _META_APPLIED, _pack(fields))
@@ -669,9 +721,12 @@ class RecordStore:
     # byte:
     #   [magic, 1, partition, applied_index, applied_term, clock_ms]
     #   ["g", settings blob]                                           once, if ever set
+    #   ["a", audit anchors blob]                                      once, if any
     #   ["r", patient_id, record_id, [[version, deleted, value], ...newest first]]  per record
     #   ["s", client_id, blob]                                                       per session
-    #   ["end", record_count, session_count]
+    #   ["p", patient_id, [clinic, ...]]                                       per registration
+    #   ["end", record_count, session_count] or, with registrations,
+    #   ["end", record_count, session_count, registration_count]
     # Records come in storage-key order and sessions in client_id order, so
     # replicas with the same key_hasher produce byte-identical snapshots.
 
@@ -700,6 +755,9 @@ class RecordStore:
         settings = self._get_plain(self._prefix + _META_SETTINGS, None, snap)
         if settings is not None:
             buf += msgpack.packb(["g", settings], use_bin_type=True)
+        anchors = self._get_plain(self._prefix + _META_AUDIT, None, snap)
+        if anchors is not None:
+            buf += msgpack.packb(["a", anchors], use_bin_type=True)
         n_records = 0
         with snap.iterator(prefix=self._prefix + _CURRENT) as it:
             for key, sealed in it:
@@ -724,7 +782,19 @@ class RecordStore:
                 if len(buf) >= chunk_size:
                     yield bytes(buf)
                     buf.clear()
-        buf += msgpack.packb(["end", n_records, n_sessions], use_bin_type=True)
+        n_regs = 0
+        with snap.iterator(prefix=self._prefix + _REGISTRATION) as it:
+            for key, sealed in it:
+                patient, clinics = self._decode_registration(self._open(key, sealed))
+                buf += msgpack.packb(["p", patient, sorted(clinics)], use_bin_type=True)
+                n_regs += 1
+                if len(buf) >= chunk_size:
+                    yield bytes(buf)
+                    buf.clear()
+        # Without registrations the end marker keeps its old shape, so such a
+        # snapshot is byte-identical to one of a release without them.
+        end = ["end", n_records, n_sessions] + ([n_regs] if n_regs else [])
+        buf += msgpack.packb(end, use_bin_type=True)
         yield bytes(buf)
 
     def snapshot_bytes(self) -> bytes:
@@ -805,6 +875,15 @@ class RecordStore:
         elif isinstance(item, SnapshotSettings):
             self.put_settings(stage, item.blob)
             added += len(item.blob)
+        elif isinstance(item, SnapshotRegistration):
+            key = self._registration_key(item.patient_id)
+            if key in stage._sealed:
+                raise SnapshotFormatError("snapshot repeats a registration")
+            self.put_registration(stage, item.patient_id, item.clinics)
+            added += len(stage._sealed[key] or b"")
+        elif isinstance(item, SnapshotAnchors):
+            self.put_anchors(stage, item.blob)
+            added += len(item.blob)
         else:
             self.put_session(stage, item.client_id, item.blob)
             added += len(item.blob)
@@ -870,7 +949,23 @@ class SnapshotSettings(NamedTuple):
     blob: bytes
 
 
-SnapshotItem = SnapshotRecord | SnapshotSession | SnapshotSettings
+class SnapshotRegistration(NamedTuple):
+    """A patient's clinics (node.auth.policy.Registration), never empty."""
+
+    patient_id: str
+    clinics: frozenset[str]
+
+
+
+class SnapshotAnchors(NamedTuple):
+    """The audit chain heads recorded in the partition (node.audit_anchors)."""
+
+    blob: bytes
+
+
+SnapshotItem = (
+    SnapshotRecord | SnapshotSession | SnapshotSettings | SnapshotRegistration | SnapshotAnchors
+)
 
 
 class SnapshotParser:
@@ -890,12 +985,14 @@ class SnapshotParser:
         self._check_session = check_session
         self._check_settings = check_settings
         self._settings_seen = False
+        self._anchors_seen = False
         self._unpacker = msgpack.Unpacker(
             raw=False, use_list=True, strict_map_key=True, max_buffer_size=0
         )
         self._first = True
         self.meta: PartitionMeta | None = None
-        self.counts = [0, 0]
+        self.counts = [0, 0]  # records, sessions
+        self.registrations = 0
         self.ended = False
 
     def feed(self, chunk: bytes) -> Iterator[SnapshotItem]:
@@ -912,7 +1009,10 @@ class SnapshotParser:
                 if self.meta is None:
                     self.meta = self._header(obj)
                 elif type(obj) is list and obj and obj[0] == "end":
-                    if obj != ["end", self.counts[0], self.counts[1]]:
+                    expected = ["end", *self.counts]
+                    if self.registrations:
+                        expected.append(self.registrations)
+                    if obj != expected:
                         raise SnapshotFormatError("snapshot counts do not match its contents")
                     self.ended = True
                 else:
@@ -963,12 +1063,19 @@ class SnapshotParser:
             self.counts[0] += 1
             return SnapshotRecord(p, r, recs)
         if obj[0] == "g" and len(obj) == 2:
-            if type(obj[1]) is not bytes or self._settings_seen or self.counts != [0, 0]:
+            if type(obj[1]) is not bytes or self._settings_seen or self.counts != [0, 0] \
+                    or self.registrations:
                 raise SnapshotFormatError("snapshot settings are malformed")
             if self._check_settings is not None:
                 self._check_settings(obj[1])
             self._settings_seen = True
             return SnapshotSettings(obj[1])
+        if obj[0] == "a" and len(obj) == 2:
+            if type(obj[1]) is not bytes or self._anchors_seen or self.counts != [0, 0]:
+                raise SnapshotFormatError("snapshot audit anchors are malformed")
+            check_anchors_blob(obj[1])
+            self._anchors_seen = True
+            return SnapshotAnchors(obj[1])
         if obj[0] == "s" and len(obj) == 3:
             _, cid, blob = obj
             if type(cid) is not bytes or type(blob) is not bytes:
@@ -977,6 +1084,14 @@ class SnapshotParser:
                 self._check_session(cid, blob)
             self.counts[1] += 1
             return SnapshotSession(cid, blob)
+        if obj[0] == "p" and len(obj) == 3:
+            _, p, clinics = obj
+            if (type(p) is not str or type(clinics) is not list or not clinics
+                    or not all(type(c) is str and c for c in clinics)
+                    or len(set(clinics)) != len(clinics)):
+                raise SnapshotFormatError("snapshot registration is malformed")
+            self.registrations += 1
+            return SnapshotRegistration(p, frozenset(clinics))
         raise SnapshotFormatError("snapshot item has an unknown kind")
 
 
@@ -1006,10 +1121,12 @@ __all__ = [
     "Record",
     "RecordStore",
     "ScanPage",
+    "SnapshotAnchors",
     "SnapshotFormatError",
     "SnapshotItem",
     "SnapshotParser",
     "SnapshotRecord",
+    "SnapshotRegistration",
     "SnapshotSession",
     "SnapshotSettings",
     "WriteStage",

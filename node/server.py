@@ -33,6 +33,7 @@ from node.host import MultiRaftHost, log_refusal
 from node.key_rotation import KeyRotationManager
 from node.kv_service import KVService
 from node.loop_lag import LoopLagProbe
+from node.registry import ReplicatedRegistry
 from node.settings_service import SettingsService
 from node.storage_layout import StorageLayout
 from node.tls import is_node_peer, peer_node_id
@@ -178,6 +179,7 @@ class Node:
             return build_access_control(
                 cfg.auth, keyring=self.layout, sealer=self.layout.codec, data_dir=cfg.data_dir,
                 node_id=cfg.node_id, partitions=cfg.partitions,
+                registry=ReplicatedRegistry(self.host),
                 on_audit_failure=self._audit_failed,
             )
         except AuthConfigError as e:
@@ -239,6 +241,10 @@ class Node:
         self._background.append(asyncio.get_running_loop().create_task(self.settings.seed_loop()))
         self.loop_lag = LoopLagProbe()
         self._background.append(asyncio.get_running_loop().create_task(self.loop_lag.run()))
+        if self.access is not None and self.access.audit is not None:
+            # The audit chain head into replicated state (node.audit_service).
+            self._background.append(
+                asyncio.get_running_loop().create_task(self.admin.audit.anchor_loop()))
         log.info(
             "node %d serving on %s: %d local partitions",
             self.cfg.node_id, self.cfg.listen, len(self.host.replicas),
@@ -263,6 +269,9 @@ class Node:
             deadline = loop.time() + GRACE_SECONDS
             while self.kv.in_flight and loop.time() < deadline:
                 await asyncio.sleep(0.02)
+            # The last audit head, while the peers' Raft streams still reach us
+            # (stop(0) cuts them): bounded, best effort.
+            await self.admin.audit.final_anchor()
             await self.server.stop(0)
             await stopping
         log.debug("shutdown: rpc server stopped")

@@ -31,8 +31,27 @@ Semantics of writes (the version of every write is the index of its entry):
     if any fails (FAILED_PRECONDITION / NOT_FOUND, naming ops[i]) nothing
     applies; otherwise every write applies at one version.
   * ErasePatient: every record and retained version of the patient is removed,
-    and, when there was any, an erasure obligation is recorded in the same write
-    (node.erasure purges the older copies off the Raft loop).
+    and its registration, and, when there was any, an erasure obligation is
+    recorded in the same write (node.erasure purges the older copies off the
+    Raft loop).
+
+Clinic scope (issue 11, node.auth.policy): a record write that carries a
+WriteAuth (proposed by a node with access control) applies only if the
+patient is registered to one of the caller's clinics, or the caller broke the
+glass; a write to a patient nobody has registered registers it to the
+write's register_clinic in the same write (refused without one). A refusal is
+PERMISSION_DENIED with the policy's words, which name neither the patient
+nor its clinics, and is remembered by the session like any other result. A
+write without a WriteAuth (an insecure node's, an admin's erasure, every
+entry from before) is not checked. SharePatient adds or revokes one clinic
+when the patient is registered to one of the caller's clinics, or is
+unregistered and the clinic is one of the caller's; revoking the last clinic
+is FAILED_PRECONDITION. Deciding here, on the replicated registration, makes
+the check identical on every replica and ordered with every registry change.
+
+AuditAnchor (no session: a node's own entry, not a client's write) records a
+node's audit chain head when it is newer than the one kept for that node
+(node.audit_anchors); it never touches records.
 """
 
 from __future__ import annotations
@@ -41,10 +60,20 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 from node import log_clock
+from node.audit_anchors import Anchor, apply_anchor, decode_anchors, encode_anchors
+from node.auth.policy import (
+    UNREGISTERED,
+    Action,
+    Registration,
+    name_clinic_reason,
+    not_own_clinic_reason,
+    not_registered_reason,
+)
 from node.commands import (
     BATCH_CHECK,
     BATCH_DELETE,
     BATCH_PUT,
+    AuditAnchor,
     Batch,
     CommandDecodeError,
     CompareAndSet,
@@ -54,6 +83,7 @@ from node.commands import (
     Put,
     RegisterSession,
     SetSettings,
+    SharePatient,
     WaitKey,
     WriteCommand,
     decode_command,
@@ -78,6 +108,7 @@ RESOURCE_EXHAUSTED = "RESOURCE_EXHAUSTED"
 SESSION_EXPIRED = "SESSION_EXPIRED"
 SESSION_NOT_OWNED = "SESSION_NOT_OWNED"
 RESULT_FORGOTTEN = "RESULT_FORGOTTEN"
+PERMISSION_DENIED = "PERMISSION_DENIED"
 
 
 class ApplyOrderError(RuntimeError):
@@ -120,6 +151,10 @@ class PartitionStateMachine:
         self._meta = PartitionMeta()
         self._log_time_ms = 0
         self._settings_dirty = False
+        # node.audit_anchors: replaced (never mutated) on change, so a reader on
+        # another thread always sees one consistent table.
+        self._anchors: dict[int, Anchor] = {}
+        self._anchors_dirty = False
         # Set when an apply or a restore recorded an erasure obligation (durably,
         # in the same write); the host hands it to the purger and clears it.
         self.purge_due = False
@@ -155,6 +190,11 @@ class PartitionStateMachine:
         """Index of the SetSettings entry in force; 0 while the defaults apply."""
         return self._settings.generation
 
+    @property
+    def audit_anchors(self) -> dict[int, Anchor]:
+        """The newest audit chain head each node anchored here (node.audit_anchors)."""
+        return self._anchors
+
     def sessions_open_at(self, now_ms: int) -> int:
         """How many sessions would be open at log time now_ms (a leader's pre-check)."""
         return self._sessions.open_at(now_ms, self.settings.session_ttl_ms)
@@ -171,6 +211,9 @@ class PartitionStateMachine:
         blob = self._store.settings_blob()
         self._settings = SettingsState() if blob is None else decode_state(blob)
         self._settings_dirty = False
+        anchors = self._store.anchors_blob()
+        self._anchors = {} if anchors is None else decode_anchors(anchors)
+        self._anchors_dirty = False
         self._sessions.load(self._store.sessions())
 
     # --- apply ---------------------------------------------------------------
@@ -207,6 +250,9 @@ class PartitionStateMachine:
             if self._settings_dirty:
                 self._store.put_settings(stage, encode_state(self._settings))
                 self._settings_dirty = False
+            if self._anchors_dirty:
+                self._store.put_anchors(stage, encode_anchors(self._anchors))
+                self._anchors_dirty = False
             self._store.put_meta(stage, PartitionMeta(applied, term, self._log_time_ms))
             owes = bool(stage.obligations)
             self._store.commit(stage)
@@ -241,6 +287,10 @@ class PartitionStateMachine:
             return self._register(index, cmd)
         if isinstance(cmd, SetSettings):
             return self._set_settings(index, cmd)
+        if isinstance(cmd, SharePatient):
+            return self._share(stage, index, cmd)
+        if isinstance(cmd, AuditAnchor):
+            return self._anchor(index, cmd)
         outcome, prior = self._sessions.check(cmd.session, session_owner(cmd), cmd.seq)
         refusal = self._session_refusal(index, cmd, outcome)
         if refusal is not None:
@@ -312,6 +362,64 @@ class PartitionStateMachine:
         self._sessions.expire(self._log_time_ms, self.settings.session_ttl_ms)
         return ApplyResult(index, index, wait_key=cmd.wait_key)
 
+    def _share(self, stage: WriteStage, index: int, cmd: SharePatient) -> ApplyResult:
+        key = cmd.wait_key
+        clinics = self._store.registration(cmd.patient_id, stage)
+        caller = cmd.caller_clinics
+        if not (clinics & caller or (not clinics and cmd.clinic in caller)):
+            return ApplyResult(
+                index, 0, PERMISSION_DENIED,
+                not_own_clinic_reason(Action.REGISTRY.value, caller), wait_key=key,
+            )
+        if cmd.revoke:
+            if clinics == {cmd.clinic}:
+                return ApplyResult(
+                    index, 0, FAILED_PRECONDITION,
+                    "revoking the patient's last clinic would leave no clinic to reach it; "
+                    "share it with another clinic first", wait_key=key,
+                )
+            after = clinics - {cmd.clinic}
+        else:
+            after = clinics | {cmd.clinic}
+        if after != clinics:  # idempotent: a repeat changes nothing
+            self._store.put_registration(stage, cmd.patient_id, after)
+        return ApplyResult(index, index, wait_key=key)
+
+    def _clinic_refusal(
+        self, stage: WriteStage, cmd: WriteCommand
+    ) -> tuple[StoredResult | None, str | None]:
+        """(the refusal of a write outside the caller's clinics or None, the clinic
+        the write registers an unregistered patient to or None)."""
+        if isinstance(cmd, ErasePatient) or cmd.auth is None:
+            return None, None
+        auth = cmd.auth
+        clinics = self._store.registration(cmd.patient_id, stage)
+        if clinics & auth.clinics:
+            return None, None
+        perm = Action.RECORD_WRITE.value
+        if not clinics:
+            reg = auth.register_clinic
+            if reg is not None and reg in auth.clinics:
+                return None, reg
+            if auth.break_glass:
+                return None, None
+            if reg is None and len(auth.clinics) > 1:
+                return StoredResult(0, PERMISSION_DENIED,
+                                    name_clinic_reason(perm, auth.clinics)), None
+        elif auth.break_glass:
+            return None, None
+        return StoredResult(0, PERMISSION_DENIED, not_registered_reason(perm, auth.clinics)), None
+
+    def _anchor(self, index: int, cmd: AuditAnchor) -> ApplyResult:
+        """Record a node's audit chain head if it is newer (node.audit_anchors);
+        version: the seq recorded for that node afterwards."""
+        anchors, note = apply_anchor(self._anchors, cmd, index)
+        if anchors is not None:
+            self._anchors = anchors
+            self._anchors_dirty = True
+        return ApplyResult(index, self._anchors[cmd.node_id].seq, None, note,
+                           wait_key=cmd.wait_key)
+
     def _live_version(self, stage: WriteStage, patient_id: str, record_id: str) -> int:
         """The version CAS compares against: 0 for an absent or deleted record."""
         rec = self._store.get(patient_id, record_id, stage=stage)
@@ -332,6 +440,16 @@ class PartitionStateMachine:
         )
 
     def _execute(self, stage: WriteStage, index: int, cmd: WriteCommand) -> StoredResult:
+        refusal, register = self._clinic_refusal(stage, cmd)
+        if refusal is not None:
+            return refusal
+        result = self._execute_checked(stage, index, cmd)
+        if register is not None and result.error_code is None:
+            # The first write registers the patient, in the same atomic write.
+            self._store.put_registration(stage, cmd.patient_id, {register})
+        return result
+
+    def _execute_checked(self, stage: WriteStage, index: int, cmd: WriteCommand) -> StoredResult:
         if isinstance(cmd, Put):
             self._write(stage, cmd, cmd.record_id, index, cmd.value, False)
         elif isinstance(cmd, CompareAndSet):
@@ -383,6 +501,11 @@ class PartitionStateMachine:
         return None
 
     # --- reads (committed state) ---------------------------------------------
+
+    def registration(self, patient_id: str) -> Registration:
+        """The patient's clinics as applied on this replica (never waits)."""
+        clinics = self._store.registration(patient_id)
+        return Registration(clinics) if clinics else UNREGISTERED
 
     def get(self, patient_id: str, record_id: str, at_version: int = 0) -> Record | None:
         """See RecordStore.get: a tombstone comes back with deleted=True."""
@@ -446,6 +569,7 @@ __all__ = [
     "FAILED_PRECONDITION",
     "INVALID_ARGUMENT",
     "NOT_FOUND",
+    "PERMISSION_DENIED",
     "RESOURCE_EXHAUSTED",
     "RESULT_FORGOTTEN",
     "SESSION_EXPIRED",

@@ -5,6 +5,9 @@
                        [--since T] [--until T] [--json]
     medkv audit head   --data-dir DIR --key-file KEY
 
+(On a running cluster, `medkv audit query|verify` ask the nodes instead:
+Admin.AuditQuery / AuditVerify, node/audit_service.py.)
+
 Every call a node answers (reads and scans included, refusals too) becomes one
 entry: when, which node and peer address, who (subject, roles, clinics, token
 id), what (method, permission, partition, patient and records as keyed
@@ -354,6 +357,13 @@ class AuditLog:
             self._durable = head
             return head
 
+    @contextlib.contextmanager
+    def quiesced(self) -> Iterator[None]:
+        """No flush runs inside (appends still do): the files and HEAD agree while a
+        reader looks at both. Blocking: use it off the event loop."""
+        with self._io_lock:
+            yield
+
     def key_ids_in_use(self) -> set[int]:
         """The data key ids the sealed entries are under (headers only, no decryption):
         a data key still listed here must not be retired."""
@@ -503,6 +513,28 @@ def _read_raw(
                 yield where, entry if isinstance(entry, dict) else None, plain
             except (binascii.Error, ValueError, CryptoError, msgpack.UnpackException):
                 yield where, None, b""
+
+
+def chain_hash_at(
+    directory: Path, sealer: Sealer, keys: AuditKeys, log_id: str, seq: int,
+) -> str | None:
+    """The chain hash of entry `seq` as the files hold it (None: not there or does
+    not authenticate). Reads only the segment that should hold it."""
+    if seq <= 0:
+        return None
+    ad = _AD_PREFIX + log_id.encode()
+    segs = [path for first, path in _segments(Path(directory)) if first <= seq]
+    if not segs:
+        return None
+    for line in segs[-1].read_bytes().split(b"\n")[:-1]:
+        try:
+            plain = sealer.open(ad, base64.b64decode(line, validate=True))
+            entry = _decode(plain)
+        except (binascii.Error, ValueError, CryptoError, msgpack.UnpackException):
+            continue
+        if isinstance(entry, dict) and entry.get("seq") == seq:
+            return keys.chain(plain)
+    return None
 
 
 def verify(
@@ -705,5 +737,5 @@ def write_log_id(directory: Path, log_id: str) -> None:
 
 __all__ = [
     "AuditError", "AuditEvent", "AuditKeys", "AuditLog", "AuditWriter", "ChainHead",
-    "VerifyReport", "read_entries", "verify",
+    "VerifyReport", "chain_hash_at", "read_entries", "verify",
 ]

@@ -255,9 +255,14 @@ class _Call:
         if f.patient_id is not None and self.ac.registry is not None and \
                 self.ac.policy.needs_patient(method):
             reg = self.ac.registry.lookup(f.patient_id)
+        clinic = self.md.get(CLINIC_METADATA) or None
+        if isinstance(request, kv_pb2.SharePatientRequest) and request.clinic:
+            # A registry change names its target clinic in the request itself
+            # (OWN_CLINIC scope: an unregistered patient may go to one of yours).
+            clinic = request.clinic
         rf = RequestFacts(
             patient_id=f.patient_id, registration=reg, consistency=f.consistency,
-            clinic=self.md.get(CLINIC_METADATA) or None,
+            clinic=clinic,
             break_glass_reason=self.md.get(BREAK_GLASS_METADATA, "")[:MAX_REASON],
         )
         return f, rf

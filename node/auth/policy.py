@@ -39,7 +39,7 @@ id, or the patient's clinics.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Protocol
@@ -235,8 +235,36 @@ def _roles_text(identity: Identity) -> str:
     return identity.role_text or "none"
 
 
+def clinics_text(clinics: Iterable[str]) -> str:
+    """A caller's own clinics as refusals name them."""
+    return ", ".join(sorted(clinics)) or "none"
+
+
 def _clinics_text(identity: Identity) -> str:
-    return ", ".join(sorted(identity.clinics)) or "none"
+    return clinics_text(identity.clinics)
+
+
+# The refusals the replicated state machine repeats at apply (node.state_machine):
+# one wording, whether a node's interceptor or the partition's log refused.
+
+
+def not_registered_reason(perm: str, clinics: Iterable[str]) -> str:
+    """A patient outside the caller's clinics (or unregistered: the same words)."""
+    return (f"permission {perm} denied: the patient is not registered to your clinic(s) "
+            f"({clinics_text(clinics)})")
+
+
+def name_clinic_reason(perm: str, clinics: Iterable[str]) -> str:
+    """A write that would register a new patient, from a caller of several clinics
+    who did not say which."""
+    return (f"permission {perm} denied: a new patient is registered to one clinic; "
+            f"name which of yours ({clinics_text(clinics)}) in metadata medkv-clinic")
+
+
+def not_own_clinic_reason(perm: str, clinics: Iterable[str]) -> str:
+    """A registry change (SharePatient) outside the caller's clinics."""
+    return (f"permission {perm} denied: the patient is not registered to your clinic(s) "
+            f"({clinics_text(clinics)}) and the request does not register it to one of them")
 
 
 class Policy:
@@ -319,11 +347,7 @@ class Policy:
         if scope is Scope.OWN_CLINIC:
             if mine or (not reg.registered and facts.clinic in identity.clinics):
                 return Decision(True, perm, scope=scope.value)
-            return Decision(
-                False, perm,
-                f"permission {perm} denied: the patient is not registered to your clinic(s) "
-                f"({_clinics_text(identity)}) and the request does not register it to one of them",
-            )
+            return Decision(False, perm, not_own_clinic_reason(perm, identity.clinics))
         # Scope.CLINIC
         if mine:
             return Decision(True, perm, scope=scope.value)
@@ -334,11 +358,7 @@ class Policy:
             if clinic is not None and clinic in identity.clinics:
                 return Decision(True, perm, register_clinic=clinic, scope=scope.value)
             if clinic is None and identity.clinics:
-                return Decision(
-                    False, perm,
-                    f"permission {perm} denied: a new patient is registered to one clinic; "
-                    f"name which of yours ({_clinics_text(identity)}) in metadata medkv-clinic",
-                )
+                return Decision(False, perm, name_clinic_reason(perm, identity.clinics))
         if BREAK_GLASS in identity.roles:
             if facts.break_glass_reason.strip():
                 return Decision(True, perm, break_glass=True, scope="break-glass")
@@ -348,11 +368,7 @@ class Policy:
                 f"({_clinics_text(identity)}); break-glass access needs a reason "
                 "(metadata medkv-break-glass-reason)",
             )
-        return Decision(
-            False, perm,
-            f"permission {perm} denied: the patient is not registered to your clinic(s) "
-            f"({_clinics_text(identity)})",
-        )
+        return Decision(False, perm, not_registered_reason(perm, identity.clinics))
 
     def check_scope(
         self, identity: Identity, method: str, facts: RequestFacts

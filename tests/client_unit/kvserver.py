@@ -73,6 +73,7 @@ class State:
     calls: list[Call] = field(default_factory=list)
     staleness: dict[int, float] = field(default_factory=dict)
     extra_nodes: dict[int, str] = field(default_factory=dict)
+    registrations: dict[str, set[str]] = field(default_factory=dict)  # patient -> clinics
 
 
 class _Node(kv_pb2_grpc.KVServicer, admin_pb2_grpc.AdminServicer):  # type: ignore[misc]
@@ -232,6 +233,29 @@ class _Node(kv_pb2_grpc.KVServicer, admin_pb2_grpc.AdminServicer):  # type: igno
             await self._abort(context, reply.code, reply.message, kind)
         context.set_trailing_metadata(self._trailing())
         return reply
+
+    async def SharePatient(self, request: Any, context: Any) -> kv_pb2.SharePatientResponse:
+        """Leader only; idempotent; revoking the last clinic is FAILED_PRECONDITION
+        (no clinic-scope check: the fake has no tokens)."""
+        partition = self._partition(request.patient_id)
+        await self._begin("SharePatient", request, context, partition)
+        if not self._is_leader(partition):
+            await self._redirect(context, partition)
+        with self.cluster.lock:
+            clinics = self.s.registrations.setdefault(request.patient_id, set())
+            refused = request.revoke and clinics == {request.clinic}
+            if not refused:
+                if request.revoke:
+                    clinics.discard(request.clinic)
+                else:
+                    clinics.add(request.clinic)
+                self.s.index += 1
+            after, index = sorted(clinics), self.s.index
+        if refused:
+            await self._abort(context, grpc.StatusCode.FAILED_PRECONDITION,
+                              "revoking the patient's last clinic")
+        context.set_trailing_metadata(self._trailing())
+        return kv_pb2.SharePatientResponse(clinics=after, index=index)
 
     async def OpenSession(self, request: Any, context: Any) -> kv_pb2.OpenSessionResponse:
         partition = request.partition
@@ -434,6 +458,36 @@ class _Node(kv_pb2_grpc.KVServicer, admin_pb2_grpc.AdminServicer):  # type: igno
         with self.cluster.lock:
             self.s.calls.append(Call(self.node_id, "KeyStatus", 0, metadata=self._md(context)))
         return admin_pb2.KeyStatusResponse(node_id=self.node_id)
+
+    async def AuditQuery(self, request: Any, context: Any) -> Any:
+        """Entries seq 1..3 at times 1000 + 10 * seq + node (interleaving the nodes),
+        one page per entry; the subject filter and limit are honoured."""
+        with self.cluster.lock:
+            self.s.calls.append(Call(self.node_id, "AuditQuery", 0, metadata=self._md(context)))
+        fault = self._fault("AuditQuery")
+        if fault is not None and fault.action == "code":
+            await self._abort(context, fault.arg, "refused")
+        entries = [
+            {"seq": s, "time": 1000.0 + 10 * s + self.node_id, "node": self.node_id,
+             "subject": f"user-{s}", "roles": ["clinician"], "method": "/medkv.v1.KV/Get",
+             "outcome": "OK", "patient": "ab" * 16, "break_glass": s == 3,
+             "break_glass_reason": "ER" if s == 3 else "", "reason": ""}
+            for s in (1, 2, 3)
+        ]
+        entries = [e for e in entries if not request.subject or e["subject"] == request.subject]
+        for e in entries[-(request.limit or 1000):]:
+            yield admin_pb2.AuditQueryResponse(records=[admin_pb2.AuditRecord(
+                node=self.node_id, seq=int(e["seq"]), json=json.dumps(e))])  # type: ignore[call-overload]
+
+    async def AuditVerify(self, request: Any, context: Any) -> admin_pb2.AuditVerifyResponse:
+        """Node 2's log is behind its anchor; the others are fine."""
+        bad = self.node_id == 2
+        return admin_pb2.AuditVerifyResponse(
+            node=self.node_id, ok=not bad, entries=3 if bad else 5, head=("3:" if bad else "5:") + "c" * 64,
+            anchored_head="5:" + "c" * 64,
+            problems=["the log ends at entry 3 but the anchored head records entry 5: truncated "
+                      "(the tail was removed)"] if bad else [],
+        )
 
     async def BatchCommands(self, request_iterator: Any, context: Any) -> Any:
         # Only what tests of call credentials need: the call is recorded, each

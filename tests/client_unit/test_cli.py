@@ -185,3 +185,12 @@ def test_node_and_keys_commands_run_the_node_package() -> None:
         )
         assert done.returncode == 0, done.stderr
         assert expected in done.stdout
+
+
+def test_share_patient(kv: Client) -> None:
+    code, _, out, err = invoke(kv, ["share-patient", "p9", "north"])
+    assert code == 0 and out.split() == ["north"] and "index" in err
+    code, _, out, _ = invoke(kv, ["--json", "share-patient", "p9", "east"])
+    assert code == 0 and json.loads(out)["clinics"] == ["east", "north"]
+    code, _, out, _ = invoke(kv, ["share-patient", "p9", "north", "--revoke"])
+    assert code == 0 and out.split() == ["east"]

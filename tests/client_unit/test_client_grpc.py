@@ -411,3 +411,34 @@ def test_close_releases_channels_and_rejects_calls(cluster: TestCluster) -> None
     assert kv._async._channels == {}
     with pytest.raises(Exception, match="closed"):
         kv.get(cluster.patient_in(0), "r")
+
+
+def test_share_patient_goes_to_the_leader_and_is_retried_as_idempotent(
+    cluster: TestCluster, kv: Client
+) -> None:
+    pid = cluster.patient_in(1)
+    got = kv.share_patient(pid, "north")
+    assert got.clinics == ("north",) and got.index > 0
+    assert pid not in repr(got)
+    old, new = cluster.state.leaders[1], cluster.follower_of(1)
+    cluster.state.leaders[1] = new
+    cluster.clear_calls()
+    assert kv.share_patient(pid, "east").clinics == ("east", "north")
+    assert [c.node for c in cluster.calls("SharePatient")] == [old, new]
+    # a lost reply is simply sent again: sharing twice changes nothing
+    cluster.state.faults.append(Fault("unavailable", method="SharePatient"))
+    assert kv.share_patient(pid, "east").clinics == ("east", "north")
+    assert kv.share_patient(pid, "north", True).clinics == ("east",)
+    cluster.clear_calls()  # FAILED_PRECONDITION is final, never retried
+    with pytest.raises(MedkvError) as e:
+        kv.share_patient(pid, "east", revoke=True)
+    assert e.value.code == grpc.StatusCode.FAILED_PRECONDITION
+    assert len(cluster.calls("SharePatient")) == 1
+    with pytest.raises(InvalidArgument):
+        kv.share_patient(pid, "")
+
+    async def via_async() -> tuple[str, ...]:
+        async with AsyncClient(cluster.seeds(), retry=FAST) as akv:
+            return (await akv.share_patient(pid, "west")).clinics
+
+    assert asyncio.run(via_async()) == ("east", "west")

@@ -16,7 +16,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import grpc
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
@@ -83,9 +82,12 @@ def kinds(calls: list[Call]) -> set[str]:
     return {c.method for c in calls}
 
 
-async def batch_commands(channel: grpc.aio.Channel) -> None:
-    stub: Any = kv_pb2_grpc.KVStub(channel)
-    call = stub.BatchCommands(iter([kv_pb2.BatchCommandsRequest()]), timeout=5)
+async def batch_commands(kv: Any, address: str) -> None:
+    """A BatchCommands stream on the client's own channel, with the client's metadata
+    (the clients do not use BatchCommands themselves yet)."""
+    stub: Any = kv_pb2_grpc.KVStub(kv._channel(address))
+    call = stub.BatchCommands(iter([kv_pb2.BatchCommandsRequest()]), timeout=5,
+                              metadata=kv._metadata)
     async for _ in call:
         pass
 
@@ -105,7 +107,7 @@ def test_sync_client_sends_the_token_and_metadata_on_every_call(
         assert [r.patient_id for r in kv.scan()] == ["p1"]
         kv.cluster_status()
         kv.key_status(cluster.seeds()[0])
-        kv._run(batch_commands(kv._async._channel(cluster.seeds()[1])))
+        kv._run(batch_commands(kv._async, cluster.seeds()[1]))
     calls = cluster.calls()
     assert kinds(calls) == EVERY_KIND
     assert bearers(calls) == {f"Bearer {jwt}"}
@@ -133,7 +135,7 @@ def test_async_client_sends_the_token_on_every_call(
             assert [r.patient_id async for r in kv.scan()] == ["p1"]
             await kv.cluster_status()
             await kv.key_status(cluster.seeds()[2])
-            await batch_commands(kv._channel(cluster.seeds()[0]))
+            await batch_commands(kv, cluster.seeds()[0])
 
     asyncio.run(scenario())
     calls = cluster.calls()

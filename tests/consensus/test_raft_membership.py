@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from consensus.codec import decode_conf_change
 from consensus.confchange import ConfChangeError
 from consensus.types import (
     ConfChange,
@@ -11,6 +12,9 @@ from consensus.types import (
     ConfChangeTransition,
     ConfChangeType,
     ConfState,
+    ConsensusError,
+    Entry,
+    EntryType,
     MessageType,
     ProposalDropped,
     StateRole,
@@ -224,3 +228,130 @@ def test_demote_voter_to_learner_in_joint_config() -> None:
     assert cs.learners_next == (3,) and cs.learners == ()
     cs = n.apply_conf_change(ConfChange())
     assert cs == ConfState(voters=(1, 2), learners=(3,))
+
+
+def _two_changes_past_a_snapshot() -> tuple[Cluster, int]:
+    """Voters {1,2,3}; node 3 snapshots; then 4 joins as a voter and 1 is
+    removed: {2,3,4}, both changes after node 3's snapshot."""
+    c = Cluster([1, 2, 3])
+    c.elect(1)
+    c.propose(1, b"before")
+    c.stabilize()
+    snap = c.snapshot_and_compact(3)
+    c.add_blank(4)
+    c.node(1).propose_conf_change(_cc((ADD_VOTER, 4)))
+    c.stabilize()
+    c.node(1).propose_conf_change(_cc((REMOVE, 1)))
+    c.stabilize()
+    assert c[3].conf_state == ConfState(voters=(2, 3, 4))
+    assert c[3].storage.snapshot().meta.index == snap
+    assert c[3].storage.initial_state()[1] == ConfState(voters=(1, 2, 3))
+    return c, c.node(3).raft.raft_log.applied
+
+
+def test_restart_with_applied_past_snapshot_replays_conf_changes() -> None:
+    """The stored ConfState is the snapshot's; the two changes after it were
+    applied (applied index past them), so they are not handed out again and
+    must be replayed from the log. Coming back with {1,2,3} instead would let
+    3 win an election with 1's vote alone while {2,4} elect someone else."""
+    c, applied = _two_changes_past_a_snapshot()
+    st = c.restart(3, applied=applied)
+    assert st.node.status().conf_state == ConfState(voters=(2, 3, 4))
+    assert st.node.raft.raft_log.applied == applied
+    c.stabilize()
+    assert st.applied == []  # nothing applied twice
+    # The restarted node counts the right voters: 1 (removed) cannot help it win.
+    c.isolate(2)
+    c.isolate(4)
+    st.node.campaign()
+    c.stabilize()
+    assert c.role(3) != StateRole.LEADER
+
+
+def test_restart_without_applied_reapplies_conf_changes_from_snapshot() -> None:
+    """applied=0 (the default): every entry after the snapshot, the conf
+    changes included, is handed out again and applied by the application."""
+    c, _ = _two_changes_past_a_snapshot()
+    st = c.restart(3)
+    assert st.node.status().conf_state == ConfState(voters=(1, 2, 3))
+    c.stabilize()
+    assert st.conf_state == ConfState(voters=(2, 3, 4))
+    assert st.node.status().conf_state == ConfState(voters=(2, 3, 4))
+
+
+def test_restart_raises_commit_to_applied_after_losing_an_unsynced_commit() -> None:
+    """A commit-only hard state is written without sync: after a crash the
+    application may have applied past the stored commit index."""
+    c, applied = _two_changes_past_a_snapshot()
+    st3 = c[3].storage
+    hs = st3.hard_state
+    st3.set_hard_state(type(hs)(term=hs.term, vote=hs.vote, commit=applied - 2))
+    st = c.restart(3, applied=applied)
+    assert st.node.raft.raft_log.committed == applied
+    assert st.node.status().conf_state == ConfState(voters=(2, 3, 4))
+
+
+def _is_leave(e: Entry) -> bool:
+    return e.type == EntryType.CONF_CHANGE and decode_conf_change(e.data).leave_joint()
+
+
+def _joint_with_learner_4(c: Cluster) -> None:
+    c.elect(1)
+    c.add_blank(4)
+    c.node(1).propose_conf_change(_cc((ADD_LEARNER, 4)))
+    c.stabilize()
+
+
+def test_auto_leave_dropped_during_a_transfer_is_retried_by_the_leader() -> None:
+    """The joint change is applied while a leadership transfer is pending, so
+    the automatic leave is dropped; the transfer then fails (its target is
+    unreachable) and nothing else is ever applied. The leader must still
+    leave the joint configuration, on its own."""
+    c = Cluster([1, 2, 3])
+    _joint_with_learner_4(c)
+    c.isolate(2)
+    c.node(1).propose_conf_change(_cc((ADD_VOTER, 4), (REMOVE, 3)))
+    c.node(1).transfer_leadership(2)  # 2 lags: the leader waits for it to catch up
+    assert c.node(1).raft.lead_transferee == 2
+    c.stabilize()
+    cs = c[1].conf_state
+    assert cs.voters_outgoing == (1, 2, 3) and cs.auto_leave  # joint, leave was dropped
+    # The transfer times out after an election timeout; the group stays quiet.
+    for _ in range(3 * 10):
+        c.tick([1, 3, 4])
+        c.stabilize()
+    assert c.role(1) == StateRole.LEADER
+    assert c.node(1).raft.lead_transferee == 0
+    for i in (1, 4):
+        assert c[i].conf_state == ConfState(voters=(1, 2, 4)), i
+
+
+def test_auto_leave_lost_with_the_leader_is_proposed_by_the_next_one() -> None:
+    c = Cluster([1, 2, 3])
+    _joint_with_learner_4(c)
+    c.node(1).propose_conf_change(_cc((ADD_VOTER, 4), (REMOVE, 3)))
+    # Deliver until everyone applied the joint config; the leader's leave
+    # proposal never leaves it.
+    for _ in range(20):
+        c.process_all()
+        leave = c.take(lambda m: m.frm == 1 and any(_is_leave(e) for e in m.entries))
+        c.deliver()
+        if leave:
+            break
+    assert leave, "the leader never proposed the automatic leave"
+    c.isolate(1)
+    c.stabilize()
+    assert c[2].conf_state.voters_outgoing == (1, 2, 3)
+    c.tick_and_stabilize(40, node_ids=[2, 3, 4])
+    assert [i for i in c.leaders() if i != 1]
+    for i in (2, 4):
+        assert c[i].conf_state == ConfState(voters=(1, 2, 4)), i
+
+
+def test_restart_with_applied_below_the_snapshot_is_refused() -> None:
+    """A state machine older than the stored snapshot (an install that never
+    finished) must not be silently resumed past what it holds."""
+    c, _ = _two_changes_past_a_snapshot()
+    snap = c[3].storage.snapshot().meta.index
+    with pytest.raises(ConsensusError, match="below the stored snapshot"):
+        c.restart(3, applied=snap - 1)

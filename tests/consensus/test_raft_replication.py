@@ -18,6 +18,7 @@ from consensus.types import (
     Message,
     MessageType,
     ProposalDropped,
+    Ready,
     StateRole,
 )
 from tests.consensus.harness import Cluster
@@ -361,3 +362,47 @@ def test_leader_appends_empty_entry_of_its_term_on_election() -> None:
     assert c.log_terms(1) == [(1, 1)]
     assert c[2].applied[0].data == b"" and c[2].applied[0].term == 1
     assert c.node(1).raft.state == StateRole.LEADER
+
+
+def _persist(st_storage: MemoryStorage, rd: Ready) -> None:
+    if rd.entries:
+        st_storage.append(rd.entries)
+    if rd.hard_state is not None:
+        st_storage.set_hard_state(rd.hard_state)
+
+
+def test_leader_counts_its_own_entries_only_once_persisted() -> None:
+    """An ack from one follower plus the leader's own unpersisted copy is not
+    a quorum: if the leader crashed before its write, only one replica
+    would hold a 'committed' entry."""
+    c = Cluster([1, 2, 3])
+    c.elect(1)
+    c.stabilize()
+    before = c.commit(1)
+    c.propose(1, b"x")
+    n = c.node(1)
+    rd = n.ready()  # handed out, not yet persisted
+    li = rd.entries[-1].index
+    n.step(Message(MessageType.APP_RESP, frm=2, to=1, term=c.term(1), index=li))
+    assert c.commit(1) == before
+    assert n.status().progress[1].match < li
+    _persist(c[1].storage, rd)
+    n.advance(rd)
+    assert n.status().progress[1].match == li
+    assert c.commit(1) == li
+
+
+def test_single_voter_commits_once_its_entries_are_persisted() -> None:
+    c = Cluster([1])
+    c.elect(1)
+    c.stabilize()
+    c.propose(1, b"solo")
+    n = c.node(1)
+    rd = n.ready()
+    li = rd.entries[-1].index
+    assert c.commit(1) < li and not rd.committed_entries
+    _persist(c[1].storage, rd)
+    n.advance(rd)
+    assert c.commit(1) == li
+    rd2 = n.ready()
+    assert [e.data for e in rd2.committed_entries] == [b"solo"]

@@ -27,7 +27,7 @@ def _config(tmp_path: Path, key_file: Path) -> Path:
         "partitions = 4",
         "replication = 1",
         f"key_file = {q(str(key_file))}",
-        "insecure = true  # what is checked here is the key file, before anything is served",
+        "insecure = true  # the key checks come first; access control is tested elsewhere",
         "",
         "[[peers]]",
         "id = 1",

@@ -33,10 +33,10 @@ BIG = (1 << 64) - 1
 def _open(tmp_path: Path) -> tuple[MultiRaftHost, StorageLayout]:
     cfg = parse_config(
         {
-            "insecure": True,  # an in-process host: no server, no caller to check
             "node_id": 1, "listen": "127.0.0.1:1", "data_dir": "n1",
             "partitions": 2, "replication": 1,
             "peers": [{"id": 1, "address": "127.0.0.1:1"}],
+            "insecure": True,  # the host alone: access control is tested elsewhere
         },
         tmp_path,
     )

@@ -22,10 +22,10 @@ from node.storage_layout import StorageLayout, plaintext_codec_for_tests
 def _host(tmp_path: Path) -> tuple[MultiRaftHost, StorageLayout]:
     cfg = parse_config(
         {
-            "insecure": True,  # an in-process host: no server, no caller to check
             "node_id": 1, "listen": "127.0.0.1:1", "data_dir": "n1",
             "partitions": 1, "replication": 3,
             "peers": [{"id": n, "address": f"127.0.0.1:{n}"} for n in (1, 2, 3)],
+            "insecure": True,  # the host alone: access control is tested elsewhere
         },
         tmp_path,
     )

@@ -28,10 +28,10 @@ NODES = (1, 2, 3)
 def _cfg(tmp_path: Path, node: int, replication: int = 3) -> NodeConfig:
     return parse_config(
         {
-            "insecure": True,  # an in-process host: no server, no caller to check
             "node_id": node, "listen": f"127.0.0.1:{node}", "data_dir": f"n{node}",
             "partitions": 1, "replication": replication,
             "peers": [{"id": n, "address": f"127.0.0.1:{n}"} for n in NODES[:replication]],
+            "insecure": True,  # the host alone: access control is tested elsewhere
         },
         tmp_path,
     )

@@ -59,10 +59,10 @@ def _host(tmp_path: Path) -> tuple[MultiRaftHost, StorageLayout]:
     """A one-node, one-partition host: it elects itself at once."""
     cfg = parse_config(
         {
-            "insecure": True,  # an in-process host: no server, no caller to check
             "node_id": 1, "listen": "127.0.0.1:1", "data_dir": "n1",
             "partitions": 1, "replication": 1,
             "peers": [{"id": 1, "address": "127.0.0.1:1"}],
+            "insecure": True,  # the host alone: access control is tested elsewhere
         },
         tmp_path,
     )

@@ -10,6 +10,7 @@ from node.commands import (
     BATCH_CHECK,
     BATCH_DELETE,
     BATCH_PUT,
+    AuditAnchor,
     Batch,
     BatchOp,
     Command,
@@ -92,6 +93,10 @@ commands: st.SearchStrategy[Command] = st.one_of(
     st.builds(
         lambda ts, cid, nonce: RegisterSession(ts_ms=ts, client_id=cid, nonce=nonce),
         uint64, client_ids, uint64,
+    ),
+    st.builds(
+        lambda ts, node_id, seq, h: AuditAnchor(ts_ms=ts, node_id=node_id, seq=seq, chain_hash=h),
+        uint64, st.integers(1, 2**64 - 1), uint64, st.binary(min_size=32, max_size=32),
     ),
     st.builds(
         lambda ts, nonce, seed, changes: SetSettings(

@@ -203,10 +203,10 @@ FAST = PurgeSettings(settle_s=0.3, retry_s=0.5, snapshot_grace_s=0.3, slices=4,
 def _cfg(tmp_path: Path) -> NodeConfig:
     return parse_config(
         {
-            "insecure": True,  # an in-process host: no server, no caller to check
             "node_id": 1, "listen": "127.0.0.1:1", "data_dir": "n1",
             "partitions": 1, "replication": 1,
             "peers": [{"id": 1, "address": "127.0.0.1:1"}],
+            "insecure": True,  # the host alone: access control is tested elsewhere
             "raft": {"tick_ms": 20},
         },
         tmp_path,

@@ -123,10 +123,10 @@ def config_of(replica: int, base: Path) -> Any:
     limits, _ = REPLICAS[replica]
     return parse_config(
         {
-            "insecure": True,  # an in-process host: no server, no caller to check
             "node_id": replica + 1, "listen": "127.0.0.1:1", "data_dir": f"n{replica}",
             "partitions": 1, "replication": 1,
             "peers": [{"id": replica + 1, "address": "127.0.0.1:1"}],
+            "insecure": True,  # the host alone: access control is tested elsewhere
             "limits": limits,
         },
         base,
