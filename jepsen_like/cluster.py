@@ -46,11 +46,16 @@ CLUSTER_SCRIPT = ROOT / "scripts" / "cluster.py"
 HOST = "127.0.0.1"
 
 # The run's identity (DIR/tokens/jepsen.token, minted once the cluster is up):
-# every role a workload or a nemesis needs, and one clinic, so a worker's first
-# write to a key registers it where every later call may read it.
+# every role a workload or a nemesis needs, and one clinic. Workloads read keys
+# nobody wrote yet (an empty append list, a bank account at zero) and keys
+# they erased, which the clinic scope refuses for an unregistered patient;
+# break-glass (a clinician's emergency access to any patient, with a reason,
+# flagged in the audit log) lets those reads reach the data path, so the
+# checkers judge the database's answers, not the access policy's.
 RUN_TOKEN = "jepsen"
-RUN_ROLES = ("clinician", "analyst", "admin", "auditor", "clinic-admin")
+RUN_ROLES = ("clinician", "break-glass", "analyst", "admin", "auditor", "clinic-admin")
 RUN_CLINIC = "jepsen"
+RUN_BREAK_GLASS_REASON = "jepsen_like consistency run (synthetic data)"
 
 # Status calls must fail fast: a nemesis asks during partitions and pauses.
 _STATUS_POLICY = RetryPolicy(timeout=3.0, attempt_timeout=2.0)
@@ -198,6 +203,7 @@ class ProxiedCluster:
         """An AsyncClient with the run's TLS and token (default: the client proxies)."""
         kwargs.setdefault("tls", self.tls())
         kwargs.setdefault("token", self.token())
+        kwargs.setdefault("break_glass_reason", RUN_BREAK_GLASS_REASON)
         return AsyncClient(self.client_addresses() if addresses is None else addresses, **kwargs)
 
     def env(self) -> dict[str, str]:
