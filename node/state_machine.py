@@ -56,6 +56,7 @@ node's audit chain head when it is newer than the one kept for that node
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -101,6 +102,7 @@ from node.settings import (
     encode_state,
 )
 
+REGISTRATION_CACHE_SIZE = 4096  # per partition: ~1 MB at most
 FAILED_PRECONDITION = "FAILED_PRECONDITION"
 NOT_FOUND = "NOT_FOUND"
 INVALID_ARGUMENT = "INVALID_ARGUMENT"
@@ -155,6 +157,11 @@ class PartitionStateMachine:
         # another thread always sees one consistent table.
         self._anchors: dict[int, Anchor] = {}
         self._anchors_dirty = False
+        # Registrations read by access control on every call (node.registry), most
+        # recent last. An entry is dropped whenever a command of its patient is
+        # applied (apply runs on the same thread as every reader, so nothing can
+        # read between the stage and its commit) and all are dropped on a reload.
+        self._registrations: OrderedDict[str, frozenset[str]] = OrderedDict()
         # Set when an apply or a restore recorded an erasure obligation (durably,
         # in the same write); the host hands it to the purger and clears it.
         self.purge_due = False
@@ -206,6 +213,7 @@ class PartitionStateMachine:
 
     def _reload(self) -> None:
         """Rebuild in-memory state from what is committed on disk."""
+        self._registrations.clear()
         self._meta = self._store.meta()
         self._log_time_ms = self._meta.clock_ms
         blob = self._store.settings_blob()
@@ -283,6 +291,9 @@ class PartitionStateMachine:
         self._sessions.expire(self._log_time_ms, self.settings.session_ttl_ms)
         if isinstance(cmd, Noop):
             return ApplyResult(index, 0)
+        patient = getattr(cmd, "patient_id", None)
+        if patient is not None:
+            self._registrations.pop(patient, None)  # this entry may change it
         if isinstance(cmd, RegisterSession):
             return self._register(index, cmd)
         if isinstance(cmd, SetSettings):
@@ -504,7 +515,14 @@ class PartitionStateMachine:
 
     def registration(self, patient_id: str) -> Registration:
         """The patient's clinics as applied on this replica (never waits)."""
-        clinics = self._store.registration(patient_id)
+        clinics = self._registrations.get(patient_id)
+        if clinics is None:
+            clinics = self._store.registration(patient_id)
+            self._registrations[patient_id] = clinics
+            if len(self._registrations) > REGISTRATION_CACHE_SIZE:
+                self._registrations.popitem(last=False)
+        else:
+            self._registrations.move_to_end(patient_id)
         return Registration(clinics) if clinics else UNREGISTERED
 
     def get(self, patient_id: str, record_id: str, at_version: int = 0) -> Record | None:

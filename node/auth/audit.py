@@ -29,8 +29,8 @@ plaintext (the exact bytes sealed). An
 edited entry fails authentication (or, re-sealed by someone holding the keys,
 breaks the chain at the next entry); a deleted entry leaves a gap in the
 sequence; a reordered pair shows as a sequence out of order; a truncated tail
-is shorter than the head recorded in AUDIT_DIR/HEAD (sealed, rewritten after
-every batch) and, against a rollback of HEAD too, than the chain heads the
+is shorter than the head recorded in AUDIT_DIR/HEAD (sealed; a node rewrites
+it within a second of each batch and at every clean close) and, against a rollback of HEAD too, than the chain heads the
 node writes into replicated state (head(): the anchor; verify(expect_head=)).
 
 Files: AUDIT_DIR/audit-<first seq, 12 digits>.log, one base64 line per entry
@@ -201,9 +201,16 @@ class AuditLog:
     def __init__(
         self, directory: Path, sealer: Sealer, keys: AuditKeys, *, log_id: str,
         node_id: int = 0, segment_bytes: int = DEFAULT_SEGMENT_BYTES,
-        clock: Callable[[], float] = time.time,
+        clock: Callable[[], float] = time.time, head_interval: float = 0.0,
     ) -> None:
         self.directory = Path(directory)
+        # HEAD is rewritten by a flush at most this often (0: every flush), and by
+        # every forced flush (a clean close). Each rewrite costs two fsyncs; a node
+        # flushing dozens of batches a second keeps HEAD within a second of the
+        # files, and its anchors in replicated state cover the rest.
+        self.head_interval = head_interval
+        self._head_written_at = float("-inf")
+        self._head_seq = -1  # the seq HEAD holds; unknown until this log writes it
         self.sealer = sealer
         self.keys = keys
         self.log_id = log_id
@@ -318,13 +325,16 @@ class AuditLog:
         """The newest entry on disk: the one to anchor in replicated state."""
         return self._durable
 
-    def flush(self) -> ChainHead:
-        """Chain, seal and write every appended entry (one write, one fsync), then HEAD.
+    def flush(self, *, force_head: bool = False) -> ChainHead:
+        """Chain, seal and write every appended entry (one write, one fsync), then HEAD
+        (when `head_interval` has passed since the last rewrite, or `force_head`).
         Blocking IO and CPU: run it off the event loop (AuditWriter does)."""
         with self._io_lock:
             with self._lock:
                 entries, self._buffer = self._buffer, []
             if not entries:
+                if force_head or self._head_due():
+                    self._write_head(self._durable)
                 return self._durable
             h = self._hash
             lines = []
@@ -353,9 +363,25 @@ class AuditLog:
             if new:
                 fsync_dir(self.directory)
                 self._segment = seg
-            write_head(self.directory, self.sealer, self._ad, head)
             self._durable = head
+            if force_head or self._head_due():
+                self._write_head(head)
             return head
+
+    @property
+    def head_stale(self) -> bool:
+        """HEAD does not record the newest durable entry yet."""
+        return self._durable.seq not in (0, self._head_seq)
+
+    def _head_due(self) -> bool:
+        return time.monotonic() - self._head_written_at >= self.head_interval
+
+    def _write_head(self, head: ChainHead) -> None:
+        if head.seq == 0 or head.seq == self._head_seq:
+            return  # nothing to record, or HEAD says it already
+        write_head(self.directory, self.sealer, self._ad, head)
+        self._head_seq = head.seq
+        self._head_written_at = time.monotonic()
 
     @contextlib.contextmanager
     def quiesced(self) -> Iterator[None]:
@@ -428,7 +454,13 @@ class AuditWriter:
 
     async def _run(self) -> None:
         while not self._closing or self.log.pending:
-            await self._wake.wait()
+            if self.log.head_stale:
+                # HEAD lags the files (AuditLog.head_interval): bring it up to date
+                # once the interval is over, even if no new entry comes.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), timeout=self.log.head_interval)
+            else:
+                await self._wake.wait()
             self._wake.clear()
             if self.max_delay and not self._waiters:
                 await asyncio.sleep(self.max_delay)  # let a batch form
@@ -459,8 +491,9 @@ class AuditWriter:
         self._wake.set()
         if self._task is not None:
             await self._task
+            await asyncio.to_thread(self.log.flush, force_head=True)
         else:
-            await asyncio.to_thread(self.log.flush)
+            await asyncio.to_thread(self.log.flush, force_head=True)
 
 
 # ---- reading and verification ------------------------------------------------

@@ -39,6 +39,13 @@ from node.auth.tokens import (
     load_key_source,
 )
 
+# A node's audit log: a batch is written (one fsync) at most this long after its
+# first entry, unless a caller waits for its entry ([audit] wait_durable), and
+# HEAD (two fsyncs) follows the files within a second; the chain heads anchored
+# in replicated state every few seconds back HEAD up (node.audit_service).
+BATCH_WINDOW_S = 0.02
+HEAD_INTERVAL_S = 1.0
+
 
 class AuthConfigError(ValueError):
     """The [auth] or [audit] table is malformed (the caller wraps it in ConfigError)."""
@@ -160,12 +167,12 @@ def build_access_control(
         raise AuthConfigError(f"[auth]: {e}") from None
     audit_log = AuditLog(
         settings.audit_dir or data_dir / AUDIT_DIR, sealer, AuditKeys.from_keyring(keyring),
-        log_id=log_id_for_node(node_id), node_id=node_id,
+        log_id=log_id_for_node(node_id), node_id=node_id, head_interval=HEAD_INTERVAL_S,
     )
     return AccessControl(
         verifier=TokenVerifier(settings.tokens, keys),
         registry=registry,
-        audit=AuditWriter(audit_log, on_failure=on_audit_failure),
+        audit=AuditWriter(audit_log, on_failure=on_audit_failure, max_delay=BATCH_WINDOW_S),
         partitions=partitions,
         wait_audit_durable=settings.audit_wait_durable,
     )

@@ -25,6 +25,7 @@ from node.auth.audit import (
     AuditWriter,
     ChainHead,
     read_entries,
+    read_head,
     verify,
 )
 from node.crypto.envelope import EnvelopeCodec
@@ -336,3 +337,41 @@ def test_cli_verify_show_head(node: Node) -> None:
     r = run_audit(node, "verify", "--expect-head", log.durable_head().text())
     assert r.returncode == 1
     assert "TAMPERED" in r.stdout and "entries 3..3 are missing" in r.stdout
+
+
+AD = b"medkv/v1 audit " + LOG_ID.encode()  # what the log binds HEAD to
+
+
+def test_head_follows_the_files_within_its_interval(node: Node) -> None:
+    """HEAD costs two fsyncs, so a busy node rewrites it at most every head_interval;
+    a forced flush (a clean close) always brings it up to date."""
+    log = node.log(head_interval=3600)
+    log.append(event(1))
+    log.flush()  # the first flush always writes HEAD
+    assert read_head(node.dir, node.codec, AD).seq == 1  # type: ignore[union-attr]
+    log.append(event(2))
+    log.flush()
+    assert log.durable_head().seq == 2 and log.head_stale
+    assert read_head(node.dir, node.codec, AD).seq == 1  # type: ignore[union-attr]
+    assert node.verify() == []  # HEAD behind the files is not a truncation
+    log.flush(force_head=True)
+    assert read_head(node.dir, node.codec, AD).seq == 2  # type: ignore[union-attr]
+    assert not log.head_stale
+
+
+def test_the_writer_brings_a_stale_head_up_to_date_when_traffic_stops(node: Node) -> None:
+    async def run() -> None:
+        log = node.log(head_interval=0.2)
+        writer = AuditWriter(log, max_delay=0.001)
+        writer.start()
+        await writer.durable(writer.record(event(1)))
+        await writer.durable(writer.record(event(2)))  # within the interval: HEAD may lag
+        deadline = asyncio.get_running_loop().time() + 5
+        while log.head_stale and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.05)
+        assert read_head(node.dir, node.codec, AD).seq == 2  # type: ignore[union-attr]
+        writer.record(event(3))
+        await writer.close()  # a clean close leaves HEAD at the last entry
+        assert read_head(node.dir, node.codec, AD).seq == 3  # type: ignore[union-attr]
+
+    asyncio.run(run())
