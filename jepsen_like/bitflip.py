@@ -117,7 +117,10 @@ class ProbeResult:
 
 
 async def probe_replica(
-    address: str, records: list[tuple[str, str]], timeout: float = 2.0
+    address: str,
+    records: list[tuple[str, str]],
+    timeout: float = 2.0,
+    credentials: grpc.ChannelCredentials | None = None,
 ) -> ProbeResult:
     """Follower-read every given record from the node at `address` (direct, no routing).
 
@@ -125,7 +128,12 @@ async def probe_replica(
     from then on; one that has not read it yet meets it on this probe.
     """
     result = ProbeResult()
-    async with grpc.aio.insecure_channel(address) as channel:
+    channel = (
+        grpc.aio.insecure_channel(address)
+        if credentials is None
+        else grpc.aio.secure_channel(address, credentials)
+    )
+    async with channel:
         stub: Any = kv_pb2_grpc.KVStub(channel)  # type: ignore[no-untyped-call]
         options = common_pb2.ReadOptions(consistency=common_pb2.FOLLOWER)
         for patient, record in records:

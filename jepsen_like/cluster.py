@@ -27,13 +27,17 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import grpc
+
 from client import AsyncClient, MedkvError, RetryPolicy
+from client.auth import secure_channel_credentials, token_source
 from client.status_table import down_nodes, has_live_leader
+from client.tls import TlsConfig
 from jepsen_like.proxy import ProxyNet
 from proto.medkv.v1 import admin_pb2
 
@@ -41,12 +45,48 @@ ROOT = Path(__file__).resolve().parents[1]
 CLUSTER_SCRIPT = ROOT / "scripts" / "cluster.py"
 HOST = "127.0.0.1"
 
+# The run's identity (DIR/tokens/jepsen.token, minted once the cluster is up):
+# every role a workload or a nemesis needs, and one clinic. Workloads read keys
+# nobody wrote yet (an empty append list, a bank account at zero) and keys
+# they erased, which the clinic scope refuses for an unregistered patient;
+# break-glass (a clinician's emergency access to any patient, with a reason,
+# flagged in the audit log) lets those reads reach the data path, so the
+# checkers judge the database's answers, not the access policy's.
+RUN_TOKEN = "jepsen"
+RUN_ROLES = ("clinician", "break-glass", "analyst", "admin", "auditor", "clinic-admin")
+RUN_CLINIC = "jepsen"
+RUN_BREAK_GLASS_REASON = "jepsen_like consistency run (synthetic data)"
+
 # Status calls must fail fast: a nemesis asks during partitions and pauses.
 _STATUS_POLICY = RetryPolicy(timeout=3.0, attempt_timeout=2.0)
 
 
 class ClusterError(Exception):
     """A cluster command failed or timed out; the message says which."""
+
+
+def mint_token_file(
+    data_dir: Path,
+    name: str,
+    roles: Sequence[str],
+    clinics: Sequence[str] = (),
+    ttl_seconds: float = 86_400.0,
+) -> Path:
+    """DIR/tokens/NAME.token (0600), minted with the signing key `scripts/cluster up`
+    made in DIR/auth: how a test or a run gets an identity of its own."""
+    from node.auth.tokens import SIGNING_KEY_FILE, load_signing_key, mint
+
+    key = load_signing_key(data_dir / "auth" / SIGNING_KEY_FILE)
+    token = mint(key, subject=f"test-{name}", roles=roles, clinics=clinics,
+                 ttl_seconds=ttl_seconds)
+    path = data_dir / "tokens" / f"{name}.token"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(token + "\n")
+    os.replace(tmp, path)
+    return path
 
 
 @dataclass(frozen=True)
@@ -149,6 +189,31 @@ class ProxiedCluster:
         clients = {str(j): "{}:{}".format(*net.client_address(j)) for j in self.node_ids}
         return {"peers": peers, "clients": clients}
 
+    # -- credentials -------------------------------------------------------
+
+    def tls(self) -> TlsConfig:
+        """The client certificate `scripts/cluster up` made in DIR/certs."""
+        return TlsConfig.from_dir(self.data_dir / "certs")
+
+    def token(self) -> str:
+        """`@FILE` of the run's token (what AsyncClient's token= takes)."""
+        return "@" + str(self.data_dir / "tokens" / f"{RUN_TOKEN}.token")
+
+    def client(self, addresses: str | list[str] | None = None, **kwargs: Any) -> AsyncClient:
+        """An AsyncClient with the run's TLS and token (default: the client proxies)."""
+        kwargs.setdefault("tls", self.tls())
+        kwargs.setdefault("token", self.token())
+        kwargs.setdefault("break_glass_reason", RUN_BREAK_GLASS_REASON)
+        return AsyncClient(self.client_addresses() if addresses is None else addresses, **kwargs)
+
+    def env(self) -> dict[str, str]:
+        """MEDKV_TLS_DIR / MEDKV_TOKEN for clients (the CLI, a test's raw stubs)."""
+        return {"MEDKV_TLS_DIR": str(self.data_dir / "certs"), "MEDKV_TOKEN": self.token()}
+
+    def credentials(self) -> grpc.ChannelCredentials:
+        """TLS + the run's token, for raw stubs that must get past access control."""
+        return secure_channel_credentials(self.tls().credentials(), token_source(self.token()))
+
     # -- files -------------------------------------------------------------
 
     def node_dir(self, node: int) -> Path:
@@ -250,6 +315,7 @@ class ProxiedCluster:
         for key, value in sorted(self.spec.raft.items()):
             args += ["--raft", f"{key}={value}"]
         await self.script(*args, timeout=self.spec.up_timeout + 30.0)
+        mint_token_file(self.data_dir, RUN_TOKEN, RUN_ROLES, (RUN_CLINIC,))
 
     async def stop(self) -> list[int]:
         """Stop everything; idempotent. Returns pids that had to be SIGKILLed here."""
@@ -328,7 +394,7 @@ class ProxiedCluster:
     async def status(self, via: int) -> admin_pb2.ClusterStatusResponse | None:
         """Admin.ClusterStatus as node `via` sees the cluster (it asks its peers
         through their proxies, so a partition shows); None if it does not answer."""
-        client = AsyncClient(self.direct_address(via), retry=_STATUS_POLICY)
+        client = self.client(self.direct_address(via), retry=_STATUS_POLICY)
         try:
             return await client.cluster_status(timeout=_STATUS_POLICY.timeout)
         except MedkvError:

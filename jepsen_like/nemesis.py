@@ -365,7 +365,10 @@ class Bitflip(Nemesis):
         deadline = time.monotonic() + self.PROBE_SECONDS
         last: dict[str, Any] = {"data_loss": 0, "served": 0, "other_errors": 0, "records": 0}
         while True:
-            res = await probe_replica(ctx.cluster.direct_address(node), records)
+            res = await probe_replica(
+                ctx.cluster.direct_address(node), records,
+                credentials=ctx.cluster.credentials(),
+            )
             last = {**res.to_json(), "records": len(records)}
             if res.data_loss or time.monotonic() >= deadline:
                 return last

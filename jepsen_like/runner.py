@@ -148,8 +148,8 @@ class Run:
                 + (", lossy unsynced writes" if self.spec.lossy_unsynced_writes else "")
             )
             await self.cluster.start()
-            admin = AsyncClient(
-                self.cluster.client_addresses(),
+            self.ctx.credentials = self.cluster.credentials()
+            admin = self.cluster.client(
                 retry=RetryPolicy(timeout=10.0, attempt_timeout=2.0, max_backoff=0.5),
                 rng=derive_rng(self.cfg.seed, "admin-client"),
             )
@@ -206,8 +206,7 @@ class Run:
         progress.cancel()
 
     async def _worker(self, slot: int) -> None:
-        client = AsyncClient(
-            self.cluster.client_addresses(),
+        client = self.cluster.client(
             retry=self.policy,
             rng=derive_rng(self.cfg.seed, f"client-{slot}"),
         )

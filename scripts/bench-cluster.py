@@ -45,6 +45,18 @@ def cluster(*args: str) -> str:
     return proc.stdout.strip()
 
 
+def use_cluster_credentials(data_dir: Path, token: str) -> None:
+    """A cluster is secure by default: the clients of this process read its TLS
+    directory and the token DIR/tokens/TOKEN.token from the environment.
+    (A tree from before access control made no DIR/certs: plaintext then.)"""
+    if (data_dir / "certs" / "ca.pem").exists():
+        os.environ["MEDKV_TLS_DIR"] = str(data_dir / "certs")
+        os.environ["MEDKV_TOKEN"] = "@" + str(data_dir / "tokens" / f"{token}.token")
+    else:
+        os.environ.pop("MEDKV_TLS_DIR", None)
+        os.environ.pop("MEDKV_TOKEN", None)
+
+
 def rss_mib(data_dir: Path, nodes: int) -> list[float]:
     out = []
     for n in range(1, nodes + 1):
@@ -141,6 +153,7 @@ def main() -> int:
             "up", "--nodes", str(args.nodes), "--data-dir", str(data_dir),
             "--base-port", str(args.base_port), "--partitions", str(args.partitions),
         ).split(",")
+        use_cluster_credentials(data_dir, "clinician")
         out = asyncio.run(run(args, addresses, data_dir))
     finally:
         subprocess.run([str(CLUSTER), "down", "--data-dir", str(data_dir)], capture_output=True,

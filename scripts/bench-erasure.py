@@ -94,6 +94,18 @@ def run_cluster_script(root: Path, *args: str) -> str:
     return proc.stdout.strip()
 
 
+def use_cluster_credentials(data_dir: Path, token: str) -> None:
+    """A cluster is secure by default: the clients of this process read its TLS
+    directory and the token DIR/tokens/TOKEN.token from the environment.
+    (A tree from before access control made no DIR/certs: plaintext then.)"""
+    if (data_dir / "certs" / "ca.pem").exists():
+        os.environ["MEDKV_TLS_DIR"] = str(data_dir / "certs")
+        os.environ["MEDKV_TOKEN"] = "@" + str(data_dir / "tokens" / f"{token}.token")
+    else:
+        os.environ.pop("MEDKV_TLS_DIR", None)
+        os.environ.pop("MEDKV_TOKEN", None)
+
+
 def start_nodes(root: Path, data_dir: Path, nodes: int) -> list[subprocess.Popen[bytes]]:
     """Start every node through this script's monitor wrapper (stopped by
     stop_nodes: scripts/cluster down only stops the processes it started)."""
@@ -291,6 +303,10 @@ def main() -> int:
             "--replicas", str(args.nodes),
         )
         addresses = out.splitlines()[-1].split(",")
+        if (data_dir / "auth").exists():  # one client writes and erases: both roles
+            run_cluster_script(root, "token", "bench", "--data-dir", str(data_dir),
+                               "--role", "clinician", "--role", "admin", "--clinic", "bench")
+        use_cluster_credentials(data_dir, "bench")
         run_cluster_script(root, "down", "--data-dir", str(data_dir))
         procs = start_nodes(root, data_dir, args.nodes)
         result = asyncio.run(measure(args, addresses, data_dir))

@@ -97,6 +97,29 @@ class HeapSampler(threading.Thread):
                 return
 
 
+def use_cluster_credentials(data_dir: Path, token: str) -> None:
+    """A cluster is secure by default: the clients of this process read its TLS
+    directory and the token DIR/tokens/TOKEN.token from the environment.
+    (A tree from before access control made no DIR/certs: plaintext then.)"""
+    if (data_dir / "certs" / "ca.pem").exists():
+        os.environ["MEDKV_TLS_DIR"] = str(data_dir / "certs")
+        os.environ["MEDKV_TOKEN"] = "@" + str(data_dir / "tokens" / f"{token}.token")
+    else:
+        os.environ.pop("MEDKV_TLS_DIR", None)
+        os.environ.pop("MEDKV_TOKEN", None)
+
+
+def open_channel(address: str) -> grpc.Channel:
+    """A raw channel with the credentials use_cluster_credentials put in the environment."""
+    from client.auth import secure_channel_credentials, token_source
+    from client.tls import TlsConfig
+
+    tls = TlsConfig.from_env()
+    if tls is None:
+        return grpc.insecure_channel(address)
+    return grpc.secure_channel(address, secure_channel_credentials(tls.credentials(), token_source()))
+
+
 async def load(addresses: list[str], size: int, value_size: int, concurrency: int) -> int:
     """Write `size` bytes of values as distinct records; the last version
     written. One client per worker; a write refused as a session problem is
@@ -130,7 +153,7 @@ async def load(addresses: list[str], size: int, value_size: int, concurrency: in
 
 
 def follower_version(address: str) -> int:
-    with grpc.insecure_channel(address) as ch:
+    with open_channel(address) as ch:
         try:
             r = kv_pb2_grpc.KVStub(ch).Get(
                 kv_pb2.GetRequest(
@@ -156,7 +179,7 @@ class HealthProbe(threading.Thread):
         self.stop = threading.Event()
 
     def run(self) -> None:
-        with grpc.insecure_channel(self.address) as ch:
+        with open_channel(self.address) as ch:
             stub = health_pb2_grpc.HealthStub(ch)
             while not self.stop.is_set():
                 t0 = time.monotonic()
@@ -197,12 +220,14 @@ def main() -> int:
             "--base-port", str(base), "--timeout", "60",
             "--raft", "snapshot_every=1000", "--raft", "keep_after_snapshot=100",
         ).split(",")
+        use_cluster_credentials(data_dir, "clinician")
         run_cluster(tree, "kill-node", str(VICTIM), "--data-dir", str(data_dir))
         t0 = time.monotonic()
         last = asyncio.run(load(addresses[:2], ns.size_mb << 20, ns.value_kb << 10, ns.concurrency))
         result["load_s"] = round(time.monotonic() - t0, 1)
         result["last_index"] = last
-        with Client(addresses[:2]) as kv:
+        admin = data_dir / "tokens" / "admin.token"  # cluster status is an admin's call
+        with Client(addresses[:2], token=f"@{admin}" if admin.exists() else None) as kv:
             kv.cluster_status()
         log_path = data_dir / f"node-{VICTIM}" / "node.log"
         seen = len(log_path.read_bytes())

@@ -2,9 +2,11 @@
 
     scripts/cluster up --nodes N --data-dir DIR [--base-port 7100] [--partitions 16]
                        [--replicas 3] [--host 127.0.0.1] [--timeout 60]
-                       [--links-file FILE]
+                       [--links-file FILE] [--insecure]
     scripts/cluster status        --data-dir DIR [--json]
     scripts/cluster env           --data-dir DIR [--as NAME]   shell exports for clients
+    scripts/cluster token NAME    --data-dir DIR --role R [--role R2] [--clinic C] [--ttl 8h]
+                                  mint DIR/tokens/NAME.token (e.g. a bench's several roles)
     scripts/cluster down          --data-dir DIR [--grace 10]
     scripts/cluster kill-node ID  --data-dir DIR       (SIGKILL)
     scripts/cluster restart-node ID --data-dir DIR     (SIGTERM, then start again)
@@ -17,11 +19,31 @@ remembers the layout so every later command needs only --data-dir. Nodes run
 in their own sessions, so they outlive this script; `down` stops every one of
 them, paused ones included, and waits until none is left.
 
+Secure by default: `up` gives the cluster mutual TLS and access control, made
+once and reused by every later `up` of the same DIR (a CA is never remade
+under existing data, so nodes and clients keep trusting each other):
+
+    DIR/certs/   ca.pem + ca.key, node-<i>.pem/.key for every node (naming
+                 127.0.0.1 and --host), client.pem/.key: what
+                 client.tls.TlsConfig.from_dir(DIR/certs) reads
+    DIR/auth/    token-signing.key (0600) and jwks.json, which the nodes trust
+                 ([auth] jwks_file); mint more with `medkv tokens issue --key ...`
+    DIR/tokens/  NAME.token (0600), valid 30 days, re-minted when missing or
+                 within a day of expiry: admin, clinician (clinic north),
+                 clinician-south (clinic south), clinic-admin (north), analyst,
+                 auditor
+
+Every node.toml gets [tls] and [auth]. `--insecure` instead writes
+`insecure = true` (plaintext, no tokens, no access control, no audit: only
+for experiments; the nodes and this script say so loudly); `--tls` is
+accepted and does nothing (TLS is the default). `status` and the waits of
+`up`/`restart-node` ask the nodes with the admin token.
+
 `up` prints the client addresses (host:port,host:port,...) on stdout, so
 `export MEDKV_ADDR=$(scripts/cluster up ...)` works; progress goes to stderr.
 `eval "$(scripts/cluster env --data-dir DIR)"` sets everything a client, the
-CLI and jepsen_like read: MEDKV_ADDR; MEDKV_TLS_DIR for a cluster started
-with --tls; MEDKV_TOKEN=@DIR/tokens/NAME.token when that file exists (a file
+CLI and jepsen_like read: MEDKV_ADDR; MEDKV_TLS_DIR unless the cluster is
+--insecure; MEDKV_TOKEN=@DIR/tokens/NAME.token when that file exists (a file
 reference, so the token itself never lands in the shell's environment dumps
 or history, and a renewed file is picked up). Variables that do not apply
 are unset, so switching between clusters leaves nothing stale.
@@ -39,6 +61,7 @@ left out keep the direct address. The nodes still listen on base_port + i.
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import json
 import os
 import shlex
@@ -56,17 +79,43 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from client import Client, MedkvError, RetryPolicy  # noqa: E402
+from client.auth import TOKEN_ENV  # noqa: E402
 from client.status_table import (  # noqa: E402
     partitions_with_leader,
     render_status,
     status_dict,
 )
-from client.tls import TlsConfig  # noqa: E402
+from client.tls import TLS_DIR_ENV, TlsConfig  # noqa: E402
+from node.auth.tokens import (  # noqa: E402
+    DEFAULT_AUDIENCE,
+    DEFAULT_ISSUER,
+    JWKS_FILE,
+    SIGNING_KEY_FILE,
+)
 
 STATE_FILE = "cluster.json"
 KEY_FILE = "master.key"
 TOKENS_DIR = "tokens"  # DIR/tokens/NAME.token: bearer tokens for local clients
+AUTH_DIR = "auth"  # DIR/auth: the token signing key and the JWKS the nodes trust
 DEFAULT_TOKEN_NAME = "clinician"
+STATUS_TOKEN_NAME = "admin"  # what this script itself asks the nodes with
+TOKEN_TTL_S = 30 * 86_400
+TOKEN_RENEW_S = 86_400  # an `up` re-mints a token with less than this left
+# The tokens every secure `up` leaves in DIR/tokens: name -> (roles, clinics).
+LOCAL_TOKENS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "admin": (("admin",), ()),
+    "clinician": (("clinician",), ("north",)),
+    "clinician-south": (("clinician",), ("south",)),
+    "clinic-admin": (("clinic-admin",), ("north",)),
+    "analyst": (("analyst",), ()),
+    "auditor": (("auditor",), ()),
+}
+INSECURE_WARNING = """\
+cluster: ############################################################
+cluster: WARNING: --insecure: plaintext gRPC, NO authentication, NO access
+cluster: control, NO audit log. Anyone who can reach the ports can read and
+cluster: change every record. Never put patient data in this cluster.
+cluster: ############################################################"""
 
 
 def note(message: str) -> None:
@@ -87,7 +136,11 @@ class Layout:
     key_file: str | None
     raft: dict[str, int] = field(default_factory=dict)  # extra [raft] settings
     limits: dict[str, float] = field(default_factory=dict)  # extra [limits] settings
-    tls_dir: str | None = None  # mutual TLS with the certificates here (scripts/certs)
+    tls_dir: str | None = None  # mutual TLS with the certificates here (DIR/certs)
+    # Access control: [tls] + [auth] in every node.toml. False only for an
+    # `up --insecure` cluster (and a cluster.json older than access control).
+    secure: bool = False
+    auth_dir: str | None = None  # token-signing.key + jwks.json (DIR/auth)
     # Optional indirection (see --links-file): {"peers": {src: {dst: addr}},
     # "clients": {dst: addr}}, node ids as strings (JSON object keys).
     links: dict[str, dict[str, Any]] | None = None
@@ -136,8 +189,22 @@ class Cluster:
     def certs_dir(self) -> Path:
         return self.dir / "certs"
 
+    def auth_dir(self) -> Path:
+        return self.dir / AUTH_DIR
+
     def token_path(self, name: str) -> Path:
         return self.dir / TOKENS_DIR / f"{name}.token"
+
+    def client(self, layout: Layout, addresses: str | list[str], policy: RetryPolicy) -> Client:
+        """A client for this script's own calls: TLS and the admin token on a
+        secure cluster, plaintext without a token otherwise (main() keeps
+        $MEDKV_TOKEN / $MEDKV_TLS_DIR of another cluster out of it)."""
+        if not layout.secure:
+            return Client(addresses, retry=policy, tls=layout.tls())
+        token = self.token_path(STATUS_TOKEN_NAME)
+        if not token.is_file():
+            raise ClusterError(f"{token} is missing; `scripts/cluster up` mints it again")
+        return Client(addresses, retry=policy, tls=layout.tls(), token="@" + str(token))
 
     def config_path(self, node: int) -> Path:
         return self.node_dir(node) / "node.toml"
@@ -184,11 +251,11 @@ class Cluster:
             f"data_dir = {q(str(self.node_dir(node)))}",
             f"partitions = {layout.partitions}",
             f"replication = {layout.replicas}",
-            # Transitional: `up` does not make tokens yet (issue 11 in progress).
-            "insecure = true",
         ]
         if layout.key_file:
             lines.append(f"key_file = {q(layout.key_file)}")
+        if not layout.secure:
+            lines.append("insecure = true  # scripts/cluster up --insecure: no TLS, no tokens")
         for peer in layout.node_ids():
             lines += ["", "[[peers]]", f"id = {peer}", f"address = {q(layout.peer_address(node, peer))}"]
             client_address = layout.client_address(peer)
@@ -201,6 +268,13 @@ class Cluster:
                 f"ca_file = {q(str(certs / 'ca.pem'))}",
                 f"cert_file = {q(str(certs / f'node-{node}.pem'))}",
                 f"key_file = {q(str(certs / f'node-{node}.key'))}",
+            ]
+        if layout.secure and layout.auth_dir:
+            lines += [
+                "", "[auth]",
+                f"jwks_file = {q(str(Path(layout.auth_dir) / JWKS_FILE))}",
+                f"issuers = [{q(DEFAULT_ISSUER)}]",
+                f"audience = {q(DEFAULT_AUDIENCE)}",
             ]
         raft = {"tick_ms": 100, "election_ticks": 10, **layout.raft}
         lines += ["", "[raft]", *(f"{k} = {v}" for k, v in sorted(raft.items()))]
@@ -373,9 +447,9 @@ def _tail(path: Path, lines: int = 15) -> str:
         return "(no log)"
 
 
-def _status(layout: Layout, timeout: float) -> Any:
+def _status(cluster: Cluster, layout: Layout, timeout: float) -> Any:
     policy = RetryPolicy(timeout=timeout, attempt_timeout=min(1.0, timeout))
-    with Client(layout.addresses(), retry=policy, tls=layout.tls()) as kv:
+    with cluster.client(layout, layout.addresses(), policy) as kv:
         return kv.cluster_status()
 
 
@@ -412,7 +486,7 @@ def wait_for_leaders(
             if why is not None:
                 raise ClusterError(why)
         try:
-            status = _status(layout, timeout=1.0)
+            status = _status(cluster, layout, timeout=1.0)
         except MedkvError:
             status = None
         if status is not None:
@@ -450,7 +524,7 @@ def wait_for_node(
         if why is not None:
             raise ClusterError(why)
         try:
-            with Client(layout.address(node), retry=policy, tls=layout.tls()) as kv:
+            with cluster.client(layout, layout.address(node), policy) as kv:
                 if kv.cluster_status().answered_by == node:
                     return
         except MedkvError:
@@ -520,18 +594,115 @@ def load_links(path: str, nodes: int) -> dict[str, dict[str, Any]]:
     return {"peers": peers, "clients": clients}
 
 
-def _ensure_certs(cluster: Cluster, nodes: int) -> str:
-    """DIR/certs with a CA and node/client certificates (made once, by scripts/certs)."""
+def _cert_names(host: str) -> tuple[list[str], list[str]]:
+    """(IP addresses, DNS names) a node certificate names: loopback and --host."""
+    ips, dns = ["127.0.0.1"], ["localhost"]
+    try:
+        ip = str(ipaddress.ip_address(host))
+    except ValueError:
+        if host not in dns:
+            dns.append(host)
+    else:
+        if ip not in ips:
+            ips.append(ip)
+    return ips, dns
+
+
+def _ensure_certs(cluster: Cluster, nodes: int, host: str) -> str:
+    """DIR/certs: a CA, node-1..N and one client certificate, each made only if missing.
+
+    An existing CA is always reused (its key is needed only when something is
+    missing); a CA is never made beside certificates of an older one."""
+    from node.auth.certs import CertError, init_ca, issue_client, issue_node, load_ca
+
     certs = cluster.certs_dir()
-    if not (certs / "ca.pem").exists():
-        subprocess.run(
-            [sys.executable, str(ROOT / "scripts" / "certs.py"), "--out", str(certs),
-             "--nodes", str(nodes)],
-            check=True, capture_output=True,
-        )
-    elif not (certs / f"node-{nodes}.pem").exists():
-        raise ClusterError(f"{certs} has no certificate for node {nodes}; remove it to remake it")
+    missing_nodes = [n for n in range(1, nodes + 1) if not (certs / f"node-{n}.pem").exists()]
+    missing_client = not (certs / "client.pem").exists()
+    if not missing_nodes and not missing_client and (certs / "ca.pem").exists():
+        return str(certs)
+    ips, dns = _cert_names(host)
+    try:
+        if (certs / "ca.pem").exists():
+            ca = load_ca(certs)
+        elif any(certs.glob("*.pem")):
+            raise ClusterError(
+                f"{certs} has certificates but no ca.pem; restore it or remove the directory"
+            )
+        else:
+            ca = init_ca(certs)
+            note(f"created a cluster CA in {certs}")
+        for n in missing_nodes:
+            issue_node(ca, certs, n, hosts=ips, dns=dns)
+        if missing_client:
+            issue_client(ca, certs, "client")
+    except CertError as exc:
+        raise ClusterError(f"certificates in {certs}: {exc}") from None
+    note(f"certificates in {certs}: issued {len(missing_nodes)} node and "
+         f"{int(missing_client)} client certificate(s)")
     return str(certs)
+
+
+def _write_secret(path: Path, text: str) -> None:
+    """A 0600 file, replaced atomically (a reader re-reading it sees old or new, whole)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _token_usable(path: Path, kid: str, now: float) -> bool:
+    """Does the token file hold a token of this signing key with a day or more left?"""
+    import jwt
+
+    try:
+        text = path.read_text().strip()
+        header = jwt.get_unverified_header(text)
+        claims = jwt.decode(text, options={"verify_signature": False})
+    except (OSError, jwt.PyJWTError):
+        return False
+    exp = claims.get("exp")
+    return header.get("kid") == kid and isinstance(exp, int) and exp - now > TOKEN_RENEW_S
+
+
+def _ensure_auth(cluster: Cluster) -> str:
+    """DIR/auth (signing key + jwks.json, made once) and DIR/tokens/*.token."""
+    from node.auth.tokens import KeySourceError, keygen, load_signing_key, mint, public_jwk
+
+    auth = cluster.auth_dir()
+    key_path, jwks_path = auth / SIGNING_KEY_FILE, auth / JWKS_FILE
+    try:
+        if not key_path.exists():
+            if jwks_path.exists():
+                raise ClusterError(
+                    f"{jwks_path} exists without {key_path}; restore the key or remove {auth}"
+                )
+            keygen(auth)
+            note(f"created a token signing key in {auth}")
+        elif not jwks_path.exists():
+            raise ClusterError(f"{key_path} exists without {jwks_path}; remove {auth} to remake both")
+        key = load_signing_key(key_path)
+    except KeySourceError as exc:
+        raise ClusterError(f"token keys in {auth}: {exc}") from None
+    kid = public_jwk(key.public_key())["kid"]
+    now = time.time()
+    minted = []
+    for name, (roles, clinics) in LOCAL_TOKENS.items():
+        path = cluster.token_path(name)
+        if _token_usable(path, kid, now):
+            continue
+        token = mint(key, subject=f"local-{name}", roles=roles, clinics=clinics,
+                     ttl_seconds=TOKEN_TTL_S, now=now)
+        _write_secret(path, token + "\n")
+        minted.append(name)
+    if minted:
+        note(f"minted {', '.join(minted)} token(s) in {cluster.dir / TOKENS_DIR} (valid 30 days)")
+    return str(auth)
 
 
 def cmd_up(args: argparse.Namespace) -> int:
@@ -542,8 +713,17 @@ def cmd_up(args: argparse.Namespace) -> int:
         raise ClusterError(f"{args.nodes} node(s) cannot hold {args.replicas} replicas")
     if args.base_port + args.nodes > 65535 or args.base_port < 1:
         raise ClusterError("--base-port leaves no room for the node ports")
+    if args.insecure and args.tls:
+        raise ClusterError("--insecure and --tls contradict each other (TLS is the default)")
+    secure = not args.insecure
     if (cluster.dir / STATE_FILE).exists():
         old = cluster.load()
+        running = [n for n in old.node_ids() if cluster.pid(n) is not None]
+        if running and old.secure != secure:
+            raise ClusterError(
+                f"node(s) {running} run {'securely' if old.secure else 'with --insecure'}; "
+                "`scripts/cluster down` before switching"
+            )
         wanted = (args.nodes, args.host, args.base_port, args.partitions, args.replicas)
         have = (old.nodes, old.host, old.base_port, old.partitions, old.replicas)
         if wanted != have:
@@ -553,6 +733,8 @@ def cmd_up(args: argparse.Namespace) -> int:
                 f"partitions, {old.replicas} replicas); use it as is or pick another --data-dir"
             )
     cluster.dir.mkdir(parents=True, exist_ok=True)
+    if not secure:
+        note(INSECURE_WARNING)
     layout = Layout(
         nodes=args.nodes,
         host=args.host,
@@ -562,7 +744,9 @@ def cmd_up(args: argparse.Namespace) -> int:
         key_file=_ensure_key(cluster),
         raft=_raft_settings(args.raft),
         limits=_limits_settings(args.limits),
-        tls_dir=_ensure_certs(cluster, args.nodes) if args.tls else None,
+        tls_dir=_ensure_certs(cluster, args.nodes, args.host) if secure else None,
+        secure=secure,
+        auth_dir=_ensure_auth(cluster) if secure else None,
         links=load_links(args.links_file, args.nodes) if args.links_file else None,
     )
     cluster.save(layout)
@@ -596,7 +780,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     ]
     reason = ""
     try:
-        status = _status(layout, timeout=args.timeout)
+        status = _status(cluster, layout, timeout=args.timeout)
     except MedkvError as exc:
         status = None
         reason = str(exc)
@@ -643,6 +827,37 @@ def cmd_env(args: argparse.Namespace) -> int:
         raise ClusterError(f"--as must name a token in {cluster.dir / TOKENS_DIR}, not a path")
     print("\n".join(env_lines(cluster, layout, args.as_name)), flush=True)
     return 0
+
+
+def cmd_token(args: argparse.Namespace) -> int:
+    from node.auth.tokens import KeySourceError, load_signing_key, mint
+
+    cluster = Cluster(Path(args.data_dir))
+    layout = cluster.load()
+    if not layout.secure or not layout.auth_dir:
+        raise ClusterError(f"the cluster in {cluster.dir} runs --insecure: it takes no tokens")
+    if not args.name or "/" in args.name or args.name.startswith("."):
+        raise ClusterError(f"NAME names a file in {cluster.dir / TOKENS_DIR}, not a path")
+    try:
+        key = load_signing_key(Path(layout.auth_dir) / SIGNING_KEY_FILE)
+    except KeySourceError as exc:
+        raise ClusterError(str(exc)) from None
+    token = mint(key, subject=f"local-{args.name}", roles=args.role, clinics=args.clinic,
+                 ttl_seconds=args.ttl)
+    path = cluster.token_path(args.name)
+    _write_secret(path, token + "\n")
+    print(path, flush=True)
+    return 0
+
+
+def _duration(text: str) -> float:
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86_400}
+    try:
+        if text and text[-1] in units:
+            return float(text[:-1]) * units[text[-1]]
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: a duration like 900, 15m, 8h or 30d") from None
 
 
 def cmd_down(args: argparse.Namespace) -> int:
@@ -726,8 +941,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     up.add_argument(
         "--tls", action="store_true",
-        help="mutual TLS on every connection; certificates in DIR/certs "
-        "(clients: MEDKV_TLS_DIR=DIR/certs or --tls-dir)",
+        help="accepted for old command lines; TLS (certificates in DIR/certs) and tokens "
+        "(DIR/tokens) are the default",
+    )
+    up.add_argument(
+        "--insecure", action="store_true",
+        help="plaintext, no tokens, no access control, no audit (`insecure = true`): "
+        "experiments only, never patient data",
     )
     up.add_argument(
         "--links-file", metavar="FILE",
@@ -753,6 +973,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     env.set_defaults(run=cmd_env)
 
+    token = sub.add_parser(
+        "token", help="mint DIR/tokens/NAME.token with the cluster's signing key; prints its path"
+    )
+    token.add_argument("name", metavar="NAME")
+    data_dir(token)
+    token.add_argument("--role", action="append", required=True,
+                       choices=sorted({r for roles, _ in LOCAL_TOKENS.values() for r in roles}
+                                      | {"break-glass"}),
+                       help="a role (repeatable)")
+    token.add_argument("--clinic", action="append", default=[], help="a clinic (repeatable)")
+    token.add_argument("--ttl", type=_duration, default=8 * 3600.0,
+                       help="lifetime, e.g. 900, 15m, 8h, 30d (default 8h)")
+    token.set_defaults(run=cmd_token)
+
     down = sub.add_parser("down", help="stop every node (SIGTERM, then SIGKILL)")
     data_dir(down)
     down.add_argument("--grace", type=float, default=10.0, help="seconds before SIGKILL")
@@ -776,6 +1010,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # This script's own clients get TLS and a token from the cluster's files
+    # (Cluster.client), never from a shell that `env` pointed at another cluster.
+    for name in (TLS_DIR_ENV, TOKEN_ENV):
+        os.environ.pop(name, None)
     try:
         return int(args.run(args))
     except ClusterError as exc:

@@ -1,6 +1,9 @@
 """The medkv demo: a local 3-node cluster running a clinic workload.
 
-1. start a 3-node cluster (scripts/cluster up) in ./demo-data
+1. start a 3-node cluster (scripts/cluster up) in ./demo-data: mutual TLS
+   and bearer tokens, as every cluster; the clinic works as the `clinician`
+   of clinic north, the status table is the `admin`'s and the scan the
+   `analyst`'s (tokens in ./demo-data/tokens)
 2. register synthetic patients (FHIR-like Patient resources) and their
    Observations, through the Python client
 3. read the same records linearizably (leader) and as follower reads (any
@@ -32,6 +35,7 @@ sys.path.insert(0, str(ROOT))
 
 from client import Client, MedkvError  # noqa: E402
 from client.status_table import render_status  # noqa: E402
+from client.tls import TlsConfig  # noqa: E402
 
 CLUSTER = ROOT / "scripts" / "cluster"
 FIRST = ["Ada", "Bo", "Chen", "Dara", "Eli", "Femi", "Gul", "Hana", "Ivo", "Jun"]
@@ -86,12 +90,18 @@ def progress(done: int, total: int, started: float) -> None:
         sys.stdout.write("\n")
 
 
+def client_as(data_dir: Path, addresses: list[str], name: str) -> Client:
+    """A client with the cluster's client certificate and DIR/tokens/NAME.token."""
+    return Client(addresses, tls=TlsConfig.from_dir(data_dir / "certs"),
+                  token=f"@{data_dir / 'tokens' / f'{name}.token'}")
+
+
 class ClinicWriter(threading.Thread):
     """Keeps writing observations while a node is killed; counts what was acknowledged."""
 
-    def __init__(self, addresses: list[str], patients: list[str], seed: int) -> None:
+    def __init__(self, kv: Client, patients: list[str], seed: int) -> None:
         super().__init__(daemon=True)
-        self.kv = Client(addresses)
+        self.kv = kv
         self.patients = patients
         self.rng = random.Random(seed)
         self.stop = threading.Event()
@@ -121,7 +131,7 @@ def main() -> int:
     ap.add_argument("--observations", type=int, default=4, help="per patient")
     ap.add_argument("--keep", action="store_true", help="leave the cluster running at the end")
     args = ap.parse_args()
-    data_dir = Path(args.data_dir)
+    data_dir = Path(args.data_dir).resolve()
     rng = random.Random(7)
 
     step("1. starting a 3-node cluster (16 partitions, 3 replicas each)")
@@ -133,6 +143,8 @@ def main() -> int:
     )
     addresses = up.stdout.strip().split(",")
     print(f"   nodes: {', '.join(addresses)}   (data, logs and pids in {data_dir})")
+    print(f"   mutual TLS ({data_dir / 'certs'}) and a bearer token on every call "
+          f"({data_dir / 'tokens'}: clinician, admin, analyst, ...)")
     try:
         return run_workload(args, data_dir, addresses, rng)
     finally:
@@ -145,7 +157,9 @@ def main() -> int:
 def run_workload(
     args: argparse.Namespace, data_dir: Path, addresses: list[str], rng: random.Random
 ) -> int:
-    with Client(addresses) as kv:
+    with client_as(data_dir, addresses, "clinician") as kv, \
+            client_as(data_dir, addresses, "admin") as admin, \
+            client_as(data_dir, addresses, "analyst") as analyst:
         step(f"2. registering {args.patients} patients with {args.observations} observations each")
         pids = [f"demo-{i:04d}" for i in range(args.patients)]
         total = args.patients * (1 + args.observations)
@@ -172,11 +186,11 @@ def run_workload(
                       f"{rec.applied_index:>7} {rec.lag:>3} {stale:>9}")
         print("   (follower reads are served by any replica and state how stale they may be)")
 
-        status = kv.cluster_status()
+        status = admin.cluster_status()
         leaders = {n.node.node_id: n.leaders for n in status.nodes}
         victim = max(leaders, key=lambda n: leaders[n])
         step(f"4. kill -9 node {victim} (it leads {leaders[victim]} partitions) while the clinic writes")
-        writer = ClinicWriter(addresses, pids, seed=11)
+        writer = ClinicWriter(client_as(data_dir, addresses, "clinician"), pids, seed=11)
         writer.start()
         time.sleep(1.5)
         cluster("kill-node", str(victim), "--data-dir", str(data_dir))
@@ -184,7 +198,7 @@ def run_workload(
         time.sleep(4.0)
         print(f"   writes acknowledged so far: {len(writer.acked)}; "
               f"failed after the client's retries: {writer.failed}")
-        print(render_status(kv.cluster_status()))
+        print(render_status(admin.cluster_status()))
 
         step(f"5. restarting node {victim}; it catches up from its peers")
         cluster("restart-node", str(victim), "--data-dir", str(data_dir))
@@ -205,7 +219,7 @@ def run_workload(
             return 1
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
-            status = kv.cluster_status()
+            status = admin.cluster_status()
             lagging = [
                 p.partition for p in status.partition_info
                 for rs in p.replica_status if rs.node_id == victim and rs.lag_entries > 0
@@ -213,12 +227,12 @@ def run_workload(
             if not lagging and all(n.up for n in status.nodes):
                 break
             time.sleep(0.5)
-        print(render_status(kv.cluster_status()))
+        print(render_status(admin.cluster_status()))
 
-        step("6. analytics: a follower scan of every partition")
+        step("6. analytics: a follower scan of every partition, as the analyst")
         count = 0
         worst = 0.0
-        for page in kv.scan_pages(consistency="follower"):
+        for page in analyst.scan_pages(consistency="follower"):
             count += len(page.records)
             worst = max(worst, page.staleness)
         print(f"   scanned {count} records from replicas; worst staleness stated: {worst * 1000:.0f}ms")

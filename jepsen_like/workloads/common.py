@@ -20,6 +20,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeVar
 
+import grpc
+
 from client import (
     AsyncClient,
     DeadlineExceeded,
@@ -78,6 +80,15 @@ class RunContext:
     op_timeout: float = 4.0
     counts: Counter[str] = field(default_factory=Counter)
     errors: Counter[str] = field(default_factory=Counter)
+    # TLS + the run's token, for raw stubs that bypass the client (set once the
+    # cluster is up; None: a plaintext channel, as in unit tests).
+    credentials: grpc.ChannelCredentials | None = None
+
+    def channel(self, address: str) -> grpc.aio.Channel:
+        """A raw channel to one node with the run's credentials."""
+        if self.credentials is None:
+            return grpc.aio.insecure_channel(address)
+        return grpc.aio.secure_channel(address, self.credentials)
 
     def deadline(self) -> Deadline:
         """The deadline of one multi-call op (twice a single call's budget)."""

@@ -214,18 +214,20 @@ class ErasureWorkload(Workload):
             outcome, _ = await record_read(
                 ctx, "final", "read", key,
                 {"mode": f"replica-{node}", "min_version": version},
-                lambda address=address: self._direct(address, key, version),  # type: ignore[misc]
+                lambda address=address: self._direct(ctx, address, key, version),  # type: ignore[misc]
             )
             if outcome != "ok":
                 return False
         return True
 
-    async def _direct(self, address: str, patient: str, version: int) -> dict[str, Any]:
+    async def _direct(
+        self, ctx: RunContext, address: str, patient: str, version: int
+    ) -> dict[str, Any]:
         """Get and History of every record on exactly the replica at `address`,
         follower mode, after it applied the erasure (min_version)."""
         read = common_pb2.ReadOptions(consistency=common_pb2.FOLLOWER, min_version=version)
         found: list[dict[str, Any] | None] = []
-        async with grpc.aio.insecure_channel(address) as channel:
+        async with ctx.channel(address) as channel:
             stub: Any = kv_pb2_grpc.KVStub(channel)  # type: ignore[no-untyped-call]
             for record in RECORDS:
                 try:

@@ -37,6 +37,7 @@ from tests.cluster.harness import (
     LocalCluster,
     leader_of,
     patients_per_partition,
+    raw_channel,
     start_cluster,
     stop_cluster,
 )
@@ -68,7 +69,7 @@ def address_of(cluster: LocalCluster, node: int) -> str:
 
 
 def kv_stub(address: str) -> tuple[grpc.Channel, kv_pb2_grpc.KVStub]:
-    channel = grpc.insecure_channel(address)
+    channel = raw_channel(address)
     return channel, kv_pb2_grpc.KVStub(channel)
 
 
@@ -138,7 +139,7 @@ def test_cli_sets_replicated_settings_that_every_replica_applies(
     deadline = time.monotonic() + 15.0
     for p in range(PARTITIONS):
         for address in cluster.addresses:
-            with grpc.insecure_channel(address) as channel:
+            with raw_channel(address) as channel:
                 admin = admin_pb2_grpc.AdminStub(channel)
                 while True:
                     s = admin.GetSettings(admin_pb2.GetSettingsRequest(partition=p), timeout=5)
@@ -205,14 +206,14 @@ def test_a_spray_of_new_clients_evicts_no_session_and_a_fast_clock_expires_none(
     fast_writer, fast_session = sprayed[0]
     wrote_on_fast = 0
     deadline = time.monotonic() + 60.0
-    with grpc.insecure_channel(address_of(cluster, fast)) as channel:
+    with raw_channel(address_of(cluster, fast)) as channel:
         stub = kv_pb2_grpc.KVStub(channel)
         admin = admin_pb2_grpc.AdminStub(channel)
         while wrote_on_fast < 3 and time.monotonic() < deadline:
             try:
                 if leader_of(kv, partition) != fast:
                     leader = address_of(cluster, leader_of(kv, partition))
-                    with grpc.insecure_channel(leader) as lc:
+                    with raw_channel(leader) as lc:
                         admin_pb2_grpc.AdminStub(lc).TransferLeader(
                             admin_pb2.TransferLeaderRequest(partition=partition, target_node=fast),
                             timeout=RPC_TIMEOUT,

@@ -18,7 +18,7 @@ import pytest
 
 from client import Client, MedkvError
 from proto.medkv.v1 import common_pb2, kv_pb2, kv_pb2_grpc
-from tests.cluster.harness import node_processes, start_cluster, stop_cluster
+from tests.cluster.harness import node_processes, raw_channel, start_cluster, stop_cluster
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
@@ -98,7 +98,7 @@ def test_a_node_on_a_full_disk_stops_and_the_cluster_loses_nothing(tmp_path: Pat
             restarted = cluster.run("restart-node", "3", timeout=120)
             assert restarted.returncode == 0, restarted.stderr
             # Raw stub: this very node must answer, from its own replica.
-            stub = kv_pb2_grpc.KVStub(grpc.insecure_channel(cluster.addresses[2]))
+            stub = kv_pb2_grpc.KVStub(raw_channel(cluster.addresses[2]))
             deadline = time.monotonic() + 60
             for (pid, rid), value in acked.items():
                 while True:

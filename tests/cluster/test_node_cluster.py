@@ -20,12 +20,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from client import Client, NotFound, VersionConflict
+from client import Client, NotFound, PermissionDenied, VersionConflict
 from proto.medkv.v1 import admin_pb2, admin_pb2_grpc, common_pb2, kv_pb2, kv_pb2_grpc
 from tests.cluster.harness import (
     LocalCluster,
     leader_of,
     patients_per_partition,
+    raw_channel,
     start_cluster,
     stop_cluster,
 )
@@ -46,7 +47,7 @@ def wait_until(predicate, timeout: float, what: str, interval: float = 0.1):  # 
 
 
 def kv_stub(address: str) -> kv_pb2_grpc.KVStub:
-    return kv_pb2_grpc.KVStub(grpc.insecure_channel(address))
+    return kv_pb2_grpc.KVStub(raw_channel(address))
 
 
 def follower_get(address: str, pid: str, rid: str) -> kv_pb2.GetResponse:
@@ -275,7 +276,14 @@ def test_garbage_requests_are_refused_precisely_and_change_nothing(
                 assert e.code() in (
                     grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND,
                     grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.FAILED_PRECONDITION,
+                    # A read of a patient no clinic registered (these never are),
+                    # refused as another clinic's patient would be.
+                    grpc.StatusCode.PERMISSION_DENIED,
                 ), (e.code(), e.details())
+                if e.code() == grpc.StatusCode.PERMISSION_DENIED:
+                    assert "permission record.read denied" in e.details(), e.details()
+                    if pid and len(pid) > 3:
+                        assert pid not in e.details()
                 if e.code() == grpc.StatusCode.INVALID_ARGUMENT:
                     assert ":" in e.details()  # names the field or the problem
                     if pid and len(pid) > 3:
@@ -283,14 +291,20 @@ def test_garbage_requests_are_refused_precisely_and_change_nothing(
         if not (valid_ids and valid_write):
             assert _snapshot_of_data(kv) == before
         # The node is still up and serving.
-        health = admin_pb2_grpc.AdminStub(grpc.insecure_channel(cluster3.addresses[0]))
+        health = admin_pb2_grpc.AdminStub(raw_channel(cluster3.addresses[0]))
         assert health.ClusterStatus(admin_pb2.ClusterStatusRequest(local_only=True), timeout=5)
 
 
-def test_unknown_patient_is_not_found(kv: Client) -> None:
+def test_unknown_record_is_not_found_and_unknown_patient_is_refused(kv: Client) -> None:
+    kv.put("written-once", "a", b"1")  # registers the patient to the ops token's clinic
     with pytest.raises(NotFound) as e:
+        kv.get("written-once", "x")
+    assert "written-once" not in e.value.message
+    # Nobody registered this patient: refused exactly like another clinic's
+    # patient, so the answer does not tell whether it exists.
+    with pytest.raises(PermissionDenied) as denied:
         kv.get("never-written", "x")
-    assert "never-written" not in e.value.message
+    assert "never-written" not in denied.value.message
 
 
 # ---- process lifecycle ------------------------------------------------------
@@ -323,7 +337,10 @@ def _zombie(pid: int) -> bool:
 def test_logs_hold_no_patient_data(cluster3: LocalCluster, kv: Client) -> None:
     canary = "Canary-Patient-7Q2X"
     kv.put(canary, "note", b"Canary-Note-Z9")
+    kv.put(canary, "other", b"x")
     with contextlib.suppress(NotFound):
+        kv.get(canary, "missing")
+    with contextlib.suppress(PermissionDenied):  # unregistered: the refusal path logs no id
         kv.get(canary + "-missing", "note")
     for n in (1, 2, 3):
         log = (cluster3.data_dir / f"node-{n}" / "node.log").read_text()

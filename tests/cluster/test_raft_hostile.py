@@ -27,6 +27,7 @@ from proto.medkv.v1 import admin_pb2, admin_pb2_grpc, raft_pb2, raft_pb2_grpc
 from tests.cluster.harness import (
     LocalCluster,
     patients_per_partition,
+    raw_channel,
     start_cluster,
     stop_cluster,
 )
@@ -48,7 +49,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
 
 
 def _admin(address: str) -> admin_pb2_grpc.AdminStub:
-    return admin_pb2_grpc.AdminStub(grpc.insecure_channel(address))
+    return admin_pb2_grpc.AdminStub(raw_channel(address))
 
 
 def _local(address: str, partition: int) -> admin_pb2.PartitionInfo:
@@ -60,7 +61,9 @@ def _local(address: str, partition: int) -> admin_pb2.PartitionInfo:
 
 def _send(address: str, batch: raft_pb2.RaftBatch) -> grpc.RpcError | None:
     """Send one batch on a Raft stream; the stream's error, None if it ended OK."""
-    stub = raft_pb2_grpc.RaftTransportStub(grpc.insecure_channel(address))
+    # As the node the batch names: the transport takes only node certificates,
+    # each speaking for itself, so the hostile content is what gets judged.
+    stub = raft_pb2_grpc.RaftTransportStub(raw_channel(address, as_node=batch.from_node))
     try:
         for _ in stub.Stream(iter([batch]), timeout=10):
             pass

@@ -26,6 +26,7 @@ from tests.cluster.harness import (
     SCRIPT,
     LocalCluster,
     patients_per_partition,
+    raw_channel,
     start_cluster,
     stop_cluster,
 )
@@ -48,7 +49,7 @@ def wait_until(predicate, timeout: float, what: str, interval: float = 0.2):  # 
 
 
 def follower_get(address: str, pid: str, rid: str) -> kv_pb2.GetResponse | None:
-    with grpc.insecure_channel(address) as ch:
+    with raw_channel(address) as ch:
         try:
             return kv_pb2_grpc.KVStub(ch).Get(
                 kv_pb2.GetRequest(

@@ -24,7 +24,7 @@ from typing import Any
 import grpc
 import pytest
 
-from client import AsyncClient, RetryPolicy
+from client import RetryPolicy
 from jepsen_like.cluster import ClusterSpec, ProxiedCluster
 from proto.medkv.v1 import common_pb2, kv_pb2, kv_pb2_grpc
 
@@ -45,7 +45,7 @@ async def _scenario(data_dir: Path) -> dict[str, Any]:
     cluster = ProxiedCluster(data_dir, ClusterSpec(nodes=3, partitions=2), seed=7)
     try:
         await cluster.start()
-        kv = AsyncClient(cluster.client_addresses(), retry=RetryPolicy(timeout=20.0))
+        kv = cluster.client(retry=RetryPolicy(timeout=20.0))
         pid = "staleness-patient"
         first = await kv.put(pid, "r", b"v0")
         table = await kv.routing_table()
@@ -59,7 +59,7 @@ async def _scenario(data_dir: Path) -> dict[str, Any]:
         assert leader, "the partition has no leader"
         follower = next(n for n in table.replicas[partition] if n != leader)
         others = [n for n in cluster.node_ids if n != follower]
-        channel = grpc.aio.insecure_channel(cluster.direct_address(follower))
+        channel = grpc.aio.secure_channel(cluster.direct_address(follower), cluster.credentials())
         stub = kv_pb2_grpc.KVStub(channel)
         follower_read = common_pb2.ReadOptions(consistency=common_pb2.FOLLOWER)
 

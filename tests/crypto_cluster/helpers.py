@@ -4,6 +4,7 @@ aimed at one node, and a cluster that is always stopped."""
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 import time
 from collections.abc import Callable, Iterator
@@ -12,8 +13,9 @@ from typing import Any
 
 import grpc
 
+from client.tls import TLS_DIR_ENV
 from proto.medkv.v1 import common_pb2, kv_pb2, kv_pb2_grpc
-from tests.cluster.harness import LocalCluster, start_cluster, stop_cluster
+from tests.cluster.harness import LocalCluster, raw_channel, start_cluster, stop_cluster
 
 SNAPSHOTTING = ("--raft", "snapshot_every=25", "--raft", "keep_after_snapshot=5")
 
@@ -53,14 +55,16 @@ def node_get(
     return grpc.StatusCode.OK, "", bytes(reply.record.value)
 
 
-_STUBS: dict[str, Any] = {}
+_STUBS: dict[tuple[str, str | None], Any] = {}
 
 
 def _stub(address: str) -> Any:
-    """One channel per node address for the whole test session (reconnects by itself)."""
-    stub = _STUBS.get(address)
+    """One channel per node address and cluster CA for the whole test session
+    (reconnects by itself)."""
+    key = (address, os.environ.get(TLS_DIR_ENV))
+    stub = _STUBS.get(key)
     if stub is None:
-        stub = _STUBS[address] = kv_pb2_grpc.KVStub(grpc.insecure_channel(address))
+        stub = _STUBS[key] = kv_pb2_grpc.KVStub(raw_channel(address))
     return stub
 
 

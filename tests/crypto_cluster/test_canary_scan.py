@@ -24,7 +24,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from client import Client, NotFound
+from client import Client, NotFound, PermissionDenied
 from tests.crypto_cluster.canaries import (
     Patient,
     decrypting_scan,
@@ -113,8 +113,13 @@ def test_erased_patient_cannot_be_recovered_even_with_the_keys(tmp_path: Path) -
         partition = kv.routing_table().partition_of(erased.patient_id)
         version = kv.erase_patient(erased.patient_id)
         assert version > 0
-        with pytest.raises(NotFound):
+        # Erasure removes the patient's clinic registration too: a clinician's
+        # read is refused like any unregistered patient's; a replica read (the
+        # ops token is also an analyst's) finds nothing.
+        with pytest.raises(PermissionDenied):
             kv.get(erased.patient_id, "obs-0")
+        with pytest.raises(NotFound):
+            kv.get(erased.patient_id, "obs-0", consistency="follower", min_version=version)
         assert kv.get(kept.patient_id, "obs-0").value == kept.record(3)
         for address in cluster.addresses:  # each replica applied the erasure...
             code, _, _ = node_get(address, erased.patient_id, "obs-0", min_version=version)

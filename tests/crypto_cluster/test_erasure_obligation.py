@@ -96,7 +96,9 @@ async def _awrite(kv: AsyncClient, patients: list[Patient], filler: int, tag: st
         await kv.put(f"{tag}-{i}", "obs", b"x" * 64)
 
 
-def test_a_replica_cut_off_during_the_erasure_purges_after_catching_up(tmp_path: Path) -> None:
+def test_a_replica_cut_off_during_the_erasure_purges_after_catching_up(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Node 3's links to the other nodes are cut with TCP resets (nothing is
     held back to arrive later), so the erasure can only reach it through a
     snapshot: the others dropped their logs through the erasure."""
@@ -113,8 +115,10 @@ def test_a_replica_cut_off_during_the_erasure_purges_after_catching_up(tmp_path:
 
     async def scenario() -> tuple[int, int]:
         await cluster.start()
+        for name, value in cluster.env().items():  # node_get's raw stubs
+            monkeypatch.setenv(name, value)
         try:
-            async with AsyncClient(cluster.client_addresses(), timeout=30) as kv:
+            async with cluster.client(timeout=30) as kv:
                 await _awrite(kv, [erased, kept], filler=120, tag="before")
 
                 async def everywhere() -> bool:

@@ -304,3 +304,33 @@ def test_history_errors_are_status_names_never_messages() -> None:
     assert error_name(DataLoss("partition 3 failed an integrity check on node 2")) == "DATA_LOSS"
     assert error_name(VersionConflict("expected 4, found 7")) == "FAILED_PRECONDITION"
     assert error_name(TimeoutError()) == "TimeoutError"
+
+
+def test_cluster_up_files_are_made_once_and_configs_are_secure_unless_insecure(
+    tmp_path: Path,
+) -> None:
+    cl = _cluster_module()
+    cluster = cl.Cluster(tmp_path)
+    certs = cl._ensure_certs(cluster, 3, "127.0.0.1")
+    auth = cl._ensure_auth(cluster)
+    made = {p: p.read_bytes() for p in sorted(tmp_path.rglob("*")) if p.is_file()}
+    assert {p.name for p in (tmp_path / "tokens").iterdir()} == {
+        f"{n}.token" for n in cl.LOCAL_TOKENS
+    }
+    assert all(p.stat().st_mode & 0o777 == 0o600 for p in (tmp_path / "tokens").iterdir())
+    # A second `up` reuses everything (a new CA would orphan every certificate).
+    cl._ensure_certs(cluster, 3, "127.0.0.1")
+    cl._ensure_auth(cluster)
+    assert {p: p.read_bytes() for p in sorted(tmp_path.rglob("*")) if p.is_file()} == made
+    # A node added later gets a certificate of the same CA.
+    cl._ensure_certs(cluster, 4, "127.0.0.1")
+    assert (tmp_path / "certs" / "node-4.pem").exists()
+    assert (tmp_path / "certs" / "ca.pem").read_bytes() == made[tmp_path / "certs" / "ca.pem"]
+
+    secure = cl.Layout(3, "127.0.0.1", 7100, 4, 3, None, tls_dir=certs, secure=True, auth_dir=auth)
+    config = cluster.write_config(secure, 2).read_text()
+    assert "[tls]" in config and "node-2.pem" in config and "[auth]" in config
+    assert "jwks.json" in config and "insecure" not in config
+    plain = cl.Layout(3, "127.0.0.1", 7100, 4, 3, None)
+    config = cluster.write_config(plain, 2).read_text()
+    assert "insecure = true" in config and "[tls]" not in config and "[auth]" not in config

@@ -21,7 +21,7 @@ import pytest
 
 from client import Client
 from proto.medkv.v1 import common_pb2, kv_pb2, kv_pb2_grpc
-from tests.cluster.harness import start_cluster, stop_cluster
+from tests.cluster.harness import raw_channel, start_cluster, stop_cluster
 
 pytestmark = pytest.mark.cluster
 
@@ -36,7 +36,7 @@ def test_a_scan_holding_erased_versions_is_aborted_and_resumes(tmp_path: Path) -
             for i in range(FILLER):
                 kv.put(f"filler-{i:04d}", "obs", bytes([i % 251]) * VALUE)
             kv.put("to-erase", "obs", b"E" * VALUE)
-            stub = kv_pb2_grpc.KVStub(grpc.insecure_channel(cluster.addresses[0]))
+            stub = kv_pb2_grpc.KVStub(raw_channel(cluster.addresses[0]))
             req = kv_pb2.ScanRequest(
                 partition=0, page_size=2, read=common_pb2.ReadOptions(consistency=common_pb2.FOLLOWER)
             )

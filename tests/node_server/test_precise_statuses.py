@@ -19,7 +19,7 @@ import pytest
 
 from client import Client
 from proto.medkv.v1 import admin_pb2, admin_pb2_grpc, common_pb2, kv_pb2, kv_pb2_grpc
-from tests.cluster.harness import LocalCluster, start_cluster, stop_cluster
+from tests.cluster.harness import LocalCluster, raw_channel, start_cluster, stop_cluster
 
 pytestmark = [pytest.mark.cluster]
 
@@ -51,11 +51,11 @@ def kv(cluster: LocalCluster) -> Iterator[Client]:
 
 
 def _admin(address: str) -> admin_pb2_grpc.AdminStub:
-    return admin_pb2_grpc.AdminStub(grpc.insecure_channel(address))
+    return admin_pb2_grpc.AdminStub(raw_channel(address))
 
 
 def _kv(address: str) -> kv_pb2_grpc.KVStub:
-    return kv_pb2_grpc.KVStub(grpc.insecure_channel(address))
+    return kv_pb2_grpc.KVStub(raw_channel(address))
 
 
 def _status(call: Any) -> tuple[grpc.StatusCode, str]:
@@ -230,7 +230,7 @@ def test_batch_commands_garbage_ends_the_stream_with_invalid_argument(
     pid = "garbage-stream"
     kv.put(pid, "r", b"v")
     address, _ = _leader_address(cluster, kv, pid)
-    call = grpc.insecure_channel(address).stream_stream(
+    call = raw_channel(address).stream_stream(
         "/medkv.v1.KV/BatchCommands",
         request_serializer=lambda b: b,
         response_deserializer=kv_pb2.BatchCommandsResponse.FromString,
@@ -276,7 +276,7 @@ def test_garbage_on_a_unary_method_logs_one_line_without_a_traceback(
     log_file = cluster.data_dir / f"node-{node}" / "node.log"
     before = len(log_file.read_bytes())
     time.sleep(10.5)  # past the rate limit's interval of any earlier refusal
-    put = grpc.insecure_channel(cluster.addresses[node - 1]).unary_unary(
+    put = raw_channel(cluster.addresses[node - 1]).unary_unary(
         "/medkv.v1.KV/Put", request_serializer=lambda b: b,
         response_deserializer=kv_pb2.PutResponse.FromString,
     )
