@@ -1,19 +1,23 @@
-"""The medkv demo: a local 3-node cluster running a clinic workload.
+"""The medkv demo: a local 3-node cluster running a clinic workload, secured
+as a real one is (mutual TLS, bearer tokens, an audit log of every access).
 
-1. start a 3-node cluster (scripts/cluster up) in ./demo-data: mutual TLS
-   and bearer tokens, as every cluster; the clinic works as the `clinician`
-   of clinic north, the status table is the `admin`'s and the scan the
-   `analyst`'s (tokens in ./demo-data/tokens)
-2. register synthetic patients (FHIR-like Patient resources) and their
-   Observations, through the Python client
-3. read the same records linearizably (leader) and as follower reads (any
+1. start a 3-node cluster (scripts/cluster up) in ./demo-data: its CA,
+   certificates, token signing key and tokens land in the data directory
+2. two clinics, north and south, register their synthetic patients (FHIR-like
+   Patient resources) and Observations, each with its own clinician's token
+3. a south clinician is refused a north patient; north's clinic admin shares
+   one patient with south, and south can read that one (and only that one)
+4. the same records read linearizably (leader) and as follower reads (any
    replica), side by side, with the staleness each replica states
-4. kill -9 the node that leads the most partitions while the clinic keeps
+5. kill -9 the node that leads the most partitions while the clinic keeps
    writing; show the status table with that node down
-5. restart it, let it catch up, and check that every acknowledged write is
+6. restart it, let it catch up, and check that every acknowledged write is
    there, read linearizably
-6. an analytics scan over every partition from the replicas
-7. stop the cluster, leaving no process behind
+7. an analyst scans every partition from the replicas (and may not write);
+   an emergency doctor reads a patient by breaking the glass, with a reason
+8. the auditor's report: who did what, refusals, the break-glass access, and
+   every node's audit chain checked against the heads anchored in Raft
+9. stop the cluster, leaving no process behind
 
 Synthetic data only: every name and number here is generated.
 """
@@ -33,9 +37,10 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from client import Client, MedkvError  # noqa: E402
+from client import Client, MedkvError, TlsConfig  # noqa: E402
+from client.audit import render_audit_verify  # noqa: E402
 from client.status_table import render_status  # noqa: E402
-from client.tls import TlsConfig  # noqa: E402
+from node.auth.tokens import load_signing_key, mint  # noqa: E402
 
 CLUSTER = ROOT / "scripts" / "cluster"
 FIRST = ["Ada", "Bo", "Chen", "Dara", "Eli", "Femi", "Gul", "Hana", "Ivo", "Jun"]
@@ -90,18 +95,35 @@ def progress(done: int, total: int, started: float) -> None:
         sys.stdout.write("\n")
 
 
-def client_as(data_dir: Path, addresses: list[str], name: str) -> Client:
-    """A client with the cluster's client certificate and DIR/tokens/NAME.token."""
-    return Client(addresses, tls=TlsConfig.from_dir(data_dir / "certs"),
-                  token=f"@{data_dir / 'tokens' / f'{name}.token'}")
+class Identities:
+    """The cluster's certificates and the tokens `scripts/cluster up` left in its
+    data directory: one client per person of the demo."""
+
+    def __init__(self, data_dir: Path, addresses: list[str]) -> None:
+        self.data_dir = data_dir
+        self.addresses = addresses
+        self.tls = TlsConfig.from_dir(data_dir / "certs")
+
+    def client(self, name: str, **kw: Any) -> Client:
+        return Client(self.addresses, tls=self.tls,
+                      token=f"@{self.data_dir / 'tokens' / f'{name}.token'}", **kw)
+
+    def emergency_doctor(self) -> Client:
+        """A south clinician allowed to break the glass (minted for the demo with the
+        cluster's signing key; a real cluster's identity provider issues it)."""
+        key = load_signing_key(self.data_dir / "auth" / "token-signing.key")
+        token = mint(key, subject="dr-er-south", roles=["clinician", "break-glass"],
+                     clinics=["south"], ttl_seconds=3600)
+        return Client(self.addresses, tls=self.tls, token=token,
+                      break_glass_reason="unconscious patient in the emergency room")
 
 
 class ClinicWriter(threading.Thread):
     """Keeps writing observations while a node is killed; counts what was acknowledged."""
 
-    def __init__(self, kv: Client, patients: list[str], seed: int) -> None:
+    def __init__(self, who: Identities, patients: list[str], seed: int) -> None:
         super().__init__(daemon=True)
-        self.kv = kv
+        self.kv = who.client("clinician")
         self.patients = patients
         self.rng = random.Random(seed)
         self.stop = threading.Event()
@@ -131,10 +153,10 @@ def main() -> int:
     ap.add_argument("--observations", type=int, default=4, help="per patient")
     ap.add_argument("--keep", action="store_true", help="leave the cluster running at the end")
     args = ap.parse_args()
-    data_dir = Path(args.data_dir).resolve()
+    data_dir = Path(args.data_dir)
     rng = random.Random(7)
 
-    step("1. starting a 3-node cluster (16 partitions, 3 replicas each)")
+    step("1. starting a secure 3-node cluster (16 partitions, 3 replicas each)")
     cluster("down", "--data-dir", str(data_dir), check=False)
     shutil.rmtree(data_dir, ignore_errors=True)
     up = cluster(
@@ -143,42 +165,70 @@ def main() -> int:
     )
     addresses = up.stdout.strip().split(",")
     print(f"   nodes: {', '.join(addresses)}   (data, logs and pids in {data_dir})")
-    print(f"   mutual TLS ({data_dir / 'certs'}) and a bearer token on every call "
-          f"({data_dir / 'tokens'}: clinician, admin, analyst, ...)")
+    print(f"   mutual TLS with {data_dir / 'certs'}; tokens for admin, clinician (north), "
+          "clinician-south, clinic-admin (north), analyst, auditor in "
+          f"{data_dir / 'tokens'}")
     try:
         return run_workload(args, data_dir, addresses, rng)
     finally:
         if not args.keep:
-            step("7. stopping the cluster")
+            step("9. stopping the cluster")
             cluster("down", "--data-dir", str(data_dir), check=False)
             print("   all nodes stopped")
+
+
+def refused(action: Any) -> str:
+    """The refusal an action gets (it must be refused)."""
+    try:
+        action()
+    except MedkvError as e:
+        return str(e)
+    raise SystemExit("demo: an access that must be refused was allowed")
 
 
 def run_workload(
     args: argparse.Namespace, data_dir: Path, addresses: list[str], rng: random.Random
 ) -> int:
-    with client_as(data_dir, addresses, "clinician") as kv, \
-            client_as(data_dir, addresses, "admin") as admin, \
-            client_as(data_dir, addresses, "analyst") as analyst:
-        step(f"2. registering {args.patients} patients with {args.observations} observations each")
+    who = Identities(data_dir, addresses)
+    started_at = time.time()
+    with who.client("clinician") as kv, who.client("clinician-south") as south:
+        step(f"2. two clinics register {args.patients} patients with {args.observations} "
+             "observations each")
         pids = [f"demo-{i:04d}" for i in range(args.patients)]
+        south_pids = set(pids[1::4])  # every fourth patient is south's
         total = args.patients * (1 + args.observations)
         done = 0
         started = time.monotonic()
         acked: dict[tuple[str, str], int] = {}
         for i, pid in enumerate(pids):
-            acked[(pid, "Patient")] = kv.put_json(pid, "Patient", patient(rng, i))
+            clinic = south if pid in south_pids else kv
+            acked[(pid, "Patient")] = clinic.put_json(pid, "Patient", patient(rng, i))
             done += 1
             for n in range(args.observations):
-                acked[(pid, f"obs-{n}")] = kv.put_json(pid, f"obs-{n}", observation(rng, pid, n))
+                acked[(pid, f"obs-{n}")] = clinic.put_json(pid, f"obs-{n}",
+                                                           observation(rng, pid, n))
                 done += 1
             if done % 20 == 0 or done == total:
                 progress(done, total, started)
+        print(f"   north registered {len(pids) - len(south_pids)} patients, south "
+              f"{len(south_pids)} (a clinician's first write registers a patient to their clinic)")
 
-        step("3. the same records read linearizably (leader) and from followers")
+        step("3. each clinic sees only its own patients, unless one is shared")
+        north_pid = pids[0]
+        print(f"   south reads {north_pid} (north's): {refused(lambda: south.get(north_pid, 'Patient'))}")
+        print(f"   north reads {pids[1]} (south's): {refused(lambda: kv.get(pids[1], 'Patient'))}")
+        with who.client("clinic-admin") as registry:
+            sharing = registry.share_patient(north_pid, "south")
+        print(f"   north's clinic admin shares {north_pid} with south: clinics now "
+              f"{', '.join(sharing.clinics)}")
+        print(f"   south reads {north_pid} again: version {south.get(north_pid, 'Patient').version}")
+        print(f"   south reads {pids[2]} (north's, not shared): "
+              f"{refused(lambda: south.get(pids[2], 'Patient'))}")
+
+        step("4. the same records read linearizably (leader) and from followers")
         print(f"   {'record':<22} {'mode':<13} {'node':>4} {'version':>7} {'applied':>7} "
               f"{'lag':>3} {'staleness':>9}")
-        for pid in pids[:3]:
+        for pid in (pids[0], pids[2], pids[3]):
             for mode in ("linearizable", "follower", "follower"):
                 rec = kv.get(pid, "Patient", consistency=mode)
                 stale = f"{rec.staleness * 1000:.0f}ms" if rec.staleness >= 0 else "unknown"
@@ -186,11 +236,13 @@ def run_workload(
                       f"{rec.applied_index:>7} {rec.lag:>3} {stale:>9}")
         print("   (follower reads are served by any replica and state how stale they may be)")
 
-        status = admin.cluster_status()
+        with who.client("admin") as admin:
+            status = admin.cluster_status()
         leaders = {n.node.node_id: n.leaders for n in status.nodes}
         victim = max(leaders, key=lambda n: leaders[n])
-        step(f"4. kill -9 node {victim} (it leads {leaders[victim]} partitions) while the clinic writes")
-        writer = ClinicWriter(client_as(data_dir, addresses, "clinician"), pids, seed=11)
+        north_pids = [p for p in pids if p not in south_pids]
+        step(f"5. kill -9 node {victim} (it leads {leaders[victim]} partitions) while north writes")
+        writer = ClinicWriter(who, north_pids, seed=11)
         writer.start()
         time.sleep(1.5)
         cluster("kill-node", str(victim), "--data-dir", str(data_dir))
@@ -198,49 +250,97 @@ def run_workload(
         time.sleep(4.0)
         print(f"   writes acknowledged so far: {len(writer.acked)}; "
               f"failed after the client's retries: {writer.failed}")
-        print(render_status(admin.cluster_status()))
+        with who.client("admin") as admin:
+            print(render_status(admin.cluster_status()))
 
-        step(f"5. restarting node {victim}; it catches up from its peers")
+        step(f"6. restarting node {victim}; it catches up from its peers")
         cluster("restart-node", str(victim), "--data-dir", str(data_dir))
         time.sleep(2.0)
         writer.stop.set()
         writer.join(timeout=30)
         acked.update(writer.acked)
-        print(f"   clinic kept writing through the failure: {len(writer.acked)} writes acknowledged "
-              f"in {time.monotonic() - killed_at + 1.5:.1f}s")
+        print(f"   the clinic kept writing through the failure: {len(writer.acked)} writes "
+              f"acknowledged in {time.monotonic() - killed_at + 1.5:.1f}s")
         lost = 0
         for (pid, rid), version in acked.items():
-            rec = kv.get(pid, rid)
+            reader = south if pid in south_pids else kv
+            rec = reader.get(pid, rid)
             if rec.version < version:
                 lost += 1
         print(f"   every acknowledged write read back linearizably: {len(acked) - lost}/{len(acked)}")
         if lost:
             print(f"   LOST {lost} acknowledged writes", file=sys.stderr)
             return 1
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            status = admin.cluster_status()
-            lagging = [
-                p.partition for p in status.partition_info
-                for rs in p.replica_status if rs.node_id == victim and rs.lag_entries > 0
-            ]
-            if not lagging and all(n.up for n in status.nodes):
-                break
-            time.sleep(0.5)
-        print(render_status(admin.cluster_status()))
+        with who.client("admin") as admin:
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                status = admin.cluster_status()
+                lagging = [
+                    p.partition for p in status.partition_info
+                    for rs in p.replica_status if rs.node_id == victim and rs.lag_entries > 0
+                ]
+                if not lagging and all(n.up for n in status.nodes):
+                    break
+                time.sleep(0.5)
+            print(render_status(admin.cluster_status()))
 
-        step("6. analytics: a follower scan of every partition, as the analyst")
+    step("7. analytics from the replicas; an emergency read by breaking the glass")
+    with who.client("analyst") as analyst:
         count = 0
         worst = 0.0
         for page in analyst.scan_pages(consistency="follower"):
             count += len(page.records)
             worst = max(worst, page.staleness)
-        print(f"   scanned {count} records from replicas; worst staleness stated: {worst * 1000:.0f}ms")
+        print(f"   the analyst scanned {count} records from replicas; worst staleness stated: "
+              f"{worst * 1000:.0f}ms")
+        print(f"   the analyst tries to write: "
+              f"{refused(lambda: analyst.put(pids[2], 'Patient', b'{}'))}")
         if count != len(acked):
             print(f"   expected {len(acked)} records", file=sys.stderr)
             return 1
-    print("\ndemo finished: no acknowledged write lost")
+    with who.emergency_doctor() as er:
+        rec = er.get(pids[2], "Patient")
+        print(f"   dr-er-south (south, break-glass) reads {pids[2]} (north's): version "
+              f"{rec.version}, flagged in the audit log with the reason given")
+
+    step("8. the auditor's report")
+    with who.client("auditor") as auditor:
+        time.sleep(0.5)  # the last calls' entries reach every node's log (group commit)
+        result = auditor.audit_query(since=started_at, limit=10_000)
+        by_subject: dict[str, dict[str, int]] = {}
+        for e in result.entries:
+            f = e.fields
+            row = by_subject.setdefault(str(f.get("subject") or "(no token)"), {})
+            row[str(f.get("outcome"))] = row.get(str(f.get("outcome")), 0) + 1
+        print(f"   {len(result.entries)} accesses recorded by {3 - len(result.errors)} nodes "
+              "since the demo started (patient ids appear only as keyed hashes):")
+        print(f"   {'SUBJECT':<22} {'OK':>6} {'REFUSED':>8} {'OTHER':>6}")
+        for subject, outcomes in sorted(by_subject.items()):
+            ok = outcomes.get("OK", 0)
+            refused_n = outcomes.get("PERMISSION_DENIED", 0) + outcomes.get("UNAUTHENTICATED", 0)
+            print(f"   {subject:<22} {ok:>6} {refused_n:>8} {sum(outcomes.values()) - ok - refused_n:>6}")
+        glass = auditor.audit_query(since=started_at, break_glass_only=True)
+        for e in glass.entries[:3]:
+            f = e.fields
+            print(f"   BREAK-GLASS {f.get('subject')} {str(f.get('method')).rsplit('/', 1)[-1]} "
+                  f"patient {str(f.get('patient'))[:12]}: \"{f.get('break_glass_reason')}\"")
+        if not glass.entries:
+            print("   the break-glass access is missing from the audit log", file=sys.stderr)
+            return 1
+        checks = auditor.audit_verify()
+        print("   every node's hash chain, checked against the heads anchored in Raft:")
+        print("   " + render_audit_verify(checks).replace("\n", "\n   "))
+        if not all(c.ok for c in checks):
+            return 1
+        print(f"   the south clinician asks for the audit log: "
+              f"{refused(lambda: south_audit(who))}")
+    print("\ndemo finished: no acknowledged write lost, every access accounted for")
     return 0
+
+
+def south_audit(who: Identities) -> None:
+    with who.client("clinician-south") as c:
+        c.audit_query(limit=1)
 
 
 if __name__ == "__main__":
