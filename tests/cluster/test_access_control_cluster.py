@@ -333,3 +333,29 @@ def test_the_audit_log_records_accesses_and_holds_no_patient_data(cluster: Local
                 if needle in data:
                     found.append((p.name, needle))
     assert not found
+
+
+def test_a_token_signed_by_another_library_is_accepted(cluster: LocalCluster) -> None:
+    """Interop on a real node: a JWS built with raw `cryptography` signatures (not
+    PyJWT, which minted every other token here) and the cluster's key works."""
+    from node.auth.tokens import public_jwk
+
+    key = _signing_key(cluster)
+
+    def b64(data: bytes) -> str:
+        return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+    now = int(time.time())
+    header = {"alg": "EdDSA", "typ": "JWT", "kid": public_jwk(key.public_key())["kid"]}
+    claims = {"iss": "medkv-local", "aud": "medkv", "sub": "interop", "role": "admin",
+              "iat": now, "exp": now + 600}
+    signing_input = f"{b64(json.dumps(header).encode())}.{b64(json.dumps(claims).encode())}"
+    tok = f"{signing_input}.{b64(key.sign(signing_input.encode()))}"
+    ch = channel(cluster)
+    try:
+        assert call(ch, "/medkv.v1.Admin/ClusterStatus", False, False, tok) == grpc.StatusCode.OK
+        forged = tok[:-4] + ("AAAA" if not tok.endswith("AAAA") else "BBBB")
+        assert call(ch, "/medkv.v1.Admin/ClusterStatus", False, False, forged) \
+            == grpc.StatusCode.UNAUTHENTICATED
+    finally:
+        ch.close()
