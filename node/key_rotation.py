@@ -145,6 +145,12 @@ class KeyRotationManager:
         self._error = ""
         self._retired: list[int] = []
         self._last: Progress | None = None
+        # Sealed data outside LevelDB: the audit log (node.auth.audit). Before old
+        # keys are retired it is sealed again under the active key (reseal_audit),
+        # and a key it still names (keep_key_ids: a line that would not open) is
+        # kept rather than destroyed under entries nobody could read again.
+        self.reseal_audit: Callable[[], int] | None = None
+        self.keep_key_ids: Callable[[], set[int]] | None = None
 
     # ---- lifecycle
 
@@ -335,7 +341,16 @@ class KeyRotationManager:
             log.warning("values still under old data keys (%s): another pass", listing)
             self._last = await asyncio.to_thread(self._reenc.begin, active)
             return None
-        old = [k for k in keyring.data_key_ids if k != active]
+        kept: set[int] = set()
+        if self.reseal_audit is not None:
+            resealed = await asyncio.to_thread(self.reseal_audit)
+            log.info("audit log: %d entries sealed again under data key %d", resealed, active)
+        if self.keep_key_ids is not None:
+            kept = await asyncio.to_thread(self.keep_key_ids)
+        old = [k for k in keyring.data_key_ids if k != active and k not in kept]
+        if kept - {active}:
+            log.warning("data keys %s stay: audit log lines are still sealed under them",
+                     sorted(kept - {active}))
         if not old:
             return []
         return await asyncio.to_thread(keyring.retire_data_keys, old)

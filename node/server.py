@@ -161,6 +161,9 @@ class Node:
         self.settings = SettingsService(self)
         self.admin = AdminService(self)
         self.access = self._access_control()
+        if self.access is not None and self.access.audit is not None:
+            self.keys.reseal_audit = self.access.audit.log.reseal
+            self.keys.keep_key_ids = self.access.audit.log.key_ids_in_use
         self._peer_channels: dict[int, grpc.aio.Channel] = {}
         self.server: grpc.aio.Server | None = None
         self.health = HealthServicer()

@@ -383,6 +383,33 @@ class AuditLog:
         self._head_seq = head.seq
         self._head_written_at = time.monotonic()
 
+    def reseal(self) -> int:
+        """Seal every entry again under the sealer's active key, for a data key
+        rotation that wants to retire the old keys: the plaintexts, seqs and chain
+        hashes do not change (the chain is over plaintext), only the envelopes. Each
+        segment is replaced atomically, so a crash leaves it old or new, both
+        readable while the old key exists. A line that does not open (a torn tail)
+        is kept as it is. Blocking: run it off the event loop. Returns the count."""
+        count = 0
+        with self._io_lock:
+            for _, path in _segments(self.directory):
+                out = []
+                for line in path.read_bytes().splitlines():
+                    try:
+                        plain = self.sealer.open(self._ad, base64.b64decode(line, validate=True))
+                    except (binascii.Error, ValueError, CryptoError):
+                        out.append(line)
+                        continue
+                    out.append(base64.b64encode(self.sealer.seal(self._ad, plain)))
+                    count += 1
+                if out:
+                    atomic_write(path, b"\n".join(out) + b"\n")
+            if self._durable.seq:
+                write_head(self.directory, self.sealer, self._ad, self._durable)
+                self._head_seq = self._durable.seq
+                self._head_written_at = time.monotonic()
+        return count
+
     @contextlib.contextmanager
     def quiesced(self) -> Iterator[None]:
         """No flush runs inside (appends still do): the files and HEAD agree while a

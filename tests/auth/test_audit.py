@@ -375,3 +375,23 @@ def test_the_writer_brings_a_stale_head_up_to_date_when_traffic_stops(node: Node
         assert read_head(node.dir, node.codec, AD).seq == 3  # type: ignore[union-attr]
 
     asyncio.run(run())
+
+
+def test_a_data_key_rotation_reseals_the_log_so_the_old_key_can_go(node: Node) -> None:
+    log = node.log(segment_bytes=600)  # several segments
+    for i in range(12):
+        log.append(event(i))
+        log.flush()
+    head = log.durable_head()
+    assert log.key_ids_in_use() == {1}
+    node.keyring.rotate_data()
+    assert log.reseal() == 12
+    assert log.key_ids_in_use() == {2}
+    assert node.keyring.retire_data_keys([1]) == [1]
+    assert node.verify(head) == []  # same chain, same head: only the envelopes changed
+    log.append(event(99))
+    log.flush()
+    reopened = node.log()  # opens cleanly under the new key alone
+    assert reopened.durable_head().seq == 13
+    entries = [e for _, e in read_entries(node.dir, node.codec, LOG_ID)]
+    assert None not in entries and [e["seq"] for e in entries][-2:] == [12, 13]  # type: ignore[index]
