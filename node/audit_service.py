@@ -45,6 +45,7 @@ from typing import TYPE_CHECKING, Any
 from node import commands as cmd
 from node.audit_anchors import Anchor
 from node.auth.audit import (
+    AUDIT_DIR,
     AuditLog,
     AuditWriter,
     ChainHead,
@@ -231,7 +232,8 @@ class AuditService:
             node=self.node.cfg.node_id, ok=rep.ok, entries=rep.entries,
             head=rep.head.text() if rep.head else "",
             anchored_head=anchor.head_text if anchor else "",
-            problems=rep.problems,
+            # The node's paths are its own business: an endpoint names no file path.
+            problems=[pr.replace(str(w.log.directory), AUDIT_DIR) for pr in rep.problems],
         )
 
     # ---- anchoring --------------------------------------------------------

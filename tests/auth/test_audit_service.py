@@ -253,6 +253,16 @@ def test_a_cut_log_that_grew_past_its_anchor_is_never_anchored_again(node: Node)
     assert not rep.ok and any("entry 20 differs from the anchored head" in p for p in rep.problems)
 
 
+def test_verify_names_no_file_path(node: Node) -> None:
+    """A HEAD that does not open is reported by its name, not the node's path."""
+    log = filled(node, 5)
+    svc = AuditService(fake_node(log))
+    (node.dir / "HEAD").write_bytes(b"not sealed\n")
+    rep = asyncio.run(svc.verify())
+    assert not rep.ok and rep.problems
+    assert not any(str(node.dir) in p or str(node.data_dir) in p for p in rep.problems), rep.problems
+
+
 def test_a_restarted_node_with_an_intact_log_keeps_anchoring(node: Node, tmp_path: Path) -> None:
     log = filled(node, 20)
     fake = fake_node(log)
