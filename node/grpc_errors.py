@@ -26,6 +26,26 @@ _LOGGED = (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.RESOURCE_EXHAUSTED)
 _refusals = RateLimitedLog(logging.getLogger("medkv.rpc"))
 
 
+# Paths of this node (data dir, key file, ...) -> the name an answer uses instead:
+# errors from storage and key files name their files for the operator's log,
+# but no endpoint tells a caller where the node keeps them.
+_HIDDEN_PATHS: list[tuple[str, str]] = []
+
+
+def hide_paths(paths: dict[str, str]) -> None:
+    """Set the node's paths that answers replace by their names (longest first)."""
+    _HIDDEN_PATHS[:] = sorted(((p, n) for p, n in paths.items() if p),
+                              key=lambda pn: -len(pn[0]))
+
+
+def public_message(message: str) -> str:
+    """The message as a caller may see it: the node's paths replaced by their names."""
+    for path, name in _HIDDEN_PATHS:
+        if path in message:
+            message = message.replace(path, name)
+    return message
+
+
 def log_refusal(e: NodeError) -> None:
     if e.code in _LOGGED:
         method = current_method.get()
@@ -42,12 +62,13 @@ async def abort_with(context: grpc.aio.ServicerContext, e: NodeError) -> None:
         md.append((LEADER_METADATA_KEY, e.leader_hint))
     if e.kind:
         md.append((ERROR_KIND_METADATA_KEY, e.kind))
-    await context.abort(e.code, e.message, trailing_metadata=tuple(md))
+    await context.abort(e.code, public_message(e.message), trailing_metadata=tuple(md))
 
 
 def to_status(e: NodeError) -> common_pb2.Status:
     """The same error inside a multiplexed BatchCommands reply."""
     log_refusal(e)
     return common_pb2.Status(
-        code=e.code.value[0], message=e.message, leader_hint=e.leader_hint, error_kind=e.kind
+        code=e.code.value[0], message=public_message(e.message), leader_hint=e.leader_hint,
+        error_kind=e.kind,
     )

@@ -28,7 +28,7 @@ from node.auth.setup import AuthConfigError, build_access_control
 from node.config import NodeConfig
 from node.erasure import ErasurePurger
 from node.errors import InvalidArgument, NodeError, StartupError
-from node.grpc_errors import abort_with
+from node.grpc_errors import abort_with, hide_paths
 from node.host import MultiRaftHost, log_refusal
 from node.key_rotation import KeyRotationManager
 from node.kv_service import KVService
@@ -133,6 +133,11 @@ class Node:
     def __init__(self, cfg: NodeConfig) -> None:
         self.cfg = cfg
         test_only.warn(cfg.test_only, log)  # before storage opens: it may roll writes back
+        hide_paths({
+            str(cfg.data_dir): "DATA_DIR",
+            str(cfg.key_file) if cfg.key_file else "": "KEY_FILE",
+            str(cfg.key_file.parent) if cfg.key_file else "": "the key file's directory",
+        })
         self.routing_epoch = 1
         cfg.data_dir.mkdir(parents=True, exist_ok=True)
         self.layout = StorageLayout.open(cfg)
