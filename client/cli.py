@@ -619,6 +619,21 @@ def _exit_code(error: MedkvError) -> int:
 # ---- online key management: `medkv keys status|rotate-data|rotate-master`
 
 
+def _add_credential_options(parser: argparse.ArgumentParser) -> None:
+    """--tls-dir/--token after an online keys/audit command; absent (SUPPRESS)
+    unless given, so the ones before the command stand otherwise."""
+    parser.add_argument("--tls-dir", default=argparse.SUPPRESS,
+                        help="directory with ca.pem, client.pem, client.key (env MEDKV_TLS_DIR)")
+    parser.add_argument("--token", default=argparse.SUPPRESS, metavar="JWT|@FILE",
+                        help=f"bearer token, or @FILE holding it (env {TOKEN_ENV})")
+
+
+def _later_credentials(outer: argparse.Namespace, ns: argparse.Namespace) -> None:
+    for name in ("tls_dir", "token"):
+        if hasattr(ns, name):
+            setattr(outer, name, getattr(ns, name))
+
+
 def build_keys_parser() -> argparse.ArgumentParser:
     """The online `keys` commands; --addr/--json/--timeout may follow the subcommand."""
     parser = argparse.ArgumentParser(
@@ -632,6 +647,7 @@ def build_keys_parser() -> argparse.ArgumentParser:
         p.add_argument("--addr", default=None, help="node address(es), host:port[,...]")
         p.add_argument("--json", action="store_true", default=None, help="machine-readable")
         p.add_argument("--timeout", type=float, default=None, help="seconds per node call")
+        _add_credential_options(p)
         return p
 
     st = add("status", "every node's master key, data keys and re-encryption progress")
@@ -854,6 +870,7 @@ def keys_main(args_list: Sequence[str]) -> int:
     assert i is not None
     outer = build_parser().parse_args([*args_list[:i], "status"])  # just the globals
     ns = build_keys_parser().parse_args(list(args_list[i + 1 :]))
+    _later_credentials(outer, ns)
     addr = ns.addr or outer.addr
     as_json = bool(ns.json) or outer.json
     ns.timeout = ns.timeout if ns.timeout is not None else outer.timeout
@@ -912,6 +929,7 @@ def build_audit_parser() -> argparse.ArgumentParser:
         p.add_argument("--addr", default=None, help="node address(es), host:port[,...]")
         p.add_argument("--json", action="store_true", default=None, help="machine-readable")
         p.add_argument("--timeout", type=float, default=None, help="seconds per node call")
+        _add_credential_options(p)
         return p
 
     q = add("query", "every node's audit entries matching the filters, merged by time "
@@ -969,6 +987,7 @@ def audit_main(args_list: Sequence[str]) -> int:
     assert i is not None
     outer = build_parser().parse_args([*args_list[:i], "status"])  # just the globals
     ns = build_audit_parser().parse_args(list(args_list[i + 1 :]))
+    _later_credentials(outer, ns)
     addr = ns.addr or outer.addr
     as_json = bool(ns.json) or outer.json
     ns.timeout = ns.timeout if ns.timeout is not None else outer.timeout

@@ -277,3 +277,24 @@ def test_get_ends_with_a_newline_unless_raw(kv: Client) -> None:
     assert invoke(kv, ["get", "pn", "r"])[1] == b"no newline\n"
     assert invoke(kv, ["get", "pn", "r2"])[1] == b"has one\n"  # never doubled
     assert invoke(kv, ["get", "pn", "r", "--raw"])[1] == b"no newline"
+
+
+@pytest.mark.parametrize("command", [["keys", "status"], ["audit", "verify"]])
+def test_online_keys_and_audit_take_credentials_after_the_command(
+    command: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import client.cli as cli
+    from client.errors import MedkvError
+
+    seen: dict[str, object] = {}
+
+    def fake_client(ns: object, addr: str, timeout: float | None) -> object:
+        seen.update(tls_dir=ns.tls_dir, token=ns.token, addr=addr, timeout=timeout)  # type: ignore[attr-defined]
+        raise MedkvError("stop here")
+
+    monkeypatch.setattr(cli, "_client", fake_client)
+    main(["--tls-dir", "/a", "--token", "@t1", *command,
+          "--tls-dir", "/b", "--token", "@t2", "--addr", "h:1", "--timeout", "3"])
+    assert seen == {"tls_dir": "/b", "token": "@t2", "addr": "h:1", "timeout": 3.0}
+    main(["--tls-dir", "/a", "--token", "@t1", *command])
+    assert seen["tls_dir"] == "/a" and seen["token"] == "@t1"
