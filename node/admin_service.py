@@ -27,6 +27,16 @@ VERSION = "0.1.0"
 
 _Rpc = TypeVar("_Rpc", bound=Callable[..., Awaitable[Any]])
 
+_U64_MAX = (1 << 64) - 1
+
+
+def _u64(value: int) -> int:
+    """A Raft number as a uint64 field. A core poisoned by a forged term can
+    hold 2^64 or more in memory (its group is then out of service); status
+    must still answer, showing the saturated, plainly impossible value."""
+    return min(max(value, 0), _U64_MAX)
+
+
 _ROLE = {
     StateRole.FOLLOWER: admin_pb2.FOLLOWER_ROLE,
     StateRole.CANDIDATE: admin_pb2.CANDIDATE_ROLE,
@@ -90,15 +100,15 @@ class AdminService(admin_pb2_grpc.AdminServicer):
         st = r.raw.status()
         if r.broken:
             info = self._broken_partition(p, r.broken)
-            info.term = st.term
-            info.replica_status[0].term = st.term
+            info.term = _u64(st.term)
+            info.replica_status[0].term = _u64(st.term)
             return info
         info = admin_pb2.PartitionInfo(
             partition=p,
             replicas=list(r.replicas),
             leader=r.leader,
-            term=st.term,
-            commit_index=st.commit,
+            term=_u64(st.term),
+            commit_index=_u64(st.commit),
             applied_index=r.applied,
         )
         if r.is_leader:
@@ -107,8 +117,8 @@ class AdminService(admin_pb2_grpc.AdminServicer):
                 if nid == host.node_id:
                     info.replica_status.append(
                         admin_pb2.ReplicaStatus(
-                            node_id=nid, role=admin_pb2.LEADER_ROLE, term=st.term,
-                            commit_index=st.commit, applied_index=r.applied,
+                            node_id=nid, role=admin_pb2.LEADER_ROLE, term=_u64(st.term),
+                            commit_index=_u64(st.commit), applied_index=r.applied,
                             match_index=pr.match if pr else st.commit,
                             lag_entries=max(0, st.commit - r.applied), reachable=True,
                         )
@@ -126,7 +136,7 @@ class AdminService(admin_pb2_grpc.AdminServicer):
                 admin_pb2.ReplicaStatus(
                     node_id=host.node_id,
                     role=_ROLE.get(r.role, admin_pb2.ROLE_UNKNOWN),
-                    term=st.term, commit_index=st.commit, applied_index=r.applied,
+                    term=_u64(st.term), commit_index=_u64(st.commit), applied_index=r.applied,
                     lag_entries=r.lag, reachable=True,
                 )
             )
