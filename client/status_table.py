@@ -1,10 +1,18 @@
 """`medkv status`: the cluster's health as text a person reads at a glance.
 
-A one-line verdict first (nodes up, partitions with a leader, worst lag),
-then the nodes, then one row per partition: replicas with the leader starred
-and unreachable ones marked, term, commit and applied index, and the lag of
-the slowest replica. Problems are flagged in a last column so they stand out
-without colour. `status_json` is the same information for machines.
+A one-line verdict first (nodes up, partitions with a leader, worst lag) and,
+under it, the reasons it is not OK; then the nodes, then one row per
+partition: replicas with the leader starred, unreachable ones marked '!' and
+out-of-service ones 'x', term, commit and applied index, and the lag of the
+slowest replica. Problems are flagged in a last column so they stand out
+without colour. `status_json` is the same information for machines, with the
+verdict as "health" and its "reasons".
+
+The verdict (assess): UNAVAILABLE when a partition has no live leader or was
+not reported; DEGRADED when a node is down, a partition has fewer live
+replicas than the replication factor, a replica is out of service
+(DATA_LOSS) or reports an impossible term; OK otherwise. The answering node
+is never shown unreachable: it answered.
 """
 
 from __future__ import annotations
