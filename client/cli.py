@@ -3,9 +3,12 @@
     medkv [--addr HOST:PORT[,HOST:PORT...]] [--json] [--timeout S] [--tls-dir DIR]
           [--token JWT|@FILE] [--clinic C] [--break-glass-reason TEXT] COMMAND ...
 
+The options above may also follow the command (`medkv status --json`); given
+twice, the later one wins.
+
     put PATIENT RECORD [--value TEXT]          value from --value, else stdin (bytes)
     get PATIENT RECORD [--consistency linearizable|follower|bounded]
-                       [--max-staleness S] [--min-version V] [--at-version V]
+                       [--max-staleness S] [--min-version V] [--at-version V] [--raw]
     history PATIENT RECORD [--limit N]
     delete PATIENT RECORD [--expected-version V]
     cas PATIENT RECORD --expected-version V [--value TEXT]
@@ -38,9 +41,11 @@ read one node's files on this host.
 
 `--addr` defaults to $MEDKV_ADDR, else 127.0.0.1:7101; `--tls-dir` to
 $MEDKV_TLS_DIR; `--token` to $MEDKV_TOKEN (a token needs TLS; `eval "$(scripts/cluster
-env --data-dir D)"` sets all three for a local cluster). `get` writes the raw
-value to stdout and where it was read from to stderr; `--json` prints one
-JSON document (scan: one JSON object per line) instead. Exit status: 0 ok,
+env --data-dir D)"` sets all three for a local cluster). `get` writes the
+value to stdout, ending with a newline (--raw: its exact bytes), and where it
+was read from to stderr; `put`, `cas` and `delete` write the new version to
+stdout and what they did (partition, serving node) to stderr; `--json` prints
+one JSON document (scan: one JSON object per line) instead. Exit status: 0 ok,
 1 error, 2 usage, 3 not found, 4 version conflict or too stale.
 """
 
@@ -172,37 +177,59 @@ def _client(ns: argparse.Namespace, addr: str, timeout: float | None) -> Client:
     )
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="medkv", description="medkv: replicated, encrypted patient-record store."
+def _add_global_options(
+    parser: argparse.ArgumentParser, *, top: bool, clinic: bool = True
+) -> None:
+    """The connection and output options. On the top parser they carry the
+    defaults; on each subcommand's parser (top=False) they default to
+    argparse.SUPPRESS, so they may also follow the subcommand and, given in
+    both places, the later one wins (as a reader of `medkv status --json`
+    expects). clinic=False for a command whose positional is named clinic."""
+
+    def default(value: Any) -> Any:
+        return value if top else argparse.SUPPRESS
+
+    target: argparse.ArgumentParser | argparse._ArgumentGroup = (
+        parser if top else parser.add_argument_group("global options (also before the command)")
     )
-    parser.add_argument(
+    target.add_argument(
         "--addr",
-        default=os.environ.get("MEDKV_ADDR") or DEFAULT_ADDR,
-        help="node address(es), host:port[,host:port...] (env MEDKV_ADDR; default %(default)s)",
+        default=default(os.environ.get("MEDKV_ADDR") or DEFAULT_ADDR),
+        help="node address(es), host:port[,host:port...] (env MEDKV_ADDR; default "
+        f"{os.environ.get('MEDKV_ADDR') or DEFAULT_ADDR})",
     )
-    parser.add_argument("--json", action="store_true", help="machine-readable output")
-    parser.add_argument(
-        "--timeout", type=float, default=None, help="seconds per call, retries included"
+    target.add_argument(
+        "--json", action="store_true", default=default(False), help="machine-readable output"
     )
-    parser.add_argument(
-        "--tls-dir", default=os.environ.get(TLS_DIR_ENV),
+    target.add_argument(
+        "--timeout", type=float, default=default(None), help="seconds per call, retries included"
+    )
+    target.add_argument(
+        "--tls-dir", default=default(os.environ.get(TLS_DIR_ENV)),
         help="directory with ca.pem, client.pem, client.key for mutual TLS (env MEDKV_TLS_DIR)",
     )
-    parser.add_argument(
-        "--token", default=None, metavar="JWT|@FILE",
+    target.add_argument(
+        "--token", default=default(None), metavar="JWT|@FILE",
         help=f"bearer token sent on every call, or @FILE holding it (re-read when it "
         f"changes; prefer it: a token on the command line shows in `ps`) "
         f"(env {TOKEN_ENV}; needs TLS)",
     )
-    parser.add_argument(
-        "--clinic", default=None,
-        help="the clinic a new patient is registered to (medkv-clinic metadata)",
-    )
-    parser.add_argument(
-        "--break-glass-reason", default=None, metavar="TEXT",
+    if clinic:
+        target.add_argument(
+            "--clinic", default=default(None),
+            help="the clinic a new patient is registered to (medkv-clinic metadata)",
+        )
+    target.add_argument(
+        "--break-glass-reason", default=default(None), metavar="TEXT",
         help="emergency access to a patient outside your clinics; the reason is audited",
     )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="medkv", description="medkv: replicated, encrypted patient-record store."
+    )
+    _add_global_options(parser, top=True)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     put = sub.add_parser("put", help="write a record")
@@ -216,6 +243,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_read_options(get, "linearizable")
     get.add_argument("--min-version", type=int, help="read-your-writes: wait for this version")
     get.add_argument("--at-version", type=int, help="the version current at this index")
+    get.add_argument(
+        "--raw", action="store_true",
+        help="write the value's exact bytes (no newline added), e.g. for binary values",
+    )
 
     history = sub.add_parser("history", help="a record's versions, newest first")
     history.add_argument("patient")
@@ -291,6 +322,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-results-per-session", type=int, metavar="N",
         help="unacknowledged write results remembered per session",
     )
+    for name, command in sub.choices.items():
+        if name == "settings":
+            for action in settings_sub.choices.values():
+                _add_global_options(action, top=False)
+        _add_global_options(command, top=False, clinic=name != "share-patient")
     sub.add_parser("node", help="run a database node (python -m node ...)", add_help=False)
     sub.add_parser("keys", help="manage encryption keys (python -m node keys ...)", add_help=False)
     sub.add_parser("certs", help="cluster CA, node and client certificates (init|issue|show)",
@@ -346,6 +382,31 @@ def _describe(record: Record) -> str:
         f"served by node {record.served_by} ({where}), applied index {record.applied_index}, "
         f"lag {record.lag} entries, staleness {_seconds(record.staleness)}"
     )
+
+
+def _write_done(kv: Client, patient: str) -> dict[str, int]:
+    """Where a write just went: its partition and the node that answered it
+    (the leader, which the client noted on success). Empty if unknown."""
+    router = kv.router
+    if router is None:
+        return {}
+    partition = router.partition_of(patient)
+    leader = router.leader(partition)
+    done = {"partition": partition}
+    if leader:
+        done["served_by"] = leader
+    return done
+
+
+def _describe_write(command: str, version: int, done: dict[str, int]) -> str:
+    """One line for a person (no patient or record id: only what happened)."""
+    verb = {"put": "written", "cas": "written (compare-and-set)", "delete": "deleted"}[command]
+    text = f"{verb}: version {version}"
+    if "partition" in done:
+        text += f", partition {done['partition']}"
+    if "served_by" in done:
+        text += f", served by node {done['served_by']} (leader)"
+    return text
 
 
 def _seconds(staleness: float) -> str:
@@ -408,10 +469,12 @@ def run(
             )
         else:
             version = kv.delete(args.patient, args.record, args.expected_version, timeout=timeout)
+        done = _write_done(kv, args.patient)
         if out.json:
-            out.doc({"version": version})
+            out.doc({"version": version, **done})
         else:
             out.line(str(version))
+            out.note(_describe_write(args.command, version, done))
         return 0
     if args.command == "get":
         record = kv.get(
@@ -428,8 +491,10 @@ def run(
         else:
             out.stdout.flush()
             binary_stdout.write(record.value)
-            if binary_stdout.isatty() and not record.value.endswith(b"\n"):
-                binary_stdout.write(b"\n")  # keep the shell prompt on its own line
+            if not args.raw and not record.value.endswith(b"\n"):
+                # Text ends with a newline (the shell prompt stays on its own
+                # line, `$(...)` and line tools read it); --raw: the exact bytes.
+                binary_stdout.write(b"\n")
             binary_stdout.flush()
             out.note(_describe(record))
         return 0
@@ -554,6 +619,21 @@ def _exit_code(error: MedkvError) -> int:
 # ---- online key management: `medkv keys status|rotate-data|rotate-master`
 
 
+def _add_credential_options(parser: argparse.ArgumentParser) -> None:
+    """--tls-dir/--token after an online keys/audit command; absent (SUPPRESS)
+    unless given, so the ones before the command stand otherwise."""
+    parser.add_argument("--tls-dir", default=argparse.SUPPRESS,
+                        help="directory with ca.pem, client.pem, client.key (env MEDKV_TLS_DIR)")
+    parser.add_argument("--token", default=argparse.SUPPRESS, metavar="JWT|@FILE",
+                        help=f"bearer token, or @FILE holding it (env {TOKEN_ENV})")
+
+
+def _later_credentials(outer: argparse.Namespace, ns: argparse.Namespace) -> None:
+    for name in ("tls_dir", "token"):
+        if hasattr(ns, name):
+            setattr(outer, name, getattr(ns, name))
+
+
 def build_keys_parser() -> argparse.ArgumentParser:
     """The online `keys` commands; --addr/--json/--timeout may follow the subcommand."""
     parser = argparse.ArgumentParser(
@@ -567,6 +647,7 @@ def build_keys_parser() -> argparse.ArgumentParser:
         p.add_argument("--addr", default=None, help="node address(es), host:port[,...]")
         p.add_argument("--json", action="store_true", default=None, help="machine-readable")
         p.add_argument("--timeout", type=float, default=None, help="seconds per node call")
+        _add_credential_options(p)
         return p
 
     st = add("status", "every node's master key, data keys and re-encryption progress")
@@ -789,6 +870,7 @@ def keys_main(args_list: Sequence[str]) -> int:
     assert i is not None
     outer = build_parser().parse_args([*args_list[:i], "status"])  # just the globals
     ns = build_keys_parser().parse_args(list(args_list[i + 1 :]))
+    _later_credentials(outer, ns)
     addr = ns.addr or outer.addr
     as_json = bool(ns.json) or outer.json
     ns.timeout = ns.timeout if ns.timeout is not None else outer.timeout
@@ -847,6 +929,7 @@ def build_audit_parser() -> argparse.ArgumentParser:
         p.add_argument("--addr", default=None, help="node address(es), host:port[,...]")
         p.add_argument("--json", action="store_true", default=None, help="machine-readable")
         p.add_argument("--timeout", type=float, default=None, help="seconds per node call")
+        _add_credential_options(p)
         return p
 
     q = add("query", "every node's audit entries matching the filters, merged by time "
@@ -904,6 +987,7 @@ def audit_main(args_list: Sequence[str]) -> int:
     assert i is not None
     outer = build_parser().parse_args([*args_list[:i], "status"])  # just the globals
     ns = build_audit_parser().parse_args(list(args_list[i + 1 :]))
+    _later_credentials(outer, ns)
     addr = ns.addr or outer.addr
     as_json = bool(ns.json) or outer.json
     ns.timeout = ns.timeout if ns.timeout is not None else outer.timeout

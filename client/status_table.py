@@ -1,10 +1,18 @@
 """`medkv status`: the cluster's health as text a person reads at a glance.
 
-A one-line verdict first (nodes up, partitions with a leader, worst lag),
-then the nodes, then one row per partition: replicas with the leader starred
-and unreachable ones marked, term, commit and applied index, and the lag of
-the slowest replica. Problems are flagged in a last column so they stand out
-without colour. `status_json` is the same information for machines.
+A one-line verdict first (nodes up, partitions with a leader, worst lag) and,
+under it, the reasons it is not OK; then the nodes, then one row per
+partition: replicas with the leader starred, unreachable ones marked '!' and
+out-of-service ones 'x', term, commit and applied index, and the lag of the
+slowest replica. Problems are flagged in a last column so they stand out
+without colour. `status_json` is the same information for machines, with the
+verdict as "health" and its "reasons".
+
+The verdict (assess): UNAVAILABLE when a partition has no live leader or was
+not reported; DEGRADED when a node is down, a partition has fewer live
+replicas than the replication factor, a replica is out of service
+(DATA_LOSS) or reports an impossible term; OK otherwise. The answering node
+is never shown unreachable: it answered.
 """
 
 from __future__ import annotations
@@ -44,7 +52,8 @@ def _uptime(seconds: float) -> str:
 
 
 def down_nodes(status: admin_pb2.ClusterStatusResponse) -> set[int]:
-    return {n.node.node_id for n in status.nodes if not n.up}
+    """Nodes that did not answer; never the node that answered this status."""
+    return {n.node.node_id for n in status.nodes if not n.up and n.node.node_id != status.answered_by}
 
 
 def has_live_leader(info: admin_pb2.PartitionInfo, down: set[int]) -> bool:
@@ -61,30 +70,129 @@ def _max_lag(info: admin_pb2.PartitionInfo) -> int:
     return max((r.lag_entries for r in info.replica_status), default=0)
 
 
-def _replicas_cell(info: admin_pb2.PartitionInfo, down: set[int]) -> str:
-    unreachable = {r.node_id for r in info.replica_status if not r.reachable} | down
+# Raft terms are stored as int64 (node.group_persist.MAX_TERM): anything above
+# is impossible. A term more than TERM_GAP above every other replica's term of
+# the same partition is as suspect: a term advances by one per election, so
+# such a gap means a peer's message with a forged or corrupt term was taken.
+MAX_TERM = (1 << 63) - 1
+TERM_GAP = 1_000_000
+
+OK = "OK"
+DEGRADED = "DEGRADED"  # every partition serves, with less redundancy or a fault
+UNAVAILABLE = "UNAVAILABLE"  # at least one partition cannot serve (no leader / unreported)
+
+
+def _unreachable(info: admin_pb2.PartitionInfo, down: set[int], answered_by: int) -> set[int]:
+    """Replicas shown '!': their node is down or the leader does not hear them;
+    never the node that answered (it is obviously up)."""
+    gone = {r.node_id for r in info.replica_status if not r.reachable} | down
+    return {n for n in info.replicas if n in gone and n != answered_by}
+
+
+def _out_of_service(info: admin_pb2.PartitionInfo) -> set[int]:
+    return {r.node_id for r in info.replica_status if r.out_of_service}
+
+
+def impossible_terms(info: admin_pb2.PartitionInfo) -> list[tuple[int, int]]:
+    """(node, term) pairs no honest replica of this partition can hold; node 0
+    means the partition's own reported term."""
+    terms = [(r.node_id, r.term) for r in info.replica_status if r.term]
+    if info.term and not any(t == info.term for _, t in terms):
+        terms.append((0, info.term))
+    bad = []
+    for node, term in terms:
+        others = [t for n, t in terms if n != node]
+        if term > MAX_TERM or (others and term > max(others) + TERM_GAP):
+            bad.append((node, term))
+    return bad
+
+
+def live_replicas(info: admin_pb2.PartitionInfo, down: set[int], answered_by: int) -> int:
+    """Replicas whose node is up, heard by the leader and in service."""
+    gone = _unreachable(info, down, answered_by) | _out_of_service(info)
+    return sum(1 for n in info.replicas if n not in gone)
+
+
+def _nodes(ns: Sequence[int]) -> str:
+    return ",".join(str(n) for n in sorted(ns))
+
+
+def assess(status: admin_pb2.ClusterStatusResponse) -> tuple[str, list[str]]:
+    """The header's verdict and its reasons, worst first.
+
+    UNAVAILABLE: a partition has no live leader or was not reported at all.
+    DEGRADED: every partition has a leader, but a node is down, a partition
+    has fewer live replicas than the replication factor, a replica is out of
+    service (DATA_LOSS), or a replica reports an impossible term.
+    OK only when none of these holds."""
+    down = down_nodes(status)
+    parts = sorted(status.partition_info, key=lambda p: p.partition)
+    rf = status.replication_factor
+    unavailable: list[str] = []
+    degraded: list[str] = []
+    leaderless = [p.partition for p in parts if not has_live_leader(p, down)]
+    if leaderless:
+        unavailable.append(f"no leader: partition(s) {_nodes(leaderless)}")
+    reported = {p.partition for p in parts}
+    missing = [p for p in range(status.partitions) if p not in reported]
+    if missing:
+        unavailable.append(f"not reported: partition(s) {_nodes(missing)}")
+    if down:
+        degraded.append(f"node(s) down: {_nodes(sorted(down))}")
+    under = []
+    for p in parts:
+        live = live_replicas(p, down, status.answered_by)
+        if live < max(rf, len(p.replicas)):
+            under.append(f"{p.partition} ({live}/{max(rf, len(p.replicas))})")
+    if under:
+        degraded.append(f"under-replicated: partition(s) {', '.join(under)}")
+    for p in parts:
+        for n in sorted(_out_of_service(p)):
+            degraded.append(f"out of service (DATA_LOSS): partition {p.partition} on node {n}")
+        for n, term in impossible_terms(p):
+            where = f"on node {n}" if n else "reported"
+            degraded.append(f"impossible term: partition {p.partition} {where}, term {term}")
+    if unavailable:
+        return UNAVAILABLE, unavailable + degraded
+    if degraded:
+        return DEGRADED, degraded
+    return OK, []
+
+
+def _replicas_cell(info: admin_pb2.PartitionInfo, down: set[int], answered_by: int) -> str:
+    unreachable = _unreachable(info, down, answered_by)
+    broken = _out_of_service(info)
     cells = []
     for node in info.replicas:
         mark = "*" if node == info.leader else ""
-        if node in unreachable:
+        if node in broken:
+            mark += "x"
+        elif node in unreachable:
             mark += "!"
         cells.append(f"{node}{mark}")
     return ",".join(cells)
 
 
-def _problems(info: admin_pb2.PartitionInfo, down: set[int], lag_warn: int) -> str:
+def _problems(
+    info: admin_pb2.PartitionInfo, down: set[int], lag_warn: int, rf: int, answered_by: int
+) -> str:
     notes = []
     if not info.leader:
         notes.append("NO LEADER")
     elif not has_live_leader(info, down):
         notes.append("LEADER DOWN")
-    unreachable = [
-        n
-        for n in info.replicas
-        if n in down or any(r.node_id == n and not r.reachable for r in info.replica_status)
-    ]
+    unreachable = _unreachable(info, down, answered_by)
     if unreachable:
         notes.append(f"{len(unreachable)} replica(s) unreachable")
+    broken = _out_of_service(info)
+    if broken:
+        notes.append(f"{len(broken)} out of service")
+    want = max(rf, len(info.replicas))
+    live = live_replicas(info, down, answered_by)
+    if live < want:
+        notes.append(f"UNDER-REPLICATED {live}/{want}")
+    if impossible_terms(info):
+        notes.append("IMPOSSIBLE TERM")
     if _max_lag(info) > lag_warn:
         notes.append("lagging")
     return "; ".join(notes)
@@ -97,8 +205,7 @@ def render_status(status: admin_pb2.ClusterStatusResponse, *, lag_warn: int = 10
     parts = sorted(status.partition_info, key=lambda p: p.partition)
     led = partitions_with_leader(status)
     worst = max((_max_lag(p) for p in parts), default=0)
-    healthy = not down and led == len(parts) and len(parts) == status.partitions
-    verdict = "OK" if healthy else "DEGRADED"
+    verdict, reasons = assess(status)
     lines = [
         f"medkv cluster: {verdict}  "
         f"nodes {len(nodes) - len(down)}/{len(nodes)} up  "
@@ -106,15 +213,16 @@ def render_status(status: admin_pb2.ClusterStatusResponse, *, lag_warn: int = 10
         f"replication {status.replication_factor}  "
         f"max lag {worst}  "
         f"(answered by node {status.answered_by})",
-        "",
     ]
+    lines += [f"  - {r}" for r in reasons]
+    lines.append("")
     lines += _table(
         ["NODE", "ADDRESS", "STATE", "LEADS", "REPLICAS", "UPTIME", "VERSION"],
         [
             [
                 str(n.node.node_id),
                 n.node.address,
-                "up" if n.up else "DOWN",
+                "up" if n.up or n.node.node_id == status.answered_by else "DOWN",
                 str(n.leaders),
                 str(n.replicas),
                 _uptime(n.uptime_seconds),
@@ -129,13 +237,13 @@ def render_status(status: admin_pb2.ClusterStatusResponse, *, lag_warn: int = 10
         [
             [
                 str(p.partition),
-                _replicas_cell(p, down),
+                _replicas_cell(p, down, status.answered_by),
                 str(p.leader) if p.leader else "-",
                 str(p.term),
                 str(p.commit_index),
                 str(p.applied_index),
                 str(_max_lag(p)),
-                _problems(p, down, lag_warn),
+                _problems(p, down, lag_warn, status.replication_factor, status.answered_by),
             ]
             for p in parts
         ],
@@ -145,7 +253,8 @@ def render_status(status: admin_pb2.ClusterStatusResponse, *, lag_warn: int = 10
         lines.append(f"({missing} partition(s) not reported by the answering node)")
     lines.append("")
     lines.append(
-        "* leader   ! unreachable   LAG: entries behind the leader's commit (slowest replica)"
+        "* leader   ! unreachable   x out of service (DATA_LOSS)   "
+        "LAG: entries behind the leader's commit (slowest replica)"
     )
     return "\n".join(lines)
 
@@ -159,7 +268,11 @@ def status_dict(status: admin_pb2.ClusterStatusResponse) -> dict[str, Any]:
     )
     # MessageToDict renders uint64 as strings (JSON number precision); these
     # are ids and log indices far below 2**53, so numbers read better.
-    return _numbers(data)  # type: ignore[no-any-return]
+    out: dict[str, Any] = _numbers(data)
+    verdict, reasons = assess(status)
+    out["health"] = verdict
+    out["reasons"] = reasons
+    return out
 
 
 _UINT64_FIELDS = frozenset(
@@ -192,8 +305,14 @@ def status_json(status: admin_pb2.ClusterStatusResponse) -> str:
 
 
 __all__ = [
+    "DEGRADED",
+    "OK",
+    "UNAVAILABLE",
+    "assess",
     "down_nodes",
     "has_live_leader",
+    "impossible_terms",
+    "live_replicas",
     "partitions_with_leader",
     "render_status",
     "status_dict",

@@ -19,12 +19,23 @@ from node.grpc_errors import abort_with
 from proto.medkv.v1 import admin_pb2, admin_pb2_grpc
 
 if TYPE_CHECKING:
+    from node.host import Replica
     from node.key_rotation import KeyState, ReEncryptionState
     from node.server import Node
 
 VERSION = "0.1.0"
 
 _Rpc = TypeVar("_Rpc", bound=Callable[..., Awaitable[Any]])
+
+_U64_MAX = (1 << 64) - 1
+
+
+def _u64(value: int) -> int:
+    """A Raft number as a uint64 field. A core poisoned by a forged term can
+    hold 2^64 or more in memory (its group is then out of service); status
+    must still answer, showing the saturated, plainly impossible value."""
+    return min(max(value, 0), _U64_MAX)
+
 
 _ROLE = {
     StateRole.FOLLOWER: admin_pb2.FOLLOWER_ROLE,
@@ -55,16 +66,49 @@ class AdminService(admin_pb2_grpc.AdminServicer):
 
     # ---- this node's own view -------------------------------------------
 
+    def _reachable(self, r: Replica, nid: int, recent_active: bool) -> bool:
+        """The leader's judgement of a follower: Raft's recent_active, or any
+        message from it within the last election timeout (recent_active alone
+        is cleared at every quorum check and reads False for a live follower
+        until its next heartbeat response, a third of the time by default)."""
+        if recent_active:
+            return True
+        raft = self.node.cfg.raft
+        window = raft.election_ticks * raft.tick_ms / 1000.0
+        heard = r.heard.get(nid)
+        return heard is not None and time.monotonic() - heard <= window
+
+    def _broken_partition(self, p: int, why: str) -> admin_pb2.PartitionInfo:
+        """A replica this node holds but took out of service (DATA_LOSS)."""
+        host = self.node.host
+        return admin_pb2.PartitionInfo(
+            partition=p,
+            replicas=list(host.placement.replicas(p)),
+            replica_status=[
+                admin_pb2.ReplicaStatus(
+                    node_id=host.node_id, role=admin_pb2.ROLE_UNKNOWN, reachable=True,
+                    out_of_service=why,
+                )
+            ],
+        )
+
     def _local_partition(self, p: int) -> admin_pb2.PartitionInfo:
         host = self.node.host
-        r = host.replicas[p]
+        r = host.replicas.get(p)
+        if r is None:
+            return self._broken_partition(p, host.broken_at_start.get(p, "not open"))
         st = r.raw.status()
+        if r.broken:
+            info = self._broken_partition(p, r.broken)
+            info.term = _u64(st.term)
+            info.replica_status[0].term = _u64(st.term)
+            return info
         info = admin_pb2.PartitionInfo(
             partition=p,
             replicas=list(r.replicas),
             leader=r.leader,
-            term=st.term,
-            commit_index=st.commit,
+            term=_u64(st.term),
+            commit_index=_u64(st.commit),
             applied_index=r.applied,
         )
         if r.is_leader:
@@ -73,8 +117,8 @@ class AdminService(admin_pb2_grpc.AdminServicer):
                 if nid == host.node_id:
                     info.replica_status.append(
                         admin_pb2.ReplicaStatus(
-                            node_id=nid, role=admin_pb2.LEADER_ROLE, term=st.term,
-                            commit_index=st.commit, applied_index=r.applied,
+                            node_id=nid, role=admin_pb2.LEADER_ROLE, term=_u64(st.term),
+                            commit_index=_u64(st.commit), applied_index=r.applied,
                             match_index=pr.match if pr else st.commit,
                             lag_entries=max(0, st.commit - r.applied), reachable=True,
                         )
@@ -84,7 +128,7 @@ class AdminService(admin_pb2_grpc.AdminServicer):
                         admin_pb2.ReplicaStatus(
                             node_id=nid, role=admin_pb2.FOLLOWER_ROLE,
                             match_index=pr.match, lag_entries=max(0, st.commit - pr.match),
-                            reachable=bool(pr.recent_active),
+                            reachable=self._reachable(r, nid, bool(pr.recent_active)),
                         )
                     )
         else:
@@ -92,7 +136,7 @@ class AdminService(admin_pb2_grpc.AdminServicer):
                 admin_pb2.ReplicaStatus(
                     node_id=host.node_id,
                     role=_ROLE.get(r.role, admin_pb2.ROLE_UNKNOWN),
-                    term=st.term, commit_index=st.commit, applied_index=r.applied,
+                    term=_u64(st.term), commit_index=_u64(st.commit), applied_index=r.applied,
                     lag_entries=r.lag, reachable=True,
                 )
             )
@@ -112,12 +156,12 @@ class AdminService(admin_pb2_grpc.AdminServicer):
             ),
             up=True,
             leaders=sum(1 for r in host.replicas.values() if r.is_leader),
-            replicas=len(host.replicas),
+            replicas=len(host.replicas) + len(host.broken_at_start),
             version=VERSION,
             uptime_seconds=time.monotonic() - host.started_at,
         )
         resp.nodes.append(me)
-        for p in sorted(host.replicas):
+        for p in sorted(set(host.replicas) | set(host.broken_at_start)):
             resp.partition_info.append(self._local_partition(p))
         return resp
 
@@ -314,14 +358,17 @@ def merge_views(
     placement = cfg.placement
     for p in range(cfg.partitions):
         best: admin_pb2.PartitionInfo | None = None
-        best_key = (-1, -1, -1)
+        best_key = (-1, -1, -1, -1)
         followers: dict[int, admin_pb2.ReplicaStatus] = {}
         for nid, v in views.items():
             for info in v.partition_info:
                 if info.partition != p:
                     continue
                 is_leader = info.leader == nid
-                key = (int(is_leader), info.term, info.applied_index)
+                # An out-of-service replica never describes the partition.
+                broken = any(rs.out_of_service for rs in info.replica_status)
+                key = (int(is_leader and not broken), int(not broken), info.term,
+                       info.applied_index)
                 if key > best_key:
                     best, best_key = info, key
                 for rs in info.replica_status:
@@ -342,6 +389,12 @@ def merge_views(
                     rs.applied_index = own.applied_index
                     rs.commit_index = own.commit_index
                     rs.lag_entries = max(0, merged.commit_index - own.applied_index)
+                    rs.out_of_service = own.out_of_service
+            # The answering node is up: whatever the leader last heard, the
+            # table it answers never shows it unreachable.
+            for rs in merged.replica_status:
+                if rs.node_id == cfg.node_id and cfg.node_id in followers:
+                    rs.reachable = True
         for nid in merged.replicas:
             if nid not in {rs.node_id for rs in merged.replica_status}:
                 merged.replica_status.append(admin_pb2.ReplicaStatus(node_id=nid, reachable=False))

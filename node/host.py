@@ -100,6 +100,11 @@ class Replica:
     # A received snapshot is being installed (node.snapshots): its Ready waits,
     # unadvanced, and nothing reads or applies to the state machine meanwhile.
     installing: bool = False
+    # When (time.monotonic) a message from each peer last reached this replica:
+    # status judges a follower reachable by it, because the leader's
+    # recent_active is cleared at every quorum check and so reads False for a
+    # live follower until its next heartbeat response.
+    heard: dict[int, float] = field(default_factory=dict)
     write_waiters: dict[WaitKey, list[asyncio.Future[ApplyResult]]] = field(
         default_factory=dict
     )
@@ -667,6 +672,7 @@ class MultiRaftHost:
         guard when it is stepped, against the replica's state at that moment."""
 
         def step() -> None:
+            now = time.monotonic()
             for group, m in msgs:
                 r = self.replicas.get(group)
                 if r is None or r.broken:
@@ -676,6 +682,7 @@ class MultiRaftHost:
                 except NodeError as e:
                     log_refusal(m.frm if sender is None else sender, e)
                     continue
+                r.heard[m.frm] = now
                 if r.installing and m.type == MessageType.SNAP:
                     continue  # one install at a time; the leader retries after
                 self._dirty.add(group)

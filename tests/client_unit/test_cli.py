@@ -100,7 +100,7 @@ def test_put_get_history_delete(kv: Client) -> None:
     code, _, out, _ = invoke(kv, ["put", "p1", "r1"], stdin=b"\x00binary\xff")
     assert code == 0
     v1 = int(out)
-    code, raw, _, err = invoke(kv, ["get", "p1", "r1"])
+    code, raw, _, err = invoke(kv, ["get", "p1", "r1", "--raw"])
     assert raw == b"\x00binary\xff"
     assert f"version {v1}" in err and "leader" in err
     code, _, out, _ = invoke(kv, ["--json", "get", "p1", "r1", "--consistency", "follower"])
@@ -166,8 +166,13 @@ def test_console_script_end_to_end(cluster: TestCluster) -> None:
     get = subprocess.run(
         [*cmd, "get", "pe", "re"], capture_output=True, env=env, timeout=30, check=True
     )
-    assert get.stdout == b"from stdin"
+    assert get.stdout == b"from stdin\n"  # the output ends with a newline
     assert f"version {version}".encode() in get.stderr
+    assert f"written: version {version}".encode() in put.stderr
+    raw = subprocess.run(
+        [*cmd, "get", "pe", "re", "--raw"], capture_output=True, env=env, timeout=30, check=True
+    )
+    assert raw.stdout == b"from stdin"
 
 
 @pytest.mark.skipif(not (ROOT / "node" / "__main__.py").exists(), reason="node not built yet")
@@ -194,3 +199,102 @@ def test_share_patient(kv: Client) -> None:
     assert code == 0 and json.loads(out)["clinics"] == ["east", "north"]
     code, _, out, _ = invoke(kv, ["share-patient", "p9", "north", "--revoke"])
     assert code == 0 and out.split() == ["east"]
+
+
+GLOBALS_AFTER = [
+    "--json", "--addr", "h1:1,h2:2", "--timeout", "4", "--tls-dir", "/certs",
+    "--token", "@tok", "--clinic", "north", "--break-glass-reason", "er",
+]
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["status"],
+        ["put", "p", "r", "--value", "v"],
+        ["get", "p", "r"],
+        ["history", "p", "r"],
+        ["delete", "p", "r"],
+        ["cas", "p", "r", "--expected-version", "0"],
+        ["scan"],
+        ["erase-patient", "p"],
+        ["settings", "get"],
+        ["settings", "set", "--max-sessions", "3"],
+    ],
+)
+def test_global_options_are_accepted_after_the_command(
+    command: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("MEDKV_ADDR", raising=False)
+    monkeypatch.delenv("MEDKV_TLS_DIR", raising=False)
+    args = build_parser().parse_args([*command, *GLOBALS_AFTER])
+    assert args.json is True and args.addr == "h1:1,h2:2" and args.timeout == 4.0
+    assert args.tls_dir == "/certs" and args.token == "@tok"
+    assert args.clinic == "north" and args.break_glass_reason == "er"
+    # Not given after the command: the top-level value (or default) stands.
+    args = build_parser().parse_args(["--json", "--addr", "h:9", "--timeout", "2", *command])
+    assert args.json is True and args.addr == "h:9" and args.timeout == 2.0
+    args = build_parser().parse_args(command)
+    assert args.json is False and args.addr == "127.0.0.1:7101" and args.timeout is None
+    assert args.tls_dir is None and args.token is None
+
+
+def test_the_later_of_two_global_options_wins() -> None:
+    args = build_parser().parse_args(["--addr", "a:1", "--timeout", "1", "status",
+                                      "--addr", "b:2", "--timeout", "9"])
+    assert args.addr == "b:2" and args.timeout == 9.0
+
+
+def test_share_patient_keeps_its_clinic_positional() -> None:
+    args = build_parser().parse_args(["share-patient", "p", "east", "--json", "--addr", "h:1"])
+    assert args.clinic == "east" and args.json and args.addr == "h:1"
+
+
+def test_json_after_the_command_runs(kv: Client) -> None:
+    code, _, out, _ = invoke(kv, ["status", "--json"])
+    assert code == 0 and json.loads(out)["health"] == "OK"
+
+
+def test_put_says_what_it_did(kv: Client, cluster: TestCluster) -> None:
+    code, _, out, err = invoke(kv, ["put", "pw", "rw", "--value", "x"])
+    version = int(out)
+    assert code == 0
+    partition = kv.router.partition_of("pw")  # type: ignore[union-attr]
+    leader = cluster.state.leaders[partition]
+    assert err == f"written: version {version}, partition {partition}, served by node {leader} (leader)\n"
+    assert "pw" not in err and "rw" not in err  # no patient or record id in the note
+    _, _, out, _ = invoke(kv, ["put", "pw", "rw", "--value", "y", "--json"])
+    doc = json.loads(out)
+    assert doc["version"] > version and doc["partition"] == partition
+    assert doc["served_by"] == leader
+    _, _, out, err = invoke(kv, ["delete", "pw", "rw"])
+    assert err.startswith(f"deleted: version {int(out)}")
+
+
+def test_get_ends_with_a_newline_unless_raw(kv: Client) -> None:
+    kv.put("pn", "r", b"no newline")
+    kv.put("pn", "r2", b"has one\n")
+    assert invoke(kv, ["get", "pn", "r"])[1] == b"no newline\n"
+    assert invoke(kv, ["get", "pn", "r2"])[1] == b"has one\n"  # never doubled
+    assert invoke(kv, ["get", "pn", "r", "--raw"])[1] == b"no newline"
+
+
+@pytest.mark.parametrize("command", [["keys", "status"], ["audit", "verify"]])
+def test_online_keys_and_audit_take_credentials_after_the_command(
+    command: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import client.cli as cli
+    from client.errors import MedkvError
+
+    seen: dict[str, object] = {}
+
+    def fake_client(ns: object, addr: str, timeout: float | None) -> object:
+        seen.update(tls_dir=ns.tls_dir, token=ns.token, addr=addr, timeout=timeout)  # type: ignore[attr-defined]
+        raise MedkvError("stop here")
+
+    monkeypatch.setattr(cli, "_client", fake_client)
+    main(["--tls-dir", "/a", "--token", "@t1", *command,
+          "--tls-dir", "/b", "--token", "@t2", "--addr", "h:1", "--timeout", "3"])
+    assert seen == {"tls_dir": "/b", "token": "@t2", "addr": "h:1", "timeout": 3.0}
+    main(["--tls-dir", "/a", "--token", "@t1", *command])
+    assert seen["tls_dir"] == "/a" and seen["token"] == "@t1"

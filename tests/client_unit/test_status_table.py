@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import json
 
-from client.status_table import render_status, status_dict, status_json
+from client.status_table import (
+    DEGRADED,
+    OK,
+    UNAVAILABLE,
+    assess,
+    render_status,
+    status_dict,
+    status_json,
+)
 from proto.medkv.v1 import admin_pb2
 
 
@@ -72,7 +80,8 @@ def test_healthy_cluster_reads_ok() -> None:
 
 def test_down_node_and_missing_leader_stand_out() -> None:
     text = render_status(make_status(down=3, leaderless=2))
-    assert text.splitlines()[0].startswith("medkv cluster: DEGRADED")
+    # A partition without a leader cannot serve: worse than degraded.
+    assert text.splitlines()[0].startswith("medkv cluster: UNAVAILABLE")
     assert "nodes 2/3 up" in text and "partitions 3/4 with a leader" in text
     nodes = rows(text, "NODE")
     assert nodes[2][2] == "DOWN"
@@ -107,3 +116,99 @@ def test_a_leader_on_a_down_node_does_not_count() -> None:
     parts = {r[0]: " ".join(r) for r in rows(text, "PART")}
     assert "LEADER DOWN" in parts["0"] and "LEADER DOWN" in parts["3"]
     assert "LEADER DOWN" not in parts["1"]
+
+
+def reasons_of(text: str) -> list[str]:
+    """The '  - ' lines right under the header."""
+    out = []
+    for line in text.splitlines()[1:]:
+        if not line.startswith("  - "):
+            break
+        out.append(line[4:])
+    return out
+
+
+def test_healthy_cluster_has_no_reasons() -> None:
+    status = make_status()
+    assert assess(status) == (OK, [])
+    assert reasons_of(render_status(status)) == []
+    data = status_dict(status)
+    assert data["health"] == "OK" and data["reasons"] == []
+
+
+def test_down_node_is_degraded_and_names_under_replicated_partitions() -> None:
+    status = make_status(down=3)
+    for p in status.partition_info:  # node 1 or 2 leads every partition
+        if p.leader == 3:
+            p.leader = 1
+    verdict, reasons = assess(status)
+    assert verdict == DEGRADED
+    assert "node(s) down: 3" in reasons
+    assert "under-replicated: partition(s) 0 (2/3), 1 (2/3), 2 (2/3), 3 (2/3)" in reasons
+    text = render_status(status)
+    assert text.startswith("medkv cluster: DEGRADED")
+    assert reasons_of(text) == reasons
+    parts = {r[0]: " ".join(r) for r in rows(text, "PART")}
+    assert "UNDER-REPLICATED 2/3" in parts["0"]
+
+
+def test_unreachable_follower_alone_makes_partition_under_replicated() -> None:
+    status = make_status()
+    status.partition_info[1].replica_status[2].reachable = False  # node 3, leader 2
+    verdict, reasons = assess(status)
+    assert verdict == DEGRADED
+    assert reasons == ["under-replicated: partition(s) 1 (2/3)"]
+
+
+def test_out_of_service_replica_is_degraded_and_marked() -> None:
+    status = make_status()
+    status.partition_info[2].replica_status[0].out_of_service = "partition 2 failed a check"
+    verdict, reasons = assess(status)
+    assert verdict == DEGRADED
+    assert "out of service (DATA_LOSS): partition 2 on node 1" in reasons
+    assert "under-replicated: partition(s) 2 (2/3)" in reasons
+    parts = {r[0]: r for r in rows(render_status(status), "PART")}
+    assert parts["2"][1] == "1x,2,3*"
+
+
+def test_impossible_term_is_never_ok() -> None:
+    status = make_status()
+    p = status.partition_info[0]
+    p.term = 2**64 - 1
+    p.replica_status[0].term = 2**64 - 1  # the leader (node 1) took a forged term
+    verdict, reasons = assess(status)
+    assert verdict == DEGRADED
+    assert reasons == [f"impossible term: partition 0 on node 1, term {2**64 - 1}"]
+    text = render_status(status)
+    assert "IMPOSSIBLE TERM" in " ".join(rows(text, "PART")[0])
+    data = json.loads(status_json(status))
+    assert data["health"] == "DEGRADED" and data["reasons"] == reasons
+
+
+def test_term_far_beyond_the_other_replicas_is_impossible() -> None:
+    status = make_status()
+    status.partition_info[3].replica_status[1].term = 7 + 5_000_000
+    assert assess(status)[0] == DEGRADED
+    status.partition_info[3].replica_status[1].term = 9  # a couple of elections ahead: fine
+    assert assess(status) == (OK, [])
+
+
+def test_answering_node_is_never_shown_unreachable() -> None:
+    status = make_status()
+    # The leader of partition 0 (node 1) has not heard node 2 since its last
+    # quorum check, and node 2 is the node that answered.
+    status.partition_info[0].replica_status[1].reachable = False
+    status.nodes[1].up = False
+    text = render_status(status)
+    assert rows(text, "PART")[0][1] == "1*,2,3"
+    assert rows(text, "NODE")[1][2] == "up"
+    assert assess(status) == (OK, [])
+
+
+def test_unreported_partition_is_unavailable() -> None:
+    status = make_status()
+    del status.partition_info[3]
+    verdict, reasons = assess(status)
+    assert verdict == UNAVAILABLE
+    assert reasons == ["not reported: partition(s) 3"]
+    assert status_dict(status)["health"] == "UNAVAILABLE"

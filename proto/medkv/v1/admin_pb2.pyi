@@ -40,7 +40,7 @@ class NodeInfo(_message.Message):
     def __init__(self, node_id: _Optional[int] = ..., address: _Optional[str] = ...) -> None: ...
 
 class ReplicaStatus(_message.Message):
-    __slots__ = ("node_id", "role", "term", "commit_index", "applied_index", "match_index", "lag_entries", "reachable")
+    __slots__ = ("node_id", "role", "term", "commit_index", "applied_index", "match_index", "lag_entries", "reachable", "out_of_service")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     ROLE_FIELD_NUMBER: _ClassVar[int]
     TERM_FIELD_NUMBER: _ClassVar[int]
@@ -49,6 +49,7 @@ class ReplicaStatus(_message.Message):
     MATCH_INDEX_FIELD_NUMBER: _ClassVar[int]
     LAG_ENTRIES_FIELD_NUMBER: _ClassVar[int]
     REACHABLE_FIELD_NUMBER: _ClassVar[int]
+    OUT_OF_SERVICE_FIELD_NUMBER: _ClassVar[int]
     node_id: int
     role: ReplicaRole
     term: int
@@ -57,7 +58,8 @@ class ReplicaStatus(_message.Message):
     match_index: int
     lag_entries: int
     reachable: bool
-    def __init__(self, node_id: _Optional[int] = ..., role: _Optional[_Union[ReplicaRole, str]] = ..., term: _Optional[int] = ..., commit_index: _Optional[int] = ..., applied_index: _Optional[int] = ..., match_index: _Optional[int] = ..., lag_entries: _Optional[int] = ..., reachable: _Optional[bool] = ...) -> None: ...
+    out_of_service: str
+    def __init__(self, node_id: _Optional[int] = ..., role: _Optional[_Union[ReplicaRole, str]] = ..., term: _Optional[int] = ..., commit_index: _Optional[int] = ..., applied_index: _Optional[int] = ..., match_index: _Optional[int] = ..., lag_entries: _Optional[int] = ..., reachable: _Optional[bool] = ..., out_of_service: _Optional[str] = ...) -> None: ...
 
 class PartitionInfo(_message.Message):
     __slots__ = ("partition", "replicas", "leader", "term", "commit_index", "applied_index", "replica_status")
