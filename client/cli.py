@@ -291,7 +291,8 @@ def build_parser() -> argparse.ArgumentParser:
         "patient's clinics)",
     )
     share.add_argument("patient")
-    share.add_argument("clinic")
+    # Its own dest: the global --clinic (the clinic a request names) is another thing.
+    share.add_argument("share_clinic", metavar="CLINIC", help="the clinic granted or revoked")
     share.add_argument("--revoke", action="store_true", help="remove the clinic instead")
 
     settings = sub.add_parser(
@@ -326,7 +327,7 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "settings":
             for action in settings_sub.choices.values():
                 _add_global_options(action, top=False)
-        _add_global_options(command, top=False, clinic=name != "share-patient")
+        _add_global_options(command, top=False)
     sub.add_parser("node", help="run a database node (python -m node ...)", add_help=False)
     sub.add_parser("keys", help="manage encryption keys (python -m node keys ...)", add_help=False)
     sub.add_parser("certs", help="cluster CA, node and client certificates (init|issue|show)",
@@ -526,7 +527,7 @@ def run(
             )
         return 0
     if args.command == "share-patient":
-        sharing = kv.share_patient(args.patient, args.clinic, args.revoke, timeout=timeout)
+        sharing = kv.share_patient(args.patient, args.share_clinic, args.revoke, timeout=timeout)
         if out.json:
             out.doc({"clinics": list(sharing.clinics), "index": sharing.index})
         else:

@@ -247,7 +247,12 @@ def test_the_later_of_two_global_options_wins() -> None:
 
 def test_share_patient_keeps_its_clinic_positional() -> None:
     args = build_parser().parse_args(["share-patient", "p", "east", "--json", "--addr", "h:1"])
-    assert args.clinic == "east" and args.json and args.addr == "h:1"
+    assert args.share_clinic == "east" and args.json and args.addr == "h:1"
+    # the clinic shared is not the clinic the request names (medkv-clinic)
+    args = build_parser().parse_args(["share-patient", "p", "east", "--clinic", "north"])
+    assert args.share_clinic == "east" and args.clinic == "north"
+    args = build_parser().parse_args(["share-patient", "p", "east"])
+    assert args.clinic is None
 
 
 def test_json_after_the_command_runs(kv: Client) -> None:
