@@ -58,7 +58,7 @@ import math
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any, BinaryIO, TextIO
 
@@ -865,12 +865,17 @@ _KEYS_COMMANDS = {
 }
 
 
-def keys_main(args_list: Sequence[str]) -> int:
-    """An online `keys` command: global options before `keys` and after it both count."""
+def _online_main(
+    args_list: Sequence[str], sub_parser: argparse.ArgumentParser,
+    run: Callable[[argparse.Namespace, Any, _Out], int],
+    on_error: Callable[[MedkvError], int],
+) -> int:
+    """An online command group (`keys ...`, `audit ...`): global options before the
+    group and after it both count; `run` gets its arguments, a client and the output."""
     i = _command_index(args_list)
     assert i is not None
     outer = build_parser().parse_args([*args_list[:i], "status"])  # just the globals
-    ns = build_keys_parser().parse_args(list(args_list[i + 1 :]))
+    ns = sub_parser.parse_args(list(args_list[i + 1 :]))
     _later_credentials(outer, ns)
     addr = ns.addr or outer.addr
     as_json = bool(ns.json) or outer.json
@@ -878,13 +883,24 @@ def keys_main(args_list: Sequence[str]) -> int:
     out = _Out(sys.stdout, sys.stderr, as_json)
     try:
         with _client(outer, addr, ns.timeout) as kv:
-            return _KEYS_COMMANDS[ns.keys_command](ns, kv, out)
+            return run(ns, kv, out)
     except MedkvError as error:
         out.note(f"medkv: error: {error}")
-        return EXIT_ERROR
+        return on_error(error)
     except KeyboardInterrupt:
         out.note("medkv: interrupted")
         return 130
+    except BrokenPipeError:
+        return 0
+
+
+def keys_main(args_list: Sequence[str]) -> int:
+    """An online `keys` command."""
+    return _online_main(
+        args_list, build_keys_parser(),
+        lambda ns, kv, out: _KEYS_COMMANDS[ns.keys_command](ns, kv, out),
+        lambda error: EXIT_ERROR,
+    )
 
 
 # ---- the cluster's audit logs: `medkv audit query|verify` (auditor role)
@@ -983,27 +999,12 @@ _AUDIT_COMMANDS = {"query": _audit_query, "verify": _audit_verify}
 
 
 def audit_main(args_list: Sequence[str]) -> int:
-    """An online `audit` command: global options before `audit` and after it both count."""
-    i = _command_index(args_list)
-    assert i is not None
-    outer = build_parser().parse_args([*args_list[:i], "status"])  # just the globals
-    ns = build_audit_parser().parse_args(list(args_list[i + 1 :]))
-    _later_credentials(outer, ns)
-    addr = ns.addr or outer.addr
-    as_json = bool(ns.json) or outer.json
-    ns.timeout = ns.timeout if ns.timeout is not None else outer.timeout
-    out = _Out(sys.stdout, sys.stderr, as_json)
-    try:
-        with _client(outer, addr, ns.timeout) as kv:
-            return _AUDIT_COMMANDS[ns.audit_command](ns, kv, out)
-    except MedkvError as error:
-        out.note(f"medkv: error: {error}")
-        return _exit_code(error)
-    except KeyboardInterrupt:
-        out.note("medkv: interrupted")
-        return 130
-    except BrokenPipeError:
-        return 0
+    """An online `audit` command."""
+    return _online_main(
+        args_list, build_audit_parser(),
+        lambda ns, kv, out: _AUDIT_COMMANDS[ns.audit_command](ns, kv, out),
+        _exit_code,
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
