@@ -27,7 +27,7 @@ from node.test_only import _ENV, FORMER_CONFIG_KEYS
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "configuration.md"
 
-# Doc heading -> how the parser names the table in its own code.
+# The `## ` headings of the reference, one per table of the configuration file.
 SECTIONS = ("Top-level keys", "[[peers]]", "[raft]", "[limits]", "[tls]", "[auth]", "[audit]")
 
 
@@ -124,7 +124,7 @@ def secure_files(tmp_path: Path) -> Path:
 
 
 def _example(doc_text: str, tmp_path: Path, etc: Path) -> dict[str, Any]:
-    head, sep, tail = doc_text.partition("## Complete example")
+    _, sep, tail = doc_text.partition("## Complete example")
     assert sep, "docs/configuration.md has no '## Complete example' section"
     block = re.search(r"```toml\n(.*?)```", tail, re.S)
     assert block, "the complete example is not a ```toml block"
@@ -200,3 +200,19 @@ def test_no_test_only_switch_is_documented(doc_text: str) -> None:
     for name in names:
         assert name not in doc_text, f"test-only switch {name} appears in the reference"
     assert "MEDKV_TEST_ONLY" not in doc_text
+
+
+def test_links_stay_in_the_repository(doc_text: str) -> None:
+    """The reference's links, and the README's and multi-host guide's links to it,
+    are relative paths to files that exist."""
+    root = DOC.parents[1]
+    for source, text in ((DOC, doc_text), (root / "README.md", None), (root / "docs" / "multi-host.md", None)):
+        body = text if text is not None else source.read_text()
+        targets = re.findall(r"\]\(([^)]+)\)", body)
+        if source != DOC:
+            assert any(t.endswith("configuration.md") for t in targets), f"{source.name} lacks the link"
+        for target in targets:
+            if target.startswith(("http://", "https://", "#")):
+                continue
+            path = (source.parent / target.split("#")[0]).resolve()
+            assert path.is_relative_to(root) and path.exists(), f"{source.name}: {target}"
