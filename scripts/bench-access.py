@@ -20,16 +20,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.util
 import json
 import os
 import platform
-import random
 import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from client import AsyncClient, MedkvError, TlsConfig  # noqa: E402
+from client import AsyncClient, TlsConfig  # noqa: E402
 
 CLUSTER = ROOT / "scripts" / "cluster"
 WORKLOADS = ("put", "get linearizable", "get follower")
@@ -58,38 +57,16 @@ def client_for(data_dir: Path, addresses: list[str], secure: bool) -> AsyncClien
                        token=f"@{data_dir / 'tokens' / 'clinician.token'}")
 
 
-async def phase(kv: AsyncClient, kind: str, concurrency: int, seconds: float, value: bytes,
-                patients: int) -> dict[str, Any]:
-    latencies: list[float] = []
-    errors = 0
-    stop_at = time.monotonic() + seconds
-    rng = random.Random(concurrency)
+def _bench_cluster() -> Any:
+    """scripts/bench-cluster.py as a module: its load phase is the one measured here."""
+    spec = importlib.util.spec_from_file_location("bench_cluster", ROOT / "scripts" / "bench-cluster.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
-    async def worker(w: int) -> None:
-        nonlocal errors
-        n = 0
-        while time.monotonic() < stop_at:
-            pid = f"bench-{rng.randrange(patients)}"
-            n += 1
-            t0 = time.perf_counter()
-            try:
-                if kind == "put":
-                    await kv.put(pid, f"r{w}-{n % 8}", value)
-                elif kind == "get linearizable":
-                    await kv.get(pid, "seed")
-                else:
-                    await kv.get(pid, "seed", consistency="follower")
-            except MedkvError:
-                errors += 1
-                continue
-            latencies.append(time.perf_counter() - t0)
 
-    started = time.monotonic()
-    await asyncio.gather(*(worker(w) for w in range(concurrency)))
-    elapsed = time.monotonic() - started
-    latencies.sort()
-    p50 = latencies[len(latencies) // 2] * 1000 if latencies else 0.0
-    return {"ops_per_s": len(latencies) / elapsed, "p50_ms": p50, "errors": errors}
+phase = _bench_cluster().phase
 
 
 async def run(args: argparse.Namespace, clusters: dict[str, tuple[Path, list[str]]]) -> list[dict[str, Any]]:
