@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import os
 import sys
 
@@ -31,12 +30,21 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="medkv node", description="Run one medkv node.")
     parser.add_argument("--config", required=True, help="the node's TOML configuration file")
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
-    ns = parser.parse_args(args)
-    logging.basicConfig(
-        level=ns.log_level,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
+    parser.add_argument(
+        "--log-format", choices=["text", "json"], default=None,
+        help="text (default) or json: one JSON object per log line (overrides [log] format; "
+        "also MEDKV_LOG_FORMAT)",
     )
+    ns = parser.parse_args(args)
+    from node import logfmt
+
+    env_format = os.environ.get("MEDKV_LOG_FORMAT") or None
+    if env_format is not None and env_format not in logfmt.LOG_FORMATS:
+        print(f"medkv node: MEDKV_LOG_FORMAT must be text or json, not {env_format!r}",
+              file=sys.stderr)
+        return 2
+    cli_format = ns.log_format or env_format
+    logfmt.configure(cli_format or "text", ns.log_level)
     import dataclasses
 
     from node import test_only
@@ -58,6 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, test_only.TestOnlyError) as e:
         print(f"medkv node: {e}", file=sys.stderr)
         return 2
+    logfmt.configure(cli_format or cfg.log.format, ns.log_level, cfg.node_id)
     try:
         asyncio.run(serve(cfg))
     except StartupError as e:
