@@ -19,6 +19,11 @@ remembers the layout so every later command needs only --data-dir. Nodes run
 in their own sessions, so they outlive this script; `down` stops every one of
 them, paused ones included, and waits until none is left.
 
+MEDKV_LOG_FORMAT=json in the environment of `up` / `restart-node` makes the
+nodes write one JSON object per log line (node.logfmt; the same as
+`python -m node --log-format json`); node.log keeps this script's own
+"==== started by" separator lines, which are not JSON.
+
 Secure by default: `up` gives the cluster mutual TLS and access control, made
 once and reused by every later `up` of the same DIR (a CA is never remade
 under existing data, so nodes and clients keep trusting each other):
