@@ -862,7 +862,7 @@ class MultiRaftHost:
                     f"partition {partition}: its leader on node {self.node_id} holds "
                     f"{self.cfg.raft.max_uncommitted_bytes} bytes of writes not yet committed "
                     "([raft] max_uncommitted_bytes); retry later",
-                    kind=NOT_APPLIED,
+                    kind=NOT_APPLIED, partition=partition,
                 ))
             except ProposalDropped:
                 waiters = r.write_waiters.get(wait_key, [])

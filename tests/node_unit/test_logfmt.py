@@ -114,3 +114,22 @@ def test_log_format_config_key(tmp_path: Path) -> None:
         parse_config({**BASE, "log": {"format": "xml"}}, tmp_path)
     with pytest.raises(ConfigError, match=r"unknown key\(s\) in \[log\]: colour"):
         parse_config({**BASE, "log": {"colour": True}}, tmp_path)
+
+
+def test_a_refusal_about_one_partition_carries_it(caplog: pytest.LogCaptureFixture) -> None:
+    from node.errors import ResourceExhausted
+    from node.grpc_errors import current_method, log_refusal, to_status
+
+    token = current_method.set("medkv.v1.KV/OpenSession/logfmt-test")  # its own rate-limit key
+    try:
+        with caplog.at_level(logging.INFO, logger="medkv.rpc"):
+            e = ResourceExhausted("partition 3: 8 sessions are open", partition=3)
+            log_refusal(e)
+            status = to_status(e)
+    finally:
+        current_method.reset(token)
+    (rec,) = [r for r in caplog.records if "logfmt-test" in r.getMessage()]
+    out = json.loads(JsonFormatter(2).format(rec))
+    assert out["partition"] == 3 and out["event"].startswith("refused medkv.v1.KV/OpenSession")
+    assert "exc_info" not in out
+    assert status.message == "partition 3: 8 sessions are open"  # the caller sees no new field
