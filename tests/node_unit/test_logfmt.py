@@ -8,6 +8,7 @@ import json
 import logging
 import re
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,15 @@ from node.config import ConfigError, parse_config
 from node.logfmt import REQUEST_ID, JsonFormatter, configure
 
 RFC3339_UTC = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
+
+
+@pytest.fixture(autouse=True)
+def _outside_any_call() -> Iterator[None]:
+    """Another test in this process may have served a call synchronously in
+    the main context (pytest runs them all in one); these start outside one."""
+    token = REQUEST_ID.set("")
+    yield
+    REQUEST_ID.reset(token)
 
 
 def _record(msg: str, *args: object, exc_info: object = None, **extra: object) -> logging.LogRecord:
