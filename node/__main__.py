@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import os
 import sys
 
@@ -45,6 +46,17 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     cli_format = ns.log_format or env_format
     logfmt.configure(cli_format or "text", ns.log_level)
+    json_logs = cli_format == "json"
+
+    def refuse(e: Exception, node_id: int | None = None) -> int:
+        """A startup refusal: the plain line an operator reads, or, with JSON
+        logs, one JSON line like every other (a shipper parses them all)."""
+        if json_logs:
+            logfmt.configure("json", ns.log_level, node_id)
+            logging.getLogger("medkv.node").critical("medkv node: %s", e)
+        else:
+            print(f"medkv node: {e}", file=sys.stderr)
+        return 2
     import dataclasses
 
     from node import test_only
@@ -56,22 +68,20 @@ def main(argv: list[str] | None = None) -> int:
     try:
         install_from_env()  # test-only wrong wall clock (node/test_clock.py), loudly logged
     except ClockOffsetError as e:
-        print(f"medkv node: {e}", file=sys.stderr)
-        return 2
+        return refuse(e)
 
     try:
         cfg = load_config(ns.config)
         # Test-only switches come from the environment alone (node.test_only).
         cfg = dataclasses.replace(cfg, test_only=test_only.from_environ())
     except (ConfigError, test_only.TestOnlyError) as e:
-        print(f"medkv node: {e}", file=sys.stderr)
-        return 2
+        return refuse(e)
+    json_logs = (cli_format or cfg.log.format) == "json"
     logfmt.configure(cli_format or cfg.log.format, ns.log_level, cfg.node_id)
     try:
         asyncio.run(serve(cfg))
     except StartupError as e:
-        print(f"medkv node: {e}", file=sys.stderr)
-        return 2
+        return refuse(e, cfg.node_id)
     return 0
 
 

@@ -80,3 +80,5 @@ def configure(log_format: str, level: str | int = "INFO", node_id: int | None = 
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(formatter)
     root.addHandler(handler)
+    # Python warnings print to stderr on their own; with JSON logs they become records too.
+    logging.captureWarnings(log_format == "json")

@@ -93,3 +93,20 @@ def test_every_log_line_is_json_with_the_stable_fields(tmp_path: Path) -> None:
     assert any("INSECURE" in r["event"] for r in records)
     refusals = [r for r in records if r["event"].startswith("refused")]
     assert refusals and "INVALID_ARGUMENT" in refusals[0]["event"], records
+
+
+def test_a_startup_refusal_is_a_json_line_too(tmp_path: Path) -> None:
+    """A node that refuses to start (here: its master key file is gone) says
+    why in the same JSON form, so a log shipper parses that line as well."""
+    config = _config(tmp_path, free_base_port(1) + 1)
+    (tmp_path / "master.key").unlink()
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "MEDKV_LOG_FORMAT": "json"}
+    done = subprocess.run(
+        [sys.executable, "-m", "node", "--config", str(config)],
+        cwd=str(ROOT), env=env, capture_output=True, text=True, timeout=60, check=False,
+    )
+    assert done.returncode == 2, done.stderr
+    records = [json.loads(line) for line in done.stderr.splitlines()]
+    last = records[-1]
+    assert last["level"] == "CRITICAL" and last["node"] == 1, records
+    assert "master key file" in last["event"] and "does not exist" in last["event"]
