@@ -1031,6 +1031,40 @@ class AsyncClient:
         )
         return reply
 
+    async def partition_status(
+        self, partition: int, *, timeout: float | None = None
+    ) -> admin_pb2.PartitionStatusResponse:
+        """Admin.PartitionStatus of one partition, from its leader (the view
+        with match indexes and lag of every replica; another replica is asked
+        when the leader is unknown or down)."""
+        attempts = Attempts(self.policy, timeout, rng=self._rng)
+        (p,) = self._partitions(await self._router_for(attempts), [partition])
+        reply: admin_pb2.PartitionStatusResponse = await self._unary(
+            "PartitionStatus", _const(admin_pb2.PartitionStatusRequest(partition=p)),
+            partition=p, mode=Mode.LEADER, is_read=True, attempts=attempts, admin=True,
+        )
+        return reply
+
+    async def transfer_leader(
+        self, partition: int, node_id: int, *, timeout: float | None = None
+    ) -> int:
+        """Admin.TransferLeader: make node_id the partition's leader; returns the
+        leader once the transfer completed. Sent to the current leader; safe to
+        retry (asking again after it completed answers at once)."""
+        attempts = Attempts(self.policy, timeout, rng=self._rng)
+        (p,) = self._partitions(await self._router_for(attempts), [partition])
+        try:
+            reply: admin_pb2.TransferLeaderResponse = await self._unary(
+                "TransferLeader",
+                _const(admin_pb2.TransferLeaderRequest(partition=p, target_node=node_id)),
+                partition=p, mode=Mode.LEADER, is_read=True, attempts=attempts, admin=True,
+            )
+        except TooStale as e:
+            # FAILED_PRECONDITION here is "that node holds no replica", neither
+            # staleness nor a version conflict: a plain error with the node's reason.
+            raise MedkvError(e.message, e.code) from None
+        return int(reply.leader)
+
     # ------------------------------------------------ replicated cluster settings
 
     async def get_settings(

@@ -66,7 +66,7 @@ from client.audit import render_audit_entries, render_audit_verify
 from client.auth import TOKEN_ENV
 from client.errors import MedkvError, NotFound, TooStale, VersionConflict
 from client.records import Record, ScanPage
-from client.status_table import render_status, status_json
+from client.status_table import partition_json, render_partition, render_status, status_json
 from client.sync_client import Client
 from client.tls import TLS_DIR_ENV, TlsConfig
 from proto.medkv.v1 import admin_pb2
@@ -278,6 +278,18 @@ def build_parser() -> argparse.ArgumentParser:
     scan.add_argument("--page-size", type=int, default=0, help="records per streamed page")
 
     sub.add_parser("status", help="the cluster at a glance")
+
+    part = sub.add_parser(
+        "partition", help="one partition's leader, term and replicas (Admin.PartitionStatus)"
+    )
+    part.add_argument("partition_id", metavar="PARTITION", type=int)
+
+    transfer = sub.add_parser(
+        "transfer-leader",
+        help="make NODE the leader of PARTITION (prints the new leader)",
+    )
+    transfer.add_argument("partition_id", metavar="PARTITION", type=int)
+    transfer.add_argument("node_id", metavar="NODE", type=int, help="a node holding a replica")
 
     erase = sub.add_parser(
         "erase-patient",
@@ -514,6 +526,18 @@ def run(
     if args.command == "status":
         status = kv.cluster_status(timeout=timeout)
         out.line(status_json(status) if out.json else render_status(status))
+        return 0
+    if args.command == "partition":
+        reply = kv.partition_status(args.partition_id, timeout=timeout)
+        out.line(partition_json(reply) if out.json else render_partition(reply))
+        return 0
+    if args.command == "transfer-leader":
+        leader = kv.transfer_leader(args.partition_id, args.node_id, timeout=timeout)
+        if out.json:
+            out.doc({"partition": args.partition_id, "leader": leader})
+        else:
+            out.line(str(leader))
+            out.note(f"partition {args.partition_id}: node {leader} is the leader")
         return 0
     if args.command == "erase-patient":
         version = kv.erase_patient(args.patient, timeout=timeout)

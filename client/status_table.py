@@ -304,6 +304,49 @@ def status_json(status: admin_pb2.ClusterStatusResponse) -> str:
     return json.dumps(status_dict(status), indent=2, sort_keys=True)
 
 
+_ROLES = {
+    admin_pb2.LEADER_ROLE: "leader",
+    admin_pb2.FOLLOWER_ROLE: "follower",
+    admin_pb2.CANDIDATE_ROLE: "candidate",
+    admin_pb2.PRE_CANDIDATE_ROLE: "pre-candidate",
+    admin_pb2.LEARNER_ROLE: "learner",
+}
+
+
+def render_partition(reply: admin_pb2.PartitionStatusResponse) -> str:
+    """`medkv partition P`: a header line, then one row per replica."""
+    info = reply.info
+    lines = [
+        f"partition {info.partition}: leader {info.leader or 'none'}, term {info.term}, "
+        f"commit {info.commit_index}, applied {info.applied_index} "
+        f"(answered by node {reply.answered_by})"
+    ]
+    rows = []
+    by_node = {r.node_id: r for r in info.replica_status}
+    for n in info.replicas:
+        r = by_node.get(n)
+        if r is None:
+            rows.append([str(n), "?", "", "", "", "", "", "no report"])
+            continue
+        state = "OUT OF SERVICE" if r.out_of_service else ("ok" if r.reachable else "unreachable")
+        rows.append([
+            str(n), _ROLES.get(r.role, "unknown"), str(r.term), str(r.commit_index),
+            str(r.applied_index), str(r.match_index), str(r.lag_entries), state,
+        ])
+    lines += _table(
+        ["NODE", "ROLE", "TERM", "COMMIT", "APPLIED", "MATCH", "LAG", "STATE"], rows
+    )
+    return "\n".join(lines)
+
+
+def partition_json(reply: admin_pb2.PartitionStatusResponse) -> str:
+    """The reply as JSON, proto field names, 64-bit ints as numbers (as status_json)."""
+    data = json_format.MessageToDict(
+        reply, preserving_proto_field_name=True, always_print_fields_with_no_presence=True,
+    )
+    return json.dumps(_numbers(data), indent=2, sort_keys=True)
+
+
 __all__ = [
     "DEGRADED",
     "OK",

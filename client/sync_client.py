@@ -329,6 +329,16 @@ class Client:
     def cluster_status(self, *, timeout: float | None = None) -> admin_pb2.ClusterStatusResponse:
         return self._run(self._async.cluster_status(timeout=timeout))
 
+    def partition_status(
+        self, partition: int, *, timeout: float | None = None
+    ) -> admin_pb2.PartitionStatusResponse:
+        """Admin.PartitionStatus of one partition, from its leader."""
+        return self._run(self._async.partition_status(partition, timeout=timeout))
+
+    def transfer_leader(self, partition: int, node_id: int, *, timeout: float | None = None) -> int:
+        """Make node_id the partition's leader; returns the leader once done."""
+        return self._run(self._async.transfer_leader(partition, node_id, timeout=timeout))
+
     def erase_patient(self, patient_id: str, *, timeout: float | None = None) -> int:
         """Erase every record of one patient on every replica; returns the erasure's version."""
         return self._run(self._async.erase_patient(patient_id, timeout=timeout))

@@ -31,12 +31,32 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="medkv node", description="Run one medkv node.")
     parser.add_argument("--config", required=True, help="the node's TOML configuration file")
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
-    ns = parser.parse_args(args)
-    logging.basicConfig(
-        level=ns.log_level,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
+    parser.add_argument(
+        "--log-format", choices=["text", "json"], default=None,
+        help="text (default) or json: one JSON object per log line (overrides [log] format; "
+        "also MEDKV_LOG_FORMAT)",
     )
+    ns = parser.parse_args(args)
+    from node import logfmt
+
+    env_format = os.environ.get("MEDKV_LOG_FORMAT") or None
+    if env_format is not None and env_format not in logfmt.LOG_FORMATS:
+        print(f"medkv node: MEDKV_LOG_FORMAT must be text or json, not {env_format!r}",
+              file=sys.stderr)
+        return 2
+    cli_format = ns.log_format or env_format
+    logfmt.configure(cli_format or "text", ns.log_level)
+    json_logs = cli_format == "json"
+
+    def refuse(e: Exception, node_id: int | None = None) -> int:
+        """A startup refusal: the plain line an operator reads, or, with JSON
+        logs, one JSON line like every other (a shipper parses them all)."""
+        if json_logs:
+            logfmt.configure("json", ns.log_level, node_id)
+            logging.getLogger("medkv.node").critical("medkv node: %s", e)
+        else:
+            print(f"medkv node: {e}", file=sys.stderr)
+        return 2
     import dataclasses
 
     from node import test_only
@@ -48,21 +68,20 @@ def main(argv: list[str] | None = None) -> int:
     try:
         install_from_env()  # test-only wrong wall clock (node/test_clock.py), loudly logged
     except ClockOffsetError as e:
-        print(f"medkv node: {e}", file=sys.stderr)
-        return 2
+        return refuse(e)
 
     try:
         cfg = load_config(ns.config)
         # Test-only switches come from the environment alone (node.test_only).
         cfg = dataclasses.replace(cfg, test_only=test_only.from_environ())
     except (ConfigError, test_only.TestOnlyError) as e:
-        print(f"medkv node: {e}", file=sys.stderr)
-        return 2
+        return refuse(e)
+    json_logs = (cli_format or cfg.log.format) == "json"
+    logfmt.configure(cli_format or cfg.log.format, ns.log_level, cfg.node_id)
     try:
         asyncio.run(serve(cfg))
     except StartupError as e:
-        print(f"medkv node: {e}", file=sys.stderr)
-        return 2
+        return refuse(e, cfg.node_id)
     return 0
 
 

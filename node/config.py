@@ -99,6 +99,14 @@ class Limits:
 
 
 @dataclass(frozen=True)
+class LogSettings:
+    """[log]: `format = "text"` (default) or `"json"` (node.logfmt; one JSON
+    object per line for log shippers). `--log-format` on the command line wins."""
+
+    format: str = "text"
+
+
+@dataclass(frozen=True)
 class NodeConfig:
     node_id: int
     listen: str
@@ -121,6 +129,7 @@ class NodeConfig:
     # No access control at all: plaintext allowed, no tokens, no audit. Only
     # from `insecure = true` in the file; the node warns at every start.
     insecure: bool = False
+    log: LogSettings = field(default_factory=LogSettings)
     # Test-only switches (node.test_only): set from MEDKV_TEST_ONLY_* environment
     # variables by `python -m node`, never from the configuration file.
     test_only: TestOnlySwitches = field(default_factory=TestOnlySwitches)
@@ -154,6 +163,7 @@ def _section(raw: dict[str, Any], name: str, cls: type[Any]) -> Any:
 _TOP_LEVEL = {
     "node_id", "listen", "data_dir", "peers", "partitions", "replication",
     "virtual_nodes", "key_file", "raft", "limits", "tls", "auth", "audit", "insecure",
+    "log",
 }
 
 
@@ -269,7 +279,10 @@ def parse_config(raw: dict[str, Any], base_dir: Path) -> NodeConfig:
         tls=tls,
         auth=auth,
         insecure=insecure,
+        log=_section(raw, "log", LogSettings),
     )
+    if cfg.log.format not in ("text", "json"):
+        raise ConfigError('[log] format must be "text" or "json"')
     if cfg.limits.max_in_flight_per_stream < 1:
         raise ConfigError("[limits] max_in_flight_per_stream must be at least 1")
     if cfg.raft.max_uncommitted_bytes < 1:

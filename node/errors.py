@@ -12,10 +12,15 @@ import grpc
 class NodeError(Exception):
     code: grpc.StatusCode = grpc.StatusCode.INTERNAL
 
-    def __init__(self, message: str, leader_hint: str = "", kind: str = "") -> None:
+    def __init__(
+        self, message: str, leader_hint: str = "", kind: str = "", partition: int | None = None,
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.leader_hint = leader_hint
+        # The partition the refusal is about, when one: the `partition` field
+        # of a JSON log line (node.logfmt). Never sent to the caller.
+        self.partition = partition
         # Which of several reasons behind one status code (trailing metadata
         # medkv-error): version-conflict, too-stale, session-expired,
         # result-forgotten, or not-applied (a write refused before it reached

@@ -50,7 +50,8 @@ def log_refusal(e: NodeError) -> None:
     if e.code in _LOGGED:
         method = current_method.get()
         _refusals.info(
-            (method, e.code), "refused %s: %s %s", method, e.code.name, e.message
+            (method, e.code), "refused %s: %s %s", method, e.code.name, e.message,
+            extra={"partition": e.partition} if e.partition is not None else None,
         )
 
 

@@ -187,10 +187,13 @@ class MultiRaftHost:
             try:
                 self._open_replica(p, make_state_machine, rng_seed)
             except group_persist.ImpossibleStoredState as e:
-                log.error("%s", e)
+                log.error("%s", e, extra={"partition": p})
                 self.broken_at_start[p] = str(e)
             except Exception as e:  # a damaged partition must not stop the others
-                log.error("partition %d cannot be opened: %s", p, type(e).__name__)
+                log.error(
+                    "partition %d cannot be opened: %s", p, type(e).__name__,
+                    extra={"partition": p},
+                )
                 self.broken_at_start[p] = self._broken_message(p)
 
     def _open_replica(
@@ -424,7 +427,7 @@ class MultiRaftHost:
             r.since_snapshot = 0
             log.info(
                 "partition %d: caught up from a snapshot at index %d",
-                r.partition, rd.snapshot.meta.index,
+                r.partition, rd.snapshot.meta.index, extra={"partition": r.partition},
             )
         if rd.committed_entries:
             self._apply_entries(r, rd)
@@ -583,7 +586,10 @@ class MultiRaftHost:
         done = await fut
         if done:
             r.since_snapshot = 0
-            log.info("partition %d: dropped the Raft log through index %d", partition, index)
+            log.info(
+                "partition %d: dropped the Raft log through index %d", partition, index,
+                extra={"partition": partition},
+            )
         return done
 
     def mark_broken(self, r: Replica, e: BaseException) -> None:
@@ -600,7 +606,10 @@ class MultiRaftHost:
         whole node stops (node.failstop)."""
         failstop.check(e)
         if not r.broken:
-            log.error("partition %d disabled on this node: %s", r.partition, type(e).__name__)
+            log.error(
+                "partition %d disabled on this node: %s", r.partition, type(e).__name__,
+                extra={"partition": r.partition},
+            )
             r.broken = self._broken_message(r.partition)
             r.role = StateRole.FOLLOWER
             r.leader = 0
@@ -614,6 +623,7 @@ class MultiRaftHost:
             log.error(
                 "partition %d: its Raft output %s (%s: %s); disabled on this node, "
                 "its other replicas serve it", r.partition, what, type(e).__name__, e,
+                extra={"partition": r.partition},
             )
         self.mark_broken(r, e)
 
@@ -689,7 +699,10 @@ class MultiRaftHost:
                 try:
                     r.raw.step(m)
                 except ConsensusError as e:
-                    log.debug("partition %d dropped a message: %s", group, type(e).__name__)
+                    log.debug(
+                        "partition %d dropped a message: %s", group, type(e).__name__,
+                        extra={"partition": group},
+                    )
                 except Exception as e:  # stored state failed to read back
                     self.mark_broken(r, e)
 
@@ -849,7 +862,7 @@ class MultiRaftHost:
                     f"partition {partition}: its leader on node {self.node_id} holds "
                     f"{self.cfg.raft.max_uncommitted_bytes} bytes of writes not yet committed "
                     "([raft] max_uncommitted_bytes); retry later",
-                    kind=NOT_APPLIED,
+                    kind=NOT_APPLIED, partition=partition,
                 ))
             except ProposalDropped:
                 waiters = r.write_waiters.get(wait_key, [])

@@ -343,7 +343,7 @@ class KVService(kv_pb2_grpc.KVServicer):
             raise ResourceExhausted(
                 f"partition {p}: {limit} sessions are open (max_sessions); no open session is "
                 "ever evicted, so retry once one expires, or raise max_sessions",
-                kind=NOT_APPLIED,
+                kind=NOT_APPLIED, partition=p,
             )
         nonce = int.from_bytes(os.urandom(8), "big") >> 1
         owner = session_owner(req.client_id)

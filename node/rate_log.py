@@ -30,7 +30,10 @@ class RateLimitedLog:
         self._last: dict[Hashable, float] = {}
         self._suppressed: dict[Hashable, int] = {}
 
-    def log(self, level: int, key: Hashable, msg: str, *args: object, exc_info: bool = False) -> bool:
+    def log(
+        self, level: int, key: Hashable, msg: str, *args: object, exc_info: bool = False,
+        extra: dict[str, object] | None = None,
+    ) -> bool:
         """Log msg % args unless `key` logged within the interval; True if logged."""
         now = self._clock()
         last = self._last.get(key)
@@ -45,11 +48,13 @@ class RateLimitedLog:
         if skipped:
             msg += " (%d more like it in the last %.0fs not logged)"
             args = (*args, skipped, self._interval)
-        self._log.log(level, msg, *args, exc_info=exc_info)
+        self._log.log(level, msg, *args, exc_info=exc_info, extra=extra)
         return True
 
     def warning(self, key: Hashable, msg: str, *args: object) -> bool:
         return self.log(logging.WARNING, key, msg, *args)
 
-    def info(self, key: Hashable, msg: str, *args: object) -> bool:
-        return self.log(logging.INFO, key, msg, *args)
+    def info(
+        self, key: Hashable, msg: str, *args: object, extra: dict[str, object] | None = None,
+    ) -> bool:
+        return self.log(logging.INFO, key, msg, *args, extra=extra)

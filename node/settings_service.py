@@ -114,7 +114,10 @@ class SettingsService:
         try:
             res = await self._propose(partition, seed, True, 5.0)
             if res.error_code is None and not res.message:  # not a seed that lost a race
-                log.info("partition %d: cluster settings seeded from the configuration", partition)
+                log.info(
+                    "partition %d: cluster settings seeded from the configuration", partition,
+                    extra={"partition": partition},
+                )
         except NodeError as e:  # lost leadership, timed out: the loop tries again
             log.debug("partition %d: seeding settings failed: %s", partition, type(e).__name__)
         finally:

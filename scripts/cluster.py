@@ -19,6 +19,11 @@ remembers the layout so every later command needs only --data-dir. Nodes run
 in their own sessions, so they outlive this script; `down` stops every one of
 them, paused ones included, and waits until none is left.
 
+MEDKV_LOG_FORMAT=json in the environment of `up` / `restart-node` makes the
+nodes write one JSON object per log line (node.logfmt; the same as
+`python -m node --log-format json`); this script's own "started by" line
+in node.log is then a JSON line too.
+
 Secure by default: `up` gives the cluster mutual TLS and access control, made
 once and reused by every later `up` of the same DIR (a CA is never remade
 under existing data, so nodes and clients keep trusting each other):
@@ -309,9 +314,17 @@ class Cluster:
             os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else ""
         )
         with open(self.log_path(node), "ab") as log:
-            log.write(
-                f"\n==== started by scripts/cluster at {time.strftime('%Y-%m-%d %H:%M:%S')}\n".encode()
-            )
+            if env.get("MEDKV_LOG_FORMAT") == "json":  # node.log stays all JSON lines
+                stamp = time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime())
+                log.write((json.dumps({
+                    "time": stamp, "level": "INFO", "logger": "scripts.cluster", "node": node,
+                    "event": "started by scripts/cluster",
+                }) + "\n").encode())
+            else:
+                log.write(
+                    f"\n==== started by scripts/cluster at {time.strftime('%Y-%m-%d %H:%M:%S')}\n"
+                    .encode()
+                )
             log.flush()
             process = subprocess.Popen(
                 [sys.executable, "-m", "node", "--config", str(self.config_path(node))],

@@ -64,6 +64,7 @@ from node.auth.policy import (
     RequestFacts,
 )
 from node.auth.tokens import TokenVerifier
+from node.logfmt import REQUEST_ID
 from proto.medkv.v1 import common_pb2, kv_pb2
 from proto.placement import partition_of
 
@@ -218,6 +219,8 @@ class _Call:
         self.cert: PeerCertificate | None = None
         self.identity: Identity | None = None
         self.request_id = self.md.get(REQUEST_ID_METADATA, "")[:64] or _next_request_id()
+        # Lines logged while serving this call carry its id (node.logfmt JSON field).
+        REQUEST_ID.set(self.request_id)
 
     async def authenticate(self) -> Identity:
         ac = self.ac

@@ -35,6 +35,7 @@ from node.auth.tokens import mint
 from node.crypto.envelope import EnvelopeCodec
 from node.crypto.keyfile import create_key_file
 from node.crypto.keyring import open_keyring
+from node.logfmt import REQUEST_ID
 from node.tls import TlsSettings
 from proto.medkv.v1 import (
     admin_pb2,
@@ -58,6 +59,7 @@ class Seen:
 
     calls: list[tuple[str, str]] = field(default_factory=list)  # (method, subject)
     raft_batches: int = 0
+    request_ids: list[str] = field(default_factory=list)  # node.logfmt.REQUEST_ID as served
 
 
 def _who() -> str:
@@ -108,6 +110,7 @@ class Admin(admin_pb2_grpc.AdminServicer):
 
     async def ClusterStatus(self, request: Any, context: Any) -> Any:
         self.seen.calls.append(("ClusterStatus", _who()))
+        self.seen.request_ids.append(REQUEST_ID.get())
         return admin_pb2.ClusterStatusResponse(answered_by=1)
 
     async def TransferLeader(self, request: Any, context: Any) -> Any:
@@ -545,6 +548,26 @@ def test_deferred_checks_where_the_data_is(pki: Pki, keys: SigningKeys, tmp_path
 
     run(pki, keys, tmp_path, body)
     assert outcomes == ["allowed", "denied", "allowed", "denied"]
+
+
+def test_the_request_id_is_in_the_logging_context_of_the_call(
+    pki: Pki, keys: SigningKeys, tmp_path: Path
+) -> None:
+    """JSON log lines (node.logfmt) written while serving a call carry its
+    request id: the client's medkv-request-id, or one the node makes up."""
+
+    async def body(c: Cluster) -> None:
+        admin = admin_pb2_grpc.AdminStub(c.client("node-2"))
+        await admin.ClusterStatus(admin_pb2.ClusterStatusRequest(),
+                                  metadata=(("medkv-request-id", "cli-42"),))
+        await admin.ClusterStatus(admin_pb2.ClusterStatusRequest())
+        await admin.ClusterStatus(admin_pb2.ClusterStatusRequest())
+
+    c = run(pki, keys, tmp_path, body)
+    given, made1, made2 = c.seen.request_ids
+    assert given == "cli-42"
+    assert made1 and made2 and made1 != made2 and "cli-42" not in (made1, made2)
+    assert REQUEST_ID.get() == ""  # set in the call's own context only
 
 
 def test_identity_for_node_has_no_clinics() -> None:

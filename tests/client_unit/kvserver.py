@@ -453,6 +453,42 @@ class _Node(kv_pb2_grpc.KVServicer, admin_pb2_grpc.AdminServicer):  # type: igno
             )
         return reply
 
+    async def PartitionStatus(
+        self, request: admin_pb2.PartitionStatusRequest, context: Any
+    ) -> admin_pb2.PartitionStatusResponse:
+        p = request.partition
+        await self._begin("PartitionStatus", request, context, p)
+        if not self._is_leader(p):
+            await self._redirect(context, p)
+        replicas = self.cluster.placement.replicas(p)
+        info = admin_pb2.PartitionInfo(
+            partition=p, replicas=replicas, leader=self.s.leaders[p], term=3,
+            commit_index=self.s.index, applied_index=self.s.index,
+        )
+        for n in replicas:
+            info.replica_status.add(
+                node_id=n,
+                role=admin_pb2.LEADER_ROLE if n == self.s.leaders[p] else admin_pb2.FOLLOWER_ROLE,
+                term=3, commit_index=self.s.index, applied_index=self.s.index,
+                match_index=self.s.index, lag_entries=0, reachable=True,
+            )
+        return admin_pb2.PartitionStatusResponse(answered_by=self.node_id, info=info)
+
+    async def TransferLeader(
+        self, request: admin_pb2.TransferLeaderRequest, context: Any
+    ) -> admin_pb2.TransferLeaderResponse:
+        p, target = request.partition, request.target_node
+        await self._begin("TransferLeader", request, context, p)
+        if not self._is_leader(p):
+            await self._redirect(context, p)
+        if target not in self.cluster.placement.replicas(p):
+            await self._abort(
+                context, grpc.StatusCode.FAILED_PRECONDITION,
+                f"node {target} holds no replica of partition {p}",
+            )
+        with self.cluster.lock:
+            self.s.leaders[p] = target
+        return admin_pb2.TransferLeaderResponse(leader=target)
 
     async def KeyStatus(self, request: Any, context: Any) -> admin_pb2.KeyStatusResponse:
         with self.cluster.lock:

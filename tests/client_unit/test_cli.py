@@ -303,3 +303,71 @@ def test_online_keys_and_audit_take_credentials_after_the_command(
     assert seen == {"tls_dir": "/b", "token": "@t2", "addr": "h:1", "timeout": 3.0}
     main(["--tls-dir", "/a", "--token", "@t1", *command])
     assert seen["tls_dir"] == "/a" and seen["token"] == "@t1"
+
+
+def _follower_of(cluster: TestCluster, partition: int) -> int:
+    leader = cluster.state.leaders[partition]
+    return next(n for n in cluster.placement.replicas(partition) if n != leader)
+
+
+def test_partition_shows_one_partition_from_its_leader(kv: Client, cluster: TestCluster) -> None:
+    leader = cluster.state.leaders[2]
+    cluster.clear_calls()
+    code, _, out, _ = invoke(kv, ["partition", "2"])
+    assert code == 0
+    lines = out.splitlines()
+    assert lines[0].startswith(f"partition 2: leader {leader}, term 3")
+    assert lines[1].split() == ["NODE", "ROLE", "TERM", "COMMIT", "APPLIED", "MATCH", "LAG", "STATE"]
+    rows = {int(line.split()[0]): line.split() for line in lines[2:]}
+    assert set(rows) == set(cluster.placement.replicas(2))
+    assert rows[leader][1] == "leader" and rows[leader][-1] == "ok"
+    assert all(r[1] == "follower" for n, r in rows.items() if n != leader)
+    assert {c.node for c in cluster.calls("PartitionStatus")} == {leader}
+    # --json after the command too; a proto-shaped document with numbers
+    code, _, out, _ = invoke(kv, ["partition", "2", "--json"])
+    doc = json.loads(out)
+    assert doc["answered_by"] == leader and doc["info"]["partition"] == 2
+    assert doc["info"]["leader"] == leader and len(doc["info"]["replica_status"]) == 3
+
+
+def test_partition_out_of_range_is_refused_before_any_call(
+    cluster: TestCluster, capsys: pytest.CaptureFixture[str]
+) -> None:
+    addr = ",".join(cluster.seeds())
+    assert main(["--addr", addr, "--timeout", "3", "partition", "9"]) == 1
+    assert "partition must be in 0..3" in capsys.readouterr().err
+    assert cluster.calls("PartitionStatus") == []
+
+
+def test_transfer_leader_prints_the_new_leader(kv: Client, cluster: TestCluster) -> None:
+    target = _follower_of(cluster, 1)
+    code, _, out, err = invoke(kv, ["transfer-leader", "1", str(target)])
+    assert code == 0 and out == f"{target}\n"
+    assert f"partition 1: node {target} is the leader" in err
+    assert cluster.state.leaders[1] == target
+    back = _follower_of(cluster, 1)
+    code, _, out, _ = invoke(kv, ["transfer-leader", "1", str(back), "--json"])
+    assert json.loads(out) == {"partition": 1, "leader": back}
+
+
+def test_transfer_leader_follows_a_stale_leader_hint(kv: Client, cluster: TestCluster) -> None:
+    kv.routing_table()  # the client caches the leaders now
+    old = cluster.state.leaders[0]
+    moved = _follower_of(cluster, 0)
+    cluster.state.leaders[0] = moved  # leadership moved behind the client's back
+    target = next(n for n in cluster.placement.replicas(0) if n not in (old, moved))
+    cluster.clear_calls()
+    code, _, out, _ = invoke(kv, ["transfer-leader", "0", str(target)])
+    assert code == 0 and int(out) == target
+    assert [c.node for c in cluster.calls("TransferLeader")][-1] == moved
+
+
+def test_transfer_leader_to_a_node_without_a_replica_fails_with_the_reason(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with TestCluster(nodes=4, partitions=4, replication=3) as four:
+        outsider = next(n for n in range(1, 5) if n not in four.placement.replicas(0))
+        code = main(["--addr", ",".join(four.seeds()), "--timeout", "3",
+                     "transfer-leader", "0", str(outsider)])
+        assert code == 1
+        assert f"node {outsider} holds no replica of partition 0" in capsys.readouterr().err
