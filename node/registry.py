@@ -32,6 +32,10 @@ log = logging.getLogger("medkv.registry")
 class ReplicatedRegistry:
     """PatientRegistry backed by the local replicas of a MultiRaftHost."""
 
+    # Applied state may trail the log (a follower behind, a leader that has not
+    # applied its newest entries): it may allow a call, never refuse one.
+    authoritative = False
+
     def __init__(self, host: MultiRaftHost) -> None:
         self._host = host
 

@@ -270,6 +270,22 @@ class _Call:
         )
         return f, rf
 
+    def decide(self, method: str, rf: RequestFacts) -> Decision:
+        """The policy's decision. A registry that is not authoritative (the node's:
+        ReplicatedRegistry) can allow but never refuse: it is a replica's applied
+        state, which may trail the log
+        (a follower behind, a leader that has not applied its newest entries). A
+        refusal that rests on it becomes a deferral, decided where the data is
+        authoritative: on the replica that serves the read, after its read index,
+        or at apply for a write (node.kv_service, node.state_machine)."""
+        assert self.identity is not None
+        decision = self.ac.policy.authorize(self.identity, method, rf)
+        if decision.allowed or not rf.registration.known or self.ac.registry is None \
+                or self.ac.registry.authoritative:
+            return decision
+        deferred = self.ac.policy.authorize(self.identity, method, replace(rf, registration=NOT_HELD))
+        return deferred if deferred.allowed else decision
+
     def audit(
         self, method: str, outcome: str, *, facts: Facts | None = None,
         decision: Decision | None = None, reason: str = "", request_id: str = "",
@@ -324,7 +340,7 @@ class _Call:
             self._facts, self._decision, self._rf = facts, decision, rf
             return facts, decision
         facts, rf = self.facts_for(self.method, request)
-        decision = self.ac.policy.authorize(self.identity, self.method, rf)
+        decision = self.decide(self.method, rf)
         if not decision.allowed:
             await self.refuse(PermissionDenied(decision.reason), facts, decision)
         _CURRENT.set(CallAuth(self.identity, self.method, decision, rf, self.ac.policy))
@@ -553,7 +569,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
                             continue
                         assert call.identity is not None
                         facts, rf = call.facts_for(sub, getattr(req, kind or ""))
-                        d = ac.policy.authorize(call.identity, sub, rf)
+                        d = call.decide(sub, rf)
                         rid = f"{call.request_id}/{req.request_id}"
                         if d.allowed:
                             pending[req.request_id] = (sub, facts, d, rf)

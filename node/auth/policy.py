@@ -178,13 +178,21 @@ class PatientRegistry(Protocol):
 
     Backed by the state machine of the patient's partition (a registration is
     written with the patient's records, so it moves, snapshots and is erased
-    with them). lookup() is a local read of applied state: it never waits."""
+    with them). lookup() is a local read of applied state: it never waits.
+
+    authoritative: whether lookup() is the truth (a fixed table) or a replica's
+    applied state that may trail the log, which can allow a call but must not
+    refuse it (the interceptor then defers to where the data is)."""
+
+    authoritative: bool
 
     def lookup(self, patient_id: str) -> Registration: ...
 
 
 class InMemoryRegistry:
     """A registry in a dict: tests and labs (the node backs it with replicated state)."""
+
+    authoritative = True
 
     def __init__(self, registrations: Mapping[str, set[str] | frozenset[str]] | None = None) -> None:
         self._by_patient: dict[str, frozenset[str]] = {

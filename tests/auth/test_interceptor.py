@@ -30,7 +30,7 @@ from client.auth import (
 from node.auth.audit import AUDIT_DIR, AuditKeys, AuditLog, AuditWriter, read_entries, verify
 from node.auth.identity import Identity
 from node.auth.interceptor import AccessControl, AuthInterceptor, current_call
-from node.auth.policy import InMemoryRegistry
+from node.auth.policy import InMemoryRegistry, Registration
 from node.auth.tokens import mint
 from node.crypto.envelope import EnvelopeCodec
 from node.crypto.keyfile import create_key_file
@@ -573,3 +573,31 @@ def test_the_request_id_is_in_the_logging_context_of_the_call(
 def test_identity_for_node_has_no_clinics() -> None:
     n = Identity.for_node(4, "ab")
     assert n.subject == "node-4" and n.roles == {"node"} and not n.clinics
+
+
+def test_a_replicas_registration_can_allow_but_never_refuse() -> None:
+    """The node's registry is a replica's applied state, which may trail the log: a
+    patient registered a moment ago can still look unregistered there. Such a
+    refusal becomes a deferral, decided where the data is (after the read index, or
+    at apply); a fixed, authoritative registry refuses at once."""
+    from node.auth.interceptor import _Call
+    from node.auth.policy import UNREGISTERED, RequestFacts
+
+    class Trailing:
+        authoritative = False
+
+        def lookup(self, patient_id: str) -> Registration:
+            return UNREGISTERED
+
+    alice = Identity("alice", frozenset({"clinician"}), frozenset({"north"}))
+    analyst = Identity("ana", frozenset({"analyst"}))
+    facts = RequestFacts(patient_id="p-new", registration=UNREGISTERED)
+    for registry, refused in ((Trailing(), False), (InMemoryRegistry({}), True)):
+        call = _Call.__new__(_Call)
+        call.ac = AccessControl(verifier=None, registry=registry)  # type: ignore[arg-type]
+        call.identity = alice
+        d = call.decide("/medkv.v1.KV/Get", facts)
+        assert d.allowed is not refused and d.deferred is not refused
+        # a refusal that does not rest on the registration stands either way
+        call.identity = analyst
+        assert not call.decide("/medkv.v1.KV/Get", facts).allowed
