@@ -24,9 +24,17 @@ import contextlib
 import math
 import os
 import random
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Mapping, Sequence
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterable,
+    Mapping,
+    Sequence,
+)
 from dataclasses import replace
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 import grpc.aio
@@ -90,6 +98,8 @@ _CONSISTENCY = {
     "bounded": common_pb2.BOUNDED,
 }
 
+
+T = TypeVar("T")
 
 # The generated gRPC modules are untyped; these typed aliases keep that local.
 _KV_STUB: Callable[[grpc.aio.Channel], Any] = kv_pb2_grpc.KVStub
@@ -1145,16 +1155,27 @@ class AsyncClient:
     # --------------------------------------------- encryption keys, per node
 
     async def _node_admin(self, address: str, method: str, request: Any, timeout: float | None) -> Any:
-        """One Admin RPC to one given node, no failover: key state is per node.
-        Retried only while that node is unreachable, within the deadline."""
+        """One unary Admin RPC to one given node, no failover: key state is per node."""
+        stub = self._admin_stub(address)
+        return await self._on_node(
+            address, method,
+            lambda attempt_timeout: getattr(stub, method)(
+                request, timeout=attempt_timeout, metadata=self._metadata),
+            timeout,
+        )
+
+    async def _on_node(
+        self, address: str, method: str, call: Callable[[float], Awaitable[T]],
+        timeout: float | None,
+    ) -> T:
+        """call(attempt_timeout) against one given node, no failover; retried (from the
+        start) only while that node is unreachable, within the deadline."""
         attempts = Attempts(self.policy, timeout, rng=self._rng)
         last: MedkvError | None = None
         while (attempt_timeout := attempts.attempt_timeout()) is not None:
             self._check_token()
             try:
-                return await getattr(self._admin_stub(address), method)(
-                    request, timeout=attempt_timeout, metadata=self._metadata
-                )
+                return await call(attempt_timeout)
             except grpc.aio.AioRpcError as exc:
                 code, details = exc.code(), exc.details() or ""
                 if code == grpc.StatusCode.FAILED_PRECONDITION:
@@ -1214,34 +1235,17 @@ class AsyncClient:
     async def _node_audit_query(
         self, address: str, request: admin_pb2.AuditQueryRequest, timeout: float | None
     ) -> list[AuditEntry]:
-        """One node's AuditQuery stream, read to its end; retried (from the start)
-        only while that node is unreachable, within the deadline."""
-        attempts = Attempts(self.policy, timeout, rng=self._rng)
-        last: MedkvError | None = None
-        while (attempt_timeout := attempts.attempt_timeout()) is not None:
-            self._check_token()
-            try:
-                out: list[AuditEntry] = []
-                call = self._admin_stub(address).AuditQuery(
-                    request, timeout=attempt_timeout, metadata=self._metadata)
-                async for page in call:
-                    out.extend(AuditEntry.from_proto(r) for r in page.records)
-                return out
-            except grpc.aio.AioRpcError as exc:
-                code, details = exc.code(), exc.details() or ""
-                if code == grpc.StatusCode.FAILED_PRECONDITION:
-                    raise MedkvError(details, code) from None  # e.g. an insecure node
-                last = from_status(code, details, is_read=True)
-                if code not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
-                    raise last from None
-            wait = attempts.wait_after(grpc.StatusCode.UNAVAILABLE)
-            if wait is None:
-                break
-            await asyncio.sleep(wait)
-        raise Unavailable(
-            f"node {address} did not answer AuditQuery within {attempts.deadline.timeout:g}s"
-            + (f" (last error: {last})" if last else "")
-        )
+        """One node's AuditQuery stream, read to its end (retried like _node_admin)."""
+        stub = self._admin_stub(address)
+
+        async def read_all(attempt_timeout: float) -> list[AuditEntry]:
+            out: list[AuditEntry] = []
+            call = stub.AuditQuery(request, timeout=attempt_timeout, metadata=self._metadata)
+            async for page in call:
+                out.extend(AuditEntry.from_proto(r) for r in page.records)
+            return out
+
+        return await self._on_node(address, "AuditQuery", read_all, timeout)
 
     async def audit_query(
         self,

@@ -659,6 +659,17 @@ def _later_credentials(outer: argparse.Namespace, ns: argparse.Namespace) -> Non
             setattr(outer, name, getattr(ns, name))
 
 
+def _online_subcommand(sub: Any, name: str, help_text: str) -> argparse.ArgumentParser:
+    """A subcommand of an online group (keys, audit): --addr/--json/--timeout and the
+    credentials may follow it."""
+    p: argparse.ArgumentParser = sub.add_parser(name, help=help_text, description=help_text)
+    p.add_argument("--addr", default=None, help="node address(es), host:port[,...]")
+    p.add_argument("--json", action="store_true", default=None, help="machine-readable")
+    p.add_argument("--timeout", type=float, default=None, help="seconds per node call")
+    _add_credential_options(p)
+    return p
+
+
 def build_keys_parser() -> argparse.ArgumentParser:
     """The online `keys` commands; --addr/--json/--timeout may follow the subcommand."""
     parser = argparse.ArgumentParser(
@@ -668,12 +679,7 @@ def build_keys_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="keys_command", required=True, metavar="COMMAND")
 
     def add(name: str, help_text: str) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=help_text, description=help_text)
-        p.add_argument("--addr", default=None, help="node address(es), host:port[,...]")
-        p.add_argument("--json", action="store_true", default=None, help="machine-readable")
-        p.add_argument("--timeout", type=float, default=None, help="seconds per node call")
-        _add_credential_options(p)
-        return p
+        return _online_subcommand(sub, name, help_text)
 
     st = add("status", "every node's master key, data keys and re-encryption progress")
     st.add_argument("--count-values", action="store_true",
@@ -966,12 +972,7 @@ def build_audit_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="audit_command", required=True, metavar="COMMAND")
 
     def add(name: str, help_text: str) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=help_text, description=help_text)
-        p.add_argument("--addr", default=None, help="node address(es), host:port[,...]")
-        p.add_argument("--json", action="store_true", default=None, help="machine-readable")
-        p.add_argument("--timeout", type=float, default=None, help="seconds per node call")
-        _add_credential_options(p)
-        return p
+        return _online_subcommand(sub, name, help_text)
 
     q = add("query", "every node's audit entries matching the filters, merged by time "
             "(the newest --limit)")
