@@ -43,6 +43,10 @@ _TRANSITIONS = {
     REMOVED: set(),
 }
 
+SYSTEM_GROUP = 0xFFFF_FFFF
+"""The system group's Raft group id: the largest uint32 the wire carries,
+far above any partition (at most 65,536)."""
+
 MAX_SYSTEM_VOTERS = 5
 MAX_NODE_ID = (1 << 31) - 1
 MAX_ADDRESS_LEN = 255
