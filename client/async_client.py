@@ -24,6 +24,7 @@ import contextlib
 import math
 import os
 import random
+import uuid
 from collections.abc import (
     AsyncGenerator,
     AsyncIterator,
@@ -1201,6 +1202,21 @@ class AsyncClient:
             f"node {address} did not answer {method} within {attempts.deadline.timeout:g}s"
             + (f" (last error: {last})" if last else "")
         )
+
+    async def init_cluster(
+        self, *, partitions: int = 0, replication: int = 0, timeout: float | None = None
+    ) -> admin_pb2.InitClusterResponse:
+        """Create the cluster (Admin.InitCluster) through the first seed address,
+        retried while it is unreachable (nodes still starting). Asking one node,
+        not any, and one cluster id for every attempt: a retry never founds a
+        second cluster. 0 = the node's configured partitions / replication."""
+        request = admin_pb2.InitClusterRequest(
+            partitions=partitions, replication=replication, cluster_id=uuid.uuid4().hex
+        )
+        reply: admin_pb2.InitClusterResponse = await self._node_admin(
+            self._seeds[0], "InitCluster", request, timeout
+        )
+        return reply
 
     async def key_status(
         self, address: str, *, count_values: bool = False, timeout: float | None = None

@@ -14,6 +14,7 @@ twice, the later one wins.
     cas PATIENT RECORD --expected-version V [--value TEXT]
     scan [--partition P ...] [--consistency ...] [--max-staleness S] [--page-size N]
     status                                    the cluster at a glance
+    cluster init [--partitions N] [--replication R]   create the cluster (once; idempotent)
     erase-patient PATIENT                     erase every record of a patient, everywhere
     share-patient PATIENT CLINIC [--revoke]   register a patient to one more clinic (clinic-admin)
     settings get [--partition P ...]          the replicated cluster settings, per partition
@@ -298,6 +299,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     part.add_argument("partition_id", metavar="PARTITION", type=int)
 
+    cluster = sub.add_parser("cluster", help="create the cluster: `cluster init` (once)")
+    cluster_sub = cluster.add_subparsers(dest="cluster_command", required=True, metavar="COMMAND")
+    init = cluster_sub.add_parser(
+        "init",
+        help="create the cluster from the first --addr node's [[peers]] (its initial members); "
+        "safe to run again: it finishes an init that did not reach every member",
+    )
+    init.add_argument("--partitions", type=int, default=0,
+                      help="partitions, fixed for the cluster's life (default: the node's config)")
+    init.add_argument("--replication", type=int, default=0,
+                      help="replicas per partition (default: the node's config)")
+
     transfer = sub.add_parser(
         "transfer-leader",
         help="make NODE the leader of PARTITION (prints the new leader)",
@@ -545,6 +558,28 @@ def run(
         reply = kv.partition_status(args.partition_id, timeout=timeout)
         out.line(partition_json(reply) if out.json else render_partition(reply))
         return 0
+    if args.command == "cluster":
+        reply = kv.init_cluster(
+            partitions=args.partitions, replication=args.replication, timeout=timeout
+        )
+        missing = [n.node_id for n in reply.nodes if not n.ok]
+        if out.json:
+            out.doc({
+                "cluster_id": reply.cluster_id, "already_initialized": reply.already_initialized,
+                "partitions": reply.partitions, "replication": reply.replication,
+                "nodes": [{"node": n.node_id, "ok": n.ok, "already": n.already, "error": n.error}
+                          for n in reply.nodes],
+            })
+        else:
+            out.line(reply.cluster_id)
+            for n in reply.nodes:
+                what = "already a member" if n.already else "joined"
+                out.note(f"node {n.node_id}: {what if n.ok else 'not reached: ' + n.error}")
+            verb = "was initialized already" if reply.already_initialized else "created"
+            out.note(f"cluster {reply.cluster_id} {verb}: {reply.partitions} partitions, "
+                     f"replication {reply.replication}"
+                     + (f"; run it again once nodes {missing} are up" if missing else ""))
+        return EXIT_ERROR if missing else 0
     if args.command == "transfer-leader":
         leader = kv.transfer_leader(args.partition_id, args.node_id, timeout=timeout)
         if out.json:

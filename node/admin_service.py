@@ -249,6 +249,12 @@ class AdminService(admin_pb2_grpc.AdminServicer):
         )
 
     @_answers_node_errors
+    async def InitCluster(
+        self, request: admin_pb2.InitClusterRequest, context: grpc.aio.ServicerContext
+    ) -> admin_pb2.InitClusterResponse:
+        return await self.node.init_cluster(request)
+
+    @_answers_node_errors
     async def ListNodes(
         self, request: admin_pb2.ListNodesRequest, context: grpc.aio.ServicerContext
     ) -> admin_pb2.ListNodesResponse:

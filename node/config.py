@@ -137,6 +137,18 @@ class NodeConfig:
     def client_address(self, node_id: int) -> str:
         return self.client_addresses.get(node_id) or self.peers[node_id]
 
+    def insecure_warning(self) -> str | None:
+        """What the node logs at every start with `insecure = true` (None otherwise)."""
+        if not self.insecure:
+            return None
+        return (
+            f"INSECURE: node {self.node_id} runs with `insecure = true`: "
+            f"{'plaintext gRPC' if self.tls is None else 'mutual TLS but no tokens'}; no caller "
+            f"is authenticated, any process that reaches {self.listen} may read, write and "
+            "erase patient records, and nothing is audited. Use this only for a lab on a "
+            "trusted network."
+        )
+
     @property
     def placement(self) -> Placement:
         return make_placement(self.peers, self.partitions, self.replication, self.virtual_nodes)

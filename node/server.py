@@ -25,7 +25,15 @@ from node import raft_guard, rpc_handlers, test_only
 from node.admin_service import AdminService
 from node.auth.interceptor import AccessControl, interceptors
 from node.auth.setup import AuthConfigError, build_access_control
-from node.cluster.system import SystemStateMachine, initial_conf, seed_from_config
+from node.cluster.bootstrap import (
+    ClusterStore,
+    check_bootstrap,
+    config_for_cluster,
+    init_cluster,
+    not_initialized,
+)
+from node.cluster.preinit import serve_until_member
+from node.cluster.system import SystemStateMachine, initial_conf
 from node.config import NodeConfig
 from node.erasure import ErasurePurger
 from node.errors import InvalidArgument, NodeError, StartupError
@@ -110,6 +118,19 @@ class RaftTransportService(raft_pb2_grpc.RaftTransportServicer):
         if False:  # an async generator that yields nothing: acks are not needed yet
             yield raft_pb2.RaftBatchAck()
 
+    async def Bootstrap(
+        self, request: raft_pb2.BootstrapRequest, context: grpc.aio.ServicerContext
+    ) -> raft_pb2.BootstrapAck:
+        """A member handing out the initial state again (an init finishing):
+        the same cluster's is acknowledged, another's refused."""
+        if not is_node_peer(context, self.node.cfg.tls):
+            await context.abort(
+                grpc.StatusCode.PERMISSION_DENIED,
+                "the Raft transport accepts only node certificates",
+            )
+        state = check_bootstrap(self.node.cfg, request, peer_node_id(context, self.node.cfg.tls))
+        return raft_pb2.BootstrapAck(already=self.node.cluster_store.adopt(state))
+
     async def Snapshot(
         self, request_iterator: AsyncIterator[raft_pb2.SnapshotChunk], context: grpc.aio.ServicerContext
     ) -> raft_pb2.SnapshotAck:
@@ -142,6 +163,23 @@ class Node:
         cfg.data_dir.mkdir(parents=True, exist_ok=True)
         self.layout = StorageLayout.open(cfg)
         self.db: plyvel.DB = self.layout.db
+        # The cluster's facts, replicated by the system group (node.cluster):
+        # they, not the file, say who the members are and how many partitions.
+        self.cluster_store = ClusterStore(self.db.prefixed_db(STATE_PREFIX), self.layout.codec)
+        initial = self.cluster_store.initial()
+        if initial is None:
+            self.layout.close()
+            raise StartupError(str(not_initialized(cfg.node_id).message))
+        self.cluster = SystemStateMachine(self.db.prefixed_db(STATE_PREFIX), self.layout.codec)
+        if self.cluster.state is None:
+            self.cluster.initialize(initial)
+        assert self.cluster.state is not None
+        try:
+            cfg = self.cfg = config_for_cluster(cfg, self.cluster.state)
+        except StartupError:
+            self.layout.close()
+            raise
+        self._initial = initial
         self.log_store: LevelDBLogStore = self.layout.log_store
         self.transport = PeerTransport(
             cfg.node_id,
@@ -160,13 +198,8 @@ class Node:
             on_purge_due=lambda partition: self.purger.notify(partition),
             announce=self.transport.announce,
         )
-        # The cluster's facts, replicated by the system group (node.cluster).
-        self.cluster = SystemStateMachine(self.db.prefixed_db(STATE_PREFIX), self.layout.codec)
-        if self.cluster.state is None:
-            self.cluster.initialize(seed_from_config(cfg))
-        assert self.cluster.state is not None
-        log.info("node %d: cluster %s", cfg.node_id, self.cluster.state.cluster_id)
-        self.host.open_system(self.cluster, initial_conf(self.cluster.state))
+        log.info("node %d: member of cluster %s", cfg.node_id, self.cluster.state.cluster_id)
+        self.host.open_system(self.cluster, initial_conf(initial))
         self.purger = ErasurePurger(self.host, self.layout)
         self.keys = KeyRotationManager(self.layout, self.host, cfg.key_file)
         self.kv = KVService(self)
@@ -177,6 +210,7 @@ class Node:
             self.keys.reseal_audit = self.access.audit.log.reseal
             self.keys.keep_key_ids = self.access.audit.log.key_ids_in_use
         self._peer_channels: dict[int, grpc.aio.Channel] = {}
+        self._address_channels: dict[str, grpc.aio.Channel] = {}
         self.server: grpc.aio.Server | None = None
         self.health = HealthServicer()
         self._stopped = asyncio.Event()
@@ -214,16 +248,21 @@ class Node:
         self.fatal.set()
 
     def _warn_insecure(self) -> None:
-        if not self.cfg.insecure:
-            return
-        log.warning(
-            "INSECURE: node %d runs with `insecure = true`: %s; no caller is authenticated, any "
-            "process that reaches %s may read, write and erase patient records, and nothing is "
-            "audited. Use this only for a lab on a trusted network.",
-            self.cfg.node_id,
-            "plaintext gRPC" if self.cfg.tls is None else "mutual TLS but no tokens",
-            self.cfg.listen,
-        )
+        warning = self.cfg.insecure_warning()
+        if warning:
+            log.warning("%s", warning)
+
+    def channel_to(self, address: str) -> grpc.aio.Channel:
+        """A node-certificate channel to an address (kept open until stop)."""
+        ch = self._address_channels.get(address)
+        if ch is None:
+            ch = open_channel(address, self.cfg.tls, self.cfg.limits.max_message_bytes)
+            self._address_channels[address] = ch
+        return ch
+
+    async def init_cluster(self, request: admin_pb2.InitClusterRequest) -> admin_pb2.InitClusterResponse:
+        """InitCluster on a member: hand the initial state to members that lack it."""
+        return await init_cluster(self.cfg, self.cluster_store, request, self.channel_to)
 
     def peer_admin(self, peer: int) -> admin_pb2_grpc.AdminStub:
         ch = self._peer_channels.get(peer)
@@ -308,7 +347,7 @@ class Node:
         await self.keys.stop()  # before the host: it releases the parked writer thread
         await self.purger.stop()  # before the database closes: a compaction may be running
         await self.host.stop()
-        for ch in self._peer_channels.values():
+        for ch in [*self._peer_channels.values(), *self._address_channels.values()]:
             await ch.close()
         self.layout.close()
         self._stopped.set()
@@ -316,13 +355,18 @@ class Node:
 
 
 async def serve(cfg: NodeConfig) -> None:
-    node = Node(cfg)
-    await node.start()
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, stop.set)
+    # A node of no cluster yet serves only the calls that create one
+    # (node.cluster.preinit); stopped meanwhile, it leaves.
+    if not await serve_until_member(cfg, stop):
+        log.info("node %d stopped before it joined a cluster", cfg.node_id)
+        return
+    node = Node(cfg)
+    await node.start()
     fatal = asyncio.ensure_future(node.fatal.wait())
     await asyncio.wait([asyncio.ensure_future(stop.wait()), fatal],
                        return_when=asyncio.FIRST_COMPLETED)

@@ -2,7 +2,7 @@
 
     scripts/cluster up --nodes N --data-dir DIR [--base-port 7100] [--partitions 16]
                        [--replicas 3] [--host 127.0.0.1] [--timeout 60]
-                       [--links-file FILE] [--insecure]
+                       [--links-file FILE] [--insecure] [--no-init]
     scripts/cluster status        --data-dir DIR [--json]
     scripts/cluster env           --data-dir DIR [--as NAME]   shell exports for clients
     scripts/cluster token NAME    --data-dir DIR --role R [--role R2] [--clinic C] [--ttl 8h]
@@ -12,6 +12,10 @@
     scripts/cluster restart-node ID --data-dir DIR     (SIGTERM, then start again)
     scripts/cluster pause-node ID --data-dir DIR       (SIGSTOP)
     scripts/cluster resume-node ID --data-dir DIR      (SIGCONT)
+
+`up` starts the nodes, then creates the cluster once (`medkv cluster init`
+through node 1: node 1's [[peers]] are the initial members) and waits for
+every partition's leader; a second `up` finds the cluster and creates nothing.
 
 Nodes are numbered 1..N; node i listens on host:(base_port + i) and lives in
 DIR/node-i/ (node.toml, node.log, node.pid, its data). DIR/cluster.json
@@ -522,6 +526,44 @@ def wait_for_leaders(
         time.sleep(0.2)
 
 
+def init_cluster(
+    cluster: Cluster,
+    layout: Layout,
+    timeout: float,
+    started_now: dict[int, subprocess.Popen[bytes]],
+) -> None:
+    """`medkv cluster init` through node 1 until every member holds the cluster
+    state (bounded, with progress). A second `up` finds it created and only
+    hands it to members that lack it."""
+    started = time.monotonic()
+    deadline = started + timeout
+    summary = "node 1 did not answer yet"
+    while True:
+        for n in layout.node_ids():
+            why = _exited(cluster, n, started_now.get(n))
+            if why is not None:
+                raise ClusterError(why)
+        policy = RetryPolicy(timeout=2.0, attempt_timeout=1.0)
+        try:
+            with cluster.client(layout, layout.address(1), policy) as kv:
+                reply = kv.init_cluster(partitions=layout.partitions, replication=layout.replicas)
+        except MedkvError as e:
+            if e.code is not None and e.code.name not in ("UNAVAILABLE", "DEADLINE_EXCEEDED"):
+                raise ClusterError(f"cluster init failed: {e}") from None
+            reply = None
+        if reply is not None:
+            missing = [n.node_id for n in reply.nodes if not n.ok]
+            if not missing:
+                verb = "found" if reply.already_initialized else "created"
+                note(f"cluster {reply.cluster_id} {verb}: {reply.partitions} partitions, "
+                     f"replication {reply.replication}")
+                return
+            summary = f"nodes {missing} not reached yet"
+        if time.monotonic() >= deadline:
+            raise ClusterError(f"cluster init did not complete in {timeout:g}s ({summary})")
+        time.sleep(0.3)
+
+
 def wait_for_node(
     cluster: Cluster,
     layout: Layout,
@@ -775,7 +817,12 @@ def cmd_up(args: argparse.Namespace) -> int:
     for n in to_start:
         started[n] = cluster.start(n)
         note(f"node {n}: pid {started[n].pid}, {layout.address(n)}, log {cluster.log_path(n)}")
+    if args.no_init:
+        note("nodes started; create the cluster with `medkv cluster init` (first address)")
+        print(",".join(layout.addresses()), flush=True)
+        return 0
     try:
+        init_cluster(cluster, layout, args.timeout, started)
         wait_for_leaders(cluster, layout, args.timeout, started)
     except ClusterError:
         note("startup failed; the nodes are left running for inspection (`scripts/cluster down`)")
@@ -956,6 +1003,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--tls", action="store_true",
         help="accepted for old command lines; TLS (certificates in DIR/certs) and tokens "
         "(DIR/tokens) are the default",
+    )
+    up.add_argument(
+        "--no-init", action="store_true",
+        help="start the nodes only; create the cluster yourself with `medkv cluster init`",
     )
     up.add_argument(
         "--insecure", action="store_true",

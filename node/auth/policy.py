@@ -105,6 +105,7 @@ METHODS: Mapping[str, Action] = {
     ADMIN_SVC + "PartitionStatus": Action.STATUS,
     ADMIN_SVC + "TransferLeader": Action.CLUSTER_ADMIN,
     ADMIN_SVC + "ListNodes": Action.STATUS,
+    ADMIN_SVC + "InitCluster": Action.CLUSTER_ADMIN,
     ADMIN_SVC + "ErasePatient": Action.ERASE,
     ADMIN_SVC + "RotateDataKey": Action.KEYS,
     ADMIN_SVC + "RotateMasterKey": Action.KEYS,
@@ -115,6 +116,7 @@ METHODS: Mapping[str, Action] = {
     ADMIN_SVC + "AuditVerify": Action.AUDIT_READ,
     RAFT_SVC + "Stream": Action.RAFT,
     RAFT_SVC + "Snapshot": Action.RAFT,
+    RAFT_SVC + "Bootstrap": Action.RAFT,
     HEALTH_SVC + "Check": Action.HEALTH,
     HEALTH_SVC + "Watch": Action.HEALTH,
 }

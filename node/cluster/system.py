@@ -120,29 +120,6 @@ class SystemStateMachine:
         return results
 
 
-def seed_from_config(cfg: Any) -> ClusterState:
-    """The state a node whose data directory has no cluster state yet starts
-    from: its configuration's members, partitions and replication.
-
-    Every initial member computes the same state from the same [[peers]]
-    table (the id is a digest of it), so their system replicas agree at
-    index 0. Until `medkv cluster init` hands one state to every member,
-    nodes configured with different member lists would disagree here; the
-    node logs the digest so an operator can compare."""
-    import hashlib
-
-    members = {n: (cfg.peers[n], cfg.client_addresses.get(n, "")) for n in sorted(cfg.peers)}
-    digest = hashlib.blake2b(
-        msgpack.packb([sorted(members), cfg.partitions, cfg.replication, cfg.virtual_nodes]),
-        digest_size=8,
-    ).hexdigest()
-    # The dial addresses of this node's [[peers]] may be its own view (a proxy,
-    # a NAT); the cluster state records them only as the members' defaults.
-    from node.cluster.state import initial_state
-
-    return initial_state(f"cfg-{digest}", members, cfg.partitions, cfg.replication, cfg.virtual_nodes)
-
-
 def initial_conf(state: ClusterState) -> Any:
     """The system group's membership at index 0: the state's system voters,
     every other live member a learner."""

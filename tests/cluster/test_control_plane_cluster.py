@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from client import MedkvError
 from tests.cluster.harness import ROOT, leader_of, start_cluster, stop_cluster
 
 pytestmark = [pytest.mark.cluster]
@@ -89,5 +90,46 @@ def test_every_node_reads_one_cluster_state_and_a_transfer_sticks(tmp_path: Path
             wait_for(lambda: kv.list_nodes().system_applied >= views[1].system_applied,
                      "the restarted node's cluster state")
             assert kv.list_nodes().cluster_id == views[0].cluster_id
+    finally:
+        stop_cluster(c)
+
+
+def test_nodes_wait_for_cluster_init_and_init_is_idempotent(tmp_path: Path) -> None:
+    """Started with --no-init, nodes found no cluster of their own: they answer
+    UNAVAILABLE saying what to do. `medkv cluster init` creates one cluster on
+    every member; run again, it finds it (same id) and changes nothing."""
+    c = start_cluster(tmp_path / "init", partitions=PARTITIONS, extra=("--no-init",))
+    try:
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+
+        def medkv(*args: str) -> subprocess.CompletedProcess[str]:
+            return subprocess.run(
+                [sys.executable, "-m", "client.cli", "--addr", c.addresses[0], "--timeout", "20",
+                 *args],
+                capture_output=True, text=True, timeout=60, check=False, env=env, cwd=ROOT,
+            )
+
+        with c.client(c.addresses[2]) as kv, \
+                pytest.raises(MedkvError, match=r"not part of a cluster yet.*cluster init"):
+            kv.put("p-1", "r", b"v", timeout=2)
+        before = medkv("status")
+        assert before.returncode != 0 and "not part of a cluster yet" in before.stderr
+
+        first = medkv("--json", "cluster", "init")
+        assert first.returncode == 0, first.stderr
+        doc = json.loads(first.stdout)
+        assert not doc["already_initialized"] and doc["partitions"] == PARTITIONS
+        assert [(n["node"], n["ok"]) for n in doc["nodes"]] == [(1, True), (2, True), (3, True)]
+
+        with c.client() as kv:
+            wait_for(lambda: all(
+                p.leader for p in kv.cluster_status().partition_info), "leaders", bound=30)
+            assert kv.put("p-1", "r", b"v") > 0
+            assert kv.list_nodes().cluster_id == doc["cluster_id"]
+
+        again = medkv("cluster", "init")
+        assert again.returncode == 0, again.stderr
+        assert again.stdout.strip() == doc["cluster_id"]
+        assert "was initialized already" in again.stderr
     finally:
         stop_cluster(c)

@@ -418,3 +418,39 @@ class ListNodesResponse(_message.Message):
     system_leader: int
     system_applied: int
     def __init__(self, cluster_id: _Optional[str] = ..., epoch: _Optional[int] = ..., members: _Optional[_Iterable[_Union[MemberInfo, _Mapping]]] = ..., answered_by: _Optional[int] = ..., system_leader: _Optional[int] = ..., system_applied: _Optional[int] = ...) -> None: ...
+
+class InitClusterRequest(_message.Message):
+    __slots__ = ("partitions", "replication", "cluster_id")
+    PARTITIONS_FIELD_NUMBER: _ClassVar[int]
+    REPLICATION_FIELD_NUMBER: _ClassVar[int]
+    CLUSTER_ID_FIELD_NUMBER: _ClassVar[int]
+    partitions: int
+    replication: int
+    cluster_id: str
+    def __init__(self, partitions: _Optional[int] = ..., replication: _Optional[int] = ..., cluster_id: _Optional[str] = ...) -> None: ...
+
+class InitNodeResult(_message.Message):
+    __slots__ = ("node_id", "ok", "already", "error")
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    OK_FIELD_NUMBER: _ClassVar[int]
+    ALREADY_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    node_id: int
+    ok: bool
+    already: bool
+    error: str
+    def __init__(self, node_id: _Optional[int] = ..., ok: _Optional[bool] = ..., already: _Optional[bool] = ..., error: _Optional[str] = ...) -> None: ...
+
+class InitClusterResponse(_message.Message):
+    __slots__ = ("cluster_id", "already_initialized", "partitions", "replication", "nodes")
+    CLUSTER_ID_FIELD_NUMBER: _ClassVar[int]
+    ALREADY_INITIALIZED_FIELD_NUMBER: _ClassVar[int]
+    PARTITIONS_FIELD_NUMBER: _ClassVar[int]
+    REPLICATION_FIELD_NUMBER: _ClassVar[int]
+    NODES_FIELD_NUMBER: _ClassVar[int]
+    cluster_id: str
+    already_initialized: bool
+    partitions: int
+    replication: int
+    nodes: _containers.RepeatedCompositeFieldContainer[InitNodeResult]
+    def __init__(self, cluster_id: _Optional[str] = ..., already_initialized: _Optional[bool] = ..., partitions: _Optional[int] = ..., replication: _Optional[int] = ..., nodes: _Optional[_Iterable[_Union[InitNodeResult, _Mapping]]] = ...) -> None: ...

@@ -99,6 +99,11 @@ class AdminStub:
                 request_serializer=proto_dot_medkv_dot_v1_dot_admin__pb2.ListNodesRequest.SerializeToString,
                 response_deserializer=proto_dot_medkv_dot_v1_dot_admin__pb2.ListNodesResponse.FromString,
                 _registered_method=True)
+        self.InitCluster = channel.unary_unary(
+                '/medkv.v1.Admin/InitCluster',
+                request_serializer=proto_dot_medkv_dot_v1_dot_admin__pb2.InitClusterRequest.SerializeToString,
+                response_deserializer=proto_dot_medkv_dot_v1_dot_admin__pb2.InitClusterResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServicer:
@@ -201,6 +206,15 @@ class AdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def InitCluster(self, request, context):
+        """Create the cluster (once): the answering node computes the initial state
+        from its [[peers]] (the initial members) and hands it to every member.
+        Idempotent: asked again, the same state is handed to members lacking it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -268,6 +282,11 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.ListNodes,
                     request_deserializer=proto_dot_medkv_dot_v1_dot_admin__pb2.ListNodesRequest.FromString,
                     response_serializer=proto_dot_medkv_dot_v1_dot_admin__pb2.ListNodesResponse.SerializeToString,
+            ),
+            'InitCluster': grpc.unary_unary_rpc_method_handler(
+                    servicer.InitCluster,
+                    request_deserializer=proto_dot_medkv_dot_v1_dot_admin__pb2.InitClusterRequest.FromString,
+                    response_serializer=proto_dot_medkv_dot_v1_dot_admin__pb2.InitClusterResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -621,6 +640,33 @@ class Admin:
             '/medkv.v1.Admin/ListNodes',
             proto_dot_medkv_dot_v1_dot_admin__pb2.ListNodesRequest.SerializeToString,
             proto_dot_medkv_dot_v1_dot_admin__pb2.ListNodesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def InitCluster(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/medkv.v1.Admin/InitCluster',
+            proto_dot_medkv_dot_v1_dot_admin__pb2.InitClusterRequest.SerializeToString,
+            proto_dot_medkv_dot_v1_dot_admin__pb2.InitClusterResponse.FromString,
             options,
             channel_credentials,
             insecure,
