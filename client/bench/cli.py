@@ -183,13 +183,14 @@ async def _others(args: argparse.Namespace, systems: dict[str, Any], points: lis
         if echo is None:
             echo = LocalEcho(tls_dir)
         with echo:
-            transport = "mutual TLS" if echo.tls_dir else "plaintext"
-            note(f"echo: one-hop Python gRPC echo server ({transport})")
-            systems["echo"] = {"transport": transport, "payload_bytes": args.value_size}
+            transports = "plaintext" + (" and mutual TLS" if echo.tls_dir else "")
+            note(f"echo: one-hop Python gRPC echo server ({transports})")
             creds = TlsConfig.from_dir(echo.tls_dir).credentials() if echo.tls_dir else None
-            await measure(EchoTarget(echo.address, value_size=args.value_size, credentials=creds,
-                                     token=token if creds else None, pids=echo.pids()),
-                          ["echo"], args.concurrency, args, points)
+            target = EchoTarget(echo.address, value_size=args.value_size,
+                                tls_address=echo.tls_address, credentials=creds, token=token,
+                                pids=echo.pids())
+            systems["echo"] = {"workloads": target.workloads, "payload_bytes": args.value_size}
+            await measure(target, target.workloads, args.concurrency, args, points)
 
 
 def main(argv: list[str] | None = None) -> int:

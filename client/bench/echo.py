@@ -1,11 +1,12 @@
 """A one-hop Python gRPC echo server, and a context manager that runs it as
 its own process (so its CPU is accounted like a node's).
 
-    python -m client.bench.echo --port 7999 [--tls-dir DIR]
+    python -m client.bench.echo --port 7999 [--tls-port 7998 --tls-dir DIR]
 
-With --tls-dir it requires a client certificate from DIR/ca.pem's CA and
-serves DIR/node-1.pem, as a medkv node does: the echo then pays for the same
-transport as medkv, and measures what Python's gRPC alone can do on this
+It serves plaintext on --port (etcd's transport in the comparison) and, with
+--tls-dir, mutual TLS on --tls-port: a client certificate from DIR/ca.pem's
+CA required and DIR/node-1.pem served, as a medkv node does (medkv's
+transport). Either measures what Python's gRPC alone can do on this
 machine. It prints `ready` on stdout once it listens; SIGTERM stops it.
 """
 
@@ -33,22 +34,20 @@ async def _echo(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
     return request
 
 
-async def serve(port: int, tls_dir: Path | None) -> None:
+async def serve(port: int, tls_port: int | None, tls_dir: Path | None) -> None:
     server = grpc.aio.server()
     handler = grpc.method_handlers_generic_handler(
         ECHO_SERVICE, {"Echo": grpc.unary_unary_rpc_method_handler(_echo)}
     )
     server.add_generic_rpc_handlers((handler,))
-    address = f"127.0.0.1:{port}"
-    if tls_dir is None:
-        server.add_insecure_port(address)
-    else:
+    server.add_insecure_port(f"127.0.0.1:{port}")
+    if tls_dir is not None and tls_port is not None:
         creds = grpc.ssl_server_credentials(
             [((tls_dir / "node-1.key").read_bytes(), (tls_dir / "node-1.pem").read_bytes())],
             root_certificates=(tls_dir / "ca.pem").read_bytes(),
             require_client_auth=True,
         )
-        server.add_secure_port(address, creds)
+        server.add_secure_port(f"127.0.0.1:{tls_port}", creds)
     await server.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -77,14 +76,15 @@ class LocalEcho:
             assert tls_dir is not None
             self.tls_dir = self.dir / "certs"
             shutil.copytree(tls_dir, self.tls_dir)
-        self.port = free_base_port(1) + 1
-        self.address = f"127.0.0.1:{self.port}"
+        base = free_base_port(2)
+        self.address = f"127.0.0.1:{base + 1}"  # plaintext
+        self.tls_address = f"127.0.0.1:{base + 2}" if self.tls_dir else None
         self.process: subprocess.Popen[str] | None = None
 
     def __enter__(self) -> LocalEcho:
-        args = [sys.executable, "-m", "client.bench.echo", "--port", str(self.port)]
-        if self.tls_dir is not None:
-            args += ["--tls-dir", str(self.tls_dir)]
+        args = [sys.executable, "-m", "client.bench.echo", "--port", self.address.rsplit(":")[1]]
+        if self.tls_dir is not None and self.tls_address is not None:
+            args += ["--tls-port", self.tls_address.rsplit(":")[1], "--tls-dir", str(self.tls_dir)]
         self.process = subprocess.Popen(args, cwd=str(ROOT), stdout=subprocess.PIPE, text=True,
                                         stdin=subprocess.DEVNULL, start_new_session=True)
         assert self.process.stdout is not None
@@ -116,9 +116,10 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--port", type=int, required=True)
+    ap.add_argument("--tls-port", type=int)
     ap.add_argument("--tls-dir", type=Path)
     args = ap.parse_args(argv)
-    asyncio.run(serve(args.port, args.tls_dir))
+    asyncio.run(serve(args.port, args.tls_port, args.tls_dir))
     return 0
 
 

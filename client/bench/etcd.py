@@ -254,7 +254,7 @@ class EtcdTarget:
         async def batch(w: int, seq: int) -> int:
             i = rng.randrange(keys)
             puts = [txn_put(self.key(i, f"b{j}"), value) for j in range(self.batch_size)]
-            ok, _ = await leader.transaction(compare=[], success=puts)
+            ok, _ = await leader.transaction(compare=[], success=puts, failure=[])
             if not ok:
                 raise RuntimeError("an unconditional transaction failed")
             return self.batch_size

@@ -56,7 +56,7 @@ def comparison(points: Sequence[Point]) -> list[dict[str, Any]]:
     ratios medkv/etcd (throughput: higher is better for medkv; latency and
     CPU: lower is), and the echo's ops/s at the same concurrency."""
     by = {(p.system, p.workload, p.concurrency): p for p in points}
-    echo = {p.concurrency: p for p in points if p.system == "echo"}
+    echo = {(p.workload, p.concurrency): p for p in points if p.system == "echo"}
     rows = []
     for p in points:
         if p.system != "medkv":
@@ -64,7 +64,7 @@ def comparison(points: Sequence[Point]) -> list[dict[str, Any]]:
         e = by.get(("etcd", p.workload, p.concurrency))
         if e is None:
             continue
-        ec = echo.get(p.concurrency)
+        tls, plain = echo.get(("echo-tls", p.concurrency)), echo.get(("echo-plain", p.concurrency))
         rows.append({
             "workload": p.workload,
             "concurrency": p.concurrency,
@@ -76,7 +76,8 @@ def comparison(points: Sequence[Point]) -> list[dict[str, Any]]:
                       "p50": _ratio(p.latency.p50, e.latency.p50),
                       "p99": _ratio(p.latency.p99, e.latency.p99),
                       "server_cpu_per_op": _ratio(p.server_cpu_per_op, e.server_cpu_per_op)},
-            "echo_ops_per_s": ec.ops_per_s if ec else None,
+            "echo_tls_ops_per_s": tls.ops_per_s if tls else None,
+            "echo_plain_ops_per_s": plain.ops_per_s if plain else None,
         })
     return rows
 
@@ -84,7 +85,7 @@ def comparison(points: Sequence[Point]) -> list[dict[str, Any]]:
 def comparison_table(rows: Sequence[dict[str, Any]]) -> str:
     """Markdown, so it pastes into docs/benchmarks.md and an issue note as it is."""
     head = ("| workload | c | medkv ops/s (p50 / p99 ms) | etcd ops/s (p50 / p99 ms) "
-            "| ops ratio | p50 ratio | srv CPU ms/op medkv / etcd | echo ops/s |")
+            "| ops ratio | p50 ratio | srv CPU ms/op medkv / etcd | echo ops/s TLS / plain |")
     lines = [head, "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         m, e, q = r["medkv"], r["etcd"], r["ratio"]
@@ -94,7 +95,7 @@ def comparison_table(rows: Sequence[dict[str, Any]]) -> str:
             f"| {e['ops_per_s']:,.0f} ({e['p50_ms']:.1f} / {e['p99_ms']:.1f}) "
             f"| {_f(q['ops_per_s'], '.2f')} | {_f(q['p50'], '.2f')} "
             f"| {_f(m['server_cpu_ms_per_op'], '.2f')} / {_f(e['server_cpu_ms_per_op'], '.2f')} "
-            f"| {_f(r['echo_ops_per_s'], ',.0f')} |"
+            f"| {_f(r['echo_tls_ops_per_s'], ',.0f')} / {_f(r['echo_plain_ops_per_s'], ',.0f')} |"
         )
     return "\n".join(lines)
 
@@ -123,34 +124,44 @@ def plot(points: Sequence[Point], path: Path, title: str) -> bool:
     except ImportError:
         return False
     workloads = list(dict.fromkeys(p.workload for p in points if p.system != "echo"))
-    echo = sorted((p for p in points if p.system == "echo"), key=lambda p: p.concurrency)
-    if not workloads and echo:
-        workloads = ["echo"]
+    echo_workloads = list(dict.fromkeys(p.workload for p in points if p.system == "echo"))
+    only_echo = not workloads
+    if only_echo:
+        workloads = echo_workloads
     rows = max(1, len(workloads))
+    levels = sorted({p.concurrency for p in points})
     fig, axes = plt.subplots(rows, 2, figsize=(11, 3.2 * rows), squeeze=False)
-    colors = {"medkv": "tab:blue", "etcd": "tab:orange", "echo": "tab:gray"}
+    colors = {"medkv": "tab:blue", "etcd": "tab:orange", "echo-tls": "tab:gray",
+              "echo-plain": "black"}
+
+    def series(system: str, workload: str) -> list[Point]:
+        return sorted((p for p in points if p.system == system and p.workload == workload),
+                      key=lambda p: p.concurrency)
+
     for row, workload in enumerate(workloads):
         ax_t, ax_l = axes[row]
-        for system in dict.fromkeys(p.system for p in points):
-            series = sorted((p for p in points if p.system == system and p.workload == workload),
-                            key=lambda p: p.concurrency)
-            if system == "echo" and workload != "echo":
-                series = echo  # Python's ceiling, drawn on every row for scale
-            if not series:
+        lines = [(s, workload, "-") for s in dict.fromkeys(p.system for p in points)
+                 if s != "echo"]
+        if workload != "batch":  # the echo's calls/s is Python's ceiling for a calls/s row
+            lines += [("echo", w, ":") for w in echo_workloads if not only_echo or w == workload]
+        for system, wl, style in lines:
+            got = series(system, wl)
+            if not got:
                 continue
-            xs = [p.concurrency for p in series]
-            style = ":" if system == "echo" else "-"
-            color = colors.get(system)
-            ax_t.plot(xs, [p.ops_per_s for p in series], style, marker="o", color=color,
-                      label=system)
-            if system != "echo" or workload == "echo":
-                ax_l.plot(xs, [p.latency.p50 for p in series], "-", marker="o", color=color,
-                          label=f"{system} p50")
-                ax_l.plot(xs, [p.latency.p99 for p in series], "--", marker="x", color=color,
-                          label=f"{system} p99")
+            name = wl if system == "echo" else system
+            color = colors.get(name)
+            xs = [p.concurrency for p in got]
+            ax_t.plot(xs, [p.ops_per_s for p in got], style, marker="o", color=color, label=name)
+            ax_l.plot(xs, [p.latency.p50 for p in got], style, marker="o", color=color,
+                      label=f"{name} p50")
+            if system != "echo" or only_echo:
+                ax_l.plot(xs, [p.latency.p99 for p in got], "--", marker="x", color=color,
+                          label=f"{name} p99")
         unit = "records/s" if workload == "batch" else "ops/s"
         for ax in (ax_t, ax_l):
             ax.set_xscale("log", base=2)
+            ax.set_xticks(levels, [str(c) for c in levels])
+            ax.minorticks_off()
             ax.set_xlabel("concurrency")
             ax.grid(True, alpha=0.3)
             ax.legend(fontsize=8)

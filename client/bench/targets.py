@@ -135,36 +135,44 @@ ECHO_METHOD = f"/{ECHO_SERVICE}/Echo"
 
 
 class EchoTarget:
-    """A client of client.bench.echo's server: the same payload size, the same
-    transport as medkv (mutual TLS and a bearer header when given)."""
+    """A client of client.bench.echo's server, same payload size as medkv's
+    values: workload `echo-plain` over plaintext (etcd's transport here) and,
+    when the server has certificates, `echo-tls` over mutual TLS with a bearer
+    header (medkv's transport)."""
 
     system = "echo"
 
-    def __init__(self, address: str, *, value_size: int = 200,
+    def __init__(self, address: str, *, value_size: int = 200, tls_address: str | None = None,
                  credentials: grpc.ChannelCredentials | None = None,
                  token: str | None = None, pids: Sequence[int] = ()) -> None:
-        if credentials is None:
-            self.channel = grpc.aio.insecure_channel(address)
-        else:
-            self.channel = grpc.aio.secure_channel(address, credentials)
-        self.call = self.channel.unary_unary(ECHO_METHOD)
+        self.channels = {"echo-plain": grpc.aio.insecure_channel(address)}
+        if tls_address is not None and credentials is not None:
+            self.channels["echo-tls"] = grpc.aio.secure_channel(tls_address, credentials)
         self.payload = os.urandom(value_size)
         self.metadata = (("authorization", f"Bearer {token}"),) if token else None
         self._pids = list(pids)
 
+    @property
+    def workloads(self) -> list[str]:
+        return sorted(self.channels, reverse=True)  # echo-tls first, as medkv runs
+
     async def prepare(self, workloads: Sequence[str]) -> None:
-        await asyncio.wait_for(self.channel.channel_ready(), 20.0)
+        for w in workloads:
+            await asyncio.wait_for(self.channels[w].channel_ready(), 20.0)
 
     def server_pids(self) -> list[int]:
         return list(self._pids)
 
     async def close(self) -> None:
-        await self.channel.close()
+        for channel in self.channels.values():
+            await channel.close()
 
     def operation(self, workload: str) -> Operation:
-        if workload != "echo":
-            raise ValueError(f"the echo target has one workload, echo, not {workload!r}")
-        call, payload, metadata = self.call, self.payload, self.metadata
+        if workload not in self.channels:
+            raise ValueError(f"the echo target has {', '.join(self.channels)}, not {workload!r}")
+        call = self.channels[workload].unary_unary(ECHO_METHOD)
+        payload = self.payload
+        metadata = self.metadata if workload == "echo-tls" else None
 
         async def echo(w: int, seq: int) -> int:
             reply = await call(payload, metadata=metadata, timeout=20.0)
