@@ -154,22 +154,25 @@ def is_local(address: str) -> bool:
 
 
 class LocalMedkv:
-    """A secure N-node medkv cluster in a temporary directory, for one run:
-    `scripts/cluster up` on free loopback ports; `down` and the directory
-    removed on exit, whatever happened."""
+    """A secure N-node medkv cluster in a temporary directory (or data_dir),
+    for one run: `scripts/cluster up` on free loopback ports (or base_port+i);
+    `down` and the directory removed on exit, whatever happened.
+    extra=("--insecure",) starts a plaintext one without tokens."""
 
     def __init__(self, nodes: int = 3, partitions: int = 16, token: str = "clinician",
-                 extra: tuple[str, ...] = ()) -> None:
+                 extra: tuple[str, ...] = (), base_port: int | None = None,
+                 data_dir: Path | None = None) -> None:
         self.nodes = nodes
+        self.base_port = base_port
         self.partitions = partitions
         self.token = token
         self.extra = extra
-        self.data_dir = Path(tempfile.mkdtemp(prefix="medkv-bench-"))
+        self.data_dir = data_dir or Path(tempfile.mkdtemp(prefix="medkv-bench-"))
         self.addresses: list[str] = []
 
     def __enter__(self) -> LocalMedkv:
         try:
-            base = free_base_port(self.nodes)
+            base = self.base_port or free_base_port(self.nodes)
             self.addresses = cluster(
                 "up", "--nodes", str(self.nodes), "--data-dir", str(self.data_dir),
                 "--base-port", str(base), "--partitions", str(self.partitions), *self.extra,
@@ -186,7 +189,7 @@ class LocalMedkv:
     @property
     def certs_dir(self) -> Path | None:
         d = self.data_dir / "certs"
-        return d if (d / "ca.pem").exists() else None
+        return d if (d / "ca.pem").exists() and "--insecure" not in self.extra else None
 
     @property
     def token_ref(self) -> str | None:
