@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 import os
-import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,9 +57,6 @@ class LatencySummary:
         )
 
 
-_STAT_TAIL = re.compile(r"\)\s+(.*)$", re.S)
-
-
 def parse_proc_stat(text: str) -> float:
     """utime + stime, in seconds, from the text of /proc/PID/stat.
 
@@ -68,10 +64,12 @@ def parse_proc_stat(text: str) -> float:
     parentheses itself, so the fields are counted after the *last* ')':
     state is field 3, utime field 14 and stime field 15 (proc(5)).
     """
-    match = _STAT_TAIL.search(text)
-    if match is None:
+    head, paren, tail = text.rpartition(")")
+    if not paren or "(" not in head:
         raise ValueError("not a /proc/PID/stat line")
-    rest = match.group(1).split()
+    rest = tail.split()
+    if len(rest) < 13:
+        raise ValueError("a /proc/PID/stat line with too few fields")
     utime, stime = int(rest[11]), int(rest[12])  # fields 14, 15; rest[0] is field 3
     return (utime + stime) / CLOCK_TICKS
 
