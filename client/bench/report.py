@@ -174,7 +174,7 @@ def plot(points: Sequence[Point], path: Path, title: str) -> bool:
         ax_l.set_ylabel("ms")
         ax_l.set_yscale("log")
     fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 0.97))  # room for the title
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return True
