@@ -263,3 +263,23 @@ def test_plot_writes_a_png(tmp_path: Path) -> None:
     out = tmp_path / "bench.png"
     assert report.plot(points, out, "test")
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# ------------------------------------------------------------- command line
+
+
+def test_command_line_defaults_and_refusals(capsys: pytest.CaptureFixture[str]) -> None:
+    from client.bench.cli import build_parser, main
+    from client.bench.targets import WORKLOADS
+
+    args = build_parser().parse_args([])
+    assert args.concurrency == [1, 16, 64] and args.workloads == list(WORKLOADS)
+    assert (args.warmup, args.duration, args.value_size, args.batch_size) == (2.0, 6.0, 200, 100)
+    args = build_parser().parse_args(["--concurrency", "4, 2", "--workloads", "batch,put"])
+    assert args.concurrency == [4, 2] and args.workloads == ["batch", "put"]
+    for bad in (["--concurrency", "0"], ["--concurrency", "x"], ["--workloads", "scan"],
+                ["--compare", "redis"]):
+        with pytest.raises(SystemExit):
+            build_parser().parse_args(bad)
+    assert main(["--duration", "0"]) == 2  # refused before any cluster starts
+    assert "--duration" in capsys.readouterr().err
