@@ -13,7 +13,8 @@ twice, the later one wins.
     delete PATIENT RECORD [--expected-version V]
     cas PATIENT RECORD --expected-version V [--value TEXT]
     scan [--partition P ...] [--consistency ...] [--max-staleness S] [--page-size N]
-    status                                    the cluster at a glance
+    status                                    the cluster at a glance (exit 0 OK, 5 DEGRADED,
+                                              6 UNAVAILABLE)
     erase-patient PATIENT                     erase every record of a patient, everywhere
     share-patient PATIENT CLINIC [--revoke]   register a patient to one more clinic (clinic-admin)
     settings get [--partition P ...]          the replicated cluster settings, per partition
@@ -46,7 +47,9 @@ value to stdout, ending with a newline (--raw: its exact bytes), and where it
 was read from to stderr; `put`, `cas` and `delete` write the new version to
 stdout and what they did (partition, serving node) to stderr; `--json` prints
 one JSON document (scan: one JSON object per line) instead. Exit status: 0 ok,
-1 error, 2 usage, 3 not found, 4 version conflict or too stale.
+1 error, 2 usage, 3 not found, 4 version conflict or too stale; `status` (table
+or --json alike) exits 0 only when the cluster is OK, 5 when DEGRADED, 6 when
+UNAVAILABLE (1 when no node answered), so a cron job or a probe can act on it.
 """
 
 from __future__ import annotations
@@ -66,13 +69,26 @@ from client.audit import render_audit_entries, render_audit_verify
 from client.auth import TOKEN_ENV
 from client.errors import MedkvError, NotFound, TooStale, VersionConflict
 from client.records import Record, ScanPage
-from client.status_table import partition_json, render_partition, render_status, status_json
+from client.status_table import (
+    DEGRADED,
+    OK,
+    UNAVAILABLE,
+    assess,
+    partition_json,
+    render_partition,
+    render_status,
+    status_json,
+)
 from client.sync_client import Client
 from client.tls import TLS_DIR_ENV, TlsConfig
 from proto.medkv.v1 import admin_pb2
 
 DEFAULT_ADDR = "127.0.0.1:7101"
 EXIT_ERROR, EXIT_USAGE, EXIT_NOT_FOUND, EXIT_CONFLICT = 1, 2, 3, 4
+# `medkv status`: its own codes, distinct from the ones above, so a script can
+# tell "the cluster is degraded" from "the command failed" or "bad usage".
+EXIT_DEGRADED, EXIT_UNAVAILABLE = 5, 6
+STATUS_EXIT = {OK: 0, DEGRADED: EXIT_DEGRADED, UNAVAILABLE: EXIT_UNAVAILABLE}
 
 # Server-side commands: handed to the node package without importing it.
 SERVER_COMMANDS = {
@@ -277,7 +293,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_read_options(scan, "follower")
     scan.add_argument("--page-size", type=int, default=0, help="records per streamed page")
 
-    sub.add_parser("status", help="the cluster at a glance")
+    sub.add_parser(
+        "status",
+        help="the cluster at a glance; exit status 0 OK, 5 DEGRADED, 6 UNAVAILABLE",
+        description="The cluster's health: a verdict (OK, DEGRADED or UNAVAILABLE) with its "
+        "reasons, the nodes, and one row per partition. Exit status: 0 OK, 5 DEGRADED, "
+        "6 UNAVAILABLE, 1 when no node answered (the same with --json).",
+    )
 
     part = sub.add_parser(
         "partition", help="one partition's leader, term and replicas (Admin.PartitionStatus)"
@@ -526,7 +548,7 @@ def run(
     if args.command == "status":
         status = kv.cluster_status(timeout=timeout)
         out.line(status_json(status) if out.json else render_status(status))
-        return 0
+        return STATUS_EXIT[assess(status)[0]]
     if args.command == "partition":
         reply = kv.partition_status(args.partition_id, timeout=timeout)
         out.line(partition_json(reply) if out.json else render_partition(reply))
