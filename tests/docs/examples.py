@@ -48,6 +48,7 @@ Nothing else is changed: what runs is what a reader copies.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -234,10 +235,8 @@ def run_block(block: Block, ctx: Context, timeout: float = BLOCK_TIMEOUT_S) -> R
 
 
 def _kill_group(pgid: int) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
 
 
 def _text(data: bytes | str | None) -> str:
