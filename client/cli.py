@@ -68,7 +68,8 @@ from typing import Any, BinaryIO, TextIO
 from client.audit import render_audit_entries, render_audit_verify
 from client.auth import TOKEN_ENV
 from client.errors import MedkvError, NotFound, TooStale, VersionConflict
-from client.records import Record, ScanPage
+from client.progress import ProgressLine
+from client.records import Record
 from client.status_table import (
     DEGRADED,
     OK,
@@ -473,15 +474,6 @@ class _Out:
         self.stderr.flush()
 
 
-def _scan_progress(page: ScanPage, done: int, total: int, records: int) -> str:
-    return (
-        f"partition {page.partition} done: node {page.served_by} "
-        f"({'leader' if page.read_state.from_leader else 'replica'}), "
-        f"applied {page.read_state.applied_index}, lag {page.read_state.lag}, "
-        f"staleness {_seconds(page.staleness)}  [{done}/{total} partitions, {records} records]"
-    )
-
-
 def run(
     args: argparse.Namespace,
     kv: Client,
@@ -629,29 +621,40 @@ def _settings(args: argparse.Namespace, kv: Client, out: _Out) -> int:
 
 
 def _scan(args: argparse.Namespace, kv: Client, out: _Out) -> int:
+    """Records to stdout; on stderr one progress line (partitions done, records)
+    and a summary of where the data came from and how stale it was at worst."""
     partitions = args.partition
     total = (
         len(set(partitions)) if partitions else kv.routing_table(timeout=args.timeout).partitions
     )
-    done = records = 0
-    for page in kv.scan_pages(
-        consistency=_consistency(args, "follower"),
-        max_staleness=args.max_staleness,
-        partitions=partitions,
-        page_size=args.page_size,
-        timeout=args.timeout,
-    ):
-        for r in page.records:
-            records += 1
-            if out.json:
-                out.doc(record_dict(r))
-            else:
-                out.line(f"{r.patient_id}\t{r.record_id}\t{r.version}\t{_text(r.value, 200)}")
-        if page.done:
-            done += 1
-            out.note(_scan_progress(page, done, total, records))
-    out.stdout.flush()
-    out.note(f"scan complete: {records} records from {done} partitions")
+    done = records = from_leader = 0
+    worst = 0.0  # seconds; -1: some replica could not state its staleness
+    with ProgressLine(out.stderr, total, "scan", "partitions") as progress:
+        for page in kv.scan_pages(
+            consistency=_consistency(args, "follower"),
+            max_staleness=args.max_staleness,
+            partitions=partitions,
+            page_size=args.page_size,
+            timeout=args.timeout,
+        ):
+            for r in page.records:
+                records += 1
+                if out.json:
+                    out.doc(record_dict(r))
+                else:
+                    out.line(f"{r.patient_id}\t{r.record_id}\t{r.version}\t{_text(r.value, 200)}")
+            if page.done:
+                done += 1
+                from_leader += bool(page.read_state.from_leader)
+                if worst >= 0:
+                    worst = page.staleness if page.staleness < 0 else max(worst, page.staleness)
+            progress.set(done, f"{records} records")
+        out.stdout.flush()
+    out.note(
+        f"scan complete: {records} records from {done} partitions "
+        f"({done - from_leader} from replicas, {from_leader} from leaders; "
+        f"max staleness {_seconds(worst)})"
+    )
     return 0
 
 
@@ -836,26 +839,33 @@ def _wait_reencrypted(
 ) -> int:
     """Poll every node until its pass finished (or failed); returns how many did not finish."""
     deadline = time.monotonic() + args.wait_timeout
-    last_line = ""
-    while True:
-        rows = _statuses(kv, nodes, False, args.timeout)
-        states = {n: (st.reencryption if not isinstance(st, str) else None) for n, _, st in rows}
-        line = "  ".join(
-            f"node {n}: " + (f"{r.state} {r.percent:.0f}%" if r is not None else "no answer")
-            for n, r in states.items()
-        )
-        if line != last_line:
-            out.note(line)
-            last_line = line
-        done = [r is not None and r.state in ("finished", "failed") for r in states.values()]
-        if all(done) or time.monotonic() >= deadline:
-            bad = [n for n, r in states.items() if r is None or r.state != "finished"]
-            for n in bad:
-                r = states[n]
-                why = "no answer" if r is None else (r.error or r.state)
-                out.note(f"node {n}: re-encryption did not finish: {why}")
-            return len(bad)
-        time.sleep(0.5)
+    # One line for the whole cluster: the mean of the nodes' percentages.
+    progress = ProgressLine(out.stderr, 100, "re-encryption", "%")
+    try:
+        while True:
+            rows = _statuses(kv, nodes, False, args.timeout)
+            states = {n: (st.reencryption if not isinstance(st, str) else None)
+                      for n, _, st in rows}
+            finished = sum(1 for r in states.values() if r is not None and r.state == "finished")
+            percent = sum(100.0 if r is not None and r.state == "finished"
+                          else (r.percent if r is not None else 0.0) for r in states.values())
+            silent = [str(n) for n, r in states.items() if r is None]
+            note = f"{finished}/{len(nodes)} nodes finished"
+            if silent:
+                note += f", no answer from node(s) {','.join(silent)}"
+            progress.set(int(percent / max(len(nodes), 1)), note)
+            done = [r is not None and r.state in ("finished", "failed") for r in states.values()]
+            if all(done) or time.monotonic() >= deadline:
+                break
+            time.sleep(0.5)
+    finally:
+        progress.close()
+    bad = [n for n, r in states.items() if r is None or r.state != "finished"]
+    for n in bad:
+        r = states[n]
+        why = "no answer" if r is None else (r.error or r.state)
+        out.note(f"node {n}: re-encryption did not finish: {why}")
+    return len(bad)
 
 
 def _keys_rotate_master(args: argparse.Namespace, kv: Client, out: _Out) -> int:
