@@ -91,7 +91,10 @@ EXIT_ERROR, EXIT_USAGE, EXIT_NOT_FOUND, EXIT_CONFLICT = 1, 2, 3, 4
 EXIT_DEGRADED, EXIT_UNAVAILABLE = 5, 6
 STATUS_EXIT = {OK: 0, DEGRADED: EXIT_DEGRADED, UNAVAILABLE: EXIT_UNAVAILABLE}
 
-# Server-side commands: handed to the node package without importing it.
+# Server-side commands: handed to the node package without importing it. The
+# node package is this package's sibling: `node` in the repository, `medkv.node`
+# in an installed wheel (whose import names are all under medkv).
+NODE_PACKAGE = ".".join([*(__package__ or "client").split(".")[:-1], "node"])
 SERVER_COMMANDS = {
     "node": [], "keys": ["keys"], "certs": ["certs"], "tokens": ["tokens"], "audit": ["audit"],
 }
@@ -157,7 +160,7 @@ def server_command(argv: Sequence[str]) -> list[str] | None:
     if i is None or args[i] not in SERVER_COMMANDS or is_online_keys(args) \
             or is_online_audit(args):
         return None
-    return [sys.executable, "-m", "node", *SERVER_COMMANDS[args[i]], *args[i + 1 :]]
+    return [sys.executable, "-m", NODE_PACKAGE, *SERVER_COMMANDS[args[i]], *args[i + 1 :]]
 
 
 def _add_read_options(parser: argparse.ArgumentParser, default: str) -> None:
