@@ -1041,6 +1041,15 @@ class AsyncClient:
         )
         return reply
 
+    async def list_nodes(self, *, timeout: float | None = None) -> admin_pb2.ListNodesResponse:
+        """Admin.ListNodes from any reachable node: the members as its replica of
+        the cluster state has applied them."""
+        attempts = Attempts(self.policy, timeout, rng=self._rng)
+        reply: admin_pb2.ListNodesResponse = await self._admin_call(
+            "ListNodes", admin_pb2.ListNodesRequest(), attempts
+        )
+        return reply
+
     async def partition_status(
         self, partition: int, *, timeout: float | None = None
     ) -> admin_pb2.PartitionStatusResponse:

@@ -24,7 +24,8 @@ twice, the later one wins.
     keys status [--count-values]              every node's keys and re-encryption progress
     keys rotate-data [--wait]                 new data key on every node, re-encrypt online
     keys rotate-master [--new-key-id ID]      re-wrap under the staged master, then install
-    node ... / keys ... --data-dir/--key-file server-side: runs `python -m node ...`
+    node list                                 the cluster's members (replicated cluster state)
+    node --config F / keys ... --data-dir/--key-file   server-side: runs `python -m node ...`
     certs init|issue|show                     cluster CA, node and client certificates
     tokens keygen|issue|verify                bearer tokens (local signing key, JWKS)
     audit query [--patient P] [--subject S] [--since T] [--until T] [--break-glass]
@@ -153,12 +154,25 @@ def is_online_audit(argv: Sequence[str]) -> bool:
         a.split("=", 1)[0] in _OFFLINE_AUDIT_OPTIONS for a in rest)
 
 
+# `node` subcommands answered by the running cluster; plain `medkv node --config F`
+# starts a node process.
+ONLINE_NODE_COMMANDS = ("list",)
+
+
+def is_online_node(argv: Sequence[str]) -> bool:
+    """`medkv node list ...` (the cluster's members), not `medkv node --config F`."""
+    args = list(argv)
+    i = _command_index(args)
+    return i is not None and args[i] == "node" and len(args) > i + 1 \
+        and args[i + 1] in ONLINE_NODE_COMMANDS
+
+
 def server_command(argv: Sequence[str]) -> list[str] | None:
     """`[python, -m, node, ...]` when argv names a server-side command, else None."""
     args = list(argv)
     i = _command_index(args)
     if i is None or args[i] not in SERVER_COMMANDS or is_online_keys(args) \
-            or is_online_audit(args):
+            or is_online_audit(args) or is_online_node(args):
         return None
     return [sys.executable, "-m", NODE_PACKAGE, *SERVER_COMMANDS[args[i]], *args[i + 1 :]]
 
@@ -1070,8 +1084,74 @@ def audit_main(args_list: Sequence[str]) -> int:
     )
 
 
+# ---- the cluster's members: `medkv node list`
+
+
+def build_node_parser() -> argparse.ArgumentParser:
+    """The online `node` commands; --addr/--json/--timeout may follow the subcommand."""
+    parser = argparse.ArgumentParser(
+        prog="medkv node",
+        description="The cluster's members, from its replicated cluster state. "
+        "(`medkv node --config FILE` runs a node.)",
+    )
+    sub = parser.add_subparsers(dest="node_command", required=True, metavar="COMMAND")
+    _online_subcommand(sub, "list", "every member: id, addresses, state, replicas, system voter")
+    return parser
+
+
+def render_nodes(reply: Any) -> str:
+    rows = [("NODE", "STATE", "REPLICAS", "SYSTEM", "ADDRESS", "CLIENT ADDRESS")]
+    for m in reply.members:
+        system = "voter" if m.system_voter else ("learner" if m.state != "removed" else "-")
+        if m.node_id == reply.system_leader:
+            system = "leader"
+        rows.append((str(m.node_id), m.state, str(m.replicas), system, m.address,
+                     m.client_address or "-"))
+    widths = [max(len(r[c]) for r in rows) for c in range(len(rows[0]))]
+    lines = [f"cluster {reply.cluster_id}  placement epoch {reply.epoch}  "
+             f"(as node {reply.answered_by} has applied it)"]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+    return "\n".join(lines)
+
+
+def nodes_json(reply: Any) -> dict[str, Any]:
+    return {
+        "cluster_id": reply.cluster_id, "epoch": reply.epoch, "answered_by": reply.answered_by,
+        "system_leader": reply.system_leader, "system_applied": reply.system_applied,
+        "members": [
+            {"node": m.node_id, "state": m.state, "replicas": m.replicas,
+             "system_voter": m.system_voter, "address": m.address,
+             "client_address": m.client_address}
+            for m in reply.members
+        ],
+    }
+
+
+def _node_list(args: argparse.Namespace, kv: Client, out: _Out) -> int:
+    reply = kv.list_nodes(timeout=args.timeout)
+    if out.json:
+        out.doc(nodes_json(reply))
+    else:
+        out.line(render_nodes(reply))
+    return 0
+
+
+_NODE_COMMANDS = {"list": _node_list}
+
+
+def node_main(args_list: Sequence[str]) -> int:
+    """An online `node` command."""
+    return _online_main(
+        args_list, build_node_parser(),
+        lambda ns, kv, out: _NODE_COMMANDS[ns.node_command](ns, kv, out),
+        _exit_code,
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
+    if is_online_node(args_list):
+        return node_main(args_list)
     if is_online_keys(args_list):
         return keys_main(args_list)
     if is_online_audit(args_list):

@@ -52,6 +52,8 @@ from consensus.types import (
     UncommittedLimitExceeded,
 )
 from node import failstop, group_persist, raft_guard
+from node.cluster.state import SYSTEM_GROUP, ClusterState, Command
+from node.cluster.system import REFUSED, SystemStateMachine, wait_key
 from node.commands import WaitKey
 from node.config import NodeConfig
 from node.errors import (
@@ -161,7 +163,11 @@ class MultiRaftHost:
         self.log_store = log_store
         self._send = send
         self.placement = cfg.placement
+        # The partitions' replicas on this node, and every Raft group the
+        # loop drives: those and the system group's replica (node.cluster).
         self.replicas: dict[int, Replica] = {}
+        self.groups: dict[int, Replica] = {}
+        self.system_sm: SystemStateMachine | None = None
         self._ops: list[Callable[[], None]] = []
         self._dirty: set[int] = set()  # partitions whose RawNode may have a Ready
         self._wake = asyncio.Event()
@@ -226,7 +232,7 @@ class MultiRaftHost:
             )
         )
         group_persist.check_stored_state(p, self.node_id, raw)
-        self.replicas[p] = Replica(
+        self.replicas[p] = self.groups[p] = Replica(
             p, reps, raw, storage, sm, fresh=ReplicaFreshness(cfg.raft.max_clock_offset_ms / 1000.0)
         )
         self._dirty.add(p)
@@ -235,6 +241,98 @@ class MultiRaftHost:
             # new cluster has leaders in one round trip instead of after
             # randomized election timeouts.
             raw.campaign()
+
+    def open_system(self, sm: SystemStateMachine, conf: ConfState, rng_seed: int = 0) -> None:
+        """Run this node's replica of the system group (node.cluster.system).
+
+        conf is the group's initial membership, used only when the group is
+        new here: the same on every initial member, derived from the state
+        every one of them starts from."""
+        cfg = self.cfg
+        fresh = not self.log_store.has_group(SYSTEM_GROUP)
+        if fresh:
+            self.log_store.bootstrap(SYSTEM_GROUP, conf)
+        storage = self.log_store.group(SYSTEM_GROUP)
+        raw = RawNode(
+            Config(
+                id=self.node_id,
+                storage=storage,
+                rng=random.Random(rng_seed or int.from_bytes(os.urandom(8), "big")),
+                election_tick=cfg.raft.election_ticks,
+                heartbeat_tick=cfg.raft.heartbeat_ticks,
+                applied=sm.applied_index,
+                max_size_per_msg=cfg.raft.max_size_per_msg,
+                max_inflight_msgs=cfg.raft.max_inflight_msgs,
+                check_quorum=True,
+                pre_vote=True,
+            )
+        )
+        group_persist.check_stored_state(SYSTEM_GROUP, self.node_id, raw)
+        voters = tuple(sorted(raw.status().conf_state.voters))
+        r = Replica(
+            SYSTEM_GROUP, voters, raw, storage, sm,  # type: ignore[arg-type]
+            fresh=ReplicaFreshness(cfg.raft.max_clock_offset_ms / 1000.0),
+        )
+        self.groups[SYSTEM_GROUP] = r
+        self.system_sm = sm
+        self._dirty.add(SYSTEM_GROUP)
+        if fresh and conf.voters and conf.voters[0] == self.node_id:
+            raw.campaign()  # a new cluster's system group has a leader in one round trip
+
+    @property
+    def cluster_state(self) -> ClusterState | None:
+        """The cluster's facts as this node's system replica has applied them."""
+        return self.system_sm.state if self.system_sm is not None else None
+
+    async def propose_system(self, cmd: Command, timeout: float) -> ApplyResult:
+        """Replicate one change of the cluster state and wait until this
+        node's own system replica applied it. Any member may propose: a
+        follower's proposal is forwarded to the system group's leader by Raft,
+        and every replica applies every entry, so the proposer learns the
+        outcome from its own apply. A refusal is FAILED_PRECONDITION with the
+        state machine's reason."""
+        r = self.groups.get(SYSTEM_GROUP)
+        if r is None or r.broken:
+            raise Unavailable(f"node {self.node_id} runs no system replica", kind=NOT_APPLIED)
+        if not r.leader:
+            raise Unavailable(
+                "the system group has no leader right now (election in progress); retry",
+                kind=NOT_APPLIED,
+            )
+        key = wait_key(cmd.request)
+        fut: asyncio.Future[ApplyResult] = asyncio.get_running_loop().create_future()
+        r.write_waiters.setdefault(key, []).append(fut)
+        data = cmd.encode()
+
+        def op() -> None:
+            if fut.done():
+                return
+            self._dirty.add(SYSTEM_GROUP)
+            try:
+                r.raw.propose(data)
+            except ProposalDropped:
+                fut.set_exception(Unavailable(
+                    "the system group dropped the proposal (no leader, or a leader transfer); retry",
+                    kind=NOT_APPLIED,
+                ))
+
+        self._enqueue(op)
+        try:
+            res = await asyncio.wait_for(fut, timeout)
+        except TimeoutError:
+            raise DeadlineExceeded(
+                f"a cluster change ({cmd.kind}) was not applied within {timeout:.1f}s; "
+                "it may still apply"
+            ) from None
+        finally:
+            waiters = r.write_waiters.get(key)
+            if waiters and fut in waiters:
+                waiters.remove(fut)
+                if not waiters:
+                    r.write_waiters.pop(key, None)
+        if res.error_code == REFUSED:
+            raise FailedPrecondition(res.message)
+        return res
 
     def _broken_message(self, p: int) -> str:
         return (
@@ -322,14 +420,14 @@ class MultiRaftHost:
                 await asyncio.sleep(tick_s)
 
     def _tick_all(self) -> None:
-        for r in self.replicas.values():
+        for r in self.groups.values():
             if r.broken:
                 continue
             try:
                 r.raw.tick()
             except Exception as e:  # stored state failed to read back
                 self.mark_broken(r, e)
-        self._dirty.update(self.replicas)
+        self._dirty.update(self.groups)
 
     # ---- the Ready cycle -------------------------------------------------
 
@@ -339,7 +437,7 @@ class MultiRaftHost:
         dirty, self._dirty = self._dirty, set()
         work: list[tuple[Replica, Ready]] = []
         for p in dirty:
-            r = self.replicas.get(p)
+            r = self.groups.get(p)
             if r is None or r.broken or r.installing:
                 continue
             try:
@@ -369,13 +467,13 @@ class MultiRaftHost:
             )
             if failed:
                 for gid, err in failed.items():
-                    self._disable(self.replicas[gid], "could not be persisted", err)
+                    self._disable(self.groups[gid], "could not be persisted", err)
                 work = [(r, rd) for r, rd in work if not r.broken]
         msgs = [(r.partition, m) for r, rd in work for m in rd.messages]
         if msgs:
             group_persist.send_isolated(
                 self._send, msgs,
-                lambda g, err: self._disable(self.replicas[g], "could not be sent", err),
+                lambda g, err: self._disable(self.groups[g], "could not be sent", err),
             )
         now = time.monotonic()
         for r, rd in work:
@@ -527,8 +625,8 @@ class MultiRaftHost:
         its log, keeping a tail so a briefly slow follower still catches up
         from the log instead of a full snapshot. Awaited inside the turn: the
         log store is single-threaded and no Raft step may read it meanwhile."""
-        if r.broken or r.since_snapshot < self.cfg.raft.snapshot_every:
-            return
+        if r.broken or r.since_snapshot < self.cfg.raft.snapshot_every or r.partition == SYSTEM_GROUP:
+            return  # the system log stays whole: a replica that joins replays it
         index = r.applied
         conf = r.raw.status().conf_state
         keep = self.cfg.raft.keep_after_snapshot
@@ -641,7 +739,7 @@ class MultiRaftHost:
     # ---- inbound from the transport -------------------------------------
 
     def guard_view(self, group: int) -> raft_guard.GroupView | None:
-        r = self.replicas.get(group)
+        r = self.groups.get(group)
         if r is None:
             return None
         raw = r.raw
@@ -656,7 +754,7 @@ class MultiRaftHost:
 
         A message to a replica this node took out of service is not the
         sender's fault: it passes here and is dropped on delivery."""
-        r = self.replicas.get(group)
+        r = self.groups.get(group)
         if (r is not None and r.broken) or (r is None and group in self.broken_at_start):
             return
         raft_guard.check_message(group, m, sender, self.guard_limits, self.guard_view(group))
@@ -684,7 +782,7 @@ class MultiRaftHost:
         def step() -> None:
             now = time.monotonic()
             for group, m in msgs:
-                r = self.replicas.get(group)
+                r = self.groups.get(group)
                 if r is None or r.broken:
                     continue
                 try:
@@ -719,7 +817,7 @@ class MultiRaftHost:
         def op() -> None:
             refused = 0
             for group, _term, index, time_ms in pairs[:MAX_ANNOUNCED_PAIRS]:
-                r = self.replicas.get(group)
+                r = self.groups.get(group)
                 if r is not None and r.broken:
                     continue  # out of service: it answers no reads anyway
                 if r is None or sender not in r.replicas or sender == self.node_id:
@@ -745,7 +843,7 @@ class MultiRaftHost:
     def report_unreachable(self, peer: int, groups: Sequence[int]) -> None:
         def op() -> None:
             for g in groups:
-                r = self.replicas.get(g)
+                r = self.groups.get(g)
                 if r is not None and not r.broken:
                     r.raw.report_unreachable(peer)
                     self._dirty.add(g)
@@ -754,7 +852,7 @@ class MultiRaftHost:
 
     def report_snapshot(self, group: int, peer: int, ok: bool) -> None:
         def op() -> None:
-            r = self.replicas.get(group)
+            r = self.groups.get(group)
             if r is not None and not r.broken:
                 r.raw.report_snapshot(peer, ok)
                 self._dirty.add(group)
@@ -764,9 +862,11 @@ class MultiRaftHost:
     # ---- the service side -----------------------------------------------
 
     def replica(self, partition: int) -> Replica:
-        r = self.replicas.get(partition)
+        r = self.groups.get(partition)
         if r is None and partition in self.broken_at_start:
             raise DataLoss(self.broken_at_start[partition])
+        if r is None and partition == SYSTEM_GROUP:
+            raise Unavailable(f"node {self.node_id} runs no system replica")
         if r is None:
             holders = ",".join(str(n) for n in self.placement.replicas(partition))
             raise Unavailable(
@@ -990,10 +1090,17 @@ class MultiRaftHost:
     def balance_leaders(self) -> None:
         """Hand each partition this node leads to its preferred replica, when
         that replica is up to date: leaders spread evenly over the nodes."""
+        state = self.cluster_state
         for r in self.replicas.values():
             if not r.is_leader or r.broken:
                 continue
+            # An operator's TransferLeader pins the partition's leader in the
+            # cluster state: balancing respects it instead of undoing it.
             preferred = r.replicas[0]
+            if state is not None and r.partition < state.partitions:
+                preferred = state.preferred_leader(r.partition)
+                if preferred not in r.replicas:
+                    preferred = r.replicas[0]
             if preferred == self.node_id:
                 continue
             st = r.raw.status()

@@ -25,6 +25,7 @@ from node import raft_guard, rpc_handlers, test_only
 from node.admin_service import AdminService
 from node.auth.interceptor import AccessControl, interceptors
 from node.auth.setup import AuthConfigError, build_access_control
+from node.cluster.system import SystemStateMachine, initial_conf, seed_from_config
 from node.config import NodeConfig
 from node.erasure import ErasurePurger
 from node.errors import InvalidArgument, NodeError, StartupError
@@ -35,7 +36,7 @@ from node.kv_service import KVService
 from node.loop_lag import LoopLagProbe
 from node.registry import ReplicatedRegistry
 from node.settings_service import SettingsService
-from node.storage_layout import StorageLayout
+from node.storage_layout import STATE_PREFIX, StorageLayout
 from node.tls import is_node_peer, peer_node_id
 from node.transport import (
     PeerTransport,
@@ -138,7 +139,6 @@ class Node:
             str(cfg.key_file) if cfg.key_file else "": "KEY_FILE",
             str(cfg.key_file.parent) if cfg.key_file else "": "the key file's directory",
         })
-        self.routing_epoch = 1
         cfg.data_dir.mkdir(parents=True, exist_ok=True)
         self.layout = StorageLayout.open(cfg)
         self.db: plyvel.DB = self.layout.db
@@ -160,6 +160,13 @@ class Node:
             on_purge_due=lambda partition: self.purger.notify(partition),
             announce=self.transport.announce,
         )
+        # The cluster's facts, replicated by the system group (node.cluster).
+        self.cluster = SystemStateMachine(self.db.prefixed_db(STATE_PREFIX), self.layout.codec)
+        if self.cluster.state is None:
+            self.cluster.initialize(seed_from_config(cfg))
+        assert self.cluster.state is not None
+        log.info("node %d: cluster %s", cfg.node_id, self.cluster.state.cluster_id)
+        self.host.open_system(self.cluster, initial_conf(self.cluster.state))
         self.purger = ErasurePurger(self.host, self.layout)
         self.keys = KeyRotationManager(self.layout, self.host, cfg.key_file)
         self.kv = KVService(self)
@@ -175,6 +182,12 @@ class Node:
         self._stopped = asyncio.Event()
         self.fatal = asyncio.Event()
         self._background: list[asyncio.Task[None]] = []
+
+    @property
+    def routing_epoch(self) -> int:
+        """The placement epoch of the cluster state this node has applied."""
+        state = self.cluster.state
+        return state.epoch if state is not None else 0
 
     def _access_control(self) -> AccessControl | None:
         """Tokens, policy and audit for every call; None only for `insecure = true`."""

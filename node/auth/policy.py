@@ -104,6 +104,7 @@ METHODS: Mapping[str, Action] = {
     ADMIN_SVC + "ClusterStatus": Action.STATUS,
     ADMIN_SVC + "PartitionStatus": Action.STATUS,
     ADMIN_SVC + "TransferLeader": Action.CLUSTER_ADMIN,
+    ADMIN_SVC + "ListNodes": Action.STATUS,
     ADMIN_SVC + "ErasePatient": Action.ERASE,
     ADMIN_SVC + "RotateDataKey": Action.KEYS,
     ADMIN_SVC + "RotateMasterKey": Action.KEYS,

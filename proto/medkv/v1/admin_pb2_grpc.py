@@ -94,6 +94,11 @@ class AdminStub:
                 request_serializer=proto_dot_medkv_dot_v1_dot_admin__pb2.AuditVerifyRequest.SerializeToString,
                 response_deserializer=proto_dot_medkv_dot_v1_dot_admin__pb2.AuditVerifyResponse.FromString,
                 _registered_method=True)
+        self.ListNodes = channel.unary_unary(
+                '/medkv.v1.Admin/ListNodes',
+                request_serializer=proto_dot_medkv_dot_v1_dot_admin__pb2.ListNodesRequest.SerializeToString,
+                response_deserializer=proto_dot_medkv_dot_v1_dot_admin__pb2.ListNodesResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServicer:
@@ -188,6 +193,14 @@ class AdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListNodes(self, request, context):
+        """The cluster's members as the answering node's replica of the system group
+        (node/cluster) has applied them: ids, addresses, states, replica counts.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -250,6 +263,11 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.AuditVerify,
                     request_deserializer=proto_dot_medkv_dot_v1_dot_admin__pb2.AuditVerifyRequest.FromString,
                     response_serializer=proto_dot_medkv_dot_v1_dot_admin__pb2.AuditVerifyResponse.SerializeToString,
+            ),
+            'ListNodes': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListNodes,
+                    request_deserializer=proto_dot_medkv_dot_v1_dot_admin__pb2.ListNodesRequest.FromString,
+                    response_serializer=proto_dot_medkv_dot_v1_dot_admin__pb2.ListNodesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -576,6 +594,33 @@ class Admin:
             '/medkv.v1.Admin/AuditVerify',
             proto_dot_medkv_dot_v1_dot_admin__pb2.AuditVerifyRequest.SerializeToString,
             proto_dot_medkv_dot_v1_dot_admin__pb2.AuditVerifyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListNodes(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/medkv.v1.Admin/ListNodes',
+            proto_dot_medkv_dot_v1_dot_admin__pb2.ListNodesRequest.SerializeToString,
+            proto_dot_medkv_dot_v1_dot_admin__pb2.ListNodesResponse.FromString,
             options,
             channel_credentials,
             insecure,
