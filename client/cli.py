@@ -380,8 +380,8 @@ def build_parser() -> argparse.ArgumentParser:
             for action in settings_sub.choices.values():
                 _add_global_options(action, top=False)
         _add_global_options(command, top=False)
-    sub.add_parser("node", help=f"run a database node (python -m {NODE_PACKAGE} --config FILE)",
-                   add_help=False)
+    sub.add_parser("node", help="node list: the cluster's members; node --config FILE: run a "
+                   f"database node (python -m {NODE_PACKAGE})", add_help=False)
     sub.add_parser("keys", help="encryption keys: status|rotate-data|rotate-master on the running "
                    "nodes; init|stage-master, and the stopped-node forms with --data-dir, on this "
                    "host", add_help=False)
