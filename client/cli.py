@@ -13,7 +13,8 @@ twice, the later one wins.
     delete PATIENT RECORD [--expected-version V]
     cas PATIENT RECORD --expected-version V [--value TEXT]
     scan [--partition P ...] [--consistency ...] [--max-staleness S] [--page-size N]
-    status                                    the cluster at a glance
+    status                                    the cluster at a glance (exit 0 OK, 5 DEGRADED,
+                                              6 UNAVAILABLE)
     cluster init [--partitions N] [--replication R]   create the cluster (once; idempotent)
     erase-patient PATIENT                     erase every record of a patient, everywhere
     share-patient PATIENT CLINIC [--revoke]   register a patient to one more clinic (clinic-admin)
@@ -48,7 +49,9 @@ value to stdout, ending with a newline (--raw: its exact bytes), and where it
 was read from to stderr; `put`, `cas` and `delete` write the new version to
 stdout and what they did (partition, serving node) to stderr; `--json` prints
 one JSON document (scan: one JSON object per line) instead. Exit status: 0 ok,
-1 error, 2 usage, 3 not found, 4 version conflict or too stale.
+1 error, 2 usage, 3 not found, 4 version conflict or too stale; `status` (table
+or --json alike) exits 0 only when the cluster is OK, 5 when DEGRADED, 6 when
+UNAVAILABLE (1 when no node answered), so a cron job or a probe can act on it.
 """
 
 from __future__ import annotations
@@ -67,16 +70,33 @@ from typing import Any, BinaryIO, TextIO
 from client.audit import render_audit_entries, render_audit_verify
 from client.auth import TOKEN_ENV
 from client.errors import MedkvError, NotFound, TooStale, VersionConflict
-from client.records import Record, ScanPage
-from client.status_table import partition_json, render_partition, render_status, status_json
+from client.progress import ProgressLine
+from client.records import Record
+from client.status_table import (
+    DEGRADED,
+    OK,
+    UNAVAILABLE,
+    assess,
+    partition_json,
+    render_partition,
+    render_status,
+    status_json,
+)
 from client.sync_client import Client
 from client.tls import TLS_DIR_ENV, TlsConfig
 from proto.medkv.v1 import admin_pb2
 
 DEFAULT_ADDR = "127.0.0.1:7101"
 EXIT_ERROR, EXIT_USAGE, EXIT_NOT_FOUND, EXIT_CONFLICT = 1, 2, 3, 4
+# `medkv status`: its own codes, distinct from the ones above, so a script can
+# tell "the cluster is degraded" from "the command failed" or "bad usage".
+EXIT_DEGRADED, EXIT_UNAVAILABLE = 5, 6
+STATUS_EXIT = {OK: 0, DEGRADED: EXIT_DEGRADED, UNAVAILABLE: EXIT_UNAVAILABLE}
 
-# Server-side commands: handed to the node package without importing it.
+# Server-side commands: handed to the node package without importing it. The
+# node package is this package's sibling: `node` in the repository, `medkv.node`
+# in an installed wheel (whose import names are all under medkv).
+NODE_PACKAGE = ".".join([*(__package__ or "client").split(".")[:-1], "node"])
 SERVER_COMMANDS = {
     "node": [], "keys": ["keys"], "certs": ["certs"], "tokens": ["tokens"], "audit": ["audit"],
 }
@@ -155,7 +175,7 @@ def server_command(argv: Sequence[str]) -> list[str] | None:
     if i is None or args[i] not in SERVER_COMMANDS or is_online_keys(args) \
             or is_online_audit(args) or is_online_node(args):
         return None
-    return [sys.executable, "-m", "node", *SERVER_COMMANDS[args[i]], *args[i + 1 :]]
+    return [sys.executable, "-m", NODE_PACKAGE, *SERVER_COMMANDS[args[i]], *args[i + 1 :]]
 
 
 def _add_read_options(parser: argparse.ArgumentParser, default: str) -> None:
@@ -292,7 +312,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_read_options(scan, "follower")
     scan.add_argument("--page-size", type=int, default=0, help="records per streamed page")
 
-    sub.add_parser("status", help="the cluster at a glance")
+    sub.add_parser(
+        "status",
+        help="the cluster at a glance; exit status 0 OK, 5 DEGRADED, 6 UNAVAILABLE",
+        description="The cluster's health: a verdict (OK, DEGRADED or UNAVAILABLE) with its "
+        "reasons, the nodes, and one row per partition. Exit status: 0 OK, 5 DEGRADED, "
+        "6 UNAVAILABLE, 1 when no node answered (the same with --json).",
+    )
 
     part = sub.add_parser(
         "partition", help="one partition's leader, term and replicas (Admin.PartitionStatus)"
@@ -367,8 +393,11 @@ def build_parser() -> argparse.ArgumentParser:
             for action in settings_sub.choices.values():
                 _add_global_options(action, top=False)
         _add_global_options(command, top=False)
-    sub.add_parser("node", help="run a database node (python -m node ...)", add_help=False)
-    sub.add_parser("keys", help="manage encryption keys (python -m node keys ...)", add_help=False)
+    sub.add_parser("node", help="node list: the cluster's members; node --config FILE: run a "
+                   f"database node (python -m {NODE_PACKAGE})", add_help=False)
+    sub.add_parser("keys", help="encryption keys: status|rotate-data|rotate-master on the running "
+                   "nodes; init|stage-master, and the stopped-node forms with --data-dir, on this "
+                   "host", add_help=False)
     sub.add_parser("certs", help="cluster CA, node and client certificates (init|issue|show)",
                    add_help=False)
     sub.add_parser("tokens", help="bearer tokens for labs and tests (keygen|issue|verify)",
@@ -478,15 +507,6 @@ class _Out:
         self.stderr.flush()
 
 
-def _scan_progress(page: ScanPage, done: int, total: int, records: int) -> str:
-    return (
-        f"partition {page.partition} done: node {page.served_by} "
-        f"({'leader' if page.read_state.from_leader else 'replica'}), "
-        f"applied {page.read_state.applied_index}, lag {page.read_state.lag}, "
-        f"staleness {_seconds(page.staleness)}  [{done}/{total} partitions, {records} records]"
-    )
-
-
 def run(
     args: argparse.Namespace,
     kv: Client,
@@ -553,7 +573,7 @@ def run(
     if args.command == "status":
         status = kv.cluster_status(timeout=timeout)
         out.line(status_json(status) if out.json else render_status(status))
-        return 0
+        return STATUS_EXIT[assess(status)[0]]
     if args.command == "partition":
         reply = kv.partition_status(args.partition_id, timeout=timeout)
         out.line(partition_json(reply) if out.json else render_partition(reply))
@@ -656,29 +676,40 @@ def _settings(args: argparse.Namespace, kv: Client, out: _Out) -> int:
 
 
 def _scan(args: argparse.Namespace, kv: Client, out: _Out) -> int:
+    """Records to stdout; on stderr one progress line (partitions done, records)
+    and a summary of where the data came from and how stale it was at worst."""
     partitions = args.partition
     total = (
         len(set(partitions)) if partitions else kv.routing_table(timeout=args.timeout).partitions
     )
-    done = records = 0
-    for page in kv.scan_pages(
-        consistency=_consistency(args, "follower"),
-        max_staleness=args.max_staleness,
-        partitions=partitions,
-        page_size=args.page_size,
-        timeout=args.timeout,
-    ):
-        for r in page.records:
-            records += 1
-            if out.json:
-                out.doc(record_dict(r))
-            else:
-                out.line(f"{r.patient_id}\t{r.record_id}\t{r.version}\t{_text(r.value, 200)}")
-        if page.done:
-            done += 1
-            out.note(_scan_progress(page, done, total, records))
-    out.stdout.flush()
-    out.note(f"scan complete: {records} records from {done} partitions")
+    done = records = from_leader = 0
+    worst = 0.0  # seconds; -1: some replica could not state its staleness
+    with ProgressLine(out.stderr, total, "scan", "partitions") as progress:
+        for page in kv.scan_pages(
+            consistency=_consistency(args, "follower"),
+            max_staleness=args.max_staleness,
+            partitions=partitions,
+            page_size=args.page_size,
+            timeout=args.timeout,
+        ):
+            for r in page.records:
+                records += 1
+                if out.json:
+                    out.doc(record_dict(r))
+                else:
+                    out.line(f"{r.patient_id}\t{r.record_id}\t{r.version}\t{_text(r.value, 200)}")
+            if page.done:
+                done += 1
+                from_leader += bool(page.read_state.from_leader)
+                if worst >= 0:
+                    worst = page.staleness if page.staleness < 0 else max(worst, page.staleness)
+            progress.set(done, f"{records} records")
+        out.stdout.flush()
+    out.note(
+        f"scan complete: {records} records from {done} partitions "
+        f"({done - from_leader} from replicas, {from_leader} from leaders; "
+        f"max staleness {_seconds(worst)})"
+    )
     return 0
 
 
@@ -863,26 +894,33 @@ def _wait_reencrypted(
 ) -> int:
     """Poll every node until its pass finished (or failed); returns how many did not finish."""
     deadline = time.monotonic() + args.wait_timeout
-    last_line = ""
-    while True:
-        rows = _statuses(kv, nodes, False, args.timeout)
-        states = {n: (st.reencryption if not isinstance(st, str) else None) for n, _, st in rows}
-        line = "  ".join(
-            f"node {n}: " + (f"{r.state} {r.percent:.0f}%" if r is not None else "no answer")
-            for n, r in states.items()
-        )
-        if line != last_line:
-            out.note(line)
-            last_line = line
-        done = [r is not None and r.state in ("finished", "failed") for r in states.values()]
-        if all(done) or time.monotonic() >= deadline:
-            bad = [n for n, r in states.items() if r is None or r.state != "finished"]
-            for n in bad:
-                r = states[n]
-                why = "no answer" if r is None else (r.error or r.state)
-                out.note(f"node {n}: re-encryption did not finish: {why}")
-            return len(bad)
-        time.sleep(0.5)
+    # One line for the whole cluster: the mean of the nodes' percentages.
+    progress = ProgressLine(out.stderr, 100, "re-encryption", "%")
+    try:
+        while True:
+            rows = _statuses(kv, nodes, False, args.timeout)
+            states = {n: (st.reencryption if not isinstance(st, str) else None)
+                      for n, _, st in rows}
+            finished = sum(1 for r in states.values() if r is not None and r.state == "finished")
+            percent = sum(100.0 if r is not None and r.state == "finished"
+                          else (r.percent if r is not None else 0.0) for r in states.values())
+            silent = [str(n) for n, r in states.items() if r is None]
+            note = f"{finished}/{len(nodes)} nodes finished"
+            if silent:
+                note += f", no answer from node(s) {','.join(silent)}"
+            progress.set(int(percent / max(len(nodes), 1)), note)
+            done = [r is not None and r.state in ("finished", "failed") for r in states.values()]
+            if all(done) or time.monotonic() >= deadline:
+                break
+            time.sleep(0.5)
+    finally:
+        progress.close()
+    bad = [n for n, r in states.items() if r is None or r.state != "finished"]
+    for n in bad:
+        r = states[n]
+        why = "no answer" if r is None else (r.error or r.state)
+        out.note(f"node {n}: re-encryption did not finish: {why}")
+    return len(bad)
 
 
 def _keys_rotate_master(args: argparse.Namespace, kv: Client, out: _Out) -> int:
