@@ -160,3 +160,64 @@ def test_metrics_mistakes_are_named(tmp_path: Path, metrics: dict[str, object], 
     with pytest.raises(ConfigError) as e:
         parse_config({**BASE, "metrics": metrics}, tmp_path)
     assert message in str(e.value)
+
+
+class _StubKeys:
+    def reencryption(self) -> object:
+        from node.key_rotation import ReEncryptionState
+
+        return ReEncryptionState("idle")
+
+
+def _stub_node() -> object:
+    from types import SimpleNamespace
+
+    from node.config import NodeConfig
+
+    cfg = NodeConfig(node_id=1, listen="127.0.0.1:1", data_dir=Path("/nonexistent"),
+                     peers={1: "127.0.0.1:1"}, replication=1, insecure=True)
+    host = SimpleNamespace(replicas={}, broken_at_start={3: "damaged"}, node_id=1,
+                           pending_writes=2)
+    return SimpleNamespace(cfg=cfg, access=None, host=host, keys=_StubKeys(),
+                           purger=SimpleNamespace(completed=0, rounds=0))
+
+
+def test_a_stalled_loop_does_not_hang_the_scrape(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The node's state is read on its loop; a loop that does not answer in
+    time gives a scrape of the event counters and a failure count, not a hang."""
+    import asyncio
+    import threading
+
+    from node.metrics import collector as collector_module
+
+    monkeypatch.setattr(collector_module, "COLLECT_TIMEOUT_S", 0.3)
+    c = collector_module.NodeCollector(_stub_node())  # type: ignore[arg-type]
+    loop = asyncio.new_event_loop()
+    stall = threading.Event()
+    bound = threading.Event()
+
+    def run() -> None:
+        asyncio.set_event_loop(loop)
+        loop.call_soon(lambda: (c.bind(loop), bound.set()))
+        loop.run_forever()
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    try:
+        assert bound.wait(5)
+        names = {m.name for m in c.collect()}
+        assert "medkv_partitions_held" in names and c.failures == 0
+        values = {s.name: s.value for m in c.collect() for s in m.samples}
+        assert values["medkv_partitions_out_of_service"] == 1
+        assert values["medkv_proposals_pending"] == 2
+        loop.call_soon_threadsafe(stall.wait, 5)  # the loop stalls
+        start = time.monotonic()
+        names = {m.name for m in c.collect()}
+        assert time.monotonic() - start < 2
+        assert "medkv_partitions_held" not in names and c.failures == 1
+        assert "medkv_node_info" in names
+    finally:
+        stall.set()
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(5)
+        loop.close()
