@@ -196,9 +196,13 @@ def test_a_stalled_loop_does_not_hang_the_scrape(monkeypatch: pytest.MonkeyPatch
     stall = threading.Event()
     bound = threading.Event()
 
+    def bind() -> None:
+        c.bind(loop)
+        bound.set()
+
     def run() -> None:
         asyncio.set_event_loop(loop)
-        loop.call_soon(lambda: (c.bind(loop), bound.set()))
+        loop.call_soon(bind)
         loop.run_forever()
 
     thread = threading.Thread(target=run, daemon=True)
