@@ -7,7 +7,7 @@ topology, load and failures, which is worth something to an attacker; and a
 port that answers anyone would be the one exception to "every connection of
 a node is mutual TLS". Prometheus presents a client certificate with
 `tls_config: {cert_file, key_file}` (docs/monitoring.md shows the scrape
-configuration; `medkv certs client prometheus` makes one).
+configuration; `medkv certs issue --dir DIR client prometheus` makes one).
 
 prometheus_client's own start_http_server wraps the listening socket, so the
 TLS handshake runs in the accept loop and one client that connects and says
