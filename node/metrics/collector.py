@@ -135,7 +135,10 @@ class NodeCollector(Collector):
             v = ReplicaView(p, replicas=len(r.replicas), leader_changes=r.leader_changes)
             views.append(v)
             if r.broken:
+                # Its last known indexes stay in the node's totals: a counter
+                # that dropped them would look like a reset to rate().
                 v.out_of_service = True
+                v.commit, v.applied = r.commit, r.applied
                 continue
             st = r.raw.status()
             quorum = len(r.replicas) // 2 + 1
@@ -341,10 +344,10 @@ def _node_families(view: NodeView) -> Iterator[Metric]:
     totals = {
         "medkv_proposals_committed": (
             "Raft entries committed in the partitions this node holds (sum of their commit "
-            "indexes).", sum(v.commit for v in live)),
+            "indexes).", sum(v.commit for v in view.replicas)),
         "medkv_proposals_applied": (
             "Raft entries applied by this node's replicas (sum of their applied indexes).",
-            sum(v.applied for v in live)),
+            sum(v.applied for v in view.replicas)),
         "medkv_erasure_purges_completed": (
             "Erasure obligations this node completed (log dropped, files compacted).",
             view.purges_completed),

@@ -9,6 +9,7 @@ Prometheus and PromQL.
 from __future__ import annotations
 
 import ssl
+import time
 import urllib.request
 from collections.abc import Iterator
 
@@ -35,8 +36,10 @@ RECORD = "record-metrics-7f3a"
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
     base = free_base_port(NODES)
+    # Small snapshots, so a restarted node catches up from one (the snapshot counters).
     c = start_cluster(tmp_path_factory.mktemp("metrics"), nodes=NODES,
-                      extra=("--metrics-base-port", str(base)))
+                      extra=("--metrics-base-port", str(base), "--raft", "snapshot_every=20",
+                             "--raft", "keep_after_snapshot=5"))
     c.metrics_base = base  # type: ignore[attr-defined]
     try:
         yield c
@@ -122,3 +125,24 @@ def test_refused_calls_are_counted_with_their_reason(cluster: LocalCluster) -> N
 def test_a_scrape_without_a_client_certificate_is_refused(cluster: LocalCluster) -> None:
     with pytest.raises(OSError):
         scrape(cluster, 2, cert=None)
+
+
+def test_snapshot_sends_and_installs_are_counted(cluster: LocalCluster) -> None:
+    """Node 3 misses more writes than the leaders keep in their logs, so it
+    catches up from snapshots: the leaders count sends, node 3 installs."""
+    assert cluster.run("kill-node", "3", timeout=30).returncode == 0
+    with cluster.client(timeout=20.0) as kv:
+        for i in range(30 * PARTITIONS):  # ~30 writes per partition: past snapshot_every + keep
+            kv.put(f"snap-{i}", "r", b"x")
+    done = cluster.run("restart-node", "3", timeout=60)
+    assert done.returncode == 0, done.stderr
+    deadline = time.monotonic() + 30
+    while True:
+        installed = sample(scrape(cluster, 3), "medkv_snapshot_installs_total", result="success")
+        sent = sum(sample(scrape(cluster, n), "medkv_snapshot_sends_total", result="success")
+                   for n in (1, 2))
+        if installed >= 1 and sent >= 1:
+            break
+        assert time.monotonic() < deadline, f"installed {installed}, sent {sent}"
+        time.sleep(0.5)
+    assert sample(scrape(cluster, 3), "medkv_snapshot_installs_total", result="failure") == 0
