@@ -67,6 +67,7 @@ from node.errors import (
     Unavailable,
 )
 from node.log_clock import LeaderClock
+from node.metrics.instruments import NodeMetrics
 from node.rate_log import RateLimitedLog
 from node.snapshots import SnapshotManager, recover_on_open
 from node.staleness import ReplicaFreshness
@@ -113,6 +114,8 @@ class Replica:
     reads_to_issue: list[asyncio.Future[int]] = field(default_factory=list)
     read_waiters: dict[bytes, list[asyncio.Future[int]]] = field(default_factory=dict)
     applied_waiters: list[tuple[int, int, asyncio.Future[None]]] = field(default_factory=list)
+    # Leader changes seen since the node started (medkv_partition_leader_changes_seen_total).
+    leader_changes: int = 0
 
     @property
     def is_leader(self) -> bool:
@@ -142,8 +145,11 @@ class MultiRaftHost:
         send: Callable[[list[tuple[int, Message]]], None],
         on_purge_due: Callable[[int], None] = lambda partition: None,
         announce: Callable[[list[tuple[int, int, int, int, int]]], None] = lambda _pairs: None,
+        metrics: NodeMetrics | None = None,
     ) -> None:
         self.cfg = cfg
+        # Event-driven metrics (node.metrics); the rest is read from the replicas at scrape time.
+        self.metrics = metrics if metrics is not None else NodeMetrics()
         self._announce = announce
         self._announcements: list[tuple[int, int, int, int, int]] = []
         self._closed_interval = cfg.raft.heartbeat_ticks * cfg.raft.tick_ms / 1000.0
@@ -370,6 +376,11 @@ class MultiRaftHost:
         self._writer.shutdown(wait=True)
 
     @property
+    def pending_writes(self) -> int:
+        """Writes waiting on this node to commit and apply."""
+        return self._pending_writes
+
+    @property
     def writer(self) -> ThreadPoolExecutor:
         """The one thread that writes LevelDB for the host. Whoever must not
         interleave with its batches (key re-encryption) runs work on it."""
@@ -463,7 +474,7 @@ class MultiRaftHost:
             # Each group staged alone (node.group_persist): one that cannot be
             # persisted is disabled, the others are written in the one batch.
             failed = await asyncio.get_running_loop().run_in_executor(
-                self._writer, self.log_store.write_isolated, updates, sync
+                self._writer, self._write_timed, updates, sync
             )
             if failed:
                 for gid, err in failed.items():
@@ -504,9 +515,20 @@ class MultiRaftHost:
                     exc_info=True,
                 )
 
+    def _write_timed(self, updates: list[GroupUpdate], sync: bool) -> dict[int, Exception]:
+        """The turn's group-commit write, on the writer thread; a synced one is
+        timed (medkv_log_fsync_duration_seconds: the write and its fsync)."""
+        start = time.perf_counter()
+        failed = self.log_store.write_isolated(updates, sync)
+        if sync:
+            self.metrics.fsync_seconds.observe(time.perf_counter() - start)
+        return failed
+
     def _apply_ready(self, r: Replica, rd: Ready, now: float) -> None:
         if rd.soft_state is not None:
             was_leader = r.is_leader
+            if rd.soft_state.leader not in (0, r.leader):
+                r.leader_changes += 1
             r.leader = rd.soft_state.leader
             r.role = rd.soft_state.role
             if was_leader and not r.is_leader:
@@ -566,12 +588,14 @@ class MultiRaftHost:
             self._apply_ready(r, rd, time.monotonic())
             r.raw.advance(rd)
         except Exception as e:
+            self.metrics.snapshot_install_failed.inc()
             self.mark_broken(r, e)
             return
         finally:
             r.installing = False
             self._dirty.add(r.partition)
             self._wake.set()
+        self.metrics.snapshot_installed.inc()
         await self.on_snapshot_installed(r)
 
     async def on_snapshot_installed(self, r: Replica) -> None:
@@ -601,7 +625,9 @@ class MultiRaftHost:
     def _apply_run(self, r: Replica, run: list[tuple[int, int, bytes]]) -> None:
         if not run:
             return
+        start = time.perf_counter()
         results = r.sm.apply(run)
+        self.metrics.apply_seconds.observe(time.perf_counter() - start)
         if not r.write_waiters:
             return
         for res in results:
@@ -770,6 +796,7 @@ class MultiRaftHost:
                 self.check_inbound(group, m, sender)
             except NodeError as e:
                 log_refusal(sender, e)
+                self.metrics.reject("raft_message_refused")
                 first = first or e
                 continue
             ok.append((group, m))
@@ -851,6 +878,8 @@ class MultiRaftHost:
         self._enqueue(op)
 
     def report_snapshot(self, group: int, peer: int, ok: bool) -> None:
+        (self.metrics.snapshot_sent if ok else self.metrics.snapshot_send_failed).inc()
+
         def op() -> None:
             r = self.groups.get(group)
             if r is not None and not r.broken:
@@ -932,12 +961,16 @@ class MultiRaftHost:
 
         Errors raised before the command reached the Raft log carry kind
         NOT_APPLIED: a client may then know that attempt applied nothing."""
+        failed = self.metrics.proposals_failed
         try:
             r = self.leader_replica(partition)
         except NodeError as e:
+            failed["not_leader"].inc()
             e.kind = e.kind or NOT_APPLIED
             raise
         if self._pending_writes >= self.cfg.limits.max_pending_proposals:
+            failed["too_many_pending_writes"].inc()
+            self.metrics.reject("too_many_pending_writes")
             raise ResourceExhausted(
                 f"node {self.node_id} has {self._pending_writes} writes in flight; retry later",
                 kind=NOT_APPLIED,
@@ -953,6 +986,7 @@ class MultiRaftHost:
             try:
                 r.raw.propose(data)
             except UncommittedLimitExceeded:
+                self.metrics.reject("uncommitted_bytes_limit")
                 waiters = r.write_waiters.get(wait_key, [])
                 if fut in waiters:
                     waiters.remove(fut)
@@ -978,7 +1012,14 @@ class MultiRaftHost:
         self._enqueue(op)
         try:
             return await asyncio.wait_for(fut, timeout)
+        except ResourceExhausted:
+            failed["uncommitted_bytes_limit"].inc()
+            raise
+        except NodeError:  # dropped by Raft, leadership lost, replica disabled
+            failed["leadership_lost"].inc()
+            raise
         except TimeoutError:
+            failed["timeout"].inc()
             raise DeadlineExceeded(
                 f"write to partition {partition} not committed within {timeout:.1f}s; "
                 "it may still apply: retry with the same write id"

@@ -42,6 +42,8 @@ from node.host import MultiRaftHost, log_refusal
 from node.key_rotation import KeyRotationManager
 from node.kv_service import KVService
 from node.loop_lag import LoopLagProbe
+from node.metrics import NodeMetrics, NodeMetricsEndpoint
+from node.metrics.grpc_calls import MetricsInterceptor
 from node.registry import ReplicatedRegistry
 from node.settings_service import SettingsService
 from node.storage_layout import STATE_PREFIX, StorageLayout
@@ -114,6 +116,7 @@ class RaftTransportService(raft_pb2_grpc.RaftTransportServicer):
                     raise refused  # screen() logged it
             if problem is not None:
                 log_refusal(sender, problem)
+                self.node.metrics.reject("raft_message_refused")
                 raise problem
         if False:  # an async generator that yields nothing: acks are not needed yet
             yield raft_pb2.RaftBatchAck()
@@ -145,6 +148,7 @@ class RaftTransportService(raft_pb2_grpc.RaftTransportServicer):
             group, msg = await self.node.host.snapshots.receive(request_iterator, MAX_SNAPSHOT_BYTES)
         except NodeError as e:
             log.warning("refused a snapshot: %s", e.message)
+            self.node.metrics.reject("raft_message_refused")
             await abort_with(context, e)
             raise  # abort_with raises; never reached
         self.node.host.deliver([(group, msg)], msg.frm)
@@ -161,6 +165,8 @@ class Node:
             str(cfg.key_file.parent) if cfg.key_file else "": "the key file's directory",
         })
         cfg.data_dir.mkdir(parents=True, exist_ok=True)
+        # Per node, never prometheus_client's global registry (node.metrics).
+        self.metrics = NodeMetrics()
         self.layout = StorageLayout.open(cfg)
         self.db: plyvel.DB = self.layout.db
         # The cluster's facts, replicated by the system group (node.cluster):
@@ -197,6 +203,7 @@ class Node:
             self.transport.send,
             on_purge_due=lambda partition: self.purger.notify(partition),
             announce=self.transport.announce,
+            metrics=self.metrics,
         )
         log.info("node %d: member of cluster %s", cfg.node_id, self.cluster.state.cluster_id)
         self.host.open_system(self.cluster, initial_conf(initial))
@@ -206,6 +213,9 @@ class Node:
         self.settings = SettingsService(self)
         self.admin = AdminService(self)
         self.access = self._access_control()
+        if self.access is not None:
+            self.access.on_refusal = self.metrics.reject
+        self.metrics_endpoint = NodeMetricsEndpoint(self)
         if self.access is not None and self.access.audit is not None:
             self.keys.reseal_audit = self.access.audit.log.reseal
             self.keys.keep_key_ids = self.access.audit.log.key_ids_in_use
@@ -272,9 +282,16 @@ class Node:
         return admin_pb2_grpc.AdminStub(ch)
 
     async def start(self) -> None:
+        # First: a metrics address that cannot be bound stops the node before it serves.
+        self.metrics_endpoint.start()
         opts = grpc_options(self.cfg.limits.max_message_bytes)
         self._warn_insecure()
-        self.server = grpc.aio.server(options=opts, interceptors=interceptors(self.access))
+        # The metrics interceptor first (outermost): it counts the calls the
+        # access-control interceptor refuses too.
+        self.server = grpc.aio.server(
+            options=opts,
+            interceptors=[MetricsInterceptor(self.metrics), *interceptors(self.access)],
+        )
         # Raw bytes in, parsed and mapped to precise statuses (node.rpc_handlers).
         rpc_handlers.add_service(self.server, kv_pb2, "KV", self.kv)
         rpc_handlers.add_service(self.server, admin_pb2, "Admin", self.admin)
@@ -335,6 +352,7 @@ class Node:
             await self.server.stop(0)
             await stopping
         log.debug("shutdown: rpc server stopped")
+        self.metrics_endpoint.stop()
         for t in self._background:
             t.cancel()
         if self.access is not None and self.access.audit is not None:

@@ -3,6 +3,7 @@
     scripts/cluster up --nodes N --data-dir DIR [--base-port 7100] [--partitions 16]
                        [--replicas 3] [--host 127.0.0.1] [--timeout 60]
                        [--links-file FILE] [--insecure] [--no-init]
+                       [--metrics-base-port P]
     scripts/cluster status        --data-dir DIR [--json]
     scripts/cluster env           --data-dir DIR [--as NAME]   shell exports for clients
     scripts/cluster token NAME    --data-dir DIR --role R [--role R2] [--clinic C] [--ttl 8h]
@@ -56,6 +57,11 @@ CLI and jepsen_like read: MEDKV_ADDR; MEDKV_TLS_DIR unless the cluster is
 reference, so the token itself never lands in the shell's environment dumps
 or history, and a renewed file is picked up). Variables that do not apply
 are unset, so switching between clusters leaves nothing stale.
+
+`--metrics-base-port P` turns on each node's Prometheus endpoint ([metrics]
+listen = host:(P + i), node.metrics): HTTPS with the node's certificate,
+requiring a client certificate of DIR/certs (DIR/certs/client.pem does), or
+plain HTTP on an --insecure cluster. `up` and `status` say where they are.
 
 `--links-file` puts something between the nodes, e.g. the fault-injection
 proxies of jepsen_like: a JSON object
@@ -153,6 +159,8 @@ class Layout:
     # Optional indirection (see --links-file): {"peers": {src: {dst: addr}},
     # "clients": {dst: addr}}, node ids as strings (JSON object keys).
     links: dict[str, dict[str, Any]] | None = None
+    # Node i serves Prometheus metrics on host:(metrics_base_port + i); None: off.
+    metrics_base_port: int | None = None
 
     def tls(self) -> TlsConfig | None:
         """The client's side of the cluster's TLS, if it has any."""
@@ -166,6 +174,17 @@ class Layout:
 
     def addresses(self) -> list[str]:
         return [self.address(n) for n in self.node_ids()]
+
+    def metrics_address(self, node: int) -> str | None:
+        if self.metrics_base_port is None:
+            return None
+        return f"{self.host}:{self.metrics_base_port + node}"
+
+    def metrics_url(self, node: int) -> str | None:
+        address = self.metrics_address(node)
+        if address is None:
+            return None
+        return f"{'https' if self.tls_dir else 'http'}://{address}/metrics"
 
     def peer_address(self, node: int, peer: int) -> str:
         """Where `node` dials `peer`: the links file's address, else the direct one."""
@@ -285,6 +304,9 @@ class Cluster:
                 f"issuers = [{q(DEFAULT_ISSUER)}]",
                 f"audience = {q(DEFAULT_AUDIENCE)}",
             ]
+        metrics = layout.metrics_address(node)
+        if metrics is not None:
+            lines += ["", "[metrics]", f"listen = {q(metrics)}"]
         raft = {"tick_ms": 100, "election_ticks": 10, **layout.raft}
         lines += ["", "[raft]", *(f"{k} = {v}" for k, v in sorted(raft.items()))]
         if layout.limits:
@@ -770,6 +792,11 @@ def cmd_up(args: argparse.Namespace) -> int:
         raise ClusterError("--base-port leaves no room for the node ports")
     if args.insecure and args.tls:
         raise ClusterError("--insecure and --tls contradict each other (TLS is the default)")
+    mbase = args.metrics_base_port
+    if mbase is not None and (mbase < 1 or mbase + args.nodes > 65535 or (
+            mbase < args.base_port + args.nodes and args.base_port < mbase + args.nodes)):
+        raise ClusterError("--metrics-base-port must leave room for the node ports and not "
+                           "overlap the gRPC ports")
     secure = not args.insecure
     if (cluster.dir / STATE_FILE).exists():
         old = cluster.load()
@@ -803,12 +830,16 @@ def cmd_up(args: argparse.Namespace) -> int:
         secure=secure,
         auth_dir=_ensure_auth(cluster) if secure else None,
         links=load_links(args.links_file, args.nodes) if args.links_file else None,
+        metrics_base_port=mbase,
     )
     cluster.save(layout)
     to_start = [n for n in layout.node_ids() if cluster.pid(n) is None]
     busy = [
         layout.address(n) for n in to_start if not _port_free(layout.host, layout.base_port + n)
     ]
+    if mbase is not None:
+        busy += [f"{layout.host}:{mbase + n} (metrics)" for n in to_start
+                 if not _port_free(layout.host, mbase + n)]
     if busy:
         raise ClusterError(f"address(es) already in use: {', '.join(busy)} (choose --base-port)")
     for n in layout.node_ids():
@@ -816,7 +847,8 @@ def cmd_up(args: argparse.Namespace) -> int:
     started: dict[int, subprocess.Popen[bytes]] = {}
     for n in to_start:
         started[n] = cluster.start(n)
-        note(f"node {n}: pid {started[n].pid}, {layout.address(n)}, log {cluster.log_path(n)}")
+        note(f"node {n}: pid {started[n].pid}, {layout.address(n)}, log {cluster.log_path(n)}"
+             + (f", metrics {layout.metrics_url(n)}" if mbase is not None else ""))
     if args.no_init:
         note("nodes started; create the cluster with `medkv cluster init` (first address)")
         print(",".join(layout.addresses()), flush=True)
@@ -835,7 +867,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     cluster = Cluster(Path(args.data_dir))
     layout = cluster.load()
     processes = [
-        {"node": n, "address": layout.address(n), "pid": cluster.pid(n), "state": cluster.state(n)}
+        {"node": n, "address": layout.address(n), "pid": cluster.pid(n), "state": cluster.state(n),
+         "metrics": layout.metrics_url(n)}
         for n in layout.node_ids()
     ]
     reason = ""
@@ -855,7 +888,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(f"processes in {cluster.dir}:")
         for p in processes:
             pid = p["pid"] if p["pid"] is not None else "-"
-            print(f"  node {p['node']:<3} {p['address']:<21} {p['state']:<8} pid {pid}")
+            metrics = f"  metrics {p['metrics']}" if p["metrics"] else ""
+            print(f"  node {p['node']:<3} {p['address']:<21} {p['state']:<8} pid {pid}{metrics}")
         print()
         print(render_status(status) if status is not None else f"no node answered: {reason}")
     return 0 if status is not None else 1
@@ -1012,6 +1046,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--insecure", action="store_true",
         help="plaintext, no tokens, no access control, no audit (`insecure = true`): "
         "experiments only, never patient data",
+    )
+    up.add_argument(
+        "--metrics-base-port", type=int, default=None, metavar="P",
+        help="serve each node's Prometheus metrics on host:(P+i) (HTTPS with mutual TLS "
+        "unless --insecure); default: no metrics endpoint",
     )
     up.add_argument(
         "--links-file", metavar="FILE",
