@@ -146,14 +146,14 @@ ALLOWED = {
     "clinician": {"Put", "Get", "CompareAndSet", "Delete", "History", "Batch", "BatchCommands",
                   "OpenSession", "RoutingTable"},
     "analyst": {"Scan", "Get", "History", "BatchCommands", "RoutingTable", "ClusterStatus",
-                "PartitionStatus", "GetSettings"},
+                "PartitionStatus", "GetSettings", "ListNodes"},
     "auditor": {"AuditQuery", "AuditVerify", "RoutingTable", "ClusterStatus", "PartitionStatus",
-                "GetSettings"},
+                "GetSettings", "ListNodes"},
     "admin": {"TransferLeader", "ErasePatient", "RotateDataKey", "RotateMasterKey", "KeyStatus",
               "SetSettings", "GetSettings", "ClusterStatus", "PartitionStatus", "RoutingTable",
-              "OpenSession"},
+              "OpenSession", "ListNodes", "InitCluster"},
     "clinic-admin": {"SharePatient", "RoutingTable", "ClusterStatus", "PartitionStatus",
-                     "GetSettings"},
+                     "GetSettings", "ListNodes"},
 }
 
 
