@@ -85,6 +85,7 @@ class Client:
         token: str | None = None,
         clinic: str | None = None,
         break_glass_reason: str | None = None,
+        multiplex: bool | None = None,
     ) -> None:
         # Built first: argument errors surface before a thread is started.
         self._async = AsyncClient(
@@ -98,6 +99,7 @@ class Client:
             token=token,
             clinic=clinic,
             break_glass_reason=break_glass_reason,
+            multiplex=multiplex,
         )
         self._loop = _LOOP.get()
         self._closed = False
