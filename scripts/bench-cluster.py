@@ -7,7 +7,11 @@ memory (RSS). Servers and load generator share this machine's cores, so the
 figures are a floor for what the servers alone could do.
 
     scripts/bench-cluster [--nodes 3] [--seconds 8] [--concurrency 1,16,64]
-                          [--value-size 200] [--json]
+                          [--value-size 200] [--multiplex on|off|both] [--json]
+
+--multiplex both runs every point twice on the same cluster, unary calls
+(off) then the client's BatchCommands streams (on), for a comparison in
+one run.
 
 A benchmark: it reports figures and never passes or fails on time.
 """
@@ -116,17 +120,26 @@ async def phase(
 
 async def run(args: argparse.Namespace, addresses: list[str], data_dir: Path) -> dict[str, Any]:
     levels = [int(c) for c in args.concurrency.split(",")]
+    modes = {"on": [True], "off": [False], "both": [False, True]}[args.multiplex]
     value = os.urandom(args.value_size)
     results = []
-    async with AsyncClient(addresses, timeout=20.0) as kv:
+    clients = {m: AsyncClient(addresses, timeout=20.0, multiplex=m) for m in modes}
+    try:
+        kv = clients[modes[0]]
         for i in range(args.patients):  # records the read phases fetch
             await kv.put(f"bench-{i}", "seed", value)
         for kind in ("put", "get linearizable", "get follower"):
             for c in levels:
-                r = await phase(kv, kind, c, args.seconds, value, args.patients)
-                results.append(r)
-                print(f"  {kind:<17} c={c:<4} {r['ops_per_s']:>8.0f} ops/s  p50 {r['p50_ms']:6.2f} ms"
-                      f"  p99 {r['p99_ms']:7.2f} ms  errors {r['errors']}", file=sys.stderr)
+                for m in modes:
+                    r = await phase(clients[m], kind, c, args.seconds, value, args.patients)
+                    r["multiplex"] = m
+                    results.append(r)
+                    print(f"  {kind:<17} c={c:<4} mux={'on ' if m else 'off'} "
+                          f"{r['ops_per_s']:>8.0f} ops/s  p50 {r['p50_ms']:6.2f} ms"
+                          f"  p99 {r['p99_ms']:7.2f} ms  errors {r['errors']}", file=sys.stderr)
+    finally:
+        for client in clients.values():
+            await client.close()
     return {"results": results, "rss_mib": rss_mib(data_dir, args.nodes)}
 
 
@@ -139,6 +152,8 @@ def main() -> int:
     ap.add_argument("--value-size", type=int, default=200)
     ap.add_argument("--patients", type=int, default=500)
     ap.add_argument("--base-port", type=int, default=7500)
+    ap.add_argument("--multiplex", choices=("on", "off", "both"), default="on",
+                    help="client requests on BatchCommands streams (on), unary (off), or both")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     data_dir = Path(tempfile.mkdtemp(prefix="medkv-bench-"))
@@ -164,10 +179,11 @@ def main() -> int:
     if args.json:
         print(json.dumps(out, indent=2))
     else:
-        print(f"\n{'operation':<17} {'conc':>4} {'ops/s':>8} {'p50 ms':>7} {'p99 ms':>8} "
-              f"{'max ms':>8} {'errors':>6}")
+        print(f"\n{'operation':<17} {'conc':>4} {'mux':>3} {'ops/s':>8} {'p50 ms':>7} "
+              f"{'p99 ms':>8} {'max ms':>8} {'errors':>6}")
         for r in out["results"]:
-            print(f"{r['op']:<17} {r['concurrency']:>4} {r['ops_per_s']:>8.0f} {r['p50_ms']:>7.2f} "
+            print(f"{r['op']:<17} {r['concurrency']:>4} {'on' if r['multiplex'] else 'off':>3} "
+                  f"{r['ops_per_s']:>8.0f} {r['p50_ms']:>7.2f} "
                   f"{r['p99_ms']:>8.2f} {r['max_ms']:>8.1f} {r['errors']:>6}")
         print("node RSS (MiB): " + ", ".join(f"{x:.0f}" for x in out["rss_mib"]))
     return 0

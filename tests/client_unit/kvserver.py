@@ -560,8 +560,9 @@ class _Node(kv_pb2_grpc.KVServicer, admin_pb2_grpc.AdminServicer):  # type: igno
             "delete": self.Delete, "history": self.History, "batch": self.Batch,
             "open_session": self.OpenSession,
         }
-        out: asyncio.Queue[kv_pb2.KVResponse | None | str] = asyncio.Queue()
+        out: asyncio.Queue[kv_pb2.KVResponse | str | None] = asyncio.Queue()
         tasks: set[asyncio.Task[None]] = set()
+        breaking: list[bool] = []
 
         async def one(req: kv_pb2.KVRequest) -> None:
             kind = req.WhichOneof("request") or ""
@@ -587,6 +588,7 @@ class _Node(kv_pb2_grpc.KVServicer, admin_pb2_grpc.AdminServicer):  # type: igno
                     tasks.add(task)
                     task.add_done_callback(tasks.discard)
                 if broken is not None:
+                    breaking.append(True)
                     await asyncio.sleep(0.05)  # let them apply; their replies are lost
                     out.put_nowait("break")
                     return
@@ -603,6 +605,8 @@ class _Node(kv_pb2_grpc.KVServicer, admin_pb2_grpc.AdminServicer):  # type: igno
                 if item == "break":
                     await context.abort(grpc.StatusCode.UNAVAILABLE, "connection reset")
                 assert isinstance(item, kv_pb2.KVResponse)
+                if breaking:
+                    continue  # lost with the connection
                 yield kv_pb2.BatchCommandsResponse(responses=[item])
         finally:
             reader.cancel()
