@@ -21,7 +21,10 @@ Rules:
     (retried by the call loop like a lost connection);
   * the stream carries the request metadata it was opened with (bearer token,
     clinic, break-glass reason): when that changes (a renewed token file),
-    new requests go on a new stream and the old one is closed once drained;
+    or the stream is STREAM_MAX_AGE_S old, new requests go on a new stream
+    and the old one is closed once drained. (The node checks the token when
+    a stream opens; the age bound keeps this client from riding one stream
+    far past its token's expiry. It binds only this client, not the node.)
   * each request's timeout is the caller's: past it the caller gets
     DEADLINE_EXCEEDED and a late answer is dropped. The stream itself has no
     deadline, so the node bounds each request by its own request timeout;
@@ -67,6 +70,7 @@ MAX_BYTES_PER_MESSAGE = 1 << 20
 # the small requests queued with it nor, if it is refused as too large, take
 # the whole stream (and every request on it) down with it.
 MAX_STREAMED_REQUEST_BYTES = 256 * 1024
+STREAM_MAX_AGE_S = 60.0
 
 # Stream-level statuses that mean "this node will not serve this stream";
 # the requests then go unary (same outcome as without multiplexing).
@@ -109,6 +113,7 @@ class _Stream:
         self.broken: BaseException | None = None
         self.retiring = False
         self.answered = False  # the node answered at least once: it serves streams
+        self.opened_at = asyncio.get_running_loop().time()
         # The stream's initial metadata: what a unary reply's trailers would
         # say about the node (its routing epoch, medkv-epoch), once per stream.
         self.node_metadata: Any = None
@@ -244,7 +249,12 @@ class Multiplexer:
 
     def _stream(self, address: str, metadata: Metadata) -> _Stream:
         stream = self._streams.get(address)
-        if stream is not None and stream.open and stream.metadata == metadata:
+        if (
+            stream is not None
+            and stream.open
+            and stream.metadata == metadata
+            and asyncio.get_running_loop().time() - stream.opened_at < STREAM_MAX_AGE_S
+        ):
             return stream
         if stream is not None:
             if stream.broken is None:

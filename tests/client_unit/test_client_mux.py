@@ -293,6 +293,31 @@ def test_a_stream_states_the_routing_epoch_once(cluster: TestCluster) -> None:
     assert len(cluster.calls("RoutingTable")) == 2
 
 
+def test_an_old_stream_is_replaced_and_drained(
+    cluster: TestCluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pid = cluster.patient_in(0)
+    monkeypatch.setattr(client_mux, "STREAM_MAX_AGE_S", 0.2)
+
+    async def scenario() -> None:
+        async with AsyncClient(cluster.seeds(), retry=FAST) as kv:
+            await kv.put(pid, "r", b"v")
+            assert kv._mux is not None
+            (old,) = kv._mux.streams().values()
+            cluster.script(Fault("hang", method="Get", times=1, arg=0.4))
+            slow = asyncio.ensure_future(kv.get(pid, "r"))  # on the old stream
+            await asyncio.sleep(0.25)
+            assert (await kv.get(pid, "r")).value == b"v"  # on a new one
+            (new,) = kv._mux.streams().values()
+            assert new is not old and old.retiring
+            assert (await slow).value == b"v"  # the old stream drained, then closed
+            await asyncio.wait_for(old.reader, 2)
+            assert not old.pending
+
+    asyncio.run(scenario())
+    assert len(cluster.calls("BatchCommands")) == 2
+
+
 def test_close_fails_waiting_requests_and_leaves_no_task(cluster: TestCluster) -> None:
     pid = cluster.patient_in(0)
 
