@@ -115,10 +115,15 @@ def test_cas_chains_survive_a_killed_leader_with_no_write_applied_twice(
             deadline = time.monotonic() + 60
             while min(progress) < 3 and time.monotonic() < deadline and not run.done():
                 await asyncio.sleep(0.02)
+            assert kv._mux is not None
+            before = kv._mux.streams().get(victim_address)
+            assert before is not None and before.pending  # requests in flight on it
+            assert min(progress) < appends and not run.done()
             killed = await asyncio.to_thread(cluster.run, "kill-node", str(victim), timeout=30)
             assert killed.returncode == 0, killed.stderr
             try:
                 await asyncio.wait_for(run, 120)
+                assert before.broken is not None  # its requests went through the retry loop
                 for pid in patients:
                     record = await kv.get(pid, "list")
                     assert json.loads(record.value) == list(range(appends))
@@ -144,7 +149,7 @@ def test_cas_chains_survive_a_killed_leader_with_no_write_applied_twice(
                 else:
                     await asyncio.sleep(0.2)
             stream = kv._mux.streams().get(victim_address)
-            assert stream is not None and stream.broken is None
+            assert stream is not None and stream is not before and stream.broken is None
             return served
 
     assert asyncio.run(scenario()) == 1
