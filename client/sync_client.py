@@ -68,7 +68,9 @@ class Client:
     """A blocking medkv client: `Client(["127.0.0.1:7101", ...])` or `Client("host:port")`.
 
     Same methods and arguments as AsyncClient (`token=`, `clinic=`,
-    `break_glass_reason=` included). Use as a context manager or call close()
+    `break_glass_reason=`, `multiplex=` included). Calls from several threads
+    run on one private loop, so concurrent ones to a node share its
+    BatchCommands stream too. Use as a context manager or call close()
     to release the channels and the loop thread.
     """
 

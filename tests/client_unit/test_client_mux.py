@@ -11,6 +11,7 @@ loop, and the fallback to unary calls when a node refuses the stream.
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Iterator
 
 import grpc
@@ -335,3 +336,27 @@ def test_close_fails_waiting_requests_and_leaves_no_task(cluster: TestCluster) -
         assert not others
 
     asyncio.run(scenario())
+
+
+def test_blocking_client_threads_share_the_stream(cluster: TestCluster) -> None:
+    pids = [cluster.patient_in(0, prefix=f"t{i}") for i in range(8)]
+    errors: list[BaseException] = []
+    with Client(cluster.seeds(), retry=FAST) as kv:
+        for pid in pids:
+            kv.put(pid, "r", pid.encode())
+
+        def reader(pid: str) -> None:
+            try:
+                for _ in range(20):
+                    assert kv.get(pid, "r").value == pid.encode()
+            except BaseException as exc:  # reported below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=reader, args=(pid,)) for pid in pids]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=30)
+    assert not errors and not any(t.is_alive() for t in threads)
+    assert len(cluster.calls("Get")) == 160 and all(streamed(cluster, "Get"))
+    assert len(cluster.calls("BatchCommands")) == 1  # partition 0's leader only
