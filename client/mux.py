@@ -26,8 +26,9 @@ Rules:
     a stream opens; the age bound keeps this client from riding one stream
     far past its token's expiry. It binds only this client, not the node.)
   * each request's timeout is the caller's: past it the caller gets
-    DEADLINE_EXCEEDED and a late answer is dropped. The stream itself has no
-    deadline, so the node bounds each request by its own request timeout;
+    DEADLINE_EXCEEDED and a late answer is dropped. The request carries it
+    (KVRequest.timeout_ms; the stream itself has no deadline), so the node
+    answers in time and stops waiting as it does for a unary call's deadline;
   * what is queued when the writer runs (the loop turn after the first
     request was queued, or when the previous write finished) goes in one
     message, at most MAX_OPS_PER_MESSAGE requests / MAX_BYTES_PER_MESSAGE;
@@ -42,6 +43,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -281,7 +283,10 @@ class Multiplexer:
         size = request.ByteSize()
         if size > MAX_STREAMED_REQUEST_BYTES:
             return None
-        req = kv_pb2.KVRequest(request_id=next(self._ids), **{field: request})
+        req = kv_pb2.KVRequest(
+            request_id=next(self._ids), timeout_ms=max(1, math.ceil(timeout * 1000)),
+            **{field: request},
+        )
         stream = self._stream(address, metadata)
         fut = stream.submit(req, size + 16)
         loop = asyncio.get_running_loop()
