@@ -62,6 +62,7 @@ from client.errors import (
     metadata_dict,
 )
 from client.fhir import decode_resource, encode_resource
+from client.mux import Multiplexer
 from client.records import ReadInfo, Record, ScanPage, Sharing
 from client.retry import Attempts, RetryPolicy, is_retryable
 from client.routing import (
@@ -79,6 +80,10 @@ from client.tls import TlsConfig
 from proto.medkv.v1 import admin_pb2, admin_pb2_grpc, common_pb2, kv_pb2, kv_pb2_grpc
 
 DEFAULT_ADDRESS = "127.0.0.1:7101"
+
+# `multiplex=None` reads this: "0" / "false" / "off" / "no" sends every KV
+# request as its own unary call (for comparison, or a node that misbehaves).
+MULTIPLEX_ENV = "MEDKV_MULTIPLEX"
 
 # Reconnect quickly to a restarted node instead of grpc's default backoff of
 # up to two minutes; the client's own retry loop paces the attempts.
@@ -176,6 +181,12 @@ def _check_version(name: str, version: int) -> None:
 _NO_ADDRESS = "the routing table names a node without an address"
 
 
+def _multiplex_default(multiplex: bool | None) -> bool:
+    if multiplex is not None:
+        return bool(multiplex)
+    return os.environ.get(MULTIPLEX_ENV, "1").strip().lower() not in ("0", "false", "off", "no")
+
+
 def _check_header(name: str, value: str | None) -> str | None:
     """A metadata value grpc can send as is: printable ASCII, one line."""
     if value is None:
@@ -215,6 +226,11 @@ class AsyncClient:
     any reachable node will do; the client fetches the routing table from it
     and talks to every node directly afterwards. Use `async with` or `await
     close()` to release the channels.
+
+    `multiplex` (default on; None reads $MEDKV_MULTIPLEX): concurrent
+    put/get/cas/delete/history/batch requests to one node share one
+    KV.BatchCommands stream, many per message (client/mux.py); off, each is
+    its own unary call. Routing, retries and errors are the same either way.
     """
 
     def __init__(
@@ -231,6 +247,7 @@ class AsyncClient:
         token: str | None = None,
         clinic: str | None = None,
         break_glass_reason: str | None = None,
+        multiplex: bool | None = None,
     ) -> None:
         self._seeds = parse_addresses(addresses)
         # Mutual TLS when given (or when MEDKV_TLS_DIR names a certificate directory).
@@ -258,6 +275,14 @@ class AsyncClient:
         self._refresh_lock: asyncio.Lock | None = None
         self._refreshes = 0
         self._closed = False
+        self._mux: Multiplexer | None = (
+            Multiplexer(self._kv_stub) if _multiplex_default(multiplex) else None
+        )
+
+    @property
+    def multiplexed(self) -> bool:
+        """Whether KV requests travel on BatchCommands streams (client/mux.py)."""
+        return self._mux is not None
 
     def __repr__(self) -> str:
         # The token source's repr never shows a token (a file's path at most).
@@ -504,12 +529,10 @@ class AsyncClient:
                 continue
             self._check_token()
             sent += 1
-            stub = self._admin_stub(address) if admin else self._kv_stub(address)
-            call = getattr(stub, method)(
-                make_request(), timeout=attempt_timeout, metadata=self._metadata
-            )
             try:
-                reply = await call
+                reply, trailing = await self._attempt(
+                    address, method, make_request(), attempt_timeout, admin
+                )
             except grpc.aio.AioRpcError as exc:
                 error, wait = await self._after_failure(
                     exc, node, picker, attempts, is_read=is_read
@@ -523,7 +546,7 @@ class AsyncClient:
                 if wait > 0:
                     await asyncio.sleep(wait)
                 continue
-            await self._note_epoch(metadata_dict(await call.trailing_metadata()), attempts)
+            await self._note_epoch(metadata_dict(trailing), attempts)
             has_state = "read_state" in reply.DESCRIPTOR.fields_by_name and reply.HasField(
                 "read_state"
             )
@@ -537,6 +560,23 @@ class AsyncClient:
         final.attempts = sent
         final.unsure_attempts = unsure
         raise final
+
+    async def _attempt(
+        self, address: str, method: str, request: Any, timeout: float, admin: bool
+    ) -> tuple[Any, Any]:
+        """One attempt of one request at one node: (reply, trailing metadata), or
+        the grpc.aio.AioRpcError it failed with. The transport under the retry
+        loop: the node's BatchCommands stream when multiplexing carries the
+        method, else a unary call."""
+        metadata = self._metadata
+        if self._mux is not None and not admin:
+            answer = await self._mux.call(address, method, request, timeout, metadata)
+            if answer is not None:
+                return answer
+        stub = self._admin_stub(address) if admin else self._kv_stub(address)
+        call = getattr(stub, method)(request, timeout=timeout, metadata=metadata)
+        reply = await call
+        return reply, await call.trailing_metadata()
 
     async def _open_session(self, partition: int, attempts: Attempts) -> kv_pb2.OpenSessionResponse:
         """KV.OpenSession on the partition's leader, retried within the call's deadline.
@@ -615,6 +655,8 @@ class AsyncClient:
     async def close(self) -> None:
         """Close every channel. Idempotent."""
         self._closed = True
+        if self._mux is not None:
+            self._mux.close()
         channels, self._channels = list(self._channels.values()), {}
         self._kv.clear()
         self._admin.clear()

@@ -68,7 +68,9 @@ class Client:
     """A blocking medkv client: `Client(["127.0.0.1:7101", ...])` or `Client("host:port")`.
 
     Same methods and arguments as AsyncClient (`token=`, `clinic=`,
-    `break_glass_reason=` included). Use as a context manager or call close()
+    `break_glass_reason=`, `multiplex=` included). Calls from several threads
+    run on one private loop, so concurrent ones to a node share its
+    BatchCommands stream too. Use as a context manager or call close()
     to release the channels and the loop thread.
     """
 
@@ -85,6 +87,7 @@ class Client:
         token: str | None = None,
         clinic: str | None = None,
         break_glass_reason: str | None = None,
+        multiplex: bool | None = None,
     ) -> None:
         # Built first: argument errors surface before a thread is started.
         self._async = AsyncClient(
@@ -98,6 +101,7 @@ class Client:
             token=token,
             clinic=clinic,
             break_glass_reason=break_glass_reason,
+            multiplex=multiplex,
         )
         self._loop = _LOOP.get()
         self._closed = False

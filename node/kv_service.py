@@ -595,9 +595,10 @@ class KVService(kv_pb2_grpc.KVServicer):
             resp.status.CopyFrom(to_status(InvalidArgument("request: no operation set")))
             return resp
         try:
-            # The stream's context: each request waits no longer than the
-            # stream's deadline allows (answered DEADLINE_EXCEEDED before it).
-            result = await handlers[kind](getattr(req, kind), context)
+            # Each request waits no longer than its own timeout_ms or the
+            # stream's deadline allow (answered before them, as a unary call).
+            ctx = context if not req.timeout_ms else _RequestDeadline(context, req.timeout_ms)
+            result = await handlers[kind](getattr(req, kind), ctx)
             getattr(resp, kind).CopyFrom(result)
         except (ValidationError, cmd.CommandError) as e:
             resp.status.CopyFrom(to_status(InvalidArgument(str(e))))
@@ -711,6 +712,21 @@ class KVService(kv_pb2_grpc.KVServicer):
             reader.cancel()
             for t in tasks:
                 t.cancel()
+
+
+class _RequestDeadline:
+    """The stream's context as one request inside it sees it: time_remaining()
+    is the smaller of the stream's and the request's own timeout_ms, so
+    KVService._deadline bounds the request as it bounds a unary call."""
+
+    def __init__(self, stream: grpc.aio.ServicerContext, timeout_ms: int) -> None:
+        self._stream = stream
+        self._expires = time.monotonic() + timeout_ms / 1000.0
+
+    def time_remaining(self) -> float:
+        own = max(0.0, self._expires - time.monotonic())
+        stream = self._stream.time_remaining()
+        return own if stream is None else min(own, stream)
 
 
 def _too_many_in_flight(req: kv_pb2.KVRequest, cap: int) -> kv_pb2.KVResponse:

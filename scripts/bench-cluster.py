@@ -9,6 +9,9 @@ figures are a floor for what the servers alone could do.
     scripts/bench-cluster [--nodes 3] [--seconds 8] [--concurrency 1,16,64]
                           [--value-size 200] [--json]
 
+MEDKV_MULTIPLEX=0 in the environment makes the clients use unary calls
+instead of BatchCommands streams, for a comparison.
+
 The load generator and the cluster handling are client/bench's, which
 scripts/bench (more workloads, CPU per operation, etcd beside it) also uses.
 A benchmark: it reports figures and never passes or fails on time.
@@ -98,10 +101,11 @@ def main() -> int:
     if args.json:
         print(json.dumps(out, indent=2))
     else:
-        print(f"\n{'operation':<17} {'conc':>4} {'ops/s':>8} {'p50 ms':>7} {'p99 ms':>8} "
-              f"{'max ms':>8} {'errors':>6}")
+        print(f"\n{'operation':<17} {'conc':>4} {'ops/s':>8} {'p50 ms':>7} "
+              f"{'p99 ms':>8} {'max ms':>8} {'errors':>6}")
         for r in out["results"]:
-            print(f"{r['op']:<17} {r['concurrency']:>4} {r['ops_per_s']:>8.0f} {r['p50_ms']:>7.2f} "
+            print(f"{r['op']:<17} {r['concurrency']:>4} "
+                  f"{r['ops_per_s']:>8.0f} {r['p50_ms']:>7.2f} "
                   f"{r['p99_ms']:>8.2f} {r['max_ms']:>8.1f} {r['errors']:>6}")
         print("node RSS (MiB): " + ", ".join(f"{x:.0f}" for x in out["rss_mib"]))
     return 0

@@ -7,6 +7,14 @@ linearizable reads UNAVAILABLE with the `medkv-leader` hint, exactly as the
 contract says. Tests script faults (lost replies, unavailability, overload,
 hangs, broken scan streams, staleness) and read back every request the
 servers received, so retries and redirects are observed, not assumed.
+
+BatchCommands serves each request of the stream through the same handler as
+its unary method (in its own task, answered as it finishes), so every test
+runs alike over the multiplexed client and the unary one; `Call.streamed`
+tells which way a request came. Stream faults are scripted with
+method="BatchCommands": `code` refuses the stream when it opens, and
+`break_stream` ends it UNAVAILABLE after dispatching the next message's
+requests (their replies are lost).
 """
 
 from __future__ import annotations
@@ -52,6 +60,7 @@ class Call:
     session: int = 0
     # The call's request metadata (authorization, medkv-clinic, ...), as received.
     metadata: tuple[tuple[str, str], ...] = ()
+    streamed: bool = False  # came inside a BatchCommands stream
 
 
 @dataclass
@@ -74,6 +83,7 @@ class State:
     staleness: dict[int, float] = field(default_factory=dict)
     extra_nodes: dict[int, str] = field(default_factory=dict)
     registrations: dict[str, set[str]] = field(default_factory=dict)  # patient -> clinics
+    batch_sizes: list[int] = field(default_factory=list)  # requests per BatchCommands message
 
 
 class _Node(kv_pb2_grpc.KVServicer, admin_pb2_grpc.AdminServicer):  # type: ignore[misc]
@@ -151,6 +161,7 @@ class _Node(kv_pb2_grpc.KVServicer, admin_pb2_grpc.AdminServicer):  # type: igno
                     getattr(request, "resume_token", b""),
                     wid.session if wid else 0,
                     self._md(context),
+                    isinstance(context, _SubContext),
                 )
             )
         fault = self._fault(method)
@@ -525,13 +536,105 @@ class _Node(kv_pb2_grpc.KVServicer, admin_pb2_grpc.AdminServicer):  # type: igno
                       "(the tail was removed)"] if bad else [],
         )
 
+    def _stream_fault(self, action: str) -> Fault | None:
+        """A fault scripted for BatchCommands itself (never one for any method)."""
+        with self.cluster.lock:
+            for fault in self.s.faults:
+                if fault.times > 0 and fault.node in (None, self.node_id) \
+                        and fault.method == "BatchCommands" and fault.action == action:
+                    fault.times -= 1
+                    return fault
+        return None
+
     async def BatchCommands(self, request_iterator: Any, context: Any) -> Any:
-        # Only what tests of call credentials need: the call is recorded, each
-        # batch answered with an empty reply.
         with self.cluster.lock:
             self.s.calls.append(Call(self.node_id, "BatchCommands", 0, metadata=self._md(context)))
-        async for _ in request_iterator:
-            yield kv_pb2.BatchCommandsResponse()
+        fault = self._stream_fault("code")
+        if fault is not None:
+            code, message = fault.arg
+            await context.abort(code, message)
+        if self.s.send_epoch:
+            await context.send_initial_metadata(self._trailing())
+        handlers: dict[str, Callable[[Any, Any], Any]] = {
+            "put": self.Put, "get": self.Get, "cas": self.CompareAndSet,
+            "delete": self.Delete, "history": self.History, "batch": self.Batch,
+            "open_session": self.OpenSession,
+        }
+        out: asyncio.Queue[kv_pb2.KVResponse | str | None] = asyncio.Queue()
+        tasks: set[asyncio.Task[None]] = set()
+        breaking: list[bool] = []
+
+        async def one(req: kv_pb2.KVRequest) -> None:
+            kind = req.WhichOneof("request") or ""
+            resp = kv_pb2.KVResponse(request_id=req.request_id)
+            try:
+                result = await handlers[kind](getattr(req, kind), _SubContext(context))
+                getattr(resp, kind).CopyFrom(result)
+            except _SubAbort as e:
+                md = dict(e.trailing)
+                resp.status.CopyFrom(common_pb2.Status(
+                    code=e.code.value[0], message=e.message,
+                    leader_hint=md.get("medkv-leader", ""), error_kind=md.get("medkv-error", ""),
+                ))
+            out.put_nowait(resp)
+
+        async def read() -> None:
+            async for batch in request_iterator:
+                with self.cluster.lock:
+                    self.s.batch_sizes.append(len(batch.requests))
+                broken = self._stream_fault("break_stream")
+                for req in batch.requests:
+                    task = asyncio.get_running_loop().create_task(one(req))
+                    tasks.add(task)
+                    task.add_done_callback(tasks.discard)
+                if broken is not None:
+                    breaking.append(True)
+                    await asyncio.sleep(0.05)  # let them apply; their replies are lost
+                    out.put_nowait("break")
+                    return
+            while tasks:
+                await asyncio.wait(set(tasks))
+            out.put_nowait(None)
+
+        reader = asyncio.get_running_loop().create_task(read())
+        try:
+            while True:
+                item = await out.get()
+                if item is None:
+                    return
+                if item == "break":
+                    await context.abort(grpc.StatusCode.UNAVAILABLE, "connection reset")
+                assert isinstance(item, kv_pb2.KVResponse)
+                if breaking:
+                    continue  # lost with the connection
+                yield kv_pb2.BatchCommandsResponse(responses=[item])
+        finally:
+            reader.cancel()
+            for task in list(tasks):
+                task.cancel()
+
+
+class _SubAbort(Exception):
+    def __init__(self, code: grpc.StatusCode, message: str, trailing: Any) -> None:
+        super().__init__(message)
+        self.code, self.message, self.trailing = code, message, tuple(trailing or ())
+
+
+class _SubContext:
+    """The context one request inside BatchCommands is served with: the stream's
+    metadata; an abort becomes that request's status in the reply."""
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+
+    def invocation_metadata(self) -> Any:
+        return self._stream.invocation_metadata()
+
+    def set_trailing_metadata(self, md: Any) -> None:
+        pass  # a stream reply has no per-request trailers
+
+    async def abort(self, code: grpc.StatusCode, message: str, trailing_metadata: Any = ()) -> None:
+        raise _SubAbort(code, message, trailing_metadata)
 
 
 class _Refused(Exception):

@@ -327,7 +327,10 @@ def test_hint_naming_an_unknown_node_refreshes_the_table(cluster: TestCluster, k
     assert len(cluster.calls("RoutingTable")) == refreshes + 1
 
 
-def test_a_newer_epoch_on_a_reply_refreshes_the_table(cluster: TestCluster, kv: Client) -> None:
+def test_a_newer_epoch_on_a_reply_refreshes_the_table(cluster: TestCluster) -> None:
+    # Per reply: unary calls (a BatchCommands stream states it once, when it
+    # opens: tests/client_unit/test_client_mux.py).
+    kv = Client(cluster.seeds(), retry=FAST, multiplex=False)
     pid = cluster.patient_in(0)
     kv.put(pid, "r", b"v")
     before = len(cluster.calls("RoutingTable"))
@@ -338,6 +341,7 @@ def test_a_newer_epoch_on_a_reply_refreshes_the_table(cluster: TestCluster, kv: 
     kv.get(pid, "r")  # same epoch now: no further refresh
     assert len(cluster.calls("RoutingTable")) == before + 1
     assert kv.routing_table().epoch == 7
+    kv.close()
 
 
 def test_any_reachable_seed_is_enough(cluster: TestCluster) -> None:

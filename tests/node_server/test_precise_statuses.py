@@ -269,6 +269,27 @@ def test_batch_commands_honours_the_stream_deadline(cluster: LocalCluster, kv: C
     assert took < stream_deadline + 0.5
 
 
+def test_batch_commands_honours_each_request_timeout(cluster: LocalCluster, kv: Client) -> None:
+    """A request's own timeout_ms bounds it like a unary call's deadline (the
+    multiplexing client's streams have none): answered DEADLINE_EXCEEDED
+    before it, while a request without one on the same stream is served."""
+    pid = "request-deadline"
+    kv.put(pid, "r", b"v")
+    address, _ = _leader_address(cluster, kv, pid)
+    batch = _gets(pid, 2, consistency=common_pb2.FOLLOWER)
+    batch.requests[0].get.read.min_version = 1 << 40  # a version no write has made
+    batch.requests[0].timeout_ms = 1000
+    started = time.monotonic()
+    got: dict[int, tuple[kv_pb2.KVResponse, float]] = {}
+    for resp in _kv(address).BatchCommands(iter([batch]), timeout=30):
+        for r in resp.responses:
+            got[r.request_id] = (r, time.monotonic() - started)
+    assert got[2][0].status.code == OK and got[2][0].get.record.value == b"v"
+    slow, took = got[1]
+    assert slow.status.code == DEADLINE_EXCEEDED, slow
+    assert took < 1.5, took
+
+
 def test_garbage_on_a_unary_method_logs_one_line_without_a_traceback(
     cluster: LocalCluster,
 ) -> None:

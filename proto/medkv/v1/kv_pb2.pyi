@@ -210,7 +210,7 @@ class ScanResponse(_message.Message):
     def __init__(self, records: _Optional[_Iterable[_Union[_common_pb2.Record, _Mapping]]] = ..., read_state: _Optional[_Union[_common_pb2.ReadState, _Mapping]] = ..., resume_token: _Optional[bytes] = ..., done: _Optional[bool] = ...) -> None: ...
 
 class KVRequest(_message.Message):
-    __slots__ = ("request_id", "put", "get", "cas", "delete", "history", "batch", "open_session")
+    __slots__ = ("request_id", "put", "get", "cas", "delete", "history", "batch", "open_session", "timeout_ms")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     PUT_FIELD_NUMBER: _ClassVar[int]
     GET_FIELD_NUMBER: _ClassVar[int]
@@ -219,6 +219,7 @@ class KVRequest(_message.Message):
     HISTORY_FIELD_NUMBER: _ClassVar[int]
     BATCH_FIELD_NUMBER: _ClassVar[int]
     OPEN_SESSION_FIELD_NUMBER: _ClassVar[int]
+    TIMEOUT_MS_FIELD_NUMBER: _ClassVar[int]
     request_id: int
     put: PutRequest
     get: GetRequest
@@ -227,7 +228,8 @@ class KVRequest(_message.Message):
     history: HistoryRequest
     batch: BatchRequest
     open_session: OpenSessionRequest
-    def __init__(self, request_id: _Optional[int] = ..., put: _Optional[_Union[PutRequest, _Mapping]] = ..., get: _Optional[_Union[GetRequest, _Mapping]] = ..., cas: _Optional[_Union[CompareAndSetRequest, _Mapping]] = ..., delete: _Optional[_Union[DeleteRequest, _Mapping]] = ..., history: _Optional[_Union[HistoryRequest, _Mapping]] = ..., batch: _Optional[_Union[BatchRequest, _Mapping]] = ..., open_session: _Optional[_Union[OpenSessionRequest, _Mapping]] = ...) -> None: ...
+    timeout_ms: int
+    def __init__(self, request_id: _Optional[int] = ..., put: _Optional[_Union[PutRequest, _Mapping]] = ..., get: _Optional[_Union[GetRequest, _Mapping]] = ..., cas: _Optional[_Union[CompareAndSetRequest, _Mapping]] = ..., delete: _Optional[_Union[DeleteRequest, _Mapping]] = ..., history: _Optional[_Union[HistoryRequest, _Mapping]] = ..., batch: _Optional[_Union[BatchRequest, _Mapping]] = ..., open_session: _Optional[_Union[OpenSessionRequest, _Mapping]] = ..., timeout_ms: _Optional[int] = ...) -> None: ...
 
 class KVResponse(_message.Message):
     __slots__ = ("request_id", "status", "put", "get", "cas", "delete", "history", "batch", "open_session")
