@@ -1084,6 +1084,21 @@ class AsyncClient:
         )
         return reply
 
+    async def add_node(
+        self, node_id: int, address: str, *, client_address: str = "",
+        timeout: float | None = None,
+    ) -> admin_pb2.AddNodeResponse:
+        """Admin.AddNode: make a new node a member (joining until its system
+        replica caught up, then active). Idempotent."""
+        attempts = Attempts(self.policy, timeout, rng=self._rng)
+        reply: admin_pb2.AddNodeResponse = await self._admin_call(
+            "AddNode",
+            admin_pb2.AddNodeRequest(node_id=node_id, address=address,
+                                     client_address=client_address),
+            attempts,
+        )
+        return reply
+
     async def list_nodes(self, *, timeout: float | None = None) -> admin_pb2.ListNodesResponse:
         """Admin.ListNodes from any reachable node: the members as its replica of
         the cluster state has applied them."""

@@ -26,6 +26,7 @@ twice, the later one wins.
     keys rotate-data [--wait]                 new data key on every node, re-encrypt online
     keys rotate-master [--new-key-id ID]      re-wrap under the staged master, then install
     node list                                 the cluster's members (replicated cluster state)
+    node add ID HOST:PORT [--client-address A] [--no-wait]   a new member (waits until active)
     node --config F / keys ... --data-dir/--key-file   server-side: runs `python -m node ...`
     certs init|issue|show                     cluster CA, node and client certificates
     tokens keygen|issue|verify                bearer tokens (local signing key, JWKS)
@@ -157,7 +158,7 @@ def is_online_audit(argv: Sequence[str]) -> bool:
 
 # `node` subcommands answered by the running cluster; plain `medkv node --config F`
 # starts a node process.
-ONLINE_NODE_COMMANDS = ("list",)
+ONLINE_NODE_COMMANDS = ("list", "add")
 
 
 def is_online_node(argv: Sequence[str]) -> bool:
@@ -1131,6 +1132,16 @@ def build_node_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="node_command", required=True, metavar="COMMAND")
     _online_subcommand(sub, "list", "every member: id, addresses, state, replicas, system voter")
+    add = _online_subcommand(
+        sub, "add", "make a new node a member; start it with the members in its [[peers]] "
+        "(before or after); waits until it is active")
+    add.add_argument("node_id", metavar="ID", type=int, help="a new id (never a removed one's)")
+    add.add_argument("address", metavar="HOST:PORT", help="where the members reach it")
+    add.add_argument("--client-address", default="", metavar="HOST:PORT",
+                     help="where clients reach it, if not ADDRESS")
+    add.add_argument("--no-wait", action="store_true", help="return once it is a member")
+    add.add_argument("--wait-timeout", type=float, default=120.0, metavar="S",
+                     help="give up waiting after S seconds (default %(default)g)")
     return parser
 
 
@@ -1171,7 +1182,36 @@ def _node_list(args: argparse.Namespace, kv: Client, out: _Out) -> int:
     return 0
 
 
-_NODE_COMMANDS = {"list": _node_list}
+def _node_add(args: argparse.Namespace, kv: Client, out: _Out) -> int:
+    reply = kv.add_node(args.node_id, args.address, client_address=args.client_address,
+                        timeout=args.timeout)
+    out.note(f"node {reply.node_id}: {'a member already' if reply.already else 'added'} "
+             f"({reply.state}, placement epoch {reply.epoch})")
+    state = reply.state
+    if not args.no_wait:
+        # The members hand it the cluster state once it answers; it turns active
+        # when its replica of the system group caught up.
+        deadline = time.monotonic() + args.wait_timeout
+        while state != "active":
+            if time.monotonic() > deadline:
+                out.note(f"medkv: node {reply.node_id} is still {state} after "
+                         f"{args.wait_timeout:g}s: is it running, with the members in its "
+                         "[[peers]]?")
+                return EXIT_ERROR
+            time.sleep(0.5)
+            listed = {m.node_id: m.state for m in kv.list_nodes(timeout=args.timeout).members}
+            if listed.get(reply.node_id, state) != state:
+                state = listed[reply.node_id]
+                out.note(f"node {reply.node_id}: {state}")
+    if out.json:
+        out.doc({"node": reply.node_id, "state": state, "epoch": reply.epoch,
+                 "already": reply.already})
+    else:
+        out.line(state)
+    return 0
+
+
+_NODE_COMMANDS = {"list": _node_list, "add": _node_add}
 
 
 def node_main(args_list: Sequence[str]) -> int:

@@ -340,6 +340,14 @@ class Client:
         return self._run(self._async.init_cluster(
             partitions=partitions, replication=replication, timeout=timeout))
 
+    def add_node(
+        self, node_id: int, address: str, *, client_address: str = "",
+        timeout: float | None = None,
+    ) -> admin_pb2.AddNodeResponse:
+        """Make a new node a member (Admin.AddNode); idempotent."""
+        return self._run(self._async.add_node(
+            node_id, address, client_address=client_address, timeout=timeout))
+
     def list_nodes(self, *, timeout: float | None = None) -> admin_pb2.ListNodesResponse:
         """The cluster's members (Admin.ListNodes) from any reachable node."""
         return self._run(self._async.list_nodes(timeout=timeout))

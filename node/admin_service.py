@@ -185,7 +185,7 @@ class AdminService(admin_pb2_grpc.AdminServicer):
         for pid, ans in zip(peers, answers, strict=True):
             if isinstance(ans, admin_pb2.ClusterStatusResponse):
                 views[pid] = ans
-        return merge_views(self.node.cfg, views)
+        return merge_views(self.node.cfg, views, self.node.host.placement)
 
     @_answers_node_errors
     async def PartitionStatus(
@@ -204,7 +204,7 @@ class AdminService(admin_pb2_grpc.AdminServicer):
         self, request: admin_pb2.RoutingTableRequest, context: grpc.aio.ServicerContext
     ) -> admin_pb2.RoutingTableResponse:
         cfg = self.node.cfg
-        placement = cfg.placement
+        placement = self.node.host.placement
         resp = admin_pb2.RoutingTableResponse(
             epoch=self.node.routing_epoch,
             partitions=cfg.partitions,
@@ -255,14 +255,52 @@ class AdminService(admin_pb2_grpc.AdminServicer):
         return await self.node.init_cluster(request)
 
     @_answers_node_errors
+    async def AddNode(
+        self, request: admin_pb2.AddNodeRequest, context: grpc.aio.ServicerContext
+    ) -> admin_pb2.AddNodeResponse:
+        state = self.node.cluster.state
+        if state is None:
+            raise Unavailable(f"node {self.node.cfg.node_id} has no cluster state yet")
+        if not 1 <= request.node_id <= cluster_state.MAX_NODE_ID:
+            raise InvalidArgument(f"node_id must be 1..{cluster_state.MAX_NODE_ID}")
+        member = state.member(request.node_id)
+        already = member is not None and member.state != cluster_state.REMOVED
+        if member is not None and member.address != request.address and already:
+            raise FailedPrecondition(
+                f"node {request.node_id} is a member already, at {member.address}"
+            )
+        if not already:
+            # Judged on this node's state first, for a precise answer at once
+            # (the log decides in the end, identically everywhere).
+            _, outcome = cluster_state.apply(state, cluster_state.add_member(
+                request.node_id, request.address, request.client_address))
+            if not outcome.ok:
+                raise InvalidArgument(outcome.message)
+            await self.node.host.propose_system(
+                cluster_state.add_member(request.node_id, request.address,
+                                         request.client_address, request=os.urandom(16)),
+                10.0,
+            )
+        state = self.node.cluster.state
+        assert state is not None
+        m = state.member(request.node_id)
+        return admin_pb2.AddNodeResponse(
+            node_id=request.node_id, state=m.state if m else "", epoch=state.epoch,
+            already=already,
+        )
+
+    @_answers_node_errors
     async def ListNodes(
         self, request: admin_pb2.ListNodesRequest, context: grpc.aio.ServicerContext
     ) -> admin_pb2.ListNodesResponse:
         state = self.node.cluster.state
         if state is None:
             raise Unavailable(f"node {self.node.cfg.node_id} has no cluster state yet")
-        voters = set(state.system_voters())
         system = self.node.host.groups.get(cluster_state.SYSTEM_GROUP)
+        # The system group's actual voters (the reconciler moves them towards
+        # ClusterState.system_voters() one change at a time).
+        voters = (set(system.raw.status().conf_state.voters) if system is not None
+                  else set(state.system_voters()))
         return admin_pb2.ListNodesResponse(
             cluster_id=state.cluster_id,
             epoch=state.epoch,
@@ -388,7 +426,7 @@ def key_status_pb(st: KeyState) -> admin_pb2.KeyStatusResponse:
 
 
 def merge_views(
-    cfg: NodeConfig, views: dict[int, admin_pb2.ClusterStatusResponse]
+    cfg: NodeConfig, views: dict[int, admin_pb2.ClusterStatusResponse], placement: Any = None,
 ) -> admin_pb2.ClusterStatusResponse:
     """One cluster picture: nodes that answered are up; a partition is
     described by the replica that leads it in the highest term, else by the
@@ -403,7 +441,7 @@ def merge_views(
         else:
             info = admin_pb2.NodeInfo(node_id=nid, address=cfg.client_address(nid))
             out.nodes.append(admin_pb2.NodeStatus(node=info, up=False))
-    placement = cfg.placement
+    placement = placement if placement is not None else cfg.placement
     for p in range(cfg.partitions):
         best: admin_pb2.PartitionInfo | None = None
         best_key = (-1, -1, -1, -1)

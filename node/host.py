@@ -41,6 +41,7 @@ from consensus.leveldb_storage import (
 from consensus.raft import Config
 from consensus.rawnode import RawNode
 from consensus.types import (
+    ConfChange,
     ConfState,
     ConsensusError,
     EntryType,
@@ -145,6 +146,7 @@ class MultiRaftHost:
         send: Callable[[list[tuple[int, Message]]], None],
         on_purge_due: Callable[[int], None] = lambda partition: None,
         announce: Callable[[list[tuple[int, int, int, int, int]]], None] = lambda _pairs: None,
+        placement: Any = None,
         metrics: NodeMetrics | None = None,
     ) -> None:
         self.cfg = cfg
@@ -168,7 +170,9 @@ class MultiRaftHost:
         self.node_id = cfg.node_id
         self.log_store = log_store
         self._send = send
-        self.placement = cfg.placement
+        # Where partitions live: the cluster state's replica sets (node.cluster),
+        # or, for a host built alone, the configuration's consistent hashing.
+        self.placement = placement if placement is not None else cfg.placement
         # The partitions' replicas on this node, and every Raft group the
         # loop drives: those and the system group's replica (node.cluster).
         self.replicas: dict[int, Replica] = {}
@@ -339,6 +343,27 @@ class MultiRaftHost:
         if res.error_code == REFUSED:
             raise FailedPrecondition(res.message)
         return res
+
+    def propose_system_conf_change(self, cc: ConfChange) -> None:
+        """Propose a change of the system group's membership (its leader only;
+        node.cluster.reconciler). The core drops it while another is pending."""
+        r = self.groups.get(SYSTEM_GROUP)
+        if r is None or r.broken:
+            return
+
+        def op() -> None:
+            try:
+                r.raw.propose_conf_change(cc)
+            except ProposalDropped:
+                return  # not the leader any more, or a transfer: the next round retries
+            self._dirty.add(SYSTEM_GROUP)
+
+        self._enqueue(op)
+
+    def transfer_system_leadership(self, target: int) -> None:
+        r = self.groups.get(SYSTEM_GROUP)
+        if r is not None and not r.broken:
+            self._enqueue(partial(self._poke, r, r.raw.transfer_leadership, target))
 
     def _broken_message(self, p: int) -> str:
         return (
@@ -769,7 +794,13 @@ class MultiRaftHost:
         if r is None:
             return None
         raw = r.raw
-        members = raw.raft.trk.progress.keys() if raw.has_membership() else ()
+        # The system group hears every cluster member (the stream already
+        # refused non-members): a node that joins replays the log from its
+        # start and meets voters its replica does not know of yet.
+        members = (
+            raw.raft.trk.progress.keys()
+            if raw.has_membership() and group != SYSTEM_GROUP else ()
+        )
         return raft_guard.GroupView(
             term=raw.term, leader=raw.leader, members=frozenset(members),
             last_index=raw.last_index,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import signal
 from collections.abc import AsyncIterator
@@ -33,6 +34,8 @@ from node.cluster.bootstrap import (
     not_initialized,
 )
 from node.cluster.preinit import serve_until_member
+from node.cluster.reconciler import Reconciler
+from node.cluster.state import ClusterState
 from node.cluster.system import SystemStateMachine, initial_conf
 from node.config import NodeConfig
 from node.erasure import ErasurePurger
@@ -131,8 +134,9 @@ class RaftTransportService(raft_pb2_grpc.RaftTransportServicer):
                 grpc.StatusCode.PERMISSION_DENIED,
                 "the Raft transport accepts only node certificates",
             )
-        state = check_bootstrap(self.node.cfg, request, peer_node_id(context, self.node.cfg.tls))
-        return raft_pb2.BootstrapAck(already=self.node.cluster_store.adopt(state))
+        state, view = check_bootstrap(
+            self.node.cfg, request, peer_node_id(context, self.node.cfg.tls))
+        return raft_pb2.BootstrapAck(already=self.node.cluster_store.adopt(state, view))
 
     async def Snapshot(
         self, request_iterator: AsyncIterator[raft_pb2.SnapshotChunk], context: grpc.aio.ServicerContext
@@ -180,11 +184,25 @@ class Node:
         if self.cluster.state is None:
             self.cluster.initialize(initial)
         assert self.cluster.state is not None
+        # A node that joined a running cluster knows the members from the view
+        # it was handed until its system replica has replayed the log that far.
+        facts = self.cluster.state
+        view = self.cluster_store.view()
+        if view is not None and view.epoch > facts.epoch:
+            facts = view
+        self.file_cfg = cfg
         try:
-            cfg = self.cfg = config_for_cluster(cfg, self.cluster.state)
+            cfg = self.cfg = config_for_cluster(cfg, facts)
         except StartupError:
             self.layout.close()
             raise
+        if (self.file_cfg.partitions, self.file_cfg.replication) != (cfg.partitions, cfg.replication):
+            log.info(
+                "cluster %s has %d partitions and replication %d; the configuration's "
+                "values (%d, %d) only seed `medkv cluster init`", facts.cluster_id,
+                cfg.partitions, cfg.replication, self.file_cfg.partitions,
+                self.file_cfg.replication,
+            )
         self._initial = initial
         self.log_store: LevelDBLogStore = self.layout.log_store
         self.transport = PeerTransport(
@@ -203,10 +221,13 @@ class Node:
             self.transport.send,
             on_purge_due=lambda partition: self.purger.notify(partition),
             announce=self.transport.announce,
+            placement=facts.placement,
             metrics=self.metrics,
         )
         log.info("node %d: member of cluster %s", cfg.node_id, self.cluster.state.cluster_id)
         self.host.open_system(self.cluster, initial_conf(initial))
+        self.cluster.on_change.append(self._follow_members)
+        self.reconciler = Reconciler(self)
         self.purger = ErasurePurger(self.host, self.layout)
         self.keys = KeyRotationManager(self.layout, self.host, cfg.key_file)
         self.kv = KVService(self)
@@ -226,6 +247,24 @@ class Node:
         self._stopped = asyncio.Event()
         self.fatal = asyncio.Event()
         self._background: list[asyncio.Task[None]] = []
+
+    def _follow_members(self, state: ClusterState) -> None:
+        """The cluster state changed (applied on the Raft loop): dial new
+        members, drop removed ones, accept their Raft traffic."""
+        try:
+            new = config_for_cluster(self.file_cfg, state)
+        except StartupError:
+            log.warning("node %d is no longer a member of cluster %s", self.cfg.node_id,
+                        state.cluster_id)
+            return
+        self.host.placement = state.placement
+        if new.peers == self.cfg.peers and new.client_addresses == self.cfg.client_addresses:
+            return
+        self.cfg = self.host.cfg = new
+        self.host.guard_limits = dataclasses.replace(
+            self.host.guard_limits, peers=frozenset(new.peers))
+        self.transport.set_peers(new.peers)
+        log.info("node %d: cluster members now %s", new.node_id, sorted(new.peers))
 
     @property
     def routing_epoch(self) -> int:
@@ -308,6 +347,7 @@ class Node:
         if self.access is not None and self.access.audit is not None:
             self.access.audit.start()
         self.host.start(on_fatal=self.fatal.set)
+        self._background.append(asyncio.get_running_loop().create_task(self.reconciler.run()))
         self.purger.start()  # completes erasure purges a stop or crash left pending
         self.keys.start()  # resumes a re-encryption pass a crash interrupted
         self.transport.start()

@@ -235,10 +235,30 @@ class PeerTransport:
             pid: _PeerLink(self, pid, addr) for pid, addr in peers.items() if pid != node_id
         }
         self._snapshot_tasks: set[asyncio.Task[None]] = set()
+        self._started = False
 
     def start(self) -> None:
+        self._started = True
         for link in self.links.values():
             link.task = asyncio.get_running_loop().create_task(link.run())
+
+    def set_peers(self, peers: dict[int, str]) -> None:
+        """Follow the cluster's membership (node.cluster): a link to each new
+        member, none to a removed one, a new link where an address changed."""
+        for pid in [p for p in self.links if p not in peers]:
+            link = self.links.pop(pid)
+            asyncio.get_running_loop().create_task(link.close())
+        for pid, addr in peers.items():
+            if pid == self.node_id:
+                continue
+            old = self.links.get(pid)
+            if old is not None and old.address == addr:
+                continue
+            if old is not None:
+                asyncio.get_running_loop().create_task(old.close())
+            link = self.links[pid] = _PeerLink(self, pid, addr)
+            if self._started:
+                link.task = asyncio.get_running_loop().create_task(link.run())
 
     def send(self, msgs: GroupMessages) -> None:
         """Queue one batch per peer; never blocks."""

@@ -8,6 +8,7 @@
     scripts/cluster env           --data-dir DIR [--as NAME]   shell exports for clients
     scripts/cluster token NAME    --data-dir DIR --role R [--role R2] [--clinic C] [--ttl 8h]
                                   mint DIR/tokens/NAME.token (e.g. a bench's several roles)
+    scripts/cluster add-node      --data-dir DIR       node N+1: start it, `medkv node add` it
     scripts/cluster down          --data-dir DIR [--grace 10]
     scripts/cluster kill-node ID  --data-dir DIR       (SIGKILL)
     scripts/cluster restart-node ID --data-dir DIR     (SIGTERM, then start again)
@@ -76,6 +77,7 @@ left out keep the direct address. The nodes still listen on base_port + i.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import ipaddress
 import json
 import os
@@ -863,6 +865,46 @@ def cmd_up(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_add_node(args: argparse.Namespace) -> int:
+    """One more node: its certificate and configuration, its process (which
+    waits to be handed the cluster state), then `medkv node add` through the
+    running members, waiting until it is active."""
+    cluster = Cluster(Path(args.data_dir))
+    old = cluster.load()
+    if old.links:
+        raise ClusterError("add-node does not support a cluster started with --links-file")
+    layout = dataclasses.replace(old, nodes=old.nodes + 1)
+    new = layout.nodes
+    if not _port_free(layout.host, layout.base_port + new):
+        raise ClusterError(f"address {layout.address(new)} is already in use")
+    if layout.secure:
+        layout = dataclasses.replace(
+            layout, tls_dir=_ensure_certs(cluster, layout.nodes, layout.host))
+    cluster.save(layout)
+    cluster.write_config(layout, new)
+    process = cluster.start(new)
+    note(f"node {new}: pid {process.pid}, {layout.address(new)}, log {cluster.log_path(new)}")
+    policy = RetryPolicy(timeout=30.0, attempt_timeout=5.0)
+    with cluster.client(layout, old.addresses(), policy) as kv:
+        reply = kv.add_node(new, layout.address(new), client_address=layout.client_address(new)
+                            or "")
+        note(f"node {new}: {'a member already' if reply.already else 'added'} "
+             f"(placement epoch {reply.epoch})")
+        deadline = time.monotonic() + args.timeout
+        state = reply.state
+        while state != "active":
+            why = _exited(cluster, new, process)
+            if why is not None:
+                raise ClusterError(why)
+            if time.monotonic() > deadline:
+                raise ClusterError(f"node {new} is still {state} after {args.timeout:g}s")
+            time.sleep(0.3)
+            state = {m.node_id: m.state for m in kv.list_nodes().members}.get(new, state)
+    note(f"node {new} is active")
+    print(layout.address(new), flush=True)
+    return 0
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     cluster = Cluster(Path(args.data_dir))
     layout = cluster.load()
@@ -1094,6 +1136,13 @@ def build_parser() -> argparse.ArgumentParser:
     data_dir(down)
     down.add_argument("--grace", type=float, default=10.0, help="seconds before SIGKILL")
     down.set_defaults(run=cmd_down)
+
+    add = sub.add_parser(
+        "add-node", help="start node N+1 and make it a member (`medkv node add`); waits "
+        "until it is active")
+    data_dir(add)
+    add.add_argument("--timeout", type=float, default=120.0)
+    add.set_defaults(run=cmd_add_node)
 
     for name, func, text in (
         ("kill-node", cmd_kill, "SIGKILL one node"),

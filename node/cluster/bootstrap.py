@@ -36,7 +36,13 @@ from typing import Any
 import grpc
 import msgpack
 
-from node.cluster.state import SYSTEM_GROUP, ClusterState, ClusterStateError, initial_state
+from node.cluster.state import (
+    REMOVED,
+    SYSTEM_GROUP,
+    ClusterState,
+    ClusterStateError,
+    initial_state,
+)
 from node.config import NodeConfig
 from node.errors import (
     FailedPrecondition,
@@ -50,6 +56,9 @@ from proto.medkv.v1 import admin_pb2, raft_pb2, raft_pb2_grpc
 log = logging.getLogger("medkv.cluster")
 
 INITIAL_KEY = SYSTEM_GROUP.to_bytes(4, "big") + b"cluster-initial"
+# A joining node's view of the cluster when it was handed the initial state:
+# who the members are until its own system replica has replayed the log.
+VIEW_KEY = SYSTEM_GROUP.to_bytes(4, "big") + b"cluster-view"
 BOOTSTRAP_TIMEOUT_S = 5.0
 
 
@@ -69,15 +78,27 @@ class ClusterStore:
         self._codec = codec
 
     def initial(self) -> ClusterState | None:
-        raw = self._db.get(INITIAL_KEY)
+        return self._read(INITIAL_KEY)
+
+    def view(self) -> ClusterState | None:
+        """The cluster as it was when this node joined (None for an initial member)."""
+        return self._read(VIEW_KEY)
+
+    def _read(self, key: bytes) -> ClusterState | None:
+        raw = self._db.get(key)
         if raw is None:
             return None
-        obj = msgpack.unpackb(self._codec.open(INITIAL_KEY, raw), raw=False, strict_map_key=False)
+        obj = msgpack.unpackb(self._codec.open(key, raw), raw=False, strict_map_key=False)
         return ClusterState.from_obj(obj)
 
-    def adopt(self, state: ClusterState) -> bool:
-        """Keep state as this node's initial cluster state (synced). True if
-        it was kept already; FAILED_PRECONDITION if another cluster's is."""
+    def _write(self, key: bytes, state: ClusterState) -> None:
+        data = msgpack.packb(state.to_obj(), use_bin_type=True)
+        self._db.put(key, self._codec.seal(key, data), sync=True)
+
+    def adopt(self, state: ClusterState, view: ClusterState | None = None) -> bool:
+        """Keep state as this node's initial cluster state (synced), and for a
+        node joining later its view of the members now. True if it was kept
+        already; FAILED_PRECONDITION if another cluster's is."""
         held = self.initial()
         if held is not None:
             if held.cluster_id != state.cluster_id:
@@ -90,10 +111,14 @@ class ClusterStore:
                     "partitions on this node: the members' [[peers]] tables disagree"
                 )
             return True
-        data = msgpack.packb(state.to_obj(), use_bin_type=True)
-        self._db.put(INITIAL_KEY, self._codec.seal(INITIAL_KEY, data), sync=True)
-        log.info("joined cluster %s as one of its %d initial members",
-                 state.cluster_id, len(state.members))
+        if view is not None:
+            self._write(VIEW_KEY, view)  # first: no initial state without its view
+        self._write(INITIAL_KEY, state)
+        if view is None:
+            log.info("joined cluster %s as one of its %d initial members",
+                     state.cluster_id, len(state.members))
+        else:
+            log.info("joining cluster %s (placement epoch %d)", state.cluster_id, view.epoch)
         return False
 
 
@@ -107,12 +132,6 @@ def config_for_cluster(cfg: NodeConfig, state: ClusterState) -> NodeConfig:
         raise StartupError(
             f"node {cfg.node_id} is not a member of cluster {state.cluster_id} "
             f"(members: {', '.join(str(i) for i in sorted(live))})"
-        )
-    if (cfg.partitions, cfg.replication) != (state.partitions, state.replication):
-        log.info(
-            "cluster %s has %d partitions and replication %d; the configuration's values "
-            "(%d, %d) only seed `medkv cluster init`", state.cluster_id, state.partitions,
-            state.replication, cfg.partitions, cfg.replication,
         )
     peers = {i: cfg.peers.get(i, m.address) for i, m in live.items()}
     clients = {i: cfg.client_addresses.get(i) or m.client_address for i, m in live.items()}
@@ -128,8 +147,9 @@ def config_for_cluster(cfg: NodeConfig, state: ClusterState) -> NodeConfig:
 
 def check_bootstrap(
     cfg: NodeConfig, req: raft_pb2.BootstrapRequest, cert_node: int | None
-) -> ClusterState:
-    """The state a Bootstrap request hands this node, after checking who sends
+) -> tuple[ClusterState, ClusterState | None]:
+    """The initial state a Bootstrap request hands this node (and, for a node
+    joining a running cluster, the current state), after checking who sends
     it and that it names this node."""
     if cert_node is not None and cert_node != req.from_node:
         raise PermissionDenied(
@@ -143,12 +163,23 @@ def check_bootstrap(
         raise InvalidArgument(f"cluster_state: {e}") from None
     if state.epoch != 1:
         raise InvalidArgument("cluster_state: an initial state has epoch 1")
-    if state.member(cfg.node_id) is None or state.member(req.from_node) is None:
-        raise FailedPrecondition(
-            f"the cluster state of node {req.from_node} does not list both nodes "
-            f"{req.from_node} and {cfg.node_id} as members"
-        )
-    return state
+    view = None
+    if req.current_state:
+        try:
+            view = ClusterState.decode(req.current_state)
+        except ClusterStateError as e:
+            raise InvalidArgument(f"current_state: {e}") from None
+        if view.cluster_id != state.cluster_id or view.epoch < state.epoch:
+            raise InvalidArgument("current_state: not a later state of the same cluster")
+    listed = view or state
+    for node in (cfg.node_id, req.from_node):
+        m = listed.member(node)
+        if m is None or m.state == REMOVED:
+            raise FailedPrecondition(
+                f"the cluster state of node {req.from_node} does not list both nodes "
+                f"{req.from_node} and {cfg.node_id} as members"
+            )
+    return state, view
 
 
 async def init_cluster(

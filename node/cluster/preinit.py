@@ -105,8 +105,8 @@ async def _serve(cfg: NodeConfig, layout: StorageLayout, store: ClusterStore, st
         if not is_node_peer(context, cfg.tls):
             await context.abort(grpc.StatusCode.PERMISSION_DENIED,
                                 "Bootstrap accepts only node certificates")
-        state = check_bootstrap(cfg, request, peer_node_id(context, cfg.tls))
-        already = store.adopt(state)
+        state, view = check_bootstrap(cfg, request, peer_node_id(context, cfg.tls))
+        already = store.adopt(state, view)
         joined.set()
         return raft_pb2.BootstrapAck(already=already)
 

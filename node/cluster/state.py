@@ -26,7 +26,7 @@ from typing import Any
 
 import msgpack
 
-from proto.placement import make_placement
+from proto.placement import make_placement, partition_of
 
 # Member states. A joining member holds a replica of the system group but no
 # partition yet; decommissioning members are being emptied; a removed id is
@@ -69,6 +69,27 @@ class Member:
 
 
 @dataclass(frozen=True)
+class TablePlacement:
+    """A placement read from the cluster state's replica sets (which replica
+    moves change), with the interface of proto.placement.Placement that the
+    node uses: where a patient and a partition live."""
+
+    partitions: int
+    table: tuple[tuple[int, ...], ...]
+
+    def replicas(self, partition: int) -> tuple[int, ...]:
+        if not 0 <= partition < self.partitions:
+            raise ValueError(f"partition {partition} is outside 0..{self.partitions - 1}")
+        return self.table[partition]
+
+    def partition_of(self, patient_id: str) -> int:
+        return partition_of(patient_id, self.partitions)
+
+    def partitions_on(self, node_id: int) -> list[int]:
+        return [p for p, reps in enumerate(self.table) if node_id in reps]
+
+
+@dataclass(frozen=True)
 class ClusterState:
     """One cluster's membership and placement at one point of the system log."""
 
@@ -97,6 +118,10 @@ class ClusterState:
 
     def partitions_on(self, node_id: int) -> list[int]:
         return [p for p, reps in enumerate(self.replicas) if node_id in reps]
+
+    @property
+    def placement(self) -> TablePlacement:
+        return TablePlacement(self.partitions, self.replicas)
 
     def preferred_leader(self, partition: int) -> int:
         for p, node in self.leader_pins:

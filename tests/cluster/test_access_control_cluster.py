@@ -151,7 +151,7 @@ ALLOWED = {
                 "GetSettings", "ListNodes"},
     "admin": {"TransferLeader", "ErasePatient", "RotateDataKey", "RotateMasterKey", "KeyStatus",
               "SetSettings", "GetSettings", "ClusterStatus", "PartitionStatus", "RoutingTable",
-              "OpenSession", "ListNodes", "InitCluster"},
+              "OpenSession", "ListNodes", "InitCluster", "AddNode"},
     "clinic-admin": {"SharePatient", "RoutingTable", "ClusterStatus", "PartitionStatus",
                      "GetSettings", "ListNodes"},
 }

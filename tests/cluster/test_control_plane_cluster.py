@@ -133,3 +133,41 @@ def test_nodes_wait_for_cluster_init_and_init_is_idempotent(tmp_path: Path) -> N
         assert "was initialized already" in again.stderr
     finally:
         stop_cluster(c)
+
+
+def test_nodes_join_a_running_cluster_and_the_system_group_grows_to_five_voters(
+    tmp_path: Path,
+) -> None:
+    """`scripts/cluster add-node` starts node 4 (which waits, belonging to no
+    cluster) and adds it: the members hand it the cluster state, it replays
+    the system log and turns active. With four members the system group keeps
+    three voters (an even count tolerates no more failures); the fifth member
+    makes it five. A joined node restarts from its own disk."""
+    c = start_cluster(tmp_path / "grow", partitions=PARTITIONS)
+    try:
+        def members(address: str) -> dict[int, tuple[str, bool]]:
+            with c.client(address) as kv:
+                return {m.node_id: (m.state, m.system_voter) for m in kv.list_nodes().members}
+
+        assert c.run("add-node", "--timeout", "60").returncode == 0
+        base = int(c.addresses[0].rsplit(":", 1)[1]) - 1
+        four = f"127.0.0.1:{base + 4}"
+        view = members(c.addresses[0])
+        assert view[4] == ("active", False), view
+        assert [n for n, (_s, v) in view.items() if v] == [1, 2, 3]
+        # Node 4 answers from its own replica of the same state.
+        wait_for(lambda: members(four).get(4, ("", False))[0] == "active", "node 4's own view")
+        with c.client(four) as kv4, c.client() as kv:
+            assert kv4.list_nodes().cluster_id == kv.list_nodes().cluster_id
+
+        assert c.run("add-node", "--timeout", "60").returncode == 0
+        wait_for(lambda: [n for n, (_s, v) in members(c.addresses[0]).items() if v]
+                 == [1, 2, 3, 4, 5], "five system voters")
+
+        # Writes still work, and a joined node restarts from its own disk.
+        with c.client() as kv:
+            assert kv.put("p-grow", "r", b"v") > 0
+        c.run("restart-node", "4")
+        wait_for(lambda: members(four).get(5, ("", False))[0] == "active", "node 4 after restart")
+    finally:
+        stop_cluster(c)

@@ -454,3 +454,25 @@ class InitClusterResponse(_message.Message):
     replication: int
     nodes: _containers.RepeatedCompositeFieldContainer[InitNodeResult]
     def __init__(self, cluster_id: _Optional[str] = ..., already_initialized: _Optional[bool] = ..., partitions: _Optional[int] = ..., replication: _Optional[int] = ..., nodes: _Optional[_Iterable[_Union[InitNodeResult, _Mapping]]] = ...) -> None: ...
+
+class AddNodeRequest(_message.Message):
+    __slots__ = ("node_id", "address", "client_address")
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    node_id: int
+    address: str
+    client_address: str
+    def __init__(self, node_id: _Optional[int] = ..., address: _Optional[str] = ..., client_address: _Optional[str] = ...) -> None: ...
+
+class AddNodeResponse(_message.Message):
+    __slots__ = ("node_id", "state", "epoch", "already")
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
+    ALREADY_FIELD_NUMBER: _ClassVar[int]
+    node_id: int
+    state: str
+    epoch: int
+    already: bool
+    def __init__(self, node_id: _Optional[int] = ..., state: _Optional[str] = ..., epoch: _Optional[int] = ..., already: _Optional[bool] = ...) -> None: ...

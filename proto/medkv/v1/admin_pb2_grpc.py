@@ -104,6 +104,11 @@ class AdminStub:
                 request_serializer=proto_dot_medkv_dot_v1_dot_admin__pb2.InitClusterRequest.SerializeToString,
                 response_deserializer=proto_dot_medkv_dot_v1_dot_admin__pb2.InitClusterResponse.FromString,
                 _registered_method=True)
+        self.AddNode = channel.unary_unary(
+                '/medkv.v1.Admin/AddNode',
+                request_serializer=proto_dot_medkv_dot_v1_dot_admin__pb2.AddNodeRequest.SerializeToString,
+                response_deserializer=proto_dot_medkv_dot_v1_dot_admin__pb2.AddNodeResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServicer:
@@ -215,6 +220,15 @@ class AdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def AddNode(self, request, context):
+        """Make a new node a member (joining; active once its replica of the system
+        group caught up). Start the node with the members in its [[peers]] first
+        or after: it waits for the cluster to hand it the state. Idempotent.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -287,6 +301,11 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.InitCluster,
                     request_deserializer=proto_dot_medkv_dot_v1_dot_admin__pb2.InitClusterRequest.FromString,
                     response_serializer=proto_dot_medkv_dot_v1_dot_admin__pb2.InitClusterResponse.SerializeToString,
+            ),
+            'AddNode': grpc.unary_unary_rpc_method_handler(
+                    servicer.AddNode,
+                    request_deserializer=proto_dot_medkv_dot_v1_dot_admin__pb2.AddNodeRequest.FromString,
+                    response_serializer=proto_dot_medkv_dot_v1_dot_admin__pb2.AddNodeResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -667,6 +686,33 @@ class Admin:
             '/medkv.v1.Admin/InitCluster',
             proto_dot_medkv_dot_v1_dot_admin__pb2.InitClusterRequest.SerializeToString,
             proto_dot_medkv_dot_v1_dot_admin__pb2.InitClusterResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AddNode(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/medkv.v1.Admin/AddNode',
+            proto_dot_medkv_dot_v1_dot_admin__pb2.AddNodeRequest.SerializeToString,
+            proto_dot_medkv_dot_v1_dot_admin__pb2.AddNodeResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -7,14 +7,16 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class BootstrapRequest(_message.Message):
-    __slots__ = ("from_node", "to_node", "cluster_state")
+    __slots__ = ("from_node", "to_node", "cluster_state", "current_state")
     FROM_NODE_FIELD_NUMBER: _ClassVar[int]
     TO_NODE_FIELD_NUMBER: _ClassVar[int]
     CLUSTER_STATE_FIELD_NUMBER: _ClassVar[int]
+    CURRENT_STATE_FIELD_NUMBER: _ClassVar[int]
     from_node: int
     to_node: int
     cluster_state: bytes
-    def __init__(self, from_node: _Optional[int] = ..., to_node: _Optional[int] = ..., cluster_state: _Optional[bytes] = ...) -> None: ...
+    current_state: bytes
+    def __init__(self, from_node: _Optional[int] = ..., to_node: _Optional[int] = ..., cluster_state: _Optional[bytes] = ..., current_state: _Optional[bytes] = ...) -> None: ...
 
 class BootstrapAck(_message.Message):
     __slots__ = ("already",)
