@@ -40,6 +40,7 @@ import contextvars
 import itertools
 import logging
 import os
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -566,6 +567,11 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
                         continue
                     keep = []
                     refused = []
+                    # A stream lives longer than a call: its token is checked
+                    # again at every batch, so an expired one stops serving.
+                    ident = call.identity
+                    expired = (ident is not None and ident.expires_at is not None
+                               and time.time() >= ident.expires_at)
                     for req in batch.requests:
                         kind = req.WhichOneof("request")
                         sub = STREAM_REQUEST_METHODS.get(kind or "")
@@ -573,6 +579,17 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
                             keep.append(req)  # the servicer answers INVALID_ARGUMENT
                             continue
                         assert call.identity is not None
+                        if expired:
+                            call.audit(sub, "UNAUTHENTICATED", reason="token expired",
+                                       request_id=f"{call.request_id}/{req.request_id}")
+                            refused.append(kv_pb2.KVResponse(
+                                request_id=req.request_id,
+                                status=common_pb2.Status(
+                                    code=grpc.StatusCode.UNAUTHENTICATED.value[0],
+                                    message="the token expired while the stream was open; "
+                                    "open a new stream with a fresh token"),
+                            ))
+                            continue
                         facts, rf = call.facts_for(sub, getattr(req, kind or ""))
                         d = call.decide(sub, rf)
                         rid = f"{call.request_id}/{req.request_id}"

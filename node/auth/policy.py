@@ -126,6 +126,7 @@ METHODS: Mapping[str, Action] = {
 STREAM_REQUEST_METHODS: Mapping[str, str] = {
     "put": KV + "Put", "cas": KV + "CompareAndSet", "delete": KV + "Delete",
     "batch": KV + "Batch", "get": KV + "Get", "history": KV + "History",
+    "open_session": KV + "OpenSession",
 }
 
 _EVERYONE = {Action.ROUTING: Scope.ANY, Action.HEALTH: Scope.ANY}

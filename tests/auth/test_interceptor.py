@@ -603,3 +603,41 @@ def test_a_replicas_registration_can_allow_but_never_refuse() -> None:
         # a refusal that does not rest on the registration stands either way
         call.identity = analyst
         assert not call.decide("/medkv.v1.KV/Get", facts).allowed
+
+
+def test_a_stream_checks_each_request_like_its_call_and_stops_when_the_token_expires(
+    pki: Pki, keys: SigningKeys, tmp_path: Path
+) -> None:
+    """Inside BatchCommands, opening a session needs the session permission as
+    OpenSession does (an analyst has none), and a token that expires while the
+    stream is open stops being honoured at the next batch."""
+
+    async def body(c: Cluster) -> None:
+        stub = kv_pb2_grpc.KVStub(c.client("client"))
+
+        async def one(token: str, reqs: list[kv_pb2.KVRequest], pause: float = 0.0
+                      ) -> list[kv_pb2.KVResponse]:
+            async def batches() -> AsyncIterator[kv_pb2.BatchCommandsRequest]:
+                for r in reqs:
+                    await asyncio.sleep(pause)
+                    yield kv_pb2.BatchCommandsRequest(requests=[r])
+
+            got: list[kv_pb2.KVResponse] = []
+            async for resp in stub.BatchCommands(batches(), metadata=md(token)):
+                got.extend(resp.responses)
+            return sorted(got, key=lambda r: r.request_id)
+
+        analyst = c.token("ann", ["analyst"], ["north"])
+        got = await one(analyst, [kv_pb2.KVRequest(
+            request_id=1, open_session=kv_pb2.OpenSessionRequest(partition=0))])
+        assert got[0].status.code == grpc.StatusCode.PERMISSION_DENIED.value[0]
+        assert ("open_session", "ann") not in c.seen.calls
+
+        short = c.token("dr-ada", ["clinician"], ["north"], ttl_seconds=2.0)
+        got = await one(short, [kv_pb2.KVRequest(request_id=i, get=get(CANARY))
+                                for i in (1, 2)], pause=1.6)
+        assert got[0].status.code == 0
+        assert got[1].status.code == grpc.StatusCode.UNAUTHENTICATED.value[0]
+        assert "token expired" in got[1].status.message
+
+    run(pki, keys, tmp_path, body)
