@@ -1099,6 +1099,18 @@ class AsyncClient:
         )
         return reply
 
+    async def decommission_node(
+        self, node_id: int, *, dead: bool = False, timeout: float | None = None
+    ) -> admin_pb2.DecommissionNodeResponse:
+        """Admin.DecommissionNode: move every replica off the node, then remove it
+        (`dead`: it is gone for good). Returns at once; list_nodes shows progress."""
+        attempts = Attempts(self.policy, timeout, rng=self._rng)
+        reply: admin_pb2.DecommissionNodeResponse = await self._admin_call(
+            "DecommissionNode", admin_pb2.DecommissionNodeRequest(node_id=node_id, dead=dead),
+            attempts,
+        )
+        return reply
+
     async def list_nodes(self, *, timeout: float | None = None) -> admin_pb2.ListNodesResponse:
         """Admin.ListNodes from any reachable node: the members as its replica of
         the cluster state has applied them."""

@@ -27,6 +27,8 @@ twice, the later one wins.
     keys rotate-master [--new-key-id ID]      re-wrap under the staged master, then install
     node list                                 the cluster's members (replicated cluster state)
     node add ID HOST:PORT [--client-address A] [--no-wait]   a new member (waits until active)
+    node decommission ID [--no-wait]          move its replicas off, then remove it
+    node remove ID --dead [--no-wait]         a node gone for good: re-create its replicas
     node --config F / keys ... --data-dir/--key-file   server-side: runs `python -m node ...`
     certs init|issue|show                     cluster CA, node and client certificates
     tokens keygen|issue|verify                bearer tokens (local signing key, JWKS)
@@ -158,7 +160,7 @@ def is_online_audit(argv: Sequence[str]) -> bool:
 
 # `node` subcommands answered by the running cluster; plain `medkv node --config F`
 # starts a node process.
-ONLINE_NODE_COMMANDS = ("list", "add")
+ONLINE_NODE_COMMANDS = ("list", "add", "decommission", "remove")
 
 
 def is_online_node(argv: Sequence[str]) -> bool:
@@ -1142,6 +1144,19 @@ def build_node_parser() -> argparse.ArgumentParser:
     add.add_argument("--no-wait", action="store_true", help="return once it is a member")
     add.add_argument("--wait-timeout", type=float, default=120.0, metavar="S",
                      help="give up waiting after S seconds (default %(default)g)")
+    for name, text in (
+        ("decommission", "move every replica off a node, then remove it; waits until removed"),
+        ("remove", "remove a node that is gone for good (--dead): its replicas are re-created "
+                   "on the others; waits until removed"),
+    ):
+        d = _online_subcommand(sub, name, text)
+        d.add_argument("node_id", metavar="ID", type=int)
+        if name == "remove":
+            d.add_argument("--dead", action="store_true", required=True,
+                           help="the node is gone for good (a live node: use decommission)")
+        d.add_argument("--no-wait", action="store_true", help="return once it is decommissioning")
+        d.add_argument("--wait-timeout", type=float, default=600.0, metavar="S",
+                       help="give up waiting after S seconds (default %(default)g)")
     return parser
 
 
@@ -1211,7 +1226,36 @@ def _node_add(args: argparse.Namespace, kv: Client, out: _Out) -> int:
     return 0
 
 
-_NODE_COMMANDS = {"list": _node_list, "add": _node_add}
+def _node_decommission(args: argparse.Namespace, kv: Client, out: _Out) -> int:
+    dead = bool(getattr(args, "dead", False))
+    reply = kv.decommission_node(args.node_id, dead=dead, timeout=args.timeout)
+    state, left = reply.state, reply.replicas
+    out.note(f"node {reply.node_id}: {state}, {left} replica(s) to move "
+             f"(placement epoch {reply.epoch})")
+    deadline = time.monotonic() + args.wait_timeout
+    last = (state, left)
+    while not args.no_wait and state != "removed":
+        if time.monotonic() > deadline:
+            out.note(f"medkv: node {reply.node_id} is still {state} with {left} replica(s) "
+                     f"after {args.wait_timeout:g}s")
+            return EXIT_ERROR
+        time.sleep(1.0)
+        listed = {m.node_id: m for m in kv.list_nodes(timeout=args.timeout).members}
+        m = listed.get(reply.node_id)
+        if m is not None:
+            state, left = m.state, m.replicas
+        if (state, left) != last:
+            last = (state, left)
+            out.note(f"node {reply.node_id}: {state}, {left} replica(s) left")
+    if out.json:
+        out.doc({"node": reply.node_id, "state": state, "replicas": left})
+    else:
+        out.line(state)
+    return 0
+
+
+_NODE_COMMANDS = {"list": _node_list, "add": _node_add, "decommission": _node_decommission,
+                  "remove": _node_decommission}
 
 
 def node_main(args_list: Sequence[str]) -> int:

@@ -348,6 +348,12 @@ class Client:
         return self._run(self._async.add_node(
             node_id, address, client_address=client_address, timeout=timeout))
 
+    def decommission_node(
+        self, node_id: int, *, dead: bool = False, timeout: float | None = None
+    ) -> admin_pb2.DecommissionNodeResponse:
+        """Move every replica off a node, then remove it (Admin.DecommissionNode)."""
+        return self._run(self._async.decommission_node(node_id, dead=dead, timeout=timeout))
+
     def list_nodes(self, *, timeout: float | None = None) -> admin_pb2.ListNodesResponse:
         """The cluster's members (Admin.ListNodes) from any reachable node."""
         return self._run(self._async.list_nodes(timeout=timeout))

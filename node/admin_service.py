@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -19,6 +20,8 @@ from node.crypto import CryptoError
 from node.errors import FailedPrecondition, InvalidArgument, NodeError, Unavailable
 from node.grpc_errors import abort_with
 from proto.medkv.v1 import admin_pb2, admin_pb2_grpc
+
+log = logging.getLogger("medkv.admin")
 
 if TYPE_CHECKING:
     from node.host import Replica
@@ -287,6 +290,39 @@ class AdminService(admin_pb2_grpc.AdminServicer):
         return admin_pb2.AddNodeResponse(
             node_id=request.node_id, state=m.state if m else "", epoch=state.epoch,
             already=already,
+        )
+
+    @_answers_node_errors
+    async def DecommissionNode(
+        self, request: admin_pb2.DecommissionNodeRequest, context: grpc.aio.ServicerContext
+    ) -> admin_pb2.DecommissionNodeResponse:
+        state = self.node.cluster.state
+        if state is None:
+            raise Unavailable(f"node {self.node.cfg.node_id} has no cluster state yet")
+        m = state.member(request.node_id)
+        if m is None:
+            raise InvalidArgument(f"node {request.node_id} is not a member")
+        if m.state not in (cluster_state.DECOMMISSIONING, cluster_state.REMOVED):
+            others = [x for x in state.members
+                      if x.state == cluster_state.ACTIVE and x.id != m.id]
+            if len(others) < state.replication:
+                raise FailedPrecondition(
+                    f"without node {m.id} the cluster would keep {len(others)} active node(s) "
+                    f"for {state.replication} replicas per partition: add a node first"
+                )
+            await self.node.host.propose_system(
+                cluster_state.set_member_state(m.id, cluster_state.DECOMMISSIONING,
+                                               request=os.urandom(16)),
+                10.0,
+            )
+            log.info("node %d is being decommissioned%s (asked of node %d)", m.id,
+                     " (dead)" if request.dead else "", self.node.cfg.node_id)
+        state = self.node.cluster.state
+        assert state is not None
+        now = state.member(m.id)
+        return admin_pb2.DecommissionNodeResponse(
+            node_id=m.id, state=now.state if now else "", epoch=state.epoch,
+            replicas=len(state.partitions_on(m.id)),
         )
 
     @_answers_node_errors

@@ -107,6 +107,7 @@ METHODS: Mapping[str, Action] = {
     ADMIN_SVC + "ListNodes": Action.STATUS,
     ADMIN_SVC + "InitCluster": Action.CLUSTER_ADMIN,
     ADMIN_SVC + "AddNode": Action.CLUSTER_ADMIN,
+    ADMIN_SVC + "DecommissionNode": Action.CLUSTER_ADMIN,
     ADMIN_SVC + "ErasePatient": Action.ERASE,
     ADMIN_SVC + "RotateDataKey": Action.KEYS,
     ADMIN_SVC + "RotateMasterKey": Action.KEYS,

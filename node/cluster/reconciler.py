@@ -15,7 +15,11 @@ off because every step is decided from replicated state alone):
   4. the voters follow ClusterState.system_voters() (up to five, an odd
      number): a caught-up learner is promoted, a voter no longer wanted is
      demoted, one at a time; a leader to be demoted first hands leadership
-     to another voter.
+     to another voter;
+  5. a decommissioning member that holds no replica any more is removed.
+
+Beside these steps, every round, the mover (node.cluster.mover) moves
+replicas towards the placement of the active members, a few at a time.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ import grpc
 
 from consensus.types import ConfChange, ConfChangeSingle, ConfChangeType
 from node.cluster import state as cs
+from node.cluster.mover import Mover
 from node.errors import NodeError
 from proto.medkv.v1 import raft_pb2, raft_pb2_grpc
 
@@ -45,6 +50,7 @@ class Reconciler:
     def __init__(self, node: Node) -> None:
         self.node = node
         self._handed: set[int] = set()  # members that acknowledged their bootstrap
+        self.mover = Mover(node)
 
     async def run(self) -> None:
         while True:
@@ -64,7 +70,9 @@ class Reconciler:
         r = node.host.groups.get(cs.SYSTEM_GROUP)
         state = node.cluster.state
         if r is None or r.broken or not r.is_leader or state is None:
+            self.mover.stop()  # a new system leader takes the moves over
             return None
+        self.mover.step(state)
         st = r.raw.status()
         conf = st.conf_state
         # The log's applied index: conf changes are applied by the host, not
@@ -109,6 +117,12 @@ class Reconciler:
                 return None
             # Demoting a voter to a learner is one voter change: safe alone.
             return self._change(ConfChangeType.ADD_LEARNER, node_id, "demote to learner")
+        for m in live.values():
+            if m.state == cs.DECOMMISSIONING and not state.partitions_on(m.id):
+                await node.host.propose_system(
+                    cs.set_member_state(m.id, cs.REMOVED, request=os.urandom(16)), 10.0)
+                log.info("node %d is removed: it holds no replica any more", m.id)
+                return f"remove {m.id}"
         return None
 
     def _change(self, kind: ConfChangeType, node_id: int, what: str) -> str:

@@ -38,7 +38,7 @@ READS = {KV + "Get", KV + "History"}
 WRITES = {KV + "Put", KV + "CompareAndSet", KV + "Delete", KV + "Batch"}
 ADMIN_OPS = {AD + "TransferLeader", AD + "ErasePatient", AD + "RotateDataKey",
              AD + "RotateMasterKey", AD + "KeyStatus", AD + "SetSettings", AD + "InitCluster",
-             AD + "AddNode"}
+             AD + "AddNode", AD + "DecommissionNode"}
 STATUS = {AD + "ClusterStatus", AD + "PartitionStatus", AD + "GetSettings", AD + "ListNodes"}
 ALL_METHODS = sorted([*POLICY.methods, "/medkv.v1.KV/Nope", "/other.Svc/Call"])
 

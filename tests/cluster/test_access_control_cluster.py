@@ -151,7 +151,8 @@ ALLOWED = {
                 "GetSettings", "ListNodes"},
     "admin": {"TransferLeader", "ErasePatient", "RotateDataKey", "RotateMasterKey", "KeyStatus",
               "SetSettings", "GetSettings", "ClusterStatus", "PartitionStatus", "RoutingTable",
-              "OpenSession", "ListNodes", "InitCluster", "AddNode"},
+              "OpenSession", "ListNodes", "InitCluster", "AddNode",
+              "DecommissionNode"},
     "clinic-admin": {"SharePatient", "RoutingTable", "ClusterStatus", "PartitionStatus",
                      "GetSettings", "ListNodes"},
 }

@@ -171,3 +171,95 @@ def test_nodes_join_a_running_cluster_and_the_system_group_grows_to_five_voters(
         wait_for(lambda: members(four).get(5, ("", False))[0] == "active", "node 4 after restart")
     finally:
         stop_cluster(c)
+
+
+def test_replicas_move_to_a_new_node_and_off_decommissioned_and_dead_ones(
+    tmp_path: Path,
+) -> None:
+    """The cluster grows and shrinks online and nothing written is lost:
+    a fifth node receives about R*P/N replicas (learner, catch-up, joint
+    change), a decommissioned node is emptied and removed, a node killed for
+    good is removed with --dead and its replicas re-created on the others.
+    Clients follow the placement epochs; every acknowledged record reads back."""
+    partitions = 8
+    c = start_cluster(tmp_path / "move", nodes=4, partitions=partitions)
+    base = int(c.addresses[0].rsplit(":", 1)[1]) - 1
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+
+    def medkv(*args: str, timeout: float = 240) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "client.cli", "--addr", c.addresses[0], *args],
+            capture_output=True, text=True, timeout=timeout, check=False, env=env, cwd=ROOT,
+        )
+
+    try:
+        written: dict[str, bytes] = {}
+        with c.client() as kv:
+            for i in range(40):
+                pid = f"patient-{i}"
+                written[pid] = f"v{i}".encode()
+                kv.put(pid, "r", written[pid])
+            before = kv.routing_table()
+
+        assert c.run("add-node", "--timeout", "60").returncode == 0  # node 5
+
+        def converged() -> bool:
+            with c.client() as kv:
+                nodes = kv.list_nodes()
+                table = kv.routing_table()
+            held = {m.node_id: m.replicas for m in nodes.members}
+            return held.get(5, 0) > 0 and all(
+                len(table.replicas[p]) == 3 for p in range(partitions)) and sum(held.values()) == 3 * partitions
+
+        wait_for(converged, "replicas on node 5", bound=120)
+        # Let the moves settle, then count what moved.
+        wait_for(lambda: _stable(c), "no move in flight", bound=120)
+        with c.client() as kv:
+            after = kv.routing_table()
+            moved = sum(len(set(after.replicas[p]) - set(before.replicas[p]))
+                        for p in range(partitions))
+            assert after.epoch > before.epoch
+            assert 1 <= moved <= 3 * partitions * 2 // 5 + 2, moved  # about R*P/N = 4.8
+            for pid, value in written.items():
+                assert kv.get(pid, "r").value == value
+            with c.client(f"127.0.0.1:{base + 5}") as kv5:
+                on5 = [p for p in range(partitions) if 5 in after.replicas[p]]
+                pid = next(x for x in written if after.partition_of(x) in on5)
+                assert kv5.get(pid, "r", consistency="follower").value == written[pid]
+
+        done = medkv("node", "decommission", "2")
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.strip() == "removed"
+        with c.client() as kv:
+            table = kv.routing_table()
+            assert all(2 not in table.replicas[p] for p in range(partitions))
+            states = {m.node_id: m.state for m in kv.list_nodes().members}
+            assert states[2] == "removed"
+            kv.put("after-decommission", "r", b"x")
+            for pid, value in written.items():
+                assert kv.get(pid, "r").value == value
+
+        # Node 3 dies for good: its replicas are re-created on 1, 4 and 5.
+        c.run("kill-node", "3")
+        gone = medkv("node", "remove", "3", "--dead")
+        assert gone.returncode == 0, gone.stderr
+        with c.client() as kv:
+            table = kv.routing_table()
+            assert all(3 not in table.replicas[p] and len(table.replicas[p]) == 3
+                       for p in range(partitions))
+            for pid, value in written.items():
+                assert kv.get(pid, "r").value == value
+            assert kv.get("after-decommission", "r").value == b"x"
+        # Three active nodes hold three replicas each: none may leave now.
+        refused = medkv("node", "decommission", "4")
+        assert refused.returncode != 0 and "add a node first" in refused.stderr
+    finally:
+        stop_cluster(c)
+
+
+def _stable(c: object) -> bool:
+    with c.client() as kv:  # type: ignore[attr-defined]
+        a = kv.routing_table().epoch
+    time.sleep(2.0)
+    with c.client() as kv:  # type: ignore[attr-defined]
+        return bool(kv.routing_table().epoch == a)

@@ -476,3 +476,23 @@ class AddNodeResponse(_message.Message):
     epoch: int
     already: bool
     def __init__(self, node_id: _Optional[int] = ..., state: _Optional[str] = ..., epoch: _Optional[int] = ..., already: _Optional[bool] = ...) -> None: ...
+
+class DecommissionNodeRequest(_message.Message):
+    __slots__ = ("node_id", "dead")
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    DEAD_FIELD_NUMBER: _ClassVar[int]
+    node_id: int
+    dead: bool
+    def __init__(self, node_id: _Optional[int] = ..., dead: _Optional[bool] = ...) -> None: ...
+
+class DecommissionNodeResponse(_message.Message):
+    __slots__ = ("node_id", "state", "replicas", "epoch")
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    REPLICAS_FIELD_NUMBER: _ClassVar[int]
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
+    node_id: int
+    state: str
+    replicas: int
+    epoch: int
+    def __init__(self, node_id: _Optional[int] = ..., state: _Optional[str] = ..., replicas: _Optional[int] = ..., epoch: _Optional[int] = ...) -> None: ...

@@ -109,6 +109,11 @@ class AdminStub:
                 request_serializer=proto_dot_medkv_dot_v1_dot_admin__pb2.AddNodeRequest.SerializeToString,
                 response_deserializer=proto_dot_medkv_dot_v1_dot_admin__pb2.AddNodeResponse.FromString,
                 _registered_method=True)
+        self.DecommissionNode = channel.unary_unary(
+                '/medkv.v1.Admin/DecommissionNode',
+                request_serializer=proto_dot_medkv_dot_v1_dot_admin__pb2.DecommissionNodeRequest.SerializeToString,
+                response_deserializer=proto_dot_medkv_dot_v1_dot_admin__pb2.DecommissionNodeResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServicer:
@@ -229,6 +234,15 @@ class AdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DecommissionNode(self, request, context):
+        """Move every replica off a node, then remove it (decommissioning, then
+        removed); `dead` says the node is gone for good (nothing is asked of it).
+        Refused if fewer active nodes than the replication would remain.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -306,6 +320,11 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.AddNode,
                     request_deserializer=proto_dot_medkv_dot_v1_dot_admin__pb2.AddNodeRequest.FromString,
                     response_serializer=proto_dot_medkv_dot_v1_dot_admin__pb2.AddNodeResponse.SerializeToString,
+            ),
+            'DecommissionNode': grpc.unary_unary_rpc_method_handler(
+                    servicer.DecommissionNode,
+                    request_deserializer=proto_dot_medkv_dot_v1_dot_admin__pb2.DecommissionNodeRequest.FromString,
+                    response_serializer=proto_dot_medkv_dot_v1_dot_admin__pb2.DecommissionNodeResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -713,6 +732,33 @@ class Admin:
             '/medkv.v1.Admin/AddNode',
             proto_dot_medkv_dot_v1_dot_admin__pb2.AddNodeRequest.SerializeToString,
             proto_dot_medkv_dot_v1_dot_admin__pb2.AddNodeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DecommissionNode(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/medkv.v1.Admin/DecommissionNode',
+            proto_dot_medkv_dot_v1_dot_admin__pb2.DecommissionNodeRequest.SerializeToString,
+            proto_dot_medkv_dot_v1_dot_admin__pb2.DecommissionNodeResponse.FromString,
             options,
             channel_credentials,
             insecure,
