@@ -83,7 +83,7 @@ class AdminService(admin_pb2_grpc.AdminServicer):
         host = self.node.host
         return admin_pb2.PartitionInfo(
             partition=p,
-            replicas=list(host.placement.replicas(p)),
+            replicas=list(host.members(p)),
             replica_status=[
                 admin_pb2.ReplicaStatus(
                     node_id=host.node_id, role=admin_pb2.ROLE_UNKNOWN, reachable=True,
@@ -202,7 +202,6 @@ class AdminService(admin_pb2_grpc.AdminServicer):
         self, request: admin_pb2.RoutingTableRequest, context: grpc.aio.ServicerContext
     ) -> admin_pb2.RoutingTableResponse:
         cfg = self.node.cfg
-        placement = cfg.placement
         resp = admin_pb2.RoutingTableResponse(
             epoch=self.node.routing_epoch,
             partitions=cfg.partitions,
@@ -216,7 +215,7 @@ class AdminService(admin_pb2_grpc.AdminServicer):
             resp.partition_info.append(
                 admin_pb2.PartitionInfo(
                     partition=p,
-                    replicas=list(placement.replicas(p)),
+                    replicas=list(self.node.host.members(p)),
                     leader=r.leader if r and not r.broken else 0,
                 )
             )
@@ -237,6 +236,34 @@ class AdminService(admin_pb2_grpc.AdminServicer):
     ) -> admin_pb2.ErasePatientResponse:
         version = await self.node.kv.erase_patient(request)
         return admin_pb2.ErasePatientResponse(version=version)
+
+    # ---- replica moves, for the control plane (node/host.py, issue 12) -----
+
+    @_answers_node_errors
+    async def PrepareReplica(
+        self, request: admin_pb2.PrepareReplicaRequest, context: grpc.aio.ServicerContext
+    ) -> admin_pb2.PrepareReplicaResponse:
+        created = await self.node.host.prepare_replica(
+            request.partition, _move_deadline(context, 10.0)
+        )
+        return admin_pb2.PrepareReplicaResponse(node_id=self.node.cfg.node_id, created=created)
+
+    @_answers_node_errors
+    async def ChangeReplicas(
+        self, request: admin_pb2.ChangeReplicasRequest, context: grpc.aio.ServicerContext
+    ) -> admin_pb2.ChangeReplicasResponse:
+        voters = await self.node.host.change_replicas(
+            request.partition, list(request.add), list(request.remove),
+            _move_deadline(context, MOVE_TIMEOUT_S),
+        )
+        return admin_pb2.ChangeReplicasResponse(leader=self.node.cfg.node_id, voters=voters)
+
+    @_answers_node_errors
+    async def DropReplica(
+        self, request: admin_pb2.DropReplicaRequest, context: grpc.aio.ServicerContext
+    ) -> admin_pb2.DropReplicaResponse:
+        dropped = await self.node.host.drop_replica(request.partition, request.force)
+        return admin_pb2.DropReplicaResponse(node_id=self.node.cfg.node_id, dropped=dropped)
 
     # ---- the audit log (node/auth/audit.py) -----------------------------------
 
@@ -302,6 +329,19 @@ class AdminService(admin_pb2_grpc.AdminServicer):
         self, request: admin_pb2.KeyStatusRequest, context: grpc.aio.ServicerContext
     ) -> admin_pb2.KeyStatusResponse:
         return key_status_pb(await _keys_call(self.node.keys.status(request.count_values)))
+
+
+MOVE_TIMEOUT_S = 60.0
+"""How long ChangeReplicas may take when its caller set no deadline (a new
+learner's snapshot is the long part)."""
+
+
+def _move_deadline(context: grpc.aio.ServicerContext | None, default: float) -> float:
+    """The call's own deadline, less a margin so the answer still travels back."""
+    remaining = context.time_remaining() if context is not None else None
+    if remaining is None:
+        return default
+    return max(0.05, remaining - min(1.0, max(0.05, remaining * 0.1)))
 
 
 async def _keys_call(call: Any) -> Any:

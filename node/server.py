@@ -159,6 +159,7 @@ class Node:
             self.transport.send,
             on_purge_due=lambda partition: self.purger.notify(partition),
             announce=self.transport.announce,
+            catalog=self.layout.replica_catalog(),
         )
         self.purger = ErasurePurger(self.host, self.layout)
         self.keys = KeyRotationManager(self.layout, self.host, cfg.key_file)

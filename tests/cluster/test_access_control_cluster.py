@@ -151,7 +151,7 @@ ALLOWED = {
                 "GetSettings"},
     "admin": {"TransferLeader", "ErasePatient", "RotateDataKey", "RotateMasterKey", "KeyStatus",
               "SetSettings", "GetSettings", "ClusterStatus", "PartitionStatus", "RoutingTable",
-              "OpenSession"},
+              "OpenSession", "PrepareReplica", "ChangeReplicas", "DropReplica"},
     "clinic-admin": {"SharePatient", "RoutingTable", "ClusterStatus", "PartitionStatus",
                      "GetSettings"},
 }
