@@ -509,6 +509,9 @@ class MultiRaftHost:
         run: list[tuple[int, int, bytes]] = []
         for e in rd.committed_entries:
             if e.type == EntryType.CONF_CHANGE:
+                # The state machine's applied index covers it (an empty entry
+                # to it), or the next command would follow a gap.
+                run.append((e.index, e.term, b""))
                 self._apply_run(r, run)
                 run = []
                 r.raw.apply_conf_change(decode_conf_change(e.data))
