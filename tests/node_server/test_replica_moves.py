@@ -27,8 +27,8 @@ from node.errors import (
     Unavailable,
 )
 from node.host import MultiRaftHost
-from node.replica_catalog import ReplicaState
-from node.storage_layout import StorageLayout, plaintext_codec_for_tests
+from node.replica_catalog import ReplicaCatalog, ReplicaState
+from node.storage_layout import RAFT_PREFIX, STATE_PREFIX, StorageLayout, plaintext_codec_for_tests
 from proto.medkv.v1 import raft_pb2
 from tests.host_writes import open_session, propose_write
 
@@ -308,6 +308,48 @@ def test_a_learner_that_cannot_catch_up_times_out_and_a_retry_finishes(tmp_path:
             net.down.discard(d)
             voters = await change(net, p, [d], [c])
             assert set(voters) == (set(placed) - {c}) | {d}
+        finally:
+            await net.close_all()
+
+    asyncio.run(run())
+
+
+def test_a_drop_cut_short_by_a_crash_finishes_at_the_next_start(tmp_path: Path) -> None:
+    """The tombstone is written before any data is deleted: a start that finds
+    it deletes the rest and does not open the replica (whatever the placement says)."""
+
+    async def run() -> None:
+        net = Net(tmp_path)
+        for n in NODES:
+            net.open(n)
+        try:
+            for h in net.hosts.values():  # an unchanged cluster: exactly the placement
+                for p, r in h.replicas.items():
+                    assert r.replicas == h.placement.replicas(p) and r.learners == ()
+            p = 3
+            await put(net, p, 3)
+            holder = net.hosts[1].placement.replicas(p)[-1]
+            await net.close(holder)
+            # What a crash right after the tombstone leaves: the record says
+            # DROPPING, every key of the partition is still there.
+            db = plyvel.DB(str(tmp_path / f"n{holder}" / "db"))
+            try:
+                on_disk = ReplicaCatalog(db, plaintext_codec_for_tests()[0], STATE_PREFIX,
+                                         RAFT_PREFIX)
+                assert not on_disk.is_empty(p)
+                on_disk.set(p, ReplicaState.DROPPING)
+            finally:
+                db.close()
+            again = net.open(holder)
+            assert p not in again.replicas and again.catalog.state(p) is None
+            others = [q for q in again.placement.partitions_on(holder) if q != p]
+            assert others and all(q in again.replicas for q in others)
+            await net.close(holder)
+            db = plyvel.DB(str(tmp_path / f"n{holder}" / "db"))
+            try:
+                assert ReplicaCatalog(db, plaintext_codec_for_tests()[0]).is_empty(p)
+            finally:
+                db.close()
         finally:
             await net.close_all()
 
