@@ -114,11 +114,11 @@ def moving_case(cluster: LocalCluster, taken: set[int]) -> tuple[int, list[int],
     """A partition not used yet whose replicas node d lacks: (partition, replicas, d)."""
     with cluster.client() as kv:
         table = kv.routing_table()
-    for info in table.partition_info:
-        missing = [n for n in range(1, NODES + 1) if n not in info.replicas]
-        if info.partition not in taken and missing:
-            taken.add(info.partition)
-            return info.partition, list(info.replicas), missing[0]
+    for p, replicas in enumerate(table.replicas):
+        missing = [n for n in range(1, NODES + 1) if n not in replicas]
+        if p not in taken and missing:
+            taken.add(p)
+            return p, list(replicas), missing[0]
     raise AssertionError("no partition left to move")
 
 
