@@ -112,7 +112,7 @@ class AdminService(admin_pb2_grpc.AdminServicer):
             applied_index=r.applied,
         )
         if r.is_leader:
-            for nid in r.replicas:
+            for nid in (*r.replicas, *r.learners):  # learners: replicas in motion
                 pr = st.progress.get(nid)
                 if nid == host.node_id:
                     info.replica_status.append(
@@ -126,7 +126,8 @@ class AdminService(admin_pb2_grpc.AdminServicer):
                 elif pr is not None:
                     info.replica_status.append(
                         admin_pb2.ReplicaStatus(
-                            node_id=nid, role=admin_pb2.FOLLOWER_ROLE,
+                            node_id=nid,
+                            role=admin_pb2.LEARNER_ROLE if pr.is_learner else admin_pb2.FOLLOWER_ROLE,
                             match_index=pr.match, lag_entries=max(0, st.commit - pr.match),
                             reachable=self._reachable(r, nid, bool(pr.recent_active)),
                         )
@@ -135,7 +136,8 @@ class AdminService(admin_pb2_grpc.AdminServicer):
             info.replica_status.append(
                 admin_pb2.ReplicaStatus(
                     node_id=host.node_id,
-                    role=_ROLE.get(r.role, admin_pb2.ROLE_UNKNOWN),
+                    role=admin_pb2.LEARNER_ROLE if host.node_id in r.learners
+                    else _ROLE.get(r.role, admin_pb2.ROLE_UNKNOWN),
                     term=_u64(st.term), commit_index=_u64(st.commit), applied_index=r.applied,
                     lag_entries=r.lag, reachable=True,
                 )

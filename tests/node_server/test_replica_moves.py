@@ -240,6 +240,13 @@ def test_a_replica_moves_to_a_new_node_and_the_old_one_is_dropped(tmp_path: Path
             with pytest.raises(Unavailable, match="not held"):
                 old.replica(p)
             assert old.catalog.state(p) is None
+            assert c not in old.members(p)  # its hints name the group it left
+            old.set_members(p, voters)  # the control plane's word for a partition not held
+            assert old.members(p) == voters
+            lead = net.hosts[voters[0]]
+            lead.set_members(p, list(reversed(voters)))  # preference order only
+            assert lead.replicas[p].replicas == tuple(reversed(voters))
+            assert lead.members(p) == tuple(reversed(voters))
             await net.close(c)
             db = plyvel.DB(str(tmp_path / f"n{c}" / "db"))
             try:
@@ -305,6 +312,8 @@ def test_a_learner_that_cannot_catch_up_times_out_and_a_retry_finishes(tmp_path:
                 await leader.change_replicas(p, [d], [c], 2.0)
             cs = leader.replicas[p].raw.status().conf_state
             assert d in cs.learners and set(cs.voters) == set(placed)  # left in place
+            assert leader.replicas[p].learners == (d,)  # status shows it in motion
+            assert leader._moving(leader.replicas[p])  # leader balancing leaves it alone
             net.down.discard(d)
             voters = await change(net, p, [d], [c])
             assert set(voters) == (set(placed) - {c}) | {d}
