@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -22,6 +23,8 @@ if TYPE_CHECKING:
     from node.host import Replica
     from node.key_rotation import KeyState, ReEncryptionState
     from node.server import Node
+
+log = logging.getLogger("medkv.admin")
 
 VERSION = "0.1.0"
 
@@ -254,11 +257,48 @@ class AdminService(admin_pb2_grpc.AdminServicer):
     async def ChangeReplicas(
         self, request: admin_pb2.ChangeReplicasRequest, context: grpc.aio.ServicerContext
     ) -> admin_pb2.ChangeReplicasResponse:
-        voters = await self.node.host.change_replicas(
+        host = self.node.host
+        deadline = _move_deadline(context, MOVE_TIMEOUT_S)
+        started = time.monotonic()
+        if 0 <= request.partition < self.node.cfg.partitions:
+            await self._prepare_new_replicas(request, min(5.0, deadline / 2))
+        voters = await host.change_replicas(
             request.partition, list(request.add), list(request.remove),
-            _move_deadline(context, MOVE_TIMEOUT_S),
+            max(0.05, deadline - (time.monotonic() - started)),
         )
         return admin_pb2.ChangeReplicasResponse(leader=self.node.cfg.node_id, voters=voters)
+
+    async def _prepare_new_replicas(
+        self, request: admin_pb2.ChangeReplicasRequest, timeout: float
+    ) -> None:
+        """On the leader: PrepareReplica on every added node that is not a
+        voter yet (idempotent there, learners included: an earlier attempt may
+        have added one it could not reach), so a node is not made a learner
+        without a replica to receive its snapshot (its guard would refuse the
+        leader's messages). A node that cannot be reached now is added anyway:
+        it cannot catch up, the change answers DEADLINE_EXCEEDED and a retry
+        prepares it again; a node that refuses stops the change."""
+        host, cfg = self.node.host, self.node.cfg
+        r = host.leader_replica(request.partition)  # elsewhere: UNAVAILABLE with the hint
+        cs = host.conf_of(r)
+        voters = {*cs.voters, *cs.voters_outgoing}
+        for n in dict.fromkeys(request.add):
+            if n in voters or n not in cfg.peers or n == cfg.node_id:
+                continue  # a voter already, or an unknown node change_replicas refuses
+            try:
+                await self.node.peer_admin(n).PrepareReplica(
+                    admin_pb2.PrepareReplicaRequest(partition=request.partition),
+                    timeout=timeout,
+                )
+            except grpc.aio.AioRpcError as e:
+                if e.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                    log.warning("partition %d: node %d did not answer PrepareReplica (%s); "
+                                "adding it anyway", request.partition, n, e.code().name)
+                    continue
+                raise FailedPrecondition(
+                    f"node {n} refused to prepare its replica of partition {request.partition} "
+                    f"({e.code().name}: {e.details()}); nothing was changed"
+                ) from None
 
     @_answers_node_errors
     async def DropReplica(

@@ -1082,7 +1082,7 @@ class MultiRaftHost:
         self.catalog.remove(p)
 
     @staticmethod
-    def _conf_of(r: Replica) -> ConfState:
+    def conf_of(r: Replica) -> ConfState:
         """The replica's applied configuration (conf changes apply with the entries)."""
         return r.raw.raft.trk.conf_state()
 
@@ -1091,7 +1091,7 @@ class MultiRaftHost:
         configuration: voters of the incoming half first, in the preference
         order (set_members, else the placement), then any others. For an
         unchanged cluster that is exactly the placement's tuple."""
-        cs = self._conf_of(r)
+        cs = self.conf_of(r)
         incoming = set(cs.voters)
         voters = incoming | set(cs.voters_outgoing)
         pref = self._members.get(r.partition, (self.placement.replicas(r.partition), ()))[0]
@@ -1130,7 +1130,7 @@ class MultiRaftHost:
 
     def _moving(self, r: Replica) -> bool:
         return bool(r.learners) or r.partition in self._moves or bool(
-            self._conf_of(r).voters_outgoing
+            self.conf_of(r).voters_outgoing
         )
 
     def _not_member(self, r: Replica) -> Unavailable:
@@ -1251,7 +1251,7 @@ class MultiRaftHost:
         p = r.partition
         await self._wait_conf(r, lambda cs: not cs.voters_outgoing, deadline,
                               "an earlier change's joint configuration was not left", True)
-        cs = self._conf_of(r)
+        cs = self.conf_of(r)
         voters = set(cs.voters)
         target = (voters - rem_s) | add_s
         if not target:
@@ -1285,7 +1285,7 @@ class MultiRaftHost:
                                   f"node {n} was not added as a learner", True)
         promote = sorted(target - voters)
         await self._wait_caught_up(r, promote, deadline)
-        cs = self._conf_of(r)
+        cs = self.conf_of(r)
         changes = [ConfChangeSingle(ConfChangeType.ADD_VOTER, n) for n in promote]
         changes += [
             ConfChangeSingle(ConfChangeType.REMOVE_NODE, n)
@@ -1344,7 +1344,7 @@ class MultiRaftHost:
         need_leader: bool,
     ) -> None:
         loop = asyncio.get_running_loop()
-        while not done(self._conf_of(r)):
+        while not done(self.conf_of(r)):
             if r.broken:
                 raise Unavailable(r.broken)
             if need_leader and not r.is_leader:
@@ -1421,7 +1421,7 @@ class MultiRaftHost:
                     f"partition {partition} on node {self.node_id} is out of service: its "
                     "configuration cannot be checked; force=true drops it anyway"
                 )
-            cs = self._conf_of(r)
+            cs = self.conf_of(r)
             if self.node_id in {*cs.voters, *cs.voters_outgoing, *cs.learners,
                                 *cs.learners_next}:
                 raise FailedPrecondition(

@@ -226,11 +226,12 @@ def test_a_replica_moves_and_the_old_one_is_deleted(cluster: LocalCluster) -> No
 
 
 def test_the_leader_is_removed_after_handing_over(cluster: LocalCluster) -> None:
+    """The leader is one of the removed: it hands over, the new leader finishes."""
     p, replicas, d = moving_case(cluster, _used)
     pid, expected = write(cluster, p, "lead", RECORDS)
     leader = leader_of(cluster, p)
     assert leader in replicas
-    admin(cluster, d).PrepareReplica(admin_pb2.PrepareReplicaRequest(partition=p), timeout=10)
+    # No PrepareReplica here: the leader asks d to prepare before it adds d.
     code, details, hint = code_of(lambda: admin(cluster, leader).ChangeReplicas(
         admin_pb2.ChangeReplicasRequest(partition=p, add=[d], remove=[leader]), timeout=30))
     assert code == grpc.StatusCode.UNAVAILABLE and "handed leadership" in details, details

@@ -218,7 +218,8 @@ class AdminServicer:
 
     def ChangeReplicas(self, request, context):
         """ChangeReplicas: on P's leader only (UNAVAILABLE with the leader hint
-        elsewhere). Adds each new node as a learner, waits until it caught up,
+        elsewhere). Calls PrepareReplica on each new node that is not a voter
+        yet, adds it as a learner, waits until it caught up,
         then one joint configuration change promotes them and removes the others,
         and waits until the joint configuration is left. A leader to be removed
         first hands leadership to a voter that stays and answers UNAVAILABLE with
