@@ -202,6 +202,14 @@ def test_a_replica_moves_to_a_new_node_and_the_old_one_is_dropped(tmp_path: Path
 
             assert await net.hosts[d].prepare_replica(p) is True
             assert await net.hosts[d].prepare_replica(p) is False  # idempotent
+            with pytest.raises(InvalidArgument, match="does not exist"):
+                await net.hosts[d].prepare_replica(PARTITIONS)
+            with pytest.raises(Unavailable, match="new replica"):  # no writes either
+                await propose_write(net.hosts[d], p, cmd.Put(
+                    client_id=b"c" * 16, session=1, seq=1, ack_below=0, ts_ms=0,
+                    patient_id="x", record_id="y", value=b"z"), timeout=1)
+            never = next(q for q in range(PARTITIONS) if q not in net.hosts[d].replicas)
+            assert await net.hosts[d].drop_replica(never) is False  # nothing to do
             assert net.hosts[d].catalog.state(p) == ReplicaState.BLANK
             with pytest.raises(Unavailable, match="new replica that has not received its data"):
                 net.hosts[d].replica(p)
