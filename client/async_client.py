@@ -24,6 +24,7 @@ import contextlib
 import math
 import os
 import random
+import uuid
 from collections.abc import (
     AsyncGenerator,
     AsyncIterator,
@@ -1041,6 +1042,15 @@ class AsyncClient:
         )
         return reply
 
+    async def list_nodes(self, *, timeout: float | None = None) -> admin_pb2.ListNodesResponse:
+        """Admin.ListNodes from any reachable node: the members as its replica of
+        the cluster state has applied them."""
+        attempts = Attempts(self.policy, timeout, rng=self._rng)
+        reply: admin_pb2.ListNodesResponse = await self._admin_call(
+            "ListNodes", admin_pb2.ListNodesRequest(), attempts
+        )
+        return reply
+
     async def partition_status(
         self, partition: int, *, timeout: float | None = None
     ) -> admin_pb2.PartitionStatusResponse:
@@ -1192,6 +1202,21 @@ class AsyncClient:
             f"node {address} did not answer {method} within {attempts.deadline.timeout:g}s"
             + (f" (last error: {last})" if last else "")
         )
+
+    async def init_cluster(
+        self, *, partitions: int = 0, replication: int = 0, timeout: float | None = None
+    ) -> admin_pb2.InitClusterResponse:
+        """Create the cluster (Admin.InitCluster) through the first seed address,
+        retried while it is unreachable (nodes still starting). Asking one node,
+        not any, and one cluster id for every attempt: a retry never founds a
+        second cluster. 0 = the node's configured partitions / replication."""
+        request = admin_pb2.InitClusterRequest(
+            partitions=partitions, replication=replication, cluster_id=uuid.uuid4().hex
+        )
+        reply: admin_pb2.InitClusterResponse = await self._node_admin(
+            self._seeds[0], "InitCluster", request, timeout
+        )
+        return reply
 
     async def key_status(
         self, address: str, *, count_values: bool = False, timeout: float | None = None

@@ -13,7 +13,9 @@ twice, the later one wins.
     delete PATIENT RECORD [--expected-version V]
     cas PATIENT RECORD --expected-version V [--value TEXT]
     scan [--partition P ...] [--consistency ...] [--max-staleness S] [--page-size N]
-    status                                    the cluster at a glance
+    status                                    the cluster at a glance (exit 0 OK, 5 DEGRADED,
+                                              6 UNAVAILABLE)
+    cluster init [--partitions N] [--replication R]   create the cluster (once; idempotent)
     erase-patient PATIENT                     erase every record of a patient, everywhere
     share-patient PATIENT CLINIC [--revoke]   register a patient to one more clinic (clinic-admin)
     settings get [--partition P ...]          the replicated cluster settings, per partition
@@ -23,7 +25,8 @@ twice, the later one wins.
     keys status [--count-values]              every node's keys and re-encryption progress
     keys rotate-data [--wait]                 new data key on every node, re-encrypt online
     keys rotate-master [--new-key-id ID]      re-wrap under the staged master, then install
-    node ... / keys ... --data-dir/--key-file server-side: runs `python -m node ...`
+    node list                                 the cluster's members (replicated cluster state)
+    node --config F / keys ... --data-dir/--key-file   server-side: runs `python -m node ...`
     certs init|issue|show                     cluster CA, node and client certificates
     tokens keygen|issue|verify                bearer tokens (local signing key, JWKS)
     audit query [--patient P] [--subject S] [--since T] [--until T] [--break-glass]
@@ -46,7 +49,9 @@ value to stdout, ending with a newline (--raw: its exact bytes), and where it
 was read from to stderr; `put`, `cas` and `delete` write the new version to
 stdout and what they did (partition, serving node) to stderr; `--json` prints
 one JSON document (scan: one JSON object per line) instead. Exit status: 0 ok,
-1 error, 2 usage, 3 not found, 4 version conflict or too stale.
+1 error, 2 usage, 3 not found, 4 version conflict or too stale; `status` (table
+or --json alike) exits 0 only when the cluster is OK, 5 when DEGRADED, 6 when
+UNAVAILABLE (1 when no node answered), so a cron job or a probe can act on it.
 """
 
 from __future__ import annotations
@@ -65,16 +70,33 @@ from typing import Any, BinaryIO, TextIO
 from client.audit import render_audit_entries, render_audit_verify
 from client.auth import TOKEN_ENV
 from client.errors import MedkvError, NotFound, TooStale, VersionConflict
-from client.records import Record, ScanPage
-from client.status_table import partition_json, render_partition, render_status, status_json
+from client.progress import ProgressLine
+from client.records import Record
+from client.status_table import (
+    DEGRADED,
+    OK,
+    UNAVAILABLE,
+    assess,
+    partition_json,
+    render_partition,
+    render_status,
+    status_json,
+)
 from client.sync_client import Client
 from client.tls import TLS_DIR_ENV, TlsConfig
 from proto.medkv.v1 import admin_pb2
 
 DEFAULT_ADDR = "127.0.0.1:7101"
 EXIT_ERROR, EXIT_USAGE, EXIT_NOT_FOUND, EXIT_CONFLICT = 1, 2, 3, 4
+# `medkv status`: its own codes, distinct from the ones above, so a script can
+# tell "the cluster is degraded" from "the command failed" or "bad usage".
+EXIT_DEGRADED, EXIT_UNAVAILABLE = 5, 6
+STATUS_EXIT = {OK: 0, DEGRADED: EXIT_DEGRADED, UNAVAILABLE: EXIT_UNAVAILABLE}
 
-# Server-side commands: handed to the node package without importing it.
+# Server-side commands: handed to the node package without importing it. The
+# node package is this package's sibling: `node` in the repository, `medkv.node`
+# in an installed wheel (whose import names are all under medkv).
+NODE_PACKAGE = ".".join([*(__package__ or "client").split(".")[:-1], "node"])
 SERVER_COMMANDS = {
     "node": [], "keys": ["keys"], "certs": ["certs"], "tokens": ["tokens"], "audit": ["audit"],
 }
@@ -133,14 +155,27 @@ def is_online_audit(argv: Sequence[str]) -> bool:
         a.split("=", 1)[0] in _OFFLINE_AUDIT_OPTIONS for a in rest)
 
 
+# `node` subcommands answered by the running cluster; plain `medkv node --config F`
+# starts a node process.
+ONLINE_NODE_COMMANDS = ("list",)
+
+
+def is_online_node(argv: Sequence[str]) -> bool:
+    """`medkv node list ...` (the cluster's members), not `medkv node --config F`."""
+    args = list(argv)
+    i = _command_index(args)
+    return i is not None and args[i] == "node" and len(args) > i + 1 \
+        and args[i + 1] in ONLINE_NODE_COMMANDS
+
+
 def server_command(argv: Sequence[str]) -> list[str] | None:
     """`[python, -m, node, ...]` when argv names a server-side command, else None."""
     args = list(argv)
     i = _command_index(args)
     if i is None or args[i] not in SERVER_COMMANDS or is_online_keys(args) \
-            or is_online_audit(args):
+            or is_online_audit(args) or is_online_node(args):
         return None
-    return [sys.executable, "-m", "node", *SERVER_COMMANDS[args[i]], *args[i + 1 :]]
+    return [sys.executable, "-m", NODE_PACKAGE, *SERVER_COMMANDS[args[i]], *args[i + 1 :]]
 
 
 def _add_read_options(parser: argparse.ArgumentParser, default: str) -> None:
@@ -277,12 +312,30 @@ def build_parser() -> argparse.ArgumentParser:
     _add_read_options(scan, "follower")
     scan.add_argument("--page-size", type=int, default=0, help="records per streamed page")
 
-    sub.add_parser("status", help="the cluster at a glance")
+    sub.add_parser(
+        "status",
+        help="the cluster at a glance; exit status 0 OK, 5 DEGRADED, 6 UNAVAILABLE",
+        description="The cluster's health: a verdict (OK, DEGRADED or UNAVAILABLE) with its "
+        "reasons, the nodes, and one row per partition. Exit status: 0 OK, 5 DEGRADED, "
+        "6 UNAVAILABLE, 1 when no node answered (the same with --json).",
+    )
 
     part = sub.add_parser(
         "partition", help="one partition's leader, term and replicas (Admin.PartitionStatus)"
     )
     part.add_argument("partition_id", metavar="PARTITION", type=int)
+
+    cluster = sub.add_parser("cluster", help="create the cluster: `cluster init` (once)")
+    cluster_sub = cluster.add_subparsers(dest="cluster_command", required=True, metavar="COMMAND")
+    init = cluster_sub.add_parser(
+        "init",
+        help="create the cluster from the first --addr node's [[peers]] (its initial members); "
+        "safe to run again: it finishes an init that did not reach every member",
+    )
+    init.add_argument("--partitions", type=int, default=0,
+                      help="partitions, fixed for the cluster's life (default: the node's config)")
+    init.add_argument("--replication", type=int, default=0,
+                      help="replicas per partition (default: the node's config)")
 
     transfer = sub.add_parser(
         "transfer-leader",
@@ -340,8 +393,11 @@ def build_parser() -> argparse.ArgumentParser:
             for action in settings_sub.choices.values():
                 _add_global_options(action, top=False)
         _add_global_options(command, top=False)
-    sub.add_parser("node", help="run a database node (python -m node ...)", add_help=False)
-    sub.add_parser("keys", help="manage encryption keys (python -m node keys ...)", add_help=False)
+    sub.add_parser("node", help="node list: the cluster's members; node --config FILE: run a "
+                   f"database node (python -m {NODE_PACKAGE})", add_help=False)
+    sub.add_parser("keys", help="encryption keys: status|rotate-data|rotate-master on the running "
+                   "nodes; init|stage-master, and the stopped-node forms with --data-dir, on this "
+                   "host", add_help=False)
     sub.add_parser("certs", help="cluster CA, node and client certificates (init|issue|show)",
                    add_help=False)
     sub.add_parser("tokens", help="bearer tokens for labs and tests (keygen|issue|verify)",
@@ -451,15 +507,6 @@ class _Out:
         self.stderr.flush()
 
 
-def _scan_progress(page: ScanPage, done: int, total: int, records: int) -> str:
-    return (
-        f"partition {page.partition} done: node {page.served_by} "
-        f"({'leader' if page.read_state.from_leader else 'replica'}), "
-        f"applied {page.read_state.applied_index}, lag {page.read_state.lag}, "
-        f"staleness {_seconds(page.staleness)}  [{done}/{total} partitions, {records} records]"
-    )
-
-
 def run(
     args: argparse.Namespace,
     kv: Client,
@@ -526,11 +573,33 @@ def run(
     if args.command == "status":
         status = kv.cluster_status(timeout=timeout)
         out.line(status_json(status) if out.json else render_status(status))
-        return 0
+        return STATUS_EXIT[assess(status)[0]]
     if args.command == "partition":
         reply = kv.partition_status(args.partition_id, timeout=timeout)
         out.line(partition_json(reply) if out.json else render_partition(reply))
         return 0
+    if args.command == "cluster":
+        reply = kv.init_cluster(
+            partitions=args.partitions, replication=args.replication, timeout=timeout
+        )
+        missing = [n.node_id for n in reply.nodes if not n.ok]
+        if out.json:
+            out.doc({
+                "cluster_id": reply.cluster_id, "already_initialized": reply.already_initialized,
+                "partitions": reply.partitions, "replication": reply.replication,
+                "nodes": [{"node": n.node_id, "ok": n.ok, "already": n.already, "error": n.error}
+                          for n in reply.nodes],
+            })
+        else:
+            out.line(reply.cluster_id)
+            for n in reply.nodes:
+                what = "already a member" if n.already else "joined"
+                out.note(f"node {n.node_id}: {what if n.ok else 'not reached: ' + n.error}")
+            verb = "was initialized already" if reply.already_initialized else "created"
+            out.note(f"cluster {reply.cluster_id} {verb}: {reply.partitions} partitions, "
+                     f"replication {reply.replication}"
+                     + (f"; run it again once nodes {missing} are up" if missing else ""))
+        return EXIT_ERROR if missing else 0
     if args.command == "transfer-leader":
         leader = kv.transfer_leader(args.partition_id, args.node_id, timeout=timeout)
         if out.json:
@@ -607,29 +676,40 @@ def _settings(args: argparse.Namespace, kv: Client, out: _Out) -> int:
 
 
 def _scan(args: argparse.Namespace, kv: Client, out: _Out) -> int:
+    """Records to stdout; on stderr one progress line (partitions done, records)
+    and a summary of where the data came from and how stale it was at worst."""
     partitions = args.partition
     total = (
         len(set(partitions)) if partitions else kv.routing_table(timeout=args.timeout).partitions
     )
-    done = records = 0
-    for page in kv.scan_pages(
-        consistency=_consistency(args, "follower"),
-        max_staleness=args.max_staleness,
-        partitions=partitions,
-        page_size=args.page_size,
-        timeout=args.timeout,
-    ):
-        for r in page.records:
-            records += 1
-            if out.json:
-                out.doc(record_dict(r))
-            else:
-                out.line(f"{r.patient_id}\t{r.record_id}\t{r.version}\t{_text(r.value, 200)}")
-        if page.done:
-            done += 1
-            out.note(_scan_progress(page, done, total, records))
-    out.stdout.flush()
-    out.note(f"scan complete: {records} records from {done} partitions")
+    done = records = from_leader = 0
+    worst = 0.0  # seconds; -1: some replica could not state its staleness
+    with ProgressLine(out.stderr, total, "scan", "partitions") as progress:
+        for page in kv.scan_pages(
+            consistency=_consistency(args, "follower"),
+            max_staleness=args.max_staleness,
+            partitions=partitions,
+            page_size=args.page_size,
+            timeout=args.timeout,
+        ):
+            for r in page.records:
+                records += 1
+                if out.json:
+                    out.doc(record_dict(r))
+                else:
+                    out.line(f"{r.patient_id}\t{r.record_id}\t{r.version}\t{_text(r.value, 200)}")
+            if page.done:
+                done += 1
+                from_leader += bool(page.read_state.from_leader)
+                if worst >= 0:
+                    worst = page.staleness if page.staleness < 0 else max(worst, page.staleness)
+            progress.set(done, f"{records} records")
+        out.stdout.flush()
+    out.note(
+        f"scan complete: {records} records from {done} partitions "
+        f"({done - from_leader} from replicas, {from_leader} from leaders; "
+        f"max staleness {_seconds(worst)})"
+    )
     return 0
 
 
@@ -814,26 +894,33 @@ def _wait_reencrypted(
 ) -> int:
     """Poll every node until its pass finished (or failed); returns how many did not finish."""
     deadline = time.monotonic() + args.wait_timeout
-    last_line = ""
-    while True:
-        rows = _statuses(kv, nodes, False, args.timeout)
-        states = {n: (st.reencryption if not isinstance(st, str) else None) for n, _, st in rows}
-        line = "  ".join(
-            f"node {n}: " + (f"{r.state} {r.percent:.0f}%" if r is not None else "no answer")
-            for n, r in states.items()
-        )
-        if line != last_line:
-            out.note(line)
-            last_line = line
-        done = [r is not None and r.state in ("finished", "failed") for r in states.values()]
-        if all(done) or time.monotonic() >= deadline:
-            bad = [n for n, r in states.items() if r is None or r.state != "finished"]
-            for n in bad:
-                r = states[n]
-                why = "no answer" if r is None else (r.error or r.state)
-                out.note(f"node {n}: re-encryption did not finish: {why}")
-            return len(bad)
-        time.sleep(0.5)
+    # One line for the whole cluster: the mean of the nodes' percentages.
+    progress = ProgressLine(out.stderr, 100, "re-encryption", "%")
+    try:
+        while True:
+            rows = _statuses(kv, nodes, False, args.timeout)
+            states = {n: (st.reencryption if not isinstance(st, str) else None)
+                      for n, _, st in rows}
+            finished = sum(1 for r in states.values() if r is not None and r.state == "finished")
+            percent = sum(100.0 if r is not None and r.state == "finished"
+                          else (r.percent if r is not None else 0.0) for r in states.values())
+            silent = [str(n) for n, r in states.items() if r is None]
+            note = f"{finished}/{len(nodes)} nodes finished"
+            if silent:
+                note += f", no answer from node(s) {','.join(silent)}"
+            progress.set(int(percent / max(len(nodes), 1)), note)
+            done = [r is not None and r.state in ("finished", "failed") for r in states.values()]
+            if all(done) or time.monotonic() >= deadline:
+                break
+            time.sleep(0.5)
+    finally:
+        progress.close()
+    bad = [n for n, r in states.items() if r is None or r.state != "finished"]
+    for n in bad:
+        r = states[n]
+        why = "no answer" if r is None else (r.error or r.state)
+        out.note(f"node {n}: re-encryption did not finish: {why}")
+    return len(bad)
 
 
 def _keys_rotate_master(args: argparse.Namespace, kv: Client, out: _Out) -> int:
@@ -1032,8 +1119,74 @@ def audit_main(args_list: Sequence[str]) -> int:
     )
 
 
+# ---- the cluster's members: `medkv node list`
+
+
+def build_node_parser() -> argparse.ArgumentParser:
+    """The online `node` commands; --addr/--json/--timeout may follow the subcommand."""
+    parser = argparse.ArgumentParser(
+        prog="medkv node",
+        description="The cluster's members, from its replicated cluster state. "
+        "(`medkv node --config FILE` runs a node.)",
+    )
+    sub = parser.add_subparsers(dest="node_command", required=True, metavar="COMMAND")
+    _online_subcommand(sub, "list", "every member: id, addresses, state, replicas, system voter")
+    return parser
+
+
+def render_nodes(reply: Any) -> str:
+    rows = [("NODE", "STATE", "REPLICAS", "SYSTEM", "ADDRESS", "CLIENT ADDRESS")]
+    for m in reply.members:
+        system = "voter" if m.system_voter else ("learner" if m.state != "removed" else "-")
+        if m.node_id == reply.system_leader:
+            system = "leader"
+        rows.append((str(m.node_id), m.state, str(m.replicas), system, m.address,
+                     m.client_address or "-"))
+    widths = [max(len(r[c]) for r in rows) for c in range(len(rows[0]))]
+    lines = [f"cluster {reply.cluster_id}  placement epoch {reply.epoch}  "
+             f"(as node {reply.answered_by} has applied it)"]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+    return "\n".join(lines)
+
+
+def nodes_json(reply: Any) -> dict[str, Any]:
+    return {
+        "cluster_id": reply.cluster_id, "epoch": reply.epoch, "answered_by": reply.answered_by,
+        "system_leader": reply.system_leader, "system_applied": reply.system_applied,
+        "members": [
+            {"node": m.node_id, "state": m.state, "replicas": m.replicas,
+             "system_voter": m.system_voter, "address": m.address,
+             "client_address": m.client_address}
+            for m in reply.members
+        ],
+    }
+
+
+def _node_list(args: argparse.Namespace, kv: Client, out: _Out) -> int:
+    reply = kv.list_nodes(timeout=args.timeout)
+    if out.json:
+        out.doc(nodes_json(reply))
+    else:
+        out.line(render_nodes(reply))
+    return 0
+
+
+_NODE_COMMANDS = {"list": _node_list}
+
+
+def node_main(args_list: Sequence[str]) -> int:
+    """An online `node` command."""
+    return _online_main(
+        args_list, build_node_parser(),
+        lambda ns, kv, out: _NODE_COMMANDS[ns.node_command](ns, kv, out),
+        _exit_code,
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
+    if is_online_node(args_list):
+        return node_main(args_list)
     if is_online_keys(args_list):
         return keys_main(args_list)
     if is_online_audit(args_list):

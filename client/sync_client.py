@@ -329,6 +329,17 @@ class Client:
     def cluster_status(self, *, timeout: float | None = None) -> admin_pb2.ClusterStatusResponse:
         return self._run(self._async.cluster_status(timeout=timeout))
 
+    def init_cluster(
+        self, *, partitions: int = 0, replication: int = 0, timeout: float | None = None
+    ) -> admin_pb2.InitClusterResponse:
+        """Create the cluster through the first address (Admin.InitCluster); idempotent."""
+        return self._run(self._async.init_cluster(
+            partitions=partitions, replication=replication, timeout=timeout))
+
+    def list_nodes(self, *, timeout: float | None = None) -> admin_pb2.ListNodesResponse:
+        """The cluster's members (Admin.ListNodes) from any reachable node."""
+        return self._run(self._async.list_nodes(timeout=timeout))
+
     def partition_status(
         self, partition: int, *, timeout: float | None = None
     ) -> admin_pb2.PartitionStatusResponse:

@@ -26,7 +26,8 @@ def main(argv: list[str] | None = None) -> int:
     if args and args[0] in _AUTH_COMMANDS:
         import importlib
 
-        module = importlib.import_module(f"node.auth.{_AUTH_COMMANDS[args[0]]}")
+        # Relative: an installed copy (medkv.node) runs its own package's tools.
+        module = importlib.import_module(f".auth.{_AUTH_COMMANDS[args[0]]}", __package__)
         return int(module.main(args[1:]))
     parser = argparse.ArgumentParser(prog="medkv node", description="Run one medkv node.")
     parser.add_argument("--config", required=True, help="the node's TOML configuration file")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -13,9 +14,10 @@ import grpc
 
 from consensus.types import StateRole
 from node.audit_service import AuditService
+from node.cluster import state as cluster_state
 from node.config import NodeConfig
 from node.crypto import CryptoError
-from node.errors import FailedPrecondition, InvalidArgument, NodeError
+from node.errors import FailedPrecondition, InvalidArgument, NodeError, Unavailable
 from node.grpc_errors import abort_with
 from proto.medkv.v1 import admin_pb2, admin_pb2_grpc
 
@@ -232,8 +234,54 @@ class AdminService(admin_pb2_grpc.AdminServicer):
     ) -> admin_pb2.TransferLeaderResponse:
         if request.partition >= self.node.cfg.partitions:
             raise InvalidArgument(f"partition {request.partition} does not exist")
+        await self._pin_leader(request.partition, request.target_node)
         leader = await self.node.host.transfer_leader(request.partition, request.target_node, 10.0)
         return admin_pb2.TransferLeaderResponse(leader=leader)
+
+    async def _pin_leader(self, partition: int, target: int) -> None:
+        """Record the operator's choice in the cluster state first, so leader
+        balancing keeps the leader there instead of handing it back within
+        seconds; choosing the placement's own preferred replica clears it."""
+        state = self.node.cluster.state
+        if state is None or partition >= state.partitions or target not in state.replicas[partition]:
+            return  # transfer_leader answers the precise error
+        node = 0 if target == state.replicas[partition][0] else target
+        if dict(state.leader_pins).get(partition, 0) == node:
+            return
+        await self.node.host.propose_system(
+            cluster_state.pin_leader(partition, node, request=os.urandom(16)), 10.0
+        )
+
+    @_answers_node_errors
+    async def InitCluster(
+        self, request: admin_pb2.InitClusterRequest, context: grpc.aio.ServicerContext
+    ) -> admin_pb2.InitClusterResponse:
+        return await self.node.init_cluster(request)
+
+    @_answers_node_errors
+    async def ListNodes(
+        self, request: admin_pb2.ListNodesRequest, context: grpc.aio.ServicerContext
+    ) -> admin_pb2.ListNodesResponse:
+        state = self.node.cluster.state
+        if state is None:
+            raise Unavailable(f"node {self.node.cfg.node_id} has no cluster state yet")
+        voters = set(state.system_voters())
+        system = self.node.host.groups.get(cluster_state.SYSTEM_GROUP)
+        return admin_pb2.ListNodesResponse(
+            cluster_id=state.cluster_id,
+            epoch=state.epoch,
+            answered_by=self.node.cfg.node_id,
+            system_leader=system.leader if system is not None else 0,
+            system_applied=self.node.cluster.applied_index,
+            members=[
+                admin_pb2.MemberInfo(
+                    node_id=m.id, address=m.address, client_address=m.client_address,
+                    state=m.state, replicas=len(state.partitions_on(m.id)),
+                    system_voter=m.id in voters,
+                )
+                for m in state.members
+            ],
+        )
 
     @_answers_node_errors
     async def ErasePatient(

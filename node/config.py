@@ -32,6 +32,9 @@ Example (one [[peers]] table per cluster member, this node included)::
     issuers = ["medkv-local"]
     audience = "medkv"
 
+    [metrics]                          # Prometheus /metrics (node/metrics/)
+    listen = "127.0.0.1:9101"          # HTTPS with the [tls] certificate
+
 A node needs both [tls] and [auth]: every caller proves who it is. The one
 way around it is a top-level `insecure = true`, for a lab on a trusted
 network, which the node announces with a warning at every start.
@@ -107,6 +110,32 @@ class LogSettings:
 
 
 @dataclass(frozen=True)
+class MetricsSettings:
+    """[metrics]: where the node serves Prometheus metrics (node.metrics).
+    `listen = ""` (the default) serves none. With [tls] the endpoint is HTTPS
+    with the node's certificate and requires a client certificate of the
+    cluster CA, like every other port of the node."""
+
+    listen: str = ""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.listen, str):
+            raise ConfigError('[metrics] listen must be a string "host:port"')
+        if self.listen:
+            split_host_port(self.listen, "[metrics] listen")
+
+
+def split_host_port(address: str, what: str) -> tuple[str, int]:
+    """("host", port) of "host:port" or "[v6]:port"; ConfigError naming `what` otherwise."""
+    host, sep, port = address.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f'{what} must be "host:port" with a port from 1 to 65535, not {address!r}')
+    return host, int(port)
+
+
+@dataclass(frozen=True)
 class NodeConfig:
     node_id: int
     listen: str
@@ -130,12 +159,25 @@ class NodeConfig:
     # from `insecure = true` in the file; the node warns at every start.
     insecure: bool = False
     log: LogSettings = field(default_factory=LogSettings)
+    metrics: MetricsSettings = field(default_factory=MetricsSettings)
     # Test-only switches (node.test_only): set from MEDKV_TEST_ONLY_* environment
     # variables by `python -m node`, never from the configuration file.
     test_only: TestOnlySwitches = field(default_factory=TestOnlySwitches)
 
     def client_address(self, node_id: int) -> str:
         return self.client_addresses.get(node_id) or self.peers[node_id]
+
+    def insecure_warning(self) -> str | None:
+        """What the node logs at every start with `insecure = true` (None otherwise)."""
+        if not self.insecure:
+            return None
+        return (
+            f"INSECURE: node {self.node_id} runs with `insecure = true`: "
+            f"{'plaintext gRPC' if self.tls is None else 'mutual TLS but no tokens'}; no caller "
+            f"is authenticated, any process that reaches {self.listen} may read, write and "
+            "erase patient records, and nothing is audited. Use this only for a lab on a "
+            "trusted network."
+        )
 
     @property
     def placement(self) -> Placement:
@@ -163,7 +205,7 @@ def _section(raw: dict[str, Any], name: str, cls: type[Any]) -> Any:
 _TOP_LEVEL = {
     "node_id", "listen", "data_dir", "peers", "partitions", "replication",
     "virtual_nodes", "key_file", "raft", "limits", "tls", "auth", "audit", "insecure",
-    "log",
+    "log", "metrics",
 }
 
 
@@ -280,7 +322,10 @@ def parse_config(raw: dict[str, Any], base_dir: Path) -> NodeConfig:
         auth=auth,
         insecure=insecure,
         log=_section(raw, "log", LogSettings),
+        metrics=_section(raw, "metrics", MetricsSettings),
     )
+    if cfg.metrics.listen and cfg.metrics.listen == cfg.listen:
+        raise ConfigError("[metrics] listen must differ from the gRPC listen address")
     if cfg.log.format not in ("text", "json"):
         raise ConfigError('[log] format must be "text" or "json"')
     if cfg.limits.max_in_flight_per_stream < 1:

@@ -57,6 +57,8 @@ from consensus.types import (
     UncommittedLimitExceeded,
 )
 from node import failstop, group_persist, raft_guard
+from node.cluster.state import SYSTEM_GROUP, ClusterState, Command
+from node.cluster.system import REFUSED, SystemStateMachine, wait_key
 from node.commands import WaitKey
 from node.config import NodeConfig
 from node.errors import (
@@ -70,6 +72,7 @@ from node.errors import (
     Unavailable,
 )
 from node.log_clock import LeaderClock
+from node.metrics.instruments import NodeMetrics
 from node.rate_log import RateLimitedLog
 from node.replica_catalog import ReplicaCatalog, ReplicaState
 from node.snapshots import SnapshotManager, recover_on_open
@@ -121,6 +124,8 @@ class Replica:
     reads_to_issue: list[asyncio.Future[int]] = field(default_factory=list)
     read_waiters: dict[bytes, list[asyncio.Future[int]]] = field(default_factory=dict)
     applied_waiters: list[tuple[int, int, asyncio.Future[None]]] = field(default_factory=list)
+    # Leader changes seen since the node started (medkv_partition_leader_changes_seen_total).
+    leader_changes: int = 0
 
     @property
     def is_leader(self) -> bool:
@@ -150,9 +155,12 @@ class MultiRaftHost:
         send: Callable[[list[tuple[int, Message]]], None],
         on_purge_due: Callable[[int], None] = lambda partition: None,
         announce: Callable[[list[tuple[int, int, int, int, int]]], None] = lambda _pairs: None,
+        metrics: NodeMetrics | None = None,
         catalog: ReplicaCatalog | None = None,
     ) -> None:
         self.cfg = cfg
+        # Event-driven metrics (node.metrics); the rest is read from the replicas at scrape time.
+        self.metrics = metrics if metrics is not None else NodeMetrics()
         self._announce = announce
         self._announcements: list[tuple[int, int, int, int, int]] = []
         self._closed_interval = cfg.raft.heartbeat_ticks * cfg.raft.tick_ms / 1000.0
@@ -172,7 +180,11 @@ class MultiRaftHost:
         self.log_store = log_store
         self._send = send
         self.placement = cfg.placement
+        # The partitions' replicas on this node, and every Raft group the
+        # loop drives: those and the system group's replica (node.cluster).
         self.replicas: dict[int, Replica] = {}
+        self.groups: dict[int, Replica] = {}
+        self.system_sm: SystemStateMachine | None = None
         self._ops: list[Callable[[], None]] = []
         self._dirty: set[int] = set()  # partitions whose RawNode may have a Ready
         self._wake = asyncio.Event()
@@ -241,7 +253,7 @@ class MultiRaftHost:
             )
         )
         group_persist.check_stored_state(p, self.node_id, raw)
-        self.replicas[p] = Replica(
+        self.replicas[p] = self.groups[p] = Replica(
             p, reps, raw, storage, sm, fresh=ReplicaFreshness(cfg.raft.max_clock_offset_ms / 1000.0)
         )
         self._sync_members(self.replicas[p])
@@ -251,6 +263,98 @@ class MultiRaftHost:
             # new cluster has leaders in one round trip instead of after
             # randomized election timeouts.
             raw.campaign()
+
+    def open_system(self, sm: SystemStateMachine, conf: ConfState, rng_seed: int = 0) -> None:
+        """Run this node's replica of the system group (node.cluster.system).
+
+        conf is the group's initial membership, used only when the group is
+        new here: the same on every initial member, derived from the state
+        every one of them starts from."""
+        cfg = self.cfg
+        fresh = not self.log_store.has_group(SYSTEM_GROUP)
+        if fresh:
+            self.log_store.bootstrap(SYSTEM_GROUP, conf)
+        storage = self.log_store.group(SYSTEM_GROUP)
+        raw = RawNode(
+            Config(
+                id=self.node_id,
+                storage=storage,
+                rng=random.Random(rng_seed or int.from_bytes(os.urandom(8), "big")),
+                election_tick=cfg.raft.election_ticks,
+                heartbeat_tick=cfg.raft.heartbeat_ticks,
+                applied=sm.applied_index,
+                max_size_per_msg=cfg.raft.max_size_per_msg,
+                max_inflight_msgs=cfg.raft.max_inflight_msgs,
+                check_quorum=True,
+                pre_vote=True,
+            )
+        )
+        group_persist.check_stored_state(SYSTEM_GROUP, self.node_id, raw)
+        voters = tuple(sorted(raw.status().conf_state.voters))
+        r = Replica(
+            SYSTEM_GROUP, voters, raw, storage, sm,  # type: ignore[arg-type]
+            fresh=ReplicaFreshness(cfg.raft.max_clock_offset_ms / 1000.0),
+        )
+        self.groups[SYSTEM_GROUP] = r
+        self.system_sm = sm
+        self._dirty.add(SYSTEM_GROUP)
+        if fresh and conf.voters and conf.voters[0] == self.node_id:
+            raw.campaign()  # a new cluster's system group has a leader in one round trip
+
+    @property
+    def cluster_state(self) -> ClusterState | None:
+        """The cluster's facts as this node's system replica has applied them."""
+        return self.system_sm.state if self.system_sm is not None else None
+
+    async def propose_system(self, cmd: Command, timeout: float) -> ApplyResult:
+        """Replicate one change of the cluster state and wait until this
+        node's own system replica applied it. Any member may propose: a
+        follower's proposal is forwarded to the system group's leader by Raft,
+        and every replica applies every entry, so the proposer learns the
+        outcome from its own apply. A refusal is FAILED_PRECONDITION with the
+        state machine's reason."""
+        r = self.groups.get(SYSTEM_GROUP)
+        if r is None or r.broken:
+            raise Unavailable(f"node {self.node_id} runs no system replica", kind=NOT_APPLIED)
+        if not r.leader:
+            raise Unavailable(
+                "the system group has no leader right now (election in progress); retry",
+                kind=NOT_APPLIED,
+            )
+        key = wait_key(cmd.request)
+        fut: asyncio.Future[ApplyResult] = asyncio.get_running_loop().create_future()
+        r.write_waiters.setdefault(key, []).append(fut)
+        data = cmd.encode()
+
+        def op() -> None:
+            if fut.done():
+                return
+            self._dirty.add(SYSTEM_GROUP)
+            try:
+                r.raw.propose(data)
+            except ProposalDropped:
+                fut.set_exception(Unavailable(
+                    "the system group dropped the proposal (no leader, or a leader transfer); retry",
+                    kind=NOT_APPLIED,
+                ))
+
+        self._enqueue(op)
+        try:
+            res = await asyncio.wait_for(fut, timeout)
+        except TimeoutError:
+            raise DeadlineExceeded(
+                f"a cluster change ({cmd.kind}) was not applied within {timeout:.1f}s; "
+                "it may still apply"
+            ) from None
+        finally:
+            waiters = r.write_waiters.get(key)
+            if waiters and fut in waiters:
+                waiters.remove(fut)
+                if not waiters:
+                    r.write_waiters.pop(key, None)
+        if res.error_code == REFUSED:
+            raise FailedPrecondition(res.message)
+        return res
 
     def _broken_message(self, p: int) -> str:
         return (
@@ -286,6 +390,11 @@ class MultiRaftHost:
             t.cancel()  # an install cut short is finished at the next start
         self.snapshots.close()
         self._writer.shutdown(wait=True)
+
+    @property
+    def pending_writes(self) -> int:
+        """Writes waiting on this node to commit and apply."""
+        return self._pending_writes
 
     @property
     def writer(self) -> ThreadPoolExecutor:
@@ -338,14 +447,14 @@ class MultiRaftHost:
                 await asyncio.sleep(tick_s)
 
     def _tick_all(self) -> None:
-        for r in self.replicas.values():
+        for r in self.groups.values():
             if r.broken:
                 continue
             try:
                 r.raw.tick()
             except Exception as e:  # stored state failed to read back
                 self.mark_broken(r, e)
-        self._dirty.update(self.replicas)
+        self._dirty.update(self.groups)
 
     # ---- the Ready cycle -------------------------------------------------
 
@@ -355,7 +464,7 @@ class MultiRaftHost:
         dirty, self._dirty = self._dirty, set()
         work: list[tuple[Replica, Ready]] = []
         for p in dirty:
-            r = self.replicas.get(p)
+            r = self.groups.get(p)
             if r is None or r.broken or r.installing:
                 continue
             try:
@@ -381,17 +490,17 @@ class MultiRaftHost:
             # Each group staged alone (node.group_persist): one that cannot be
             # persisted is disabled, the others are written in the one batch.
             failed = await asyncio.get_running_loop().run_in_executor(
-                self._writer, self.log_store.write_isolated, updates, sync
+                self._writer, self._write_timed, updates, sync
             )
             if failed:
                 for gid, err in failed.items():
-                    self._disable(self.replicas[gid], "could not be persisted", err)
+                    self._disable(self.groups[gid], "could not be persisted", err)
                 work = [(r, rd) for r, rd in work if not r.broken]
         msgs = [(r.partition, m) for r, rd in work for m in rd.messages]
         if msgs:
             group_persist.send_isolated(
                 self._send, msgs,
-                lambda g, err: self._disable(self.replicas[g], "could not be sent", err),
+                lambda g, err: self._disable(self.groups[g], "could not be sent", err),
             )
         now = time.monotonic()
         for r, rd in work:
@@ -422,9 +531,20 @@ class MultiRaftHost:
                     exc_info=True,
                 )
 
+    def _write_timed(self, updates: list[GroupUpdate], sync: bool) -> dict[int, Exception]:
+        """The turn's group-commit write, on the writer thread; a synced one is
+        timed (medkv_log_fsync_duration_seconds: the write and its fsync)."""
+        start = time.perf_counter()
+        failed = self.log_store.write_isolated(updates, sync)
+        if sync:
+            self.metrics.fsync_seconds.observe(time.perf_counter() - start)
+        return failed
+
     def _apply_ready(self, r: Replica, rd: Ready, now: float) -> None:
         if rd.soft_state is not None:
             was_leader = r.is_leader
+            if rd.soft_state.leader not in (0, r.leader):
+                r.leader_changes += 1
             r.leader = rd.soft_state.leader
             r.role = rd.soft_state.role
             if was_leader and not r.is_leader:
@@ -484,12 +604,14 @@ class MultiRaftHost:
             self._apply_ready(r, rd, time.monotonic())
             r.raw.advance(rd)
         except Exception as e:
+            self.metrics.snapshot_install_failed.inc()
             self.mark_broken(r, e)
             return
         finally:
             r.installing = False
             self._dirty.add(r.partition)
             self._wake.set()
+        self.metrics.snapshot_installed.inc()
         await self.on_snapshot_installed(r)
 
     async def on_snapshot_installed(self, r: Replica) -> None:
@@ -524,7 +646,9 @@ class MultiRaftHost:
     def _apply_run(self, r: Replica, run: list[tuple[int, int, bytes]]) -> None:
         if not run:
             return
+        start = time.perf_counter()
         results = r.sm.apply(run)
+        self.metrics.apply_seconds.observe(time.perf_counter() - start)
         if not r.write_waiters:
             return
         for res in results:
@@ -548,8 +672,8 @@ class MultiRaftHost:
         its log, keeping a tail so a briefly slow follower still catches up
         from the log instead of a full snapshot. Awaited inside the turn: the
         log store is single-threaded and no Raft step may read it meanwhile."""
-        if r.broken or r.since_snapshot < self.cfg.raft.snapshot_every:
-            return
+        if r.broken or r.since_snapshot < self.cfg.raft.snapshot_every or r.partition == SYSTEM_GROUP:
+            return  # the system log stays whole: a replica that joins replays it
         index = r.applied
         conf = r.raw.status().conf_state
         keep = self.cfg.raft.keep_after_snapshot
@@ -662,7 +786,7 @@ class MultiRaftHost:
     # ---- inbound from the transport -------------------------------------
 
     def guard_view(self, group: int) -> raft_guard.GroupView | None:
-        r = self.replicas.get(group)
+        r = self.groups.get(group)
         if r is None:
             return None
         raw = r.raw
@@ -677,7 +801,7 @@ class MultiRaftHost:
 
         A message to a replica this node took out of service is not the
         sender's fault: it passes here and is dropped on delivery."""
-        r = self.replicas.get(group)
+        r = self.groups.get(group)
         if (r is not None and r.broken) or (r is None and group in self.broken_at_start):
             return
         raft_guard.check_message(group, m, sender, self.guard_limits, self.guard_view(group))
@@ -693,6 +817,7 @@ class MultiRaftHost:
                 self.check_inbound(group, m, sender)
             except NodeError as e:
                 log_refusal(sender, e)
+                self.metrics.reject("raft_message_refused")
                 first = first or e
                 continue
             ok.append((group, m))
@@ -705,7 +830,7 @@ class MultiRaftHost:
         def step() -> None:
             now = time.monotonic()
             for group, m in msgs:
-                r = self.replicas.get(group)
+                r = self.groups.get(group)
                 if r is None or r.broken:
                     continue
                 try:
@@ -740,7 +865,7 @@ class MultiRaftHost:
         def op() -> None:
             refused = 0
             for group, _term, index, time_ms in pairs[:MAX_ANNOUNCED_PAIRS]:
-                r = self.replicas.get(group)
+                r = self.groups.get(group)
                 if r is not None and (r.broken or not r.replicas):
                     continue  # out of service or blank: it answers no reads anyway
                 if r is None or sender not in r.replicas or sender == self.node_id:
@@ -766,7 +891,7 @@ class MultiRaftHost:
     def report_unreachable(self, peer: int, groups: Sequence[int]) -> None:
         def op() -> None:
             for g in groups:
-                r = self.replicas.get(g)
+                r = self.groups.get(g)
                 if r is not None and not r.broken:
                     r.raw.report_unreachable(peer)
                     self._dirty.add(g)
@@ -774,8 +899,10 @@ class MultiRaftHost:
         self._enqueue(op)
 
     def report_snapshot(self, group: int, peer: int, ok: bool) -> None:
+        (self.metrics.snapshot_sent if ok else self.metrics.snapshot_send_failed).inc()
+
         def op() -> None:
-            r = self.replicas.get(group)
+            r = self.groups.get(group)
             if r is not None and not r.broken:
                 r.raw.report_snapshot(peer, ok)
                 self._dirty.add(group)
@@ -785,9 +912,11 @@ class MultiRaftHost:
     # ---- the service side -----------------------------------------------
 
     def replica(self, partition: int) -> Replica:
-        r = self.replicas.get(partition)
+        r = self.groups.get(partition)
         if r is None and partition in self.broken_at_start:
             raise DataLoss(self.broken_at_start[partition])
+        if r is None and partition == SYSTEM_GROUP:
+            raise Unavailable(f"node {self.node_id} runs no system replica")
         if r is None:
             members = self.members(partition)
             holders = ",".join(str(n) for n in members)
@@ -856,12 +985,16 @@ class MultiRaftHost:
 
         Errors raised before the command reached the Raft log carry kind
         NOT_APPLIED: a client may then know that attempt applied nothing."""
+        failed = self.metrics.proposals_failed
         try:
             r = self.leader_replica(partition)
         except NodeError as e:
+            failed["not_leader"].inc()
             e.kind = e.kind or NOT_APPLIED
             raise
         if self._pending_writes >= self.cfg.limits.max_pending_proposals:
+            failed["too_many_pending_writes"].inc()
+            self.metrics.reject("too_many_pending_writes")
             raise ResourceExhausted(
                 f"node {self.node_id} has {self._pending_writes} writes in flight; retry later",
                 kind=NOT_APPLIED,
@@ -877,6 +1010,7 @@ class MultiRaftHost:
             try:
                 r.raw.propose(data)
             except UncommittedLimitExceeded:
+                self.metrics.reject("uncommitted_bytes_limit")
                 waiters = r.write_waiters.get(wait_key, [])
                 if fut in waiters:
                     waiters.remove(fut)
@@ -902,7 +1036,14 @@ class MultiRaftHost:
         self._enqueue(op)
         try:
             return await asyncio.wait_for(fut, timeout)
+        except ResourceExhausted:
+            failed["uncommitted_bytes_limit"].inc()
+            raise
+        except NodeError:  # dropped by Raft, leadership lost, replica disabled
+            failed["leadership_lost"].inc()
+            raise
         except TimeoutError:
+            failed["timeout"].inc()
             raise DeadlineExceeded(
                 f"write to partition {partition} not committed within {timeout:.1f}s; "
                 "it may still apply: retry with the same write id"
@@ -1014,12 +1155,19 @@ class MultiRaftHost:
     def balance_leaders(self) -> None:
         """Hand each partition this node leads to its preferred replica, when
         that replica is up to date: leaders spread evenly over the nodes."""
+        state = self.cluster_state
         for r in self.replicas.values():
             if not r.is_leader or r.broken:
                 continue
             if not r.replicas or self._moving(r):
                 continue  # a replica move decides its leader itself
+            # An operator's TransferLeader pins the partition's leader in the
+            # cluster state: balancing respects it instead of undoing it.
             preferred = r.replicas[0]
+            if state is not None and r.partition < state.partitions:
+                preferred = state.preferred_leader(r.partition)
+                if preferred not in r.replicas:
+                    preferred = r.replicas[0]
             if preferred == self.node_id:
                 continue
             st = r.raw.status()
@@ -1094,7 +1242,13 @@ class MultiRaftHost:
         cs = self.conf_of(r)
         incoming = set(cs.voters)
         voters = incoming | set(cs.voters_outgoing)
-        pref = self._members.get(r.partition, (self.placement.replicas(r.partition), ()))[0]
+        known = self._members.get(r.partition)
+        if known is not None:
+            pref = known[0]
+        elif 0 <= r.partition < self.cfg.partitions:
+            pref = self.placement.replicas(r.partition)
+        else:  # the system group (node.cluster): keeps its own order
+            pref = r.replicas
         rank = {n: k for k, n in enumerate(pref)}
         r.replicas = tuple(
             sorted(voters, key=lambda n: (n not in incoming, rank.get(n, len(rank)), n))
@@ -1122,6 +1276,8 @@ class MultiRaftHost:
         known = self._members.get(partition)
         if known is not None and known[0]:
             return known[0]
+        if not 0 <= partition < self.cfg.partitions:
+            return ()
         return self.placement.replicas(partition)
 
     def held_partitions(self) -> list[int]:
@@ -1444,6 +1600,7 @@ class MultiRaftHost:
                 if others:
                     self._members.setdefault(partition, (others, ()))
                 del self.replicas[partition]
+                self.groups.pop(partition, None)
                 r.broken = f"partition {partition} was dropped from node {self.node_id}"
                 r.role, r.leader = StateRole.FOLLOWER, 0
                 err = self._out_of_service(partition, r.broken)

@@ -82,10 +82,12 @@ def node_layout() -> Layout:
     """The keyspaces to re-encrypt and the cursor key, from node.storage_layout:
     REENCRYPT_KEYSPACES (bytes or Keyspace items) or ENCRYPTED_PREFIXES, and
     REENCRYPT_CURSOR_KEY. Without that module: every key of the database."""
+    # Relative to this package, so an installed copy (medkv.node) finds its own.
+    name = f"{__package__}.storage_layout"
     try:
-        layout = importlib.import_module("node.storage_layout")
+        layout = importlib.import_module(name)
     except ModuleNotFoundError as e:
-        if e.name == "node.storage_layout":
+        if e.name == name:
             return Layout([b""], DEFAULT_CURSOR_KEY)
         raise CliError(f"node.storage_layout cannot be imported: {e}") from None
     except Exception as e:  # the layout exists but is broken: say so rather than guess

@@ -340,6 +340,7 @@ class KVService(kv_pb2_grpc.KVServicer):
         if r.sm.sessions_open_at(self.host.stamp_ms(r)) >= limit:
             # Refused before proposing, so a spray of new clients does not fill
             # the log; the authoritative check is at apply (same rule).
+            self.host.metrics.reject("max_sessions")
             raise ResourceExhausted(
                 f"partition {p}: {limit} sessions are open (max_sessions); no open session is "
                 "ever evicted, so retry once one expires, or raise max_sessions",
@@ -439,10 +440,15 @@ class KVService(kv_pb2_grpc.KVServicer):
         validate_write_id(req.client_id, req.seq)
         validate_ids(req.patient_id, None)
         wid = common_pb2.WriteId(client_id=req.client_id, seq=req.seq, session=req.session)
-        version, _ = await self._write(
-            wid, req.patient_id, lambda head: cmd.ErasePatient(**head, patient_id=req.patient_id),
-            None,
-        )
+        try:
+            version, _ = await self._write(
+                wid, req.patient_id,
+                lambda head: cmd.ErasePatient(**head, patient_id=req.patient_id), None,
+            )
+        except BaseException:
+            self.host.metrics.erase_failed.inc()
+            raise
+        self.host.metrics.erased.inc()
         return version
 
     async def get(self, req: kv_pb2.GetRequest, context: Any = None) -> kv_pb2.GetResponse:
@@ -669,6 +675,7 @@ class KVService(kv_pb2_grpc.KVServicer):
                     for req in batch.requests:
                         await unsent.acquire()
                         if len(tasks) >= cap:
+                            self.host.metrics.reject("stream_in_flight_limit")
                             done.put_nowait(_too_many_in_flight(req, cap))
                             continue
                         t = loop.create_task(self._one(req, context))

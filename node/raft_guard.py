@@ -50,6 +50,7 @@ from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message as ProtoMessage
 
 from consensus.types import LOCAL_MESSAGES, Message, MessageType
+from node.cluster.state import SYSTEM_GROUP
 from node.errors import FailedPrecondition, InvalidArgument, NodeError
 
 MAX_TERM = (1 << 63) - 1
@@ -130,7 +131,7 @@ def refusal(group: int, m: Message, why: str, precondition: bool = False) -> Nod
 
 
 def check_group(group: int, limits: GuardLimits, view: GroupView | None) -> None:
-    if not 0 <= group < limits.partitions:
+    if not 0 <= group < limits.partitions and group != SYSTEM_GROUP:
         raise InvalidArgument(f"partition {group}: does not exist (0..{limits.partitions - 1})")
     if view is None:
         raise FailedPrecondition(f"partition {group}: node {limits.node_id} holds no replica of it")

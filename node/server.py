@@ -25,6 +25,15 @@ from node import raft_guard, rpc_handlers, test_only
 from node.admin_service import AdminService
 from node.auth.interceptor import AccessControl, interceptors
 from node.auth.setup import AuthConfigError, build_access_control
+from node.cluster.bootstrap import (
+    ClusterStore,
+    check_bootstrap,
+    config_for_cluster,
+    init_cluster,
+    not_initialized,
+)
+from node.cluster.preinit import serve_until_member
+from node.cluster.system import SystemStateMachine, initial_conf
 from node.config import NodeConfig
 from node.erasure import ErasurePurger
 from node.errors import InvalidArgument, NodeError, StartupError
@@ -33,9 +42,11 @@ from node.host import MultiRaftHost, log_refusal
 from node.key_rotation import KeyRotationManager
 from node.kv_service import KVService
 from node.loop_lag import LoopLagProbe
+from node.metrics import NodeMetrics, NodeMetricsEndpoint
+from node.metrics.grpc_calls import MetricsInterceptor
 from node.registry import ReplicatedRegistry
 from node.settings_service import SettingsService
-from node.storage_layout import StorageLayout
+from node.storage_layout import STATE_PREFIX, StorageLayout
 from node.tls import is_node_peer, peer_node_id
 from node.transport import (
     PeerTransport,
@@ -105,9 +116,23 @@ class RaftTransportService(raft_pb2_grpc.RaftTransportServicer):
                     raise refused  # screen() logged it
             if problem is not None:
                 log_refusal(sender, problem)
+                self.node.metrics.reject("raft_message_refused")
                 raise problem
         if False:  # an async generator that yields nothing: acks are not needed yet
             yield raft_pb2.RaftBatchAck()
+
+    async def Bootstrap(
+        self, request: raft_pb2.BootstrapRequest, context: grpc.aio.ServicerContext
+    ) -> raft_pb2.BootstrapAck:
+        """A member handing out the initial state again (an init finishing):
+        the same cluster's is acknowledged, another's refused."""
+        if not is_node_peer(context, self.node.cfg.tls):
+            await context.abort(
+                grpc.StatusCode.PERMISSION_DENIED,
+                "the Raft transport accepts only node certificates",
+            )
+        state = check_bootstrap(self.node.cfg, request, peer_node_id(context, self.node.cfg.tls))
+        return raft_pb2.BootstrapAck(already=self.node.cluster_store.adopt(state))
 
     async def Snapshot(
         self, request_iterator: AsyncIterator[raft_pb2.SnapshotChunk], context: grpc.aio.ServicerContext
@@ -123,6 +148,7 @@ class RaftTransportService(raft_pb2_grpc.RaftTransportServicer):
             group, msg = await self.node.host.snapshots.receive(request_iterator, MAX_SNAPSHOT_BYTES)
         except NodeError as e:
             log.warning("refused a snapshot: %s", e.message)
+            self.node.metrics.reject("raft_message_refused")
             await abort_with(context, e)
             raise  # abort_with raises; never reached
         self.node.host.deliver([(group, msg)], msg.frm)
@@ -138,10 +164,28 @@ class Node:
             str(cfg.key_file) if cfg.key_file else "": "KEY_FILE",
             str(cfg.key_file.parent) if cfg.key_file else "": "the key file's directory",
         })
-        self.routing_epoch = 1
         cfg.data_dir.mkdir(parents=True, exist_ok=True)
+        # Per node, never prometheus_client's global registry (node.metrics).
+        self.metrics = NodeMetrics()
         self.layout = StorageLayout.open(cfg)
         self.db: plyvel.DB = self.layout.db
+        # The cluster's facts, replicated by the system group (node.cluster):
+        # they, not the file, say who the members are and how many partitions.
+        self.cluster_store = ClusterStore(self.db.prefixed_db(STATE_PREFIX), self.layout.codec)
+        initial = self.cluster_store.initial()
+        if initial is None:
+            self.layout.close()
+            raise StartupError(str(not_initialized(cfg.node_id).message))
+        self.cluster = SystemStateMachine(self.db.prefixed_db(STATE_PREFIX), self.layout.codec)
+        if self.cluster.state is None:
+            self.cluster.initialize(initial)
+        assert self.cluster.state is not None
+        try:
+            cfg = self.cfg = config_for_cluster(cfg, self.cluster.state)
+        except StartupError:
+            self.layout.close()
+            raise
+        self._initial = initial
         self.log_store: LevelDBLogStore = self.layout.log_store
         self.transport = PeerTransport(
             cfg.node_id,
@@ -159,23 +203,36 @@ class Node:
             self.transport.send,
             on_purge_due=lambda partition: self.purger.notify(partition),
             announce=self.transport.announce,
+            metrics=self.metrics,
             catalog=self.layout.replica_catalog(),
         )
+        log.info("node %d: member of cluster %s", cfg.node_id, self.cluster.state.cluster_id)
+        self.host.open_system(self.cluster, initial_conf(initial))
         self.purger = ErasurePurger(self.host, self.layout)
         self.keys = KeyRotationManager(self.layout, self.host, cfg.key_file)
         self.kv = KVService(self)
         self.settings = SettingsService(self)
         self.admin = AdminService(self)
         self.access = self._access_control()
+        if self.access is not None:
+            self.access.on_refusal = self.metrics.reject
+        self.metrics_endpoint = NodeMetricsEndpoint(self)
         if self.access is not None and self.access.audit is not None:
             self.keys.reseal_audit = self.access.audit.log.reseal
             self.keys.keep_key_ids = self.access.audit.log.key_ids_in_use
         self._peer_channels: dict[int, grpc.aio.Channel] = {}
+        self._address_channels: dict[str, grpc.aio.Channel] = {}
         self.server: grpc.aio.Server | None = None
         self.health = HealthServicer()
         self._stopped = asyncio.Event()
         self.fatal = asyncio.Event()
         self._background: list[asyncio.Task[None]] = []
+
+    @property
+    def routing_epoch(self) -> int:
+        """The placement epoch of the cluster state this node has applied."""
+        state = self.cluster.state
+        return state.epoch if state is not None else 0
 
     def _access_control(self) -> AccessControl | None:
         """Tokens, policy and audit for every call; None only for `insecure = true`."""
@@ -202,16 +259,21 @@ class Node:
         self.fatal.set()
 
     def _warn_insecure(self) -> None:
-        if not self.cfg.insecure:
-            return
-        log.warning(
-            "INSECURE: node %d runs with `insecure = true`: %s; no caller is authenticated, any "
-            "process that reaches %s may read, write and erase patient records, and nothing is "
-            "audited. Use this only for a lab on a trusted network.",
-            self.cfg.node_id,
-            "plaintext gRPC" if self.cfg.tls is None else "mutual TLS but no tokens",
-            self.cfg.listen,
-        )
+        warning = self.cfg.insecure_warning()
+        if warning:
+            log.warning("%s", warning)
+
+    def channel_to(self, address: str) -> grpc.aio.Channel:
+        """A node-certificate channel to an address (kept open until stop)."""
+        ch = self._address_channels.get(address)
+        if ch is None:
+            ch = open_channel(address, self.cfg.tls, self.cfg.limits.max_message_bytes)
+            self._address_channels[address] = ch
+        return ch
+
+    async def init_cluster(self, request: admin_pb2.InitClusterRequest) -> admin_pb2.InitClusterResponse:
+        """InitCluster on a member: hand the initial state to members that lack it."""
+        return await init_cluster(self.cfg, self.cluster_store, request, self.channel_to)
 
     def peer_admin(self, peer: int) -> admin_pb2_grpc.AdminStub:
         ch = self._peer_channels.get(peer)
@@ -221,9 +283,16 @@ class Node:
         return admin_pb2_grpc.AdminStub(ch)
 
     async def start(self) -> None:
+        # First: a metrics address that cannot be bound stops the node before it serves.
+        self.metrics_endpoint.start()
         opts = grpc_options(self.cfg.limits.max_message_bytes)
         self._warn_insecure()
-        self.server = grpc.aio.server(options=opts, interceptors=interceptors(self.access))
+        # The metrics interceptor first (outermost): it counts the calls the
+        # access-control interceptor refuses too.
+        self.server = grpc.aio.server(
+            options=opts,
+            interceptors=[MetricsInterceptor(self.metrics), *interceptors(self.access)],
+        )
         # Raw bytes in, parsed and mapped to precise statuses (node.rpc_handlers).
         rpc_handlers.add_service(self.server, kv_pb2, "KV", self.kv)
         rpc_handlers.add_service(self.server, admin_pb2, "Admin", self.admin)
@@ -284,6 +353,7 @@ class Node:
             await self.server.stop(0)
             await stopping
         log.debug("shutdown: rpc server stopped")
+        self.metrics_endpoint.stop()
         for t in self._background:
             t.cancel()
         if self.access is not None and self.access.audit is not None:
@@ -296,7 +366,7 @@ class Node:
         await self.keys.stop()  # before the host: it releases the parked writer thread
         await self.purger.stop()  # before the database closes: a compaction may be running
         await self.host.stop()
-        for ch in self._peer_channels.values():
+        for ch in [*self._peer_channels.values(), *self._address_channels.values()]:
             await ch.close()
         self.layout.close()
         self._stopped.set()
@@ -304,13 +374,18 @@ class Node:
 
 
 async def serve(cfg: NodeConfig) -> None:
-    node = Node(cfg)
-    await node.start()
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, stop.set)
+    # A node of no cluster yet serves only the calls that create one
+    # (node.cluster.preinit); stopped meanwhile, it leaves.
+    if not await serve_until_member(cfg, stop):
+        log.info("node %d stopped before it joined a cluster", cfg.node_id)
+        return
+    node = Node(cfg)
+    await node.start()
     fatal = asyncio.ensure_future(node.fatal.wait())
     await asyncio.wait([asyncio.ensure_future(stop.wait()), fatal],
                        return_when=asyncio.FIRST_COMPLETED)

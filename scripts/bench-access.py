@@ -20,15 +20,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import importlib.util
+import contextlib
 import json
 import os
 import platform
-import shutil
 import statistics
-import subprocess
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -36,62 +33,46 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from client import AsyncClient, TlsConfig  # noqa: E402
+from client import TlsConfig  # noqa: E402
+from client.bench.load import run_point  # noqa: E402
+from client.bench.local import LocalMedkv  # noqa: E402
+from client.bench.targets import MedkvTarget  # noqa: E402
 
-CLUSTER = ROOT / "scripts" / "cluster"
-WORKLOADS = ("put", "get linearizable", "get follower")
-
-
-def cluster(*args: str) -> str:
-    proc = subprocess.run([str(CLUSTER), *args], capture_output=True, text=True, check=False)
-    if proc.returncode != 0:
-        sys.stderr.write(proc.stderr)
-        raise SystemExit(f"scripts/cluster {args[0]} failed")
-    return proc.stdout.strip()
+# This script's workload names -> client/bench's.
+WORKLOADS = {"put": "put", "get linearizable": "get-linearizable", "get follower": "get-follower"}
 
 
-def client_for(data_dir: Path, addresses: list[str], secure: bool) -> AsyncClient:
-    if not secure:
-        return AsyncClient(addresses, timeout=20.0, tls=None, token=None)
-    return AsyncClient(addresses, timeout=20.0, tls=TlsConfig.from_dir(data_dir / "certs"),
-                       token=f"@{data_dir / 'tokens' / 'clinician.token'}")
+def target_for(local: LocalMedkv, args: argparse.Namespace) -> MedkvTarget:
+    """TLS and the clinician token on the secure cluster, neither on the insecure one."""
+    tls = TlsConfig.from_dir(local.certs_dir) if local.certs_dir else None
+    return MedkvTarget(local.addresses, value_size=args.value_size, keys=args.patients, tls=tls,
+                       token=local.token_ref, pids=local.pids())
 
 
-def _bench_cluster() -> Any:
-    """scripts/bench-cluster.py as a module: its load phase is the one measured here."""
-    spec = importlib.util.spec_from_file_location("bench_cluster", ROOT / "scripts" / "bench-cluster.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-phase = _bench_cluster().phase
-
-
-async def run(args: argparse.Namespace, clusters: dict[str, tuple[Path, list[str]]]) -> list[dict[str, Any]]:
-    value = os.urandom(args.value_size)
-    clients = {name: client_for(d, a, name == "secure") for name, (d, a) in clusters.items()}
+async def run(args: argparse.Namespace, clusters: dict[str, LocalMedkv]) -> list[dict[str, Any]]:
+    targets = {name: target_for(local, args) for name, local in clusters.items()}
     try:
-        for kv in clients.values():
-            for i in range(args.patients):
-                await kv.put(f"bench-{i}", "seed", value)
+        for target in targets.values():
+            await target.prepare(list(WORKLOADS.values()))
         rows = []
-        for kind in WORKLOADS:
+        for kind, workload in WORKLOADS.items():
             for c in [int(x) for x in args.concurrency.split(",")]:
-                got: dict[str, list[dict[str, Any]]] = {"secure": [], "insecure": []}
+                got: dict[str, list[Any]] = {"secure": [], "insecure": []}
                 for r in range(args.rounds):
                     order = ("secure", "insecure") if r % 2 == 0 else ("insecure", "secure")
                     for name in order:
-                        got[name].append(await phase(clients[name], kind, c, args.seconds, value,
-                                                     args.patients))
+                        t = targets[name]
+                        got[name].append(await run_point(
+                            t.operation(workload), system=name, workload=workload,
+                            concurrency=c, warmup=0.0, duration=args.seconds,
+                            server_pids=t.server_pids()))
                 row: dict[str, Any] = {"op": kind, "concurrency": c}
                 for name, results in got.items():
                     row[name] = {
-                        "ops_per_s": statistics.median(x["ops_per_s"] for x in results),
-                        "p50_ms": statistics.median(x["p50_ms"] for x in results),
-                        "rounds": [round(x["ops_per_s"]) for x in results],
-                        "errors": sum(x["errors"] for x in results),
+                        "ops_per_s": statistics.median(x.ops_per_s for x in results),
+                        "p50_ms": statistics.median(x.latency.p50 for x in results),
+                        "rounds": [round(x.ops_per_s) for x in results],
+                        "errors": sum(x.errors for x in results),
                     }
                 row["cost_pct"] = 100 * (1 - row["secure"]["ops_per_s"] / row["insecure"]["ops_per_s"])
                 rows.append(row)
@@ -102,8 +83,8 @@ async def run(args: argparse.Namespace, clusters: dict[str, tuple[Path, list[str
                       file=sys.stderr, flush=True)
         return rows
     finally:
-        for kv in clients.values():
-            await kv.close()
+        for t in targets.values():
+            await t.close()
 
 
 def main() -> int:
@@ -114,7 +95,6 @@ def main() -> int:
     ap.add_argument("--value-size", type=int, default=200)
     ap.add_argument("--patients", type=int, default=300)
     ap.add_argument("--partitions", type=int, default=16)
-    ap.add_argument("--base-port", type=int, default=7600)
     ap.add_argument("--json", metavar="FILE")
     args = ap.parse_args()
     for var in ("MEDKV_TOKEN", "MEDKV_TLS_DIR"):  # each client here is given its own
@@ -122,22 +102,13 @@ def main() -> int:
     machine = (f"{os.cpu_count()} cpus, {platform.platform()}, Python {platform.python_version()}; "
                "two 3-node clusters + load generator on the same machine")
     print(f"machine: {machine}", file=sys.stderr)
-    root = Path(tempfile.mkdtemp(prefix="medkv-bench-access-"))
-    clusters: dict[str, tuple[Path, list[str]]] = {}
-    try:
-        for i, name in enumerate(("secure", "insecure")):
-            d = root / name
+    with contextlib.ExitStack() as stack:
+        clusters: dict[str, LocalMedkv] = {}
+        for name in ("secure", "insecure"):
             extra = ("--insecure",) if name == "insecure" else ()
-            addrs = cluster("up", "--nodes", "3", "--data-dir", str(d), "--base-port",
-                            str(args.base_port + 10 * i), "--partitions", str(args.partitions),
-                            *extra).split(",")
-            clusters[name] = (d, addrs)
+            clusters[name] = stack.enter_context(
+                LocalMedkv(nodes=3, partitions=args.partitions, extra=extra))
         rows = asyncio.run(run(args, clusters))
-    finally:
-        for d, _ in clusters.values():
-            subprocess.run([str(CLUSTER), "down", "--data-dir", str(d)], capture_output=True,
-                           check=False)
-        shutil.rmtree(root, ignore_errors=True)
     print(f"\n{'operation':<17} {'conc':>4} {'secure ops/s':>12} {'insecure ops/s':>14} "
           f"{'secure p50':>10} {'insecure p50':>12} {'cost':>6}")
     for r in rows:

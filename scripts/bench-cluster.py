@@ -9,6 +9,8 @@ figures are a floor for what the servers alone could do.
     scripts/bench-cluster [--nodes 3] [--seconds 8] [--concurrency 1,16,64]
                           [--value-size 200] [--json]
 
+The load generator and the cluster handling are client/bench's, which
+scripts/bench (more workloads, CPU per operation, etcd beside it) also uses.
 A benchmark: it reports figures and never passes or fails on time.
 """
 
@@ -19,115 +21,57 @@ import asyncio
 import json
 import os
 import platform
-import random
-import shutil
-import statistics
-import subprocess
 import sys
-import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
 
-from client import AsyncClient, MedkvError  # noqa: E402
+from client import TlsConfig  # noqa: E402
+from client.bench.load import run_point  # noqa: E402
+from client.bench.local import LocalMedkv, rss_mib  # noqa: E402
+from client.bench.targets import MedkvTarget  # noqa: E402
 
-CLUSTER = ROOT / "scripts" / "cluster"
-
-
-def cluster(*args: str) -> str:
-    proc = subprocess.run([str(CLUSTER), *args], capture_output=True, text=True, check=False)
-    if proc.returncode != 0:
-        sys.stderr.write(proc.stderr)
-        raise SystemExit(f"scripts/cluster {args[0]} failed")
-    return proc.stdout.strip()
+# This script's phase names -> client/bench workloads.
+PHASES = {"put": "put", "get linearizable": "get-linearizable", "get follower": "get-follower"}
 
 
-def use_cluster_credentials(data_dir: Path, token: str) -> None:
-    """A cluster is secure by default: the clients of this process read its TLS
-    directory and the token DIR/tokens/TOKEN.token from the environment.
-    (A tree from before access control made no DIR/certs: plaintext then.)"""
-    if (data_dir / "certs" / "ca.pem").exists():
-        os.environ["MEDKV_TLS_DIR"] = str(data_dir / "certs")
-        os.environ["MEDKV_TOKEN"] = "@" + str(data_dir / "tokens" / f"{token}.token")
-    else:
-        os.environ.pop("MEDKV_TLS_DIR", None)
-        os.environ.pop("MEDKV_TOKEN", None)
-
-
-def rss_mib(data_dir: Path, nodes: int) -> list[float]:
-    out = []
-    for n in range(1, nodes + 1):
-        try:
-            pid = int((data_dir / f"node-{n}" / "node.pid").read_text())
-            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    out.append(int(line.split()[1]) / 1024)
-        except (OSError, ValueError):
-            out.append(float("nan"))
-    return out
-
-
-async def phase(
-    kv: AsyncClient, kind: str, concurrency: int, seconds: float, value: bytes, patients: int
-) -> dict[str, Any]:
-    latencies: list[float] = []
-    errors = 0
-    stop_at = time.monotonic() + seconds
-    rng = random.Random(concurrency)
-
-    async def worker(w: int) -> None:
-        nonlocal errors
-        n = 0
-        while time.monotonic() < stop_at:
-            pid = f"bench-{rng.randrange(patients)}"
-            rid = f"r{w}-{n % 8}"
-            n += 1
-            t0 = time.perf_counter()
-            try:
-                if kind == "put":
-                    await kv.put(pid, rid, value)
-                elif kind == "get linearizable":
-                    await kv.get(pid, "seed")
-                else:
-                    await kv.get(pid, "seed", consistency="follower")
-            except MedkvError:
-                errors += 1
-                continue
-            latencies.append(time.perf_counter() - t0)
-
-    started = time.monotonic()
-    await asyncio.gather(*(worker(w) for w in range(concurrency)))
-    elapsed = time.monotonic() - started
-    latencies.sort()
-
-    def pct(p: float) -> float:
-        return latencies[min(len(latencies) - 1, int(p * len(latencies)))] * 1000 if latencies else 0
-
+def legacy_row(kind: str, point: Any) -> dict[str, Any]:
+    """A client/bench Point in this script's (and bench-access's) row format."""
     return {
-        "op": kind, "concurrency": concurrency, "ops": len(latencies),
-        "ops_per_s": len(latencies) / elapsed, "p50_ms": pct(0.50), "p99_ms": pct(0.99),
-        "max_ms": latencies[-1] * 1000 if latencies else 0,
-        "mean_ms": statistics.fmean(latencies) * 1000 if latencies else 0, "errors": errors,
+        "op": kind, "concurrency": point.concurrency, "ops": point.calls,
+        "ops_per_s": point.ops_per_s, "p50_ms": point.latency.p50, "p99_ms": point.latency.p99,
+        "max_ms": point.latency.max, "mean_ms": point.latency.mean, "errors": point.errors,
     }
 
 
-async def run(args: argparse.Namespace, addresses: list[str], data_dir: Path) -> dict[str, Any]:
+async def phase(target: MedkvTarget, kind: str, concurrency: int, seconds: float) -> dict[str, Any]:
+    """One workload at one concurrency for `seconds`, no warm-up (as this script always ran)."""
+    point = await run_point(target.operation(PHASES[kind]), system="medkv", workload=PHASES[kind],
+                            concurrency=concurrency, warmup=0.0, duration=seconds,
+                            server_pids=target.server_pids())
+    return legacy_row(kind, point)
+
+
+async def run(args: argparse.Namespace, local: LocalMedkv) -> dict[str, Any]:
     levels = [int(c) for c in args.concurrency.split(",")]
-    value = os.urandom(args.value_size)
+    tls = TlsConfig.from_dir(local.certs_dir) if local.certs_dir else None
+    target = MedkvTarget(local.addresses, value_size=args.value_size, keys=args.patients, tls=tls,
+                         token=local.token_ref, pids=local.pids())
     results = []
-    async with AsyncClient(addresses, timeout=20.0) as kv:
-        for i in range(args.patients):  # records the read phases fetch
-            await kv.put(f"bench-{i}", "seed", value)
-        for kind in ("put", "get linearizable", "get follower"):
+    try:
+        await target.prepare(list(PHASES.values()))
+        for kind in PHASES:
             for c in levels:
-                r = await phase(kv, kind, c, args.seconds, value, args.patients)
+                r = await phase(target, kind, c, args.seconds)
                 results.append(r)
                 print(f"  {kind:<17} c={c:<4} {r['ops_per_s']:>8.0f} ops/s  p50 {r['p50_ms']:6.2f} ms"
                       f"  p99 {r['p99_ms']:7.2f} ms  errors {r['errors']}", file=sys.stderr)
-    return {"results": results, "rss_mib": rss_mib(data_dir, args.nodes)}
+    finally:
+        await target.close()
+    return {"results": results, "rss_mib": rss_mib(local.pids())}
 
 
 def main() -> int:
@@ -138,27 +82,17 @@ def main() -> int:
     ap.add_argument("--concurrency", default="1,16,64")
     ap.add_argument("--value-size", type=int, default=200)
     ap.add_argument("--patients", type=int, default=500)
-    ap.add_argument("--base-port", type=int, default=7500)
+    ap.add_argument("--base-port", type=int, default=None, help="default: free ports")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
-    data_dir = Path(tempfile.mkdtemp(prefix="medkv-bench-"))
     machine = {
         "cpus": os.cpu_count(), "platform": platform.platform(),
         "python": platform.python_version(), "processor": platform.processor() or platform.machine(),
     }
     print(f"machine: {machine['cpus']} cpus, {machine['platform']}, Python {machine['python']}; "
           f"{args.nodes} nodes + load generator on the same machine", file=sys.stderr)
-    try:
-        addresses = cluster(
-            "up", "--nodes", str(args.nodes), "--data-dir", str(data_dir),
-            "--base-port", str(args.base_port), "--partitions", str(args.partitions),
-        ).split(",")
-        use_cluster_credentials(data_dir, "clinician")
-        out = asyncio.run(run(args, addresses, data_dir))
-    finally:
-        subprocess.run([str(CLUSTER), "down", "--data-dir", str(data_dir)], capture_output=True,
-                       check=False)
-        shutil.rmtree(data_dir, ignore_errors=True)
+    with LocalMedkv(nodes=args.nodes, partitions=args.partitions, base_port=args.base_port) as local:
+        out = asyncio.run(run(args, local))
     out["machine"] = machine
     out["config"] = vars(args)
     if args.json:

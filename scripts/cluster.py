@@ -2,7 +2,8 @@
 
     scripts/cluster up --nodes N --data-dir DIR [--base-port 7100] [--partitions 16]
                        [--replicas 3] [--host 127.0.0.1] [--timeout 60]
-                       [--links-file FILE] [--insecure]
+                       [--links-file FILE] [--insecure] [--no-init]
+                       [--metrics-base-port P]
     scripts/cluster status        --data-dir DIR [--json]
     scripts/cluster env           --data-dir DIR [--as NAME]   shell exports for clients
     scripts/cluster token NAME    --data-dir DIR --role R [--role R2] [--clinic C] [--ttl 8h]
@@ -12,6 +13,10 @@
     scripts/cluster restart-node ID --data-dir DIR     (SIGTERM, then start again)
     scripts/cluster pause-node ID --data-dir DIR       (SIGSTOP)
     scripts/cluster resume-node ID --data-dir DIR      (SIGCONT)
+
+`up` starts the nodes, then creates the cluster once (`medkv cluster init`
+through node 1: node 1's [[peers]] are the initial members) and waits for
+every partition's leader; a second `up` finds the cluster and creates nothing.
 
 Nodes are numbered 1..N; node i listens on host:(base_port + i) and lives in
 DIR/node-i/ (node.toml, node.log, node.pid, its data). DIR/cluster.json
@@ -52,6 +57,11 @@ CLI and jepsen_like read: MEDKV_ADDR; MEDKV_TLS_DIR unless the cluster is
 reference, so the token itself never lands in the shell's environment dumps
 or history, and a renewed file is picked up). Variables that do not apply
 are unset, so switching between clusters leaves nothing stale.
+
+`--metrics-base-port P` turns on each node's Prometheus endpoint ([metrics]
+listen = host:(P + i), node.metrics): HTTPS with the node's certificate,
+requiring a client certificate of DIR/certs (DIR/certs/client.pem does), or
+plain HTTP on an --insecure cluster. `up` and `status` say where they are.
 
 `--links-file` puts something between the nodes, e.g. the fault-injection
 proxies of jepsen_like: a JSON object
@@ -149,6 +159,8 @@ class Layout:
     # Optional indirection (see --links-file): {"peers": {src: {dst: addr}},
     # "clients": {dst: addr}}, node ids as strings (JSON object keys).
     links: dict[str, dict[str, Any]] | None = None
+    # Node i serves Prometheus metrics on host:(metrics_base_port + i); None: off.
+    metrics_base_port: int | None = None
 
     def tls(self) -> TlsConfig | None:
         """The client's side of the cluster's TLS, if it has any."""
@@ -162,6 +174,17 @@ class Layout:
 
     def addresses(self) -> list[str]:
         return [self.address(n) for n in self.node_ids()]
+
+    def metrics_address(self, node: int) -> str | None:
+        if self.metrics_base_port is None:
+            return None
+        return f"{self.host}:{self.metrics_base_port + node}"
+
+    def metrics_url(self, node: int) -> str | None:
+        address = self.metrics_address(node)
+        if address is None:
+            return None
+        return f"{'https' if self.tls_dir else 'http'}://{address}/metrics"
 
     def peer_address(self, node: int, peer: int) -> str:
         """Where `node` dials `peer`: the links file's address, else the direct one."""
@@ -281,6 +304,9 @@ class Cluster:
                 f"issuers = [{q(DEFAULT_ISSUER)}]",
                 f"audience = {q(DEFAULT_AUDIENCE)}",
             ]
+        metrics = layout.metrics_address(node)
+        if metrics is not None:
+            lines += ["", "[metrics]", f"listen = {q(metrics)}"]
         raft = {"tick_ms": 100, "election_ticks": 10, **layout.raft}
         lines += ["", "[raft]", *(f"{k} = {v}" for k, v in sorted(raft.items()))]
         if layout.limits:
@@ -522,6 +548,44 @@ def wait_for_leaders(
         time.sleep(0.2)
 
 
+def init_cluster(
+    cluster: Cluster,
+    layout: Layout,
+    timeout: float,
+    started_now: dict[int, subprocess.Popen[bytes]],
+) -> None:
+    """`medkv cluster init` through node 1 until every member holds the cluster
+    state (bounded, with progress). A second `up` finds it created and only
+    hands it to members that lack it."""
+    started = time.monotonic()
+    deadline = started + timeout
+    summary = "node 1 did not answer yet"
+    while True:
+        for n in layout.node_ids():
+            why = _exited(cluster, n, started_now.get(n))
+            if why is not None:
+                raise ClusterError(why)
+        policy = RetryPolicy(timeout=2.0, attempt_timeout=1.0)
+        try:
+            with cluster.client(layout, layout.address(1), policy) as kv:
+                reply = kv.init_cluster(partitions=layout.partitions, replication=layout.replicas)
+        except MedkvError as e:
+            if e.code is not None and e.code.name not in ("UNAVAILABLE", "DEADLINE_EXCEEDED"):
+                raise ClusterError(f"cluster init failed: {e}") from None
+            reply = None
+        if reply is not None:
+            missing = [n.node_id for n in reply.nodes if not n.ok]
+            if not missing:
+                verb = "found" if reply.already_initialized else "created"
+                note(f"cluster {reply.cluster_id} {verb}: {reply.partitions} partitions, "
+                     f"replication {reply.replication}")
+                return
+            summary = f"nodes {missing} not reached yet"
+        if time.monotonic() >= deadline:
+            raise ClusterError(f"cluster init did not complete in {timeout:g}s ({summary})")
+        time.sleep(0.3)
+
+
 def wait_for_node(
     cluster: Cluster,
     layout: Layout,
@@ -728,6 +792,11 @@ def cmd_up(args: argparse.Namespace) -> int:
         raise ClusterError("--base-port leaves no room for the node ports")
     if args.insecure and args.tls:
         raise ClusterError("--insecure and --tls contradict each other (TLS is the default)")
+    mbase = args.metrics_base_port
+    if mbase is not None and (mbase < 1 or mbase + args.nodes > 65535 or (
+            mbase < args.base_port + args.nodes and args.base_port < mbase + args.nodes)):
+        raise ClusterError("--metrics-base-port must leave room for the node ports and not "
+                           "overlap the gRPC ports")
     secure = not args.insecure
     if (cluster.dir / STATE_FILE).exists():
         old = cluster.load()
@@ -761,12 +830,16 @@ def cmd_up(args: argparse.Namespace) -> int:
         secure=secure,
         auth_dir=_ensure_auth(cluster) if secure else None,
         links=load_links(args.links_file, args.nodes) if args.links_file else None,
+        metrics_base_port=mbase,
     )
     cluster.save(layout)
     to_start = [n for n in layout.node_ids() if cluster.pid(n) is None]
     busy = [
         layout.address(n) for n in to_start if not _port_free(layout.host, layout.base_port + n)
     ]
+    if mbase is not None:
+        busy += [f"{layout.host}:{mbase + n} (metrics)" for n in to_start
+                 if not _port_free(layout.host, mbase + n)]
     if busy:
         raise ClusterError(f"address(es) already in use: {', '.join(busy)} (choose --base-port)")
     for n in layout.node_ids():
@@ -774,8 +847,14 @@ def cmd_up(args: argparse.Namespace) -> int:
     started: dict[int, subprocess.Popen[bytes]] = {}
     for n in to_start:
         started[n] = cluster.start(n)
-        note(f"node {n}: pid {started[n].pid}, {layout.address(n)}, log {cluster.log_path(n)}")
+        note(f"node {n}: pid {started[n].pid}, {layout.address(n)}, log {cluster.log_path(n)}"
+             + (f", metrics {layout.metrics_url(n)}" if mbase is not None else ""))
+    if args.no_init:
+        note("nodes started; create the cluster with `medkv cluster init` (first address)")
+        print(",".join(layout.addresses()), flush=True)
+        return 0
     try:
+        init_cluster(cluster, layout, args.timeout, started)
         wait_for_leaders(cluster, layout, args.timeout, started)
     except ClusterError:
         note("startup failed; the nodes are left running for inspection (`scripts/cluster down`)")
@@ -788,7 +867,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     cluster = Cluster(Path(args.data_dir))
     layout = cluster.load()
     processes = [
-        {"node": n, "address": layout.address(n), "pid": cluster.pid(n), "state": cluster.state(n)}
+        {"node": n, "address": layout.address(n), "pid": cluster.pid(n), "state": cluster.state(n),
+         "metrics": layout.metrics_url(n)}
         for n in layout.node_ids()
     ]
     reason = ""
@@ -808,7 +888,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(f"processes in {cluster.dir}:")
         for p in processes:
             pid = p["pid"] if p["pid"] is not None else "-"
-            print(f"  node {p['node']:<3} {p['address']:<21} {p['state']:<8} pid {pid}")
+            metrics = f"  metrics {p['metrics']}" if p["metrics"] else ""
+            print(f"  node {p['node']:<3} {p['address']:<21} {p['state']:<8} pid {pid}{metrics}")
         print()
         print(render_status(status) if status is not None else f"no node answered: {reason}")
     return 0 if status is not None else 1
@@ -958,9 +1039,18 @@ def build_parser() -> argparse.ArgumentParser:
         "(DIR/tokens) are the default",
     )
     up.add_argument(
+        "--no-init", action="store_true",
+        help="start the nodes only; create the cluster yourself with `medkv cluster init`",
+    )
+    up.add_argument(
         "--insecure", action="store_true",
         help="plaintext, no tokens, no access control, no audit (`insecure = true`): "
         "experiments only, never patient data",
+    )
+    up.add_argument(
+        "--metrics-base-port", type=int, default=None, metavar="P",
+        help="serve each node's Prometheus metrics on host:(P+i) (HTTPS with mutual TLS "
+        "unless --insecure); default: no metrics endpoint",
     )
     up.add_argument(
         "--links-file", metavar="FILE",

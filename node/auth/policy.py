@@ -107,6 +107,8 @@ METHODS: Mapping[str, Action] = {
     ADMIN_SVC + "ClusterStatus": Action.STATUS,
     ADMIN_SVC + "PartitionStatus": Action.STATUS,
     ADMIN_SVC + "TransferLeader": Action.CLUSTER_ADMIN,
+    ADMIN_SVC + "ListNodes": Action.STATUS,
+    ADMIN_SVC + "InitCluster": Action.CLUSTER_ADMIN,
     ADMIN_SVC + "ErasePatient": Action.ERASE,
     ADMIN_SVC + "PrepareReplica": Action.REPLICAS,
     ADMIN_SVC + "ChangeReplicas": Action.REPLICAS,
@@ -120,6 +122,7 @@ METHODS: Mapping[str, Action] = {
     ADMIN_SVC + "AuditVerify": Action.AUDIT_READ,
     RAFT_SVC + "Stream": Action.RAFT,
     RAFT_SVC + "Snapshot": Action.RAFT,
+    RAFT_SVC + "Bootstrap": Action.RAFT,
     HEALTH_SVC + "Check": Action.HEALTH,
     HEALTH_SVC + "Watch": Action.HEALTH,
 }

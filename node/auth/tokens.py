@@ -616,6 +616,20 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
+def _token_to_verify() -> str:
+    """What `tokens verify` checks: a token piped on stdin (`verify < FILE` means
+    that file, even with $MEDKV_TOKEN set, as `eval "$(scripts/cluster env ...)"`
+    leaves it), else $MEDKV_TOKEN, which may be `@FILE` as for every client."""
+    if not sys.stdin.isatty():
+        piped = sys.stdin.read().strip()
+        if piped:
+            return piped
+    text = os.environ.get(TOKEN_ENV, "").strip()
+    if text.startswith("@"):
+        return Path(text[1:]).expanduser().read_text(encoding="utf-8").strip()
+    return text
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -630,7 +644,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                        clinics=args.clinic, issuer=args.iss, audience=args.aud,
                        ttl_seconds=args.ttl, not_before=nbf, now=now))
         else:
-            token = os.environ.get(TOKEN_ENV) or sys.stdin.read().strip()
+            token = _token_to_verify()
             settings = TokenSettings(issuers=tuple(args.iss or [DEFAULT_ISSUER]), audience=args.aud)
             ident = TokenVerifier(settings, JwksFile(args.jwks)).verify(token)
             print(json.dumps({"subject": ident.subject, "roles": sorted(ident.roles),
@@ -638,6 +652,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                               "expires": _when(ident.expires_at)}, sort_keys=True))
     except KeySourceError as e:
         print(f"medkv tokens: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:  # the @FILE of $MEDKV_TOKEN
+        print(f"medkv tokens: {e.strerror}: {e.filename}", file=sys.stderr)
         return 1
     except Unauthenticated as e:
         print(f"medkv tokens: refused: {e.message}", file=sys.stderr)

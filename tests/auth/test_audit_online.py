@@ -30,6 +30,7 @@ from node.crypto.envelope import EnvelopeCodec
 from node.crypto.keyfile import create_key_file
 from node.crypto.keyring import open_keyring
 from node.server import Node
+from tests.cluster_init import init_members
 
 PATIENT = "CANARY-AUDIT-PATIENT-91c2"
 
@@ -91,7 +92,9 @@ def test_query_and_verify_on_a_secure_node(tmp_path: Path) -> None:
     setup = Setup(tmp_path)
 
     async def first_run() -> int:
-        node = Node(setup.config())  # type: ignore[arg-type]
+        cfg = setup.config()
+        init_members([cfg])  # type: ignore[list-item]
+        node = Node(cfg)  # type: ignore[arg-type]
         await node.start()
         try:
             await _wait_leader(node)
@@ -138,7 +141,9 @@ def test_query_and_verify_on_a_secure_node(tmp_path: Path) -> None:
     _cut_log(tmp_path, 3)
 
     async def second_run() -> None:
-        node = Node(setup.config())  # type: ignore[arg-type]
+        cfg = setup.config()
+        init_members([cfg])  # type: ignore[list-item]
+        node = Node(cfg)  # type: ignore[arg-type]
         await node.start()  # the cut log opens: HEAD agrees with it
         try:
             await _wait_leader(node)
@@ -184,7 +189,9 @@ def test_three_nodes_anchor_into_replicated_state_and_answer_together(tmp_path: 
                            timeout=15)
 
     async def scenario() -> None:
-        nodes = [Node(cfg(n)) for n in (1, 2, 3)]  # type: ignore[arg-type]
+        cfgs = [cfg(n) for n in (1, 2, 3)]
+        init_members(cfgs)  # type: ignore[arg-type]
+        nodes = [Node(c) for c in cfgs]  # type: ignore[arg-type]
         for node in nodes:
             await node.start()
         try:

@@ -37,8 +37,8 @@ POLICY = Policy(METHODS)
 READS = {KV + "Get", KV + "History"}
 WRITES = {KV + "Put", KV + "CompareAndSet", KV + "Delete", KV + "Batch"}
 ADMIN_OPS = {AD + "TransferLeader", AD + "ErasePatient", AD + "RotateDataKey",
-             AD + "RotateMasterKey", AD + "KeyStatus", AD + "SetSettings"}
-STATUS = {AD + "ClusterStatus", AD + "PartitionStatus", AD + "GetSettings"}
+             AD + "RotateMasterKey", AD + "KeyStatus", AD + "SetSettings", AD + "InitCluster"}
+STATUS = {AD + "ClusterStatus", AD + "PartitionStatus", AD + "GetSettings", AD + "ListNodes"}
 # Replica moves: the control plane (a node certificate) or an admin.
 REPLICA_MOVES = {AD + "PrepareReplica", AD + "ChangeReplicas", AD + "DropReplica"}
 ALL_METHODS = sorted([*POLICY.methods, "/medkv.v1.KV/Nope", "/other.Svc/Call"])
@@ -52,7 +52,7 @@ def model(i: Identity, method: str, f: RequestFacts) -> tuple[bool, bool, str | 
     roles = i.roles
     no = (False, False, None, False)
     yes = (True, False, None, False)
-    if method == RAFT + "Stream" or method == RAFT + "Snapshot":
+    if method in (RAFT + "Stream", RAFT + "Snapshot", RAFT + "Bootstrap"):
         return yes if NODE in roles else no
     if method in ("/grpc.health.v1.Health/Check", "/grpc.health.v1.Health/Watch"):
         return yes if roles else no
@@ -160,7 +160,7 @@ def test_more_clinics_or_roles_never_take_access_away(
 
 @given(identities, facts)
 def test_only_nodes_speak_raft_and_nodes_see_no_records(i: Identity, f: RequestFacts) -> None:
-    for m in (RAFT + "Stream", RAFT + "Snapshot"):
+    for m in (RAFT + "Stream", RAFT + "Snapshot", RAFT + "Bootstrap"):
         assert POLICY.authorize(i, m, f).allowed == (NODE in i.roles)
     node = Identity.for_node(3)
     for m in READS | WRITES | {KV + "Scan", KV + "BatchCommands"} | ADMIN_OPS:

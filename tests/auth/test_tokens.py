@@ -382,6 +382,15 @@ def test_cli_keygen_issue_verify(tmp_path: Path) -> None:
                   env={"MEDKV_TOKEN": token})
     assert r.returncode == 1 and "audience does not include 'else'" in r.stderr
     assert token not in r.stderr
+    # A piped token wins over $MEDKV_TOKEN (set by `scripts/cluster env`), which
+    # may itself be @FILE as for the clients.
+    (tmp_path / "tok").write_text(token + "\n")
+    r = run_medkv("tokens", "verify", "--jwks", str(tmp_path / "jwks.json"), stdin=token + "\n",
+                  env={"MEDKV_TOKEN": "@/nonexistent/other.token"})
+    assert r.returncode == 0 and json.loads(r.stdout)["subject"] == "dr-who", r.stderr
+    r = run_medkv("tokens", "verify", "--jwks", str(tmp_path / "jwks.json"),
+                  env={"MEDKV_TOKEN": f"@{tmp_path / 'tok'}"})
+    assert r.returncode == 0 and json.loads(r.stdout)["subject"] == "dr-who", r.stderr
 
 
 def test_keygen_keeps_earlier_keys_in_the_jwks(tmp_path: Path) -> None:

@@ -16,7 +16,9 @@ import pytest
 from client import Client, RetryPolicy
 from client.cli import (
     EXIT_CONFLICT,
+    EXIT_DEGRADED,
     EXIT_NOT_FOUND,
+    EXIT_UNAVAILABLE,
     _Out,
     build_parser,
     main,
@@ -126,7 +128,11 @@ def test_cas_and_scan(kv: Client) -> None:
     assert code == 0
     seen = sorted(json.loads(line)["patient_id"] for line in out.splitlines())
     assert seen == sorted(["p2"] + [f"scan-{i}" for i in range(5)])
-    assert err.count("done: node") == 4 and "scan complete: 6 records from 4 partitions" in err
+    # Not a terminal: no line per partition, one progress line at the start
+    # (rate-limited) and the last state, then the summary.
+    assert "partition 0 done" not in err and err.count("scan: ") <= 2, err
+    assert "scan: 4/4 partitions, 6 records" in err
+    assert "scan complete: 6 records from 4 partitions (" in err and "max staleness" in err
 
 
 def test_status_table_and_json(kv: Client) -> None:
@@ -371,3 +377,43 @@ def test_transfer_leader_to_a_node_without_a_replica_fails_with_the_reason(
                      "transfer-leader", "0", str(outsider)])
         assert code == 1
         assert f"node {outsider} holds no replica of partition 0" in capsys.readouterr().err
+
+
+class _StatusOnly:
+    """A stand-in client whose cluster answers a fixed status."""
+
+    def __init__(self, status: object) -> None:
+        self.status = status
+
+    def cluster_status(self, timeout: float | None = None) -> object:
+        return self.status
+
+
+def _status_for(health: str) -> object:
+    from tests.client_unit.test_status_table import make_status
+
+    if health == "UNAVAILABLE":
+        return make_status(leaderless=1)
+    status = make_status()
+    if health == "DEGRADED":  # node 3, a follower of partition 0, unheard: under-replicated
+        status.partition_info[0].replica_status[2].reachable = False
+    return status
+
+
+@pytest.mark.parametrize(
+    ("health", "code"),
+    [("OK", 0), ("DEGRADED", EXIT_DEGRADED), ("UNAVAILABLE", EXIT_UNAVAILABLE)],
+)
+@pytest.mark.parametrize("as_json", [False, True])
+def test_status_exit_code_follows_the_verdict(health: str, code: int, as_json: bool) -> None:
+    argv = ["status", "--json"] if as_json else ["status"]
+    args = build_parser().parse_args(argv)
+    text_out = io.StringIO()
+    got = run(args, _StatusOnly(_status_for(health)),  # type: ignore[arg-type]
+              _Out(text_out, io.StringIO(), as_json), io.BytesIO(), io.BytesIO())
+    assert got == code
+    if as_json:
+        assert json.loads(text_out.getvalue())["health"] == health
+    else:
+        assert text_out.getvalue().startswith(f"medkv cluster: {health}")
+    assert len({0, EXIT_DEGRADED, EXIT_UNAVAILABLE, EXIT_CONFLICT, EXIT_NOT_FOUND, 1, 2}) == 7

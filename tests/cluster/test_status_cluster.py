@@ -3,7 +3,9 @@
 A healthy cluster reads OK on every look (no live follower marked '!'
 because its leader's recent_active was just cleared by a quorum check); a
 killed node turns it DEGRADED and names the under-replicated partitions;
-after the node's restart it is OK again."""
+after the node's restart it is OK again. The exit status follows the
+verdict, in the table and in --json (0 OK, 5 DEGRADED), so a probe can act
+on it."""
 
 from __future__ import annotations
 
@@ -33,10 +35,15 @@ def medkv(cluster: LocalCluster, address: str, *args: str) -> subprocess.Complet
     )
 
 
+EXIT_BY_HEALTH = {"OK": 0, "DEGRADED": 5, "UNAVAILABLE": 6}
+
+
 def status_json(cluster: LocalCluster, address: str) -> dict:  # type: ignore[type-arg]
     done = medkv(cluster, address, "--json", "status")
-    assert done.returncode == 0, done.stderr
-    return json.loads(done.stdout)  # type: ignore[no-any-return]
+    assert done.returncode in EXIT_BY_HEALTH.values(), done.stderr
+    doc = json.loads(done.stdout)
+    assert done.returncode == EXIT_BY_HEALTH[doc["health"]], (done.returncode, doc["health"])
+    return doc  # type: ignore[no-any-return]
 
 
 def wait_for(predicate: Callable[[], bool], what: str) -> None:
@@ -83,13 +90,16 @@ def test_status_leaves_ok_when_a_node_dies_and_returns_after_restart(tmp_path: P
         for p in held:
             assert f" {p} (2/3)" in under, under
         assert "node(s) down: 3" in seen["reasons"]
-        text = medkv(c, first, "status").stdout
+        table = medkv(c, first, "status")
+        text = table.stdout
         header, *rest = text.splitlines()
         assert not header.startswith("medkv cluster: OK"), text
+        assert table.returncode == EXIT_BY_HEALTH[header.split()[2]] != 0, table.returncode
         assert any(line.startswith("  - under-replicated") for line in rest[:5]), text
 
         assert c.run("restart-node", str(victim), timeout=60).returncode == 0
         wait_for(lambda: status_json(c, first)["health"] == "OK", "OK after the restart")
-        assert medkv(c, first, "status").stdout.startswith("medkv cluster: OK")
+        table = medkv(c, first, "status")
+        assert table.stdout.startswith("medkv cluster: OK") and table.returncode == 0
     finally:
         stop_cluster(c)

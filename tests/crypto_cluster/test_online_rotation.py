@@ -140,7 +140,8 @@ def test_rotate_data_during_a_write_load_loses_nothing(tmp_path: Path) -> None:
             wait_until(lambda: load.count() >= during + 20, 20, "writes after the rotation")
         assert load.count() > 40
         acked.update(load.acked)
-        assert "new data key 2" in done.stderr and "finished 100%" in done.stderr
+        assert "new data key 2" in done.stderr and "3/3 nodes finished" in done.stderr
+        assert "re-encryption: 100/100 %" in done.stderr.splitlines()[-1], done.stderr
         version = kv.put("after", "rotation", b"late write")
         acked[("after", "rotation")] = b"late write"
         _assert_all_readable(kv, cluster, acked, version)

@@ -22,14 +22,22 @@ import pytest
 
 import node.config as config_module
 from node.auth.setup import _AUDIT_KEYS, _AUTH_KEYS
-from node.config import _TOP_LEVEL, Limits, LogSettings, NodeConfig, RaftSettings, parse_config
+from node.config import (
+    _TOP_LEVEL,
+    Limits,
+    LogSettings,
+    MetricsSettings,
+    NodeConfig,
+    RaftSettings,
+    parse_config,
+)
 from node.test_only import _ENV, FORMER_CONFIG_KEYS
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "configuration.md"
 
 # The `## ` headings of the reference, one per table of the configuration file.
 SECTIONS = ("Top-level keys", "[[peers]]", "[raft]", "[limits]", "[tls]", "[auth]", "[audit]",
-            "[log]")
+            "[log]", "[metrics]")
 
 
 def _doc_tables(text: str) -> dict[str, dict[str, str]]:
@@ -99,6 +107,7 @@ def parser_keys() -> dict[str, set[str]]:
         "[auth]": set(_AUTH_KEYS),
         "[audit]": set(_AUDIT_KEYS),
         "[log]": {f.name for f in fields(LogSettings)},
+        "[metrics]": {f.name for f in fields(MetricsSettings)},
     }
 
 
@@ -172,7 +181,7 @@ def test_documented_defaults_change_nothing_when_written_out(
     expected = parse_config(minimal, tmp_path)
     where = {
         "Top-level keys": None, "[raft]": "raft", "[limits]": "limits",
-        "[auth]": "auth", "[audit]": "audit", "[log]": "log",
+        "[auth]": "auth", "[audit]": "audit", "[log]": "log", "[metrics]": "metrics",
     }
     checked = 0
     for section, table in where.items():
@@ -194,7 +203,7 @@ def test_the_complete_example_parses(doc_text: str, tmp_path: Path, secure_files
     assert not cfg.insecure and cfg.tls is not None and cfg.auth is not None
     assert cfg.node_id == 1 and set(cfg.peers) == {1, 2, 3}
     # The example shows every table the reference documents.
-    assert {"raft", "limits", "tls", "auth", "audit", "log"} <= set(raw)
+    assert {"raft", "limits", "tls", "auth", "audit", "log", "metrics"} <= set(raw)
 
 
 def test_no_test_only_switch_is_documented(doc_text: str) -> None:

@@ -430,3 +430,75 @@ class AuditVerifyResponse(_message.Message):
     anchored_head: str
     problems: _containers.RepeatedScalarFieldContainer[str]
     def __init__(self, node: _Optional[int] = ..., ok: _Optional[bool] = ..., entries: _Optional[int] = ..., head: _Optional[str] = ..., anchored_head: _Optional[str] = ..., problems: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class ListNodesRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class MemberInfo(_message.Message):
+    __slots__ = ("node_id", "address", "client_address", "state", "replicas", "system_voter")
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    REPLICAS_FIELD_NUMBER: _ClassVar[int]
+    SYSTEM_VOTER_FIELD_NUMBER: _ClassVar[int]
+    node_id: int
+    address: str
+    client_address: str
+    state: str
+    replicas: int
+    system_voter: bool
+    def __init__(self, node_id: _Optional[int] = ..., address: _Optional[str] = ..., client_address: _Optional[str] = ..., state: _Optional[str] = ..., replicas: _Optional[int] = ..., system_voter: _Optional[bool] = ...) -> None: ...
+
+class ListNodesResponse(_message.Message):
+    __slots__ = ("cluster_id", "epoch", "members", "answered_by", "system_leader", "system_applied")
+    CLUSTER_ID_FIELD_NUMBER: _ClassVar[int]
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
+    MEMBERS_FIELD_NUMBER: _ClassVar[int]
+    ANSWERED_BY_FIELD_NUMBER: _ClassVar[int]
+    SYSTEM_LEADER_FIELD_NUMBER: _ClassVar[int]
+    SYSTEM_APPLIED_FIELD_NUMBER: _ClassVar[int]
+    cluster_id: str
+    epoch: int
+    members: _containers.RepeatedCompositeFieldContainer[MemberInfo]
+    answered_by: int
+    system_leader: int
+    system_applied: int
+    def __init__(self, cluster_id: _Optional[str] = ..., epoch: _Optional[int] = ..., members: _Optional[_Iterable[_Union[MemberInfo, _Mapping]]] = ..., answered_by: _Optional[int] = ..., system_leader: _Optional[int] = ..., system_applied: _Optional[int] = ...) -> None: ...
+
+class InitClusterRequest(_message.Message):
+    __slots__ = ("partitions", "replication", "cluster_id")
+    PARTITIONS_FIELD_NUMBER: _ClassVar[int]
+    REPLICATION_FIELD_NUMBER: _ClassVar[int]
+    CLUSTER_ID_FIELD_NUMBER: _ClassVar[int]
+    partitions: int
+    replication: int
+    cluster_id: str
+    def __init__(self, partitions: _Optional[int] = ..., replication: _Optional[int] = ..., cluster_id: _Optional[str] = ...) -> None: ...
+
+class InitNodeResult(_message.Message):
+    __slots__ = ("node_id", "ok", "already", "error")
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    OK_FIELD_NUMBER: _ClassVar[int]
+    ALREADY_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    node_id: int
+    ok: bool
+    already: bool
+    error: str
+    def __init__(self, node_id: _Optional[int] = ..., ok: _Optional[bool] = ..., already: _Optional[bool] = ..., error: _Optional[str] = ...) -> None: ...
+
+class InitClusterResponse(_message.Message):
+    __slots__ = ("cluster_id", "already_initialized", "partitions", "replication", "nodes")
+    CLUSTER_ID_FIELD_NUMBER: _ClassVar[int]
+    ALREADY_INITIALIZED_FIELD_NUMBER: _ClassVar[int]
+    PARTITIONS_FIELD_NUMBER: _ClassVar[int]
+    REPLICATION_FIELD_NUMBER: _ClassVar[int]
+    NODES_FIELD_NUMBER: _ClassVar[int]
+    cluster_id: str
+    already_initialized: bool
+    partitions: int
+    replication: int
+    nodes: _containers.RepeatedCompositeFieldContainer[InitNodeResult]
+    def __init__(self, cluster_id: _Optional[str] = ..., already_initialized: _Optional[bool] = ..., partitions: _Optional[int] = ..., replication: _Optional[int] = ..., nodes: _Optional[_Iterable[_Union[InitNodeResult, _Mapping]]] = ...) -> None: ...

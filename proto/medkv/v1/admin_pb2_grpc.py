@@ -94,6 +94,16 @@ class AdminStub:
                 request_serializer=proto_dot_medkv_dot_v1_dot_admin__pb2.AuditVerifyRequest.SerializeToString,
                 response_deserializer=proto_dot_medkv_dot_v1_dot_admin__pb2.AuditVerifyResponse.FromString,
                 _registered_method=True)
+        self.ListNodes = channel.unary_unary(
+                '/medkv.v1.Admin/ListNodes',
+                request_serializer=proto_dot_medkv_dot_v1_dot_admin__pb2.ListNodesRequest.SerializeToString,
+                response_deserializer=proto_dot_medkv_dot_v1_dot_admin__pb2.ListNodesResponse.FromString,
+                _registered_method=True)
+        self.InitCluster = channel.unary_unary(
+                '/medkv.v1.Admin/InitCluster',
+                request_serializer=proto_dot_medkv_dot_v1_dot_admin__pb2.InitClusterRequest.SerializeToString,
+                response_deserializer=proto_dot_medkv_dot_v1_dot_admin__pb2.InitClusterResponse.FromString,
+                _registered_method=True)
         self.PrepareReplica = channel.unary_unary(
                 '/medkv.v1.Admin/PrepareReplica',
                 request_serializer=proto_dot_medkv_dot_v1_dot_admin__pb2.PrepareReplicaRequest.SerializeToString,
@@ -203,6 +213,23 @@ class AdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListNodes(self, request, context):
+        """The cluster's members as the answering node's replica of the system group
+        (node/cluster) has applied them: ids, addresses, states, replica counts.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def InitCluster(self, request, context):
+        """Create the cluster (once): the answering node computes the initial state
+        from its [[peers]] (the initial members) and hands it to every member.
+        Idempotent: asked again, the same state is handed to members lacking it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def PrepareReplica(self, request, context):
         """Replica moves, for the control plane (node certificates and the admin
         role). A move of partition P from node C to node D:
@@ -302,6 +329,16 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.AuditVerify,
                     request_deserializer=proto_dot_medkv_dot_v1_dot_admin__pb2.AuditVerifyRequest.FromString,
                     response_serializer=proto_dot_medkv_dot_v1_dot_admin__pb2.AuditVerifyResponse.SerializeToString,
+            ),
+            'ListNodes': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListNodes,
+                    request_deserializer=proto_dot_medkv_dot_v1_dot_admin__pb2.ListNodesRequest.FromString,
+                    response_serializer=proto_dot_medkv_dot_v1_dot_admin__pb2.ListNodesResponse.SerializeToString,
+            ),
+            'InitCluster': grpc.unary_unary_rpc_method_handler(
+                    servicer.InitCluster,
+                    request_deserializer=proto_dot_medkv_dot_v1_dot_admin__pb2.InitClusterRequest.FromString,
+                    response_serializer=proto_dot_medkv_dot_v1_dot_admin__pb2.InitClusterResponse.SerializeToString,
             ),
             'PrepareReplica': grpc.unary_unary_rpc_method_handler(
                     servicer.PrepareReplica,
@@ -643,6 +680,60 @@ class Admin:
             '/medkv.v1.Admin/AuditVerify',
             proto_dot_medkv_dot_v1_dot_admin__pb2.AuditVerifyRequest.SerializeToString,
             proto_dot_medkv_dot_v1_dot_admin__pb2.AuditVerifyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListNodes(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/medkv.v1.Admin/ListNodes',
+            proto_dot_medkv_dot_v1_dot_admin__pb2.ListNodesRequest.SerializeToString,
+            proto_dot_medkv_dot_v1_dot_admin__pb2.ListNodesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def InitCluster(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/medkv.v1.Admin/InitCluster',
+            proto_dot_medkv_dot_v1_dot_admin__pb2.InitClusterRequest.SerializeToString,
+            proto_dot_medkv_dot_v1_dot_admin__pb2.InitClusterResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -24,27 +24,31 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19proto/medkv/v1/raft.proto\x12\x08medkv.v1\".\n\x0cGroupMessage\x12\r\n\x05group\x18\x01 \x01(\r\x12\x0f\n\x07message\x18\x02 \x01(\x0c\"t\n\x12\x43oalescedHeartbeat\x12\r\n\x05group\x18\x01 \x01(\r\x12\x0c\n\x04term\x18\x02 \x01(\x04\x12\x0e\n\x06\x63ommit\x18\x03 \x01(\x04\x12\x0f\n\x07\x63ontext\x18\x04 \x01(\x0c\x12\x10\n\x08response\x18\x05 \x01(\x08\x12\x0e\n\x06reject\x18\x06 \x01(\x08\"N\n\x0f\x43losedTimestamp\x12\r\n\x05group\x18\x01 \x01(\r\x12\x0c\n\x04term\x18\x02 \x01(\x04\x12\r\n\x05index\x18\x03 \x01(\x04\x12\x0f\n\x07time_ms\x18\x04 \x01(\x04\"\xca\x01\n\tRaftBatch\x12\x11\n\tfrom_node\x18\x01 \x01(\x04\x12\x0f\n\x07to_node\x18\x02 \x01(\x04\x12\x12\n\ncluster_id\x18\x03 \x01(\x04\x12(\n\x08messages\x18\x04 \x03(\x0b\x32\x16.medkv.v1.GroupMessage\x12\x30\n\nheartbeats\x18\x05 \x03(\x0b\x32\x1c.medkv.v1.CoalescedHeartbeat\x12)\n\x06\x63losed\x18\x06 \x03(\x0b\x32\x19.medkv.v1.ClosedTimestamp\" \n\x0cRaftBatchAck\x12\x10\n\x08received\x18\x01 \x01(\x04\"\x92\x01\n\rSnapshotChunk\x12\x11\n\tfrom_node\x18\x01 \x01(\x04\x12\x0f\n\x07to_node\x18\x02 \x01(\x04\x12\r\n\x05group\x18\x03 \x01(\r\x12\x0e\n\x06header\x18\x04 \x01(\x0c\x12\x0e\n\x06offset\x18\x05 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x06 \x01(\x0c\x12\x0c\n\x04last\x18\x07 \x01(\x08\x12\x12\n\ntotal_size\x18\x08 \x01(\x04\"0\n\x0bSnapshotAck\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\x12\x0f\n\x07message\x18\x02 \x01(\t2\x88\x01\n\rRaftTransport\x12\x39\n\x06Stream\x12\x13.medkv.v1.RaftBatch\x1a\x16.medkv.v1.RaftBatchAck(\x01\x30\x01\x12<\n\x08Snapshot\x12\x17.medkv.v1.SnapshotChunk\x1a\x15.medkv.v1.SnapshotAck(\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19proto/medkv/v1/raft.proto\x12\x08medkv.v1\"M\n\x10\x42ootstrapRequest\x12\x11\n\tfrom_node\x18\x01 \x01(\x04\x12\x0f\n\x07to_node\x18\x02 \x01(\x04\x12\x15\n\rcluster_state\x18\x03 \x01(\x0c\"\x1f\n\x0c\x42ootstrapAck\x12\x0f\n\x07\x61lready\x18\x01 \x01(\x08\".\n\x0cGroupMessage\x12\r\n\x05group\x18\x01 \x01(\r\x12\x0f\n\x07message\x18\x02 \x01(\x0c\"t\n\x12\x43oalescedHeartbeat\x12\r\n\x05group\x18\x01 \x01(\r\x12\x0c\n\x04term\x18\x02 \x01(\x04\x12\x0e\n\x06\x63ommit\x18\x03 \x01(\x04\x12\x0f\n\x07\x63ontext\x18\x04 \x01(\x0c\x12\x10\n\x08response\x18\x05 \x01(\x08\x12\x0e\n\x06reject\x18\x06 \x01(\x08\"N\n\x0f\x43losedTimestamp\x12\r\n\x05group\x18\x01 \x01(\r\x12\x0c\n\x04term\x18\x02 \x01(\x04\x12\r\n\x05index\x18\x03 \x01(\x04\x12\x0f\n\x07time_ms\x18\x04 \x01(\x04\"\xca\x01\n\tRaftBatch\x12\x11\n\tfrom_node\x18\x01 \x01(\x04\x12\x0f\n\x07to_node\x18\x02 \x01(\x04\x12\x12\n\ncluster_id\x18\x03 \x01(\x04\x12(\n\x08messages\x18\x04 \x03(\x0b\x32\x16.medkv.v1.GroupMessage\x12\x30\n\nheartbeats\x18\x05 \x03(\x0b\x32\x1c.medkv.v1.CoalescedHeartbeat\x12)\n\x06\x63losed\x18\x06 \x03(\x0b\x32\x19.medkv.v1.ClosedTimestamp\" \n\x0cRaftBatchAck\x12\x10\n\x08received\x18\x01 \x01(\x04\"\x92\x01\n\rSnapshotChunk\x12\x11\n\tfrom_node\x18\x01 \x01(\x04\x12\x0f\n\x07to_node\x18\x02 \x01(\x04\x12\r\n\x05group\x18\x03 \x01(\r\x12\x0e\n\x06header\x18\x04 \x01(\x0c\x12\x0e\n\x06offset\x18\x05 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x06 \x01(\x0c\x12\x0c\n\x04last\x18\x07 \x01(\x08\x12\x12\n\ntotal_size\x18\x08 \x01(\x04\"0\n\x0bSnapshotAck\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\x12\x0f\n\x07message\x18\x02 \x01(\t2\xc9\x01\n\rRaftTransport\x12\x39\n\x06Stream\x12\x13.medkv.v1.RaftBatch\x1a\x16.medkv.v1.RaftBatchAck(\x01\x30\x01\x12<\n\x08Snapshot\x12\x17.medkv.v1.SnapshotChunk\x1a\x15.medkv.v1.SnapshotAck(\x01\x12?\n\tBootstrap\x12\x1a.medkv.v1.BootstrapRequest\x1a\x16.medkv.v1.BootstrapAckb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'proto.medkv.v1.raft_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_GROUPMESSAGE']._serialized_start=39
-  _globals['_GROUPMESSAGE']._serialized_end=85
-  _globals['_COALESCEDHEARTBEAT']._serialized_start=87
-  _globals['_COALESCEDHEARTBEAT']._serialized_end=203
-  _globals['_CLOSEDTIMESTAMP']._serialized_start=205
-  _globals['_CLOSEDTIMESTAMP']._serialized_end=283
-  _globals['_RAFTBATCH']._serialized_start=286
-  _globals['_RAFTBATCH']._serialized_end=488
-  _globals['_RAFTBATCHACK']._serialized_start=490
-  _globals['_RAFTBATCHACK']._serialized_end=522
-  _globals['_SNAPSHOTCHUNK']._serialized_start=525
-  _globals['_SNAPSHOTCHUNK']._serialized_end=671
-  _globals['_SNAPSHOTACK']._serialized_start=673
-  _globals['_SNAPSHOTACK']._serialized_end=721
-  _globals['_RAFTTRANSPORT']._serialized_start=724
-  _globals['_RAFTTRANSPORT']._serialized_end=860
+  _globals['_BOOTSTRAPREQUEST']._serialized_start=39
+  _globals['_BOOTSTRAPREQUEST']._serialized_end=116
+  _globals['_BOOTSTRAPACK']._serialized_start=118
+  _globals['_BOOTSTRAPACK']._serialized_end=149
+  _globals['_GROUPMESSAGE']._serialized_start=151
+  _globals['_GROUPMESSAGE']._serialized_end=197
+  _globals['_COALESCEDHEARTBEAT']._serialized_start=199
+  _globals['_COALESCEDHEARTBEAT']._serialized_end=315
+  _globals['_CLOSEDTIMESTAMP']._serialized_start=317
+  _globals['_CLOSEDTIMESTAMP']._serialized_end=395
+  _globals['_RAFTBATCH']._serialized_start=398
+  _globals['_RAFTBATCH']._serialized_end=600
+  _globals['_RAFTBATCHACK']._serialized_start=602
+  _globals['_RAFTBATCHACK']._serialized_end=634
+  _globals['_SNAPSHOTCHUNK']._serialized_start=637
+  _globals['_SNAPSHOTCHUNK']._serialized_end=783
+  _globals['_SNAPSHOTACK']._serialized_start=785
+  _globals['_SNAPSHOTACK']._serialized_end=833
+  _globals['_RAFTTRANSPORT']._serialized_start=836
+  _globals['_RAFTTRANSPORT']._serialized_end=1037
 # @@protoc_insertion_point(module_scope)

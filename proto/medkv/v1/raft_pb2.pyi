@@ -6,6 +6,22 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class BootstrapRequest(_message.Message):
+    __slots__ = ("from_node", "to_node", "cluster_state")
+    FROM_NODE_FIELD_NUMBER: _ClassVar[int]
+    TO_NODE_FIELD_NUMBER: _ClassVar[int]
+    CLUSTER_STATE_FIELD_NUMBER: _ClassVar[int]
+    from_node: int
+    to_node: int
+    cluster_state: bytes
+    def __init__(self, from_node: _Optional[int] = ..., to_node: _Optional[int] = ..., cluster_state: _Optional[bytes] = ...) -> None: ...
+
+class BootstrapAck(_message.Message):
+    __slots__ = ("already",)
+    ALREADY_FIELD_NUMBER: _ClassVar[int]
+    already: bool
+    def __init__(self, already: _Optional[bool] = ...) -> None: ...
+
 class GroupMessage(_message.Message):
     __slots__ = ("group", "message")
     GROUP_FIELD_NUMBER: _ClassVar[int]

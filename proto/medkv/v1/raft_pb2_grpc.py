@@ -44,6 +44,11 @@ class RaftTransportStub:
                 request_serializer=proto_dot_medkv_dot_v1_dot_raft__pb2.SnapshotChunk.SerializeToString,
                 response_deserializer=proto_dot_medkv_dot_v1_dot_raft__pb2.SnapshotAck.FromString,
                 _registered_method=True)
+        self.Bootstrap = channel.unary_unary(
+                '/medkv.v1.RaftTransport/Bootstrap',
+                request_serializer=proto_dot_medkv_dot_v1_dot_raft__pb2.BootstrapRequest.SerializeToString,
+                response_deserializer=proto_dot_medkv_dot_v1_dot_raft__pb2.BootstrapAck.FromString,
+                _registered_method=True)
 
 
 class RaftTransportServicer:
@@ -64,6 +69,14 @@ class RaftTransportServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Bootstrap(self, request, context):
+        """`medkv cluster init`: the node that was asked hands every initial member
+        the one cluster state they all start from (node/cluster/bootstrap.py).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RaftTransportServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -76,6 +89,11 @@ def add_RaftTransportServicer_to_server(servicer, server):
                     servicer.Snapshot,
                     request_deserializer=proto_dot_medkv_dot_v1_dot_raft__pb2.SnapshotChunk.FromString,
                     response_serializer=proto_dot_medkv_dot_v1_dot_raft__pb2.SnapshotAck.SerializeToString,
+            ),
+            'Bootstrap': grpc.unary_unary_rpc_method_handler(
+                    servicer.Bootstrap,
+                    request_deserializer=proto_dot_medkv_dot_v1_dot_raft__pb2.BootstrapRequest.FromString,
+                    response_serializer=proto_dot_medkv_dot_v1_dot_raft__pb2.BootstrapAck.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -132,6 +150,33 @@ class RaftTransport:
             '/medkv.v1.RaftTransport/Snapshot',
             proto_dot_medkv_dot_v1_dot_raft__pb2.SnapshotChunk.SerializeToString,
             proto_dot_medkv_dot_v1_dot_raft__pb2.SnapshotAck.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Bootstrap(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/medkv.v1.RaftTransport/Bootstrap',
+            proto_dot_medkv_dot_v1_dot_raft__pb2.BootstrapRequest.SerializeToString,
+            proto_dot_medkv_dot_v1_dot_raft__pb2.BootstrapAck.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,1 @@
+"""The control plane: the cluster's membership and placement as replicated state."""
