@@ -28,6 +28,8 @@ if TYPE_CHECKING:
     from node.key_rotation import KeyState, ReEncryptionState
     from node.server import Node
 
+log = logging.getLogger("medkv.admin")
+
 VERSION = "0.1.0"
 
 _Rpc = TypeVar("_Rpc", bound=Callable[..., Awaitable[Any]])
@@ -88,7 +90,7 @@ class AdminService(admin_pb2_grpc.AdminServicer):
         host = self.node.host
         return admin_pb2.PartitionInfo(
             partition=p,
-            replicas=list(host.placement.replicas(p)),
+            replicas=list(host.members(p)),
             replica_status=[
                 admin_pb2.ReplicaStatus(
                     node_id=host.node_id, role=admin_pb2.ROLE_UNKNOWN, reachable=True,
@@ -117,7 +119,7 @@ class AdminService(admin_pb2_grpc.AdminServicer):
             applied_index=r.applied,
         )
         if r.is_leader:
-            for nid in r.replicas:
+            for nid in (*r.replicas, *r.learners):  # learners: replicas in motion
                 pr = st.progress.get(nid)
                 if nid == host.node_id:
                     info.replica_status.append(
@@ -131,7 +133,8 @@ class AdminService(admin_pb2_grpc.AdminServicer):
                 elif pr is not None:
                     info.replica_status.append(
                         admin_pb2.ReplicaStatus(
-                            node_id=nid, role=admin_pb2.FOLLOWER_ROLE,
+                            node_id=nid,
+                            role=admin_pb2.LEARNER_ROLE if pr.is_learner else admin_pb2.FOLLOWER_ROLE,
                             match_index=pr.match, lag_entries=max(0, st.commit - pr.match),
                             reachable=self._reachable(r, nid, bool(pr.recent_active)),
                         )
@@ -140,7 +143,8 @@ class AdminService(admin_pb2_grpc.AdminServicer):
             info.replica_status.append(
                 admin_pb2.ReplicaStatus(
                     node_id=host.node_id,
-                    role=_ROLE.get(r.role, admin_pb2.ROLE_UNKNOWN),
+                    role=admin_pb2.LEARNER_ROLE if host.node_id in r.learners
+                    else _ROLE.get(r.role, admin_pb2.ROLE_UNKNOWN),
                     term=_u64(st.term), commit_index=_u64(st.commit), applied_index=r.applied,
                     lag_entries=r.lag, reachable=True,
                 )
@@ -207,7 +211,6 @@ class AdminService(admin_pb2_grpc.AdminServicer):
         self, request: admin_pb2.RoutingTableRequest, context: grpc.aio.ServicerContext
     ) -> admin_pb2.RoutingTableResponse:
         cfg = self.node.cfg
-        placement = self.node.host.placement
         resp = admin_pb2.RoutingTableResponse(
             epoch=self.node.routing_epoch,
             partitions=cfg.partitions,
@@ -221,7 +224,7 @@ class AdminService(admin_pb2_grpc.AdminServicer):
             resp.partition_info.append(
                 admin_pb2.PartitionInfo(
                     partition=p,
-                    replicas=list(placement.replicas(p)),
+                    replicas=list(self.node.host.members(p)),
                     leader=r.leader if r and not r.broken else 0,
                 )
             )
@@ -360,6 +363,71 @@ class AdminService(admin_pb2_grpc.AdminServicer):
         version = await self.node.kv.erase_patient(request)
         return admin_pb2.ErasePatientResponse(version=version)
 
+    # ---- replica moves, for the control plane (node/host.py, issue 12) -----
+
+    @_answers_node_errors
+    async def PrepareReplica(
+        self, request: admin_pb2.PrepareReplicaRequest, context: grpc.aio.ServicerContext
+    ) -> admin_pb2.PrepareReplicaResponse:
+        created = await self.node.host.prepare_replica(
+            request.partition, _move_deadline(context, 10.0)
+        )
+        return admin_pb2.PrepareReplicaResponse(node_id=self.node.cfg.node_id, created=created)
+
+    @_answers_node_errors
+    async def ChangeReplicas(
+        self, request: admin_pb2.ChangeReplicasRequest, context: grpc.aio.ServicerContext
+    ) -> admin_pb2.ChangeReplicasResponse:
+        host = self.node.host
+        deadline = _move_deadline(context, MOVE_TIMEOUT_S)
+        started = time.monotonic()
+        if 0 <= request.partition < self.node.cfg.partitions:
+            await self._prepare_new_replicas(request, min(5.0, deadline / 2))
+        voters = await host.change_replicas(
+            request.partition, list(request.add), list(request.remove),
+            max(0.05, deadline - (time.monotonic() - started)),
+        )
+        return admin_pb2.ChangeReplicasResponse(leader=self.node.cfg.node_id, voters=voters)
+
+    async def _prepare_new_replicas(
+        self, request: admin_pb2.ChangeReplicasRequest, timeout: float
+    ) -> None:
+        """On the leader: PrepareReplica on every added node that is not a
+        voter yet (idempotent there, learners included: an earlier attempt may
+        have added one it could not reach), so a node is not made a learner
+        without a replica to receive its snapshot (its guard would refuse the
+        leader's messages). A node that cannot be reached now is added anyway:
+        it cannot catch up, the change answers DEADLINE_EXCEEDED and a retry
+        prepares it again; a node that refuses stops the change."""
+        host, cfg = self.node.host, self.node.cfg
+        r = host.leader_replica(request.partition)  # elsewhere: UNAVAILABLE with the hint
+        cs = host.conf_of(r)
+        voters = {*cs.voters, *cs.voters_outgoing}
+        for n in dict.fromkeys(request.add):
+            if n in voters or n not in cfg.peers or n == cfg.node_id:
+                continue  # a voter already, or an unknown node change_replicas refuses
+            try:
+                await self.node.peer_admin(n).PrepareReplica(
+                    admin_pb2.PrepareReplicaRequest(partition=request.partition),
+                    timeout=timeout,
+                )
+            except grpc.aio.AioRpcError as e:
+                if e.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                    log.warning("partition %d: node %d did not answer PrepareReplica (%s); "
+                                "adding it anyway", request.partition, n, e.code().name)
+                    continue
+                raise FailedPrecondition(
+                    f"node {n} refused to prepare its replica of partition {request.partition} "
+                    f"({e.code().name}: {e.details()}); nothing was changed"
+                ) from None
+
+    @_answers_node_errors
+    async def DropReplica(
+        self, request: admin_pb2.DropReplicaRequest, context: grpc.aio.ServicerContext
+    ) -> admin_pb2.DropReplicaResponse:
+        dropped = await self.node.host.drop_replica(request.partition, request.force)
+        return admin_pb2.DropReplicaResponse(node_id=self.node.cfg.node_id, dropped=dropped)
+
     # ---- the audit log (node/auth/audit.py) -----------------------------------
 
     async def AuditQuery(
@@ -424,6 +492,19 @@ class AdminService(admin_pb2_grpc.AdminServicer):
         self, request: admin_pb2.KeyStatusRequest, context: grpc.aio.ServicerContext
     ) -> admin_pb2.KeyStatusResponse:
         return key_status_pb(await _keys_call(self.node.keys.status(request.count_values)))
+
+
+MOVE_TIMEOUT_S = 60.0
+"""How long ChangeReplicas may take when its caller set no deadline (a new
+learner's snapshot is the long part)."""
+
+
+def _move_deadline(context: grpc.aio.ServicerContext | None, default: float) -> float:
+    """The call's own deadline, less a margin so the answer still travels back."""
+    remaining = context.time_remaining() if context is not None else None
+    if remaining is None:
+        return default
+    return max(0.05, remaining - min(1.0, max(0.05, remaining * 0.1)))
 
 
 async def _keys_call(call: Any) -> Any:

@@ -90,7 +90,7 @@ class ErasurePurger:
                 "node's disk until a restart without it", HOLD_ENV,
             )
         # Obligations recorded before the last stop or crash.
-        for p in self.host.placement.partitions_on(self.host.node_id):
+        for p in self.host.held_partitions():
             try:
                 pending = obligations_in(self._state_db, p)
             except Exception as e:
@@ -188,7 +188,9 @@ class ErasurePurger:
                     "stay recorded and are completed when it is opened again", p,
                 )
                 continue
-            r = self.host.replicas[p]
+            r = self.host.replicas.get(p)
+            if r is None:
+                continue  # dropped meanwhile: its obligations went with its data
             r.sm.store.complete_obligations(pending)
             self.completed += len(pending)
             log.info("partition %d: purged log and files through index %d", p, through)

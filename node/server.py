@@ -223,6 +223,7 @@ class Node:
             announce=self.transport.announce,
             placement=facts.placement,
             metrics=self.metrics,
+            catalog=self.layout.replica_catalog(),
         )
         log.info("node %d: member of cluster %s", cfg.node_id, self.cluster.state.cluster_id)
         self.host.open_system(self.cluster, initial_conf(initial))

@@ -532,6 +532,10 @@ class SnapshotManager:
         self._closing.set()
         self._pool.shutdown(wait=True, cancel_futures=True)
 
+    def busy(self, group: int) -> bool:
+        """Whether a snapshot of the group is being received or installed here."""
+        return group in self._receiving or group in self._installing
+
     # -- sending
 
     def outgoing(self, group: int, m: Message) -> OutgoingSnapshot | None:

@@ -29,6 +29,7 @@ from node.crypto.reencrypt import Keyspace
 from node.errors import StartupError
 from node.read_snapshots import ReadSnapshotRegistry
 from node.record_store import RecordStore, blake2b_key_hasher
+from node.replica_catalog import ReplicaCatalog
 from node.state_machine import PartitionStateMachine
 
 RAFT_PREFIX = b"r"
@@ -104,6 +105,12 @@ class StorageLayout:
             return PartitionStateMachine(store)
 
         return make
+
+    def replica_catalog(self) -> ReplicaCatalog:
+        """The record of which partitions this node holds (node.replica_catalog)."""
+        return ReplicaCatalog(
+            self.db, self.codec, STATE_PREFIX, RAFT_PREFIX, read_snapshots=self.read_snapshots
+        )
 
     def purge_slices(self, partition: int, log_upto: int, slices: int = 10) -> list[tuple[bytes, bytes]]:
         """The key ranges holding one partition's data and its Raft group's log,

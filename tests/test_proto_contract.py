@@ -54,7 +54,8 @@ def test_services_are_complete() -> None:
     admin = {m.name for m in admin_pb2.DESCRIPTOR.services_by_name["Admin"].methods}
     assert {
         "ClusterStatus", "PartitionStatus", "RoutingTable", "TransferLeader", "SetSettings",
-        "GetSettings", "AuditQuery", "AuditVerify",
+        "GetSettings", "AuditQuery", "AuditVerify", "PrepareReplica", "ChangeReplicas",
+        "DropReplica",
     } <= admin
     raft = raft_pb2.DESCRIPTOR.services_by_name["RaftTransport"].methods_by_name
     assert raft["Stream"].client_streaming and raft["Stream"].server_streaming

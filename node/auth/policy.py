@@ -69,6 +69,9 @@ class Action(StrEnum):
     ROUTING = "cluster.routing"
     STATUS = "cluster.status"
     CLUSTER_ADMIN = "cluster.admin"
+    # Replica moves (PrepareReplica, ChangeReplicas, DropReplica): the control
+    # plane's leader calls them on other nodes with its node certificate.
+    REPLICAS = "cluster.replicas"
     KEYS = "keys.admin"
     ERASE = "patient.erase"
     REGISTRY = "registry.admin"
@@ -109,6 +112,9 @@ METHODS: Mapping[str, Action] = {
     ADMIN_SVC + "AddNode": Action.CLUSTER_ADMIN,
     ADMIN_SVC + "DecommissionNode": Action.CLUSTER_ADMIN,
     ADMIN_SVC + "ErasePatient": Action.ERASE,
+    ADMIN_SVC + "PrepareReplica": Action.REPLICAS,
+    ADMIN_SVC + "ChangeReplicas": Action.REPLICAS,
+    ADMIN_SVC + "DropReplica": Action.REPLICAS,
     ADMIN_SVC + "RotateDataKey": Action.KEYS,
     ADMIN_SVC + "RotateMasterKey": Action.KEYS,
     ADMIN_SVC + "KeyStatus": Action.KEYS,
@@ -147,10 +153,13 @@ ROLE_GRANTS: Mapping[str, Mapping[Action, Scope]] = {
     AUDITOR: {Action.AUDIT_READ: Scope.ANY, Action.STATUS: Scope.ANY, **_EVERYONE},
     ADMIN: {
         Action.CLUSTER_ADMIN: Scope.ANY, Action.KEYS: Scope.ANY, Action.ERASE: Scope.ANY,
+        Action.REPLICAS: Scope.ANY,
         # erasure is a replicated write: it needs a session like any other
         Action.SESSION: Scope.ANY, Action.STATUS: Scope.ANY, **_EVERYONE,
     },
-    NODE: {Action.RAFT: Scope.ANY, Action.STATUS: Scope.ANY, **_EVERYONE},
+    NODE: {
+        Action.RAFT: Scope.ANY, Action.STATUS: Scope.ANY, Action.REPLICAS: Scope.ANY, **_EVERYONE,
+    },
     TLS_PEER: {Action.HEALTH: Scope.ANY},
 }
 

@@ -40,6 +40,8 @@ ADMIN_OPS = {AD + "TransferLeader", AD + "ErasePatient", AD + "RotateDataKey",
              AD + "RotateMasterKey", AD + "KeyStatus", AD + "SetSettings", AD + "InitCluster",
              AD + "AddNode", AD + "DecommissionNode"}
 STATUS = {AD + "ClusterStatus", AD + "PartitionStatus", AD + "GetSettings", AD + "ListNodes"}
+# Replica moves: the control plane (a node certificate) or an admin.
+REPLICA_MOVES = {AD + "PrepareReplica", AD + "ChangeReplicas", AD + "DropReplica"}
 ALL_METHODS = sorted([*POLICY.methods, "/medkv.v1.KV/Nope", "/other.Svc/Call"])
 
 CLINICS = ["north", "south", "east"]
@@ -61,6 +63,8 @@ def model(i: Identity, method: str, f: RequestFacts) -> tuple[bool, bool, str | 
         return yes if roles & {CLINIC_ADMIN, ANALYST, AUDITOR, ADMIN, NODE} else no
     if method in ADMIN_OPS:
         return yes if ADMIN in roles else no
+    if method in REPLICA_MOVES:
+        return yes if roles & {ADMIN, NODE} else no
     if method in AUDIT_READS:
         return yes if AUDITOR in roles else no
     if method == KV + "OpenSession":  # writes need a session; admins erase through one
@@ -162,6 +166,17 @@ def test_only_nodes_speak_raft_and_nodes_see_no_records(i: Identity, f: RequestF
     node = Identity.for_node(3)
     for m in READS | WRITES | {KV + "Scan", KV + "BatchCommands"} | ADMIN_OPS:
         assert not POLICY.authorize(node, m, f).allowed
+
+
+def test_replica_moves_are_for_nodes_and_admins_only() -> None:
+    f = RequestFacts()
+    for m in REPLICA_MOVES:
+        assert m in POLICY.methods
+        assert POLICY.authorize(Identity.for_node(2), m, f).allowed
+        assert POLICY.authorize(Identity("ops", frozenset({ADMIN})), m, f).allowed
+        for role in (CLINICIAN, ANALYST, AUDITOR, CLINIC_ADMIN, BREAK_GLASS, TLS_PEER):
+            d = POLICY.authorize(Identity("x", frozenset({role}), frozenset({"north"})), m, f)
+            assert not d.allowed and d.permission == "cluster.replicas", (role, m)
 
 
 def test_concrete_cases() -> None:

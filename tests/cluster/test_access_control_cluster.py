@@ -152,7 +152,7 @@ ALLOWED = {
     "admin": {"TransferLeader", "ErasePatient", "RotateDataKey", "RotateMasterKey", "KeyStatus",
               "SetSettings", "GetSettings", "ClusterStatus", "PartitionStatus", "RoutingTable",
               "OpenSession", "ListNodes", "InitCluster", "AddNode",
-              "DecommissionNode"},
+              "DecommissionNode", "PrepareReplica", "ChangeReplicas", "DropReplica"},
     "clinic-admin": {"SharePatient", "RoutingTable", "ClusterStatus", "PartitionStatus",
                      "GetSettings", "ListNodes"},
 }

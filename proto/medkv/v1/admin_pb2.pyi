@@ -31,6 +31,54 @@ MASTER_STEP_UNSPECIFIED: MasterRotationStep
 MASTER_REWRAP: MasterRotationStep
 MASTER_INSTALL: MasterRotationStep
 
+class PrepareReplicaRequest(_message.Message):
+    __slots__ = ("partition",)
+    PARTITION_FIELD_NUMBER: _ClassVar[int]
+    partition: int
+    def __init__(self, partition: _Optional[int] = ...) -> None: ...
+
+class PrepareReplicaResponse(_message.Message):
+    __slots__ = ("node_id", "created")
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    CREATED_FIELD_NUMBER: _ClassVar[int]
+    node_id: int
+    created: bool
+    def __init__(self, node_id: _Optional[int] = ..., created: _Optional[bool] = ...) -> None: ...
+
+class ChangeReplicasRequest(_message.Message):
+    __slots__ = ("partition", "add", "remove")
+    PARTITION_FIELD_NUMBER: _ClassVar[int]
+    ADD_FIELD_NUMBER: _ClassVar[int]
+    REMOVE_FIELD_NUMBER: _ClassVar[int]
+    partition: int
+    add: _containers.RepeatedScalarFieldContainer[int]
+    remove: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, partition: _Optional[int] = ..., add: _Optional[_Iterable[int]] = ..., remove: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class ChangeReplicasResponse(_message.Message):
+    __slots__ = ("leader", "voters")
+    LEADER_FIELD_NUMBER: _ClassVar[int]
+    VOTERS_FIELD_NUMBER: _ClassVar[int]
+    leader: int
+    voters: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, leader: _Optional[int] = ..., voters: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class DropReplicaRequest(_message.Message):
+    __slots__ = ("partition", "force")
+    PARTITION_FIELD_NUMBER: _ClassVar[int]
+    FORCE_FIELD_NUMBER: _ClassVar[int]
+    partition: int
+    force: bool
+    def __init__(self, partition: _Optional[int] = ..., force: _Optional[bool] = ...) -> None: ...
+
+class DropReplicaResponse(_message.Message):
+    __slots__ = ("node_id", "dropped")
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    DROPPED_FIELD_NUMBER: _ClassVar[int]
+    node_id: int
+    dropped: bool
+    def __init__(self, node_id: _Optional[int] = ..., dropped: _Optional[bool] = ...) -> None: ...
+
 class NodeInfo(_message.Message):
     __slots__ = ("node_id", "address")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]

@@ -114,6 +114,21 @@ class AdminStub:
                 request_serializer=proto_dot_medkv_dot_v1_dot_admin__pb2.DecommissionNodeRequest.SerializeToString,
                 response_deserializer=proto_dot_medkv_dot_v1_dot_admin__pb2.DecommissionNodeResponse.FromString,
                 _registered_method=True)
+        self.PrepareReplica = channel.unary_unary(
+                '/medkv.v1.Admin/PrepareReplica',
+                request_serializer=proto_dot_medkv_dot_v1_dot_admin__pb2.PrepareReplicaRequest.SerializeToString,
+                response_deserializer=proto_dot_medkv_dot_v1_dot_admin__pb2.PrepareReplicaResponse.FromString,
+                _registered_method=True)
+        self.ChangeReplicas = channel.unary_unary(
+                '/medkv.v1.Admin/ChangeReplicas',
+                request_serializer=proto_dot_medkv_dot_v1_dot_admin__pb2.ChangeReplicasRequest.SerializeToString,
+                response_deserializer=proto_dot_medkv_dot_v1_dot_admin__pb2.ChangeReplicasResponse.FromString,
+                _registered_method=True)
+        self.DropReplica = channel.unary_unary(
+                '/medkv.v1.Admin/DropReplica',
+                request_serializer=proto_dot_medkv_dot_v1_dot_admin__pb2.DropReplicaRequest.SerializeToString,
+                response_deserializer=proto_dot_medkv_dot_v1_dot_admin__pb2.DropReplicaResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServicer:
@@ -243,6 +258,43 @@ class AdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PrepareReplica(self, request, context):
+        """Replica moves, for the control plane (node certificates and the admin
+        role). A move of partition P from node C to node D:
+        PrepareReplica(P) on D, ChangeReplicas(P, add=[D], remove=[C]) on P's
+        leader (retried, against the hinted leader, until OK), DropReplica(P) on C.
+        PrepareReplica: open an empty replica of P on this node. It serves
+        nothing (UNAVAILABLE) and never campaigns until the group's leader, once
+        this node is added, sends it a snapshot. Idempotent.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ChangeReplicas(self, request, context):
+        """ChangeReplicas: on P's leader only (UNAVAILABLE with the leader hint
+        elsewhere). Calls PrepareReplica on each new node that is not a voter
+        yet, adds it as a learner, waits until it caught up,
+        then one joint configuration change promotes them and removes the others,
+        and waits until the joint configuration is left. A leader to be removed
+        first hands leadership to a voter that stays and answers UNAVAILABLE with
+        its hint. Idempotent: retry the same request until OK. DEADLINE_EXCEEDED
+        leaves learners (or a joint configuration, which is left automatically)
+        in place; a retry goes on from there.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DropReplica(self, request, context):
+        """DropReplica: delete this node's replica of P (Raft state and data),
+        crash-safely; never reopened. FAILED_PRECONDITION while this node is in
+        the replica's last known configuration, unless force.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -325,6 +377,21 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.DecommissionNode,
                     request_deserializer=proto_dot_medkv_dot_v1_dot_admin__pb2.DecommissionNodeRequest.FromString,
                     response_serializer=proto_dot_medkv_dot_v1_dot_admin__pb2.DecommissionNodeResponse.SerializeToString,
+            ),
+            'PrepareReplica': grpc.unary_unary_rpc_method_handler(
+                    servicer.PrepareReplica,
+                    request_deserializer=proto_dot_medkv_dot_v1_dot_admin__pb2.PrepareReplicaRequest.FromString,
+                    response_serializer=proto_dot_medkv_dot_v1_dot_admin__pb2.PrepareReplicaResponse.SerializeToString,
+            ),
+            'ChangeReplicas': grpc.unary_unary_rpc_method_handler(
+                    servicer.ChangeReplicas,
+                    request_deserializer=proto_dot_medkv_dot_v1_dot_admin__pb2.ChangeReplicasRequest.FromString,
+                    response_serializer=proto_dot_medkv_dot_v1_dot_admin__pb2.ChangeReplicasResponse.SerializeToString,
+            ),
+            'DropReplica': grpc.unary_unary_rpc_method_handler(
+                    servicer.DropReplica,
+                    request_deserializer=proto_dot_medkv_dot_v1_dot_admin__pb2.DropReplicaRequest.FromString,
+                    response_serializer=proto_dot_medkv_dot_v1_dot_admin__pb2.DropReplicaResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -759,6 +826,87 @@ class Admin:
             '/medkv.v1.Admin/DecommissionNode',
             proto_dot_medkv_dot_v1_dot_admin__pb2.DecommissionNodeRequest.SerializeToString,
             proto_dot_medkv_dot_v1_dot_admin__pb2.DecommissionNodeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PrepareReplica(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/medkv.v1.Admin/PrepareReplica',
+            proto_dot_medkv_dot_v1_dot_admin__pb2.PrepareReplicaRequest.SerializeToString,
+            proto_dot_medkv_dot_v1_dot_admin__pb2.PrepareReplicaResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ChangeReplicas(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/medkv.v1.Admin/ChangeReplicas',
+            proto_dot_medkv_dot_v1_dot_admin__pb2.ChangeReplicasRequest.SerializeToString,
+            proto_dot_medkv_dot_v1_dot_admin__pb2.ChangeReplicasResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DropReplica(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/medkv.v1.Admin/DropReplica',
+            proto_dot_medkv_dot_v1_dot_admin__pb2.DropReplicaRequest.SerializeToString,
+            proto_dot_medkv_dot_v1_dot_admin__pb2.DropReplicaResponse.FromString,
             options,
             channel_credentials,
             insecure,
