@@ -110,6 +110,11 @@ class Replica:
     )
     reads_to_issue: list[asyncio.Future[int]] = field(default_factory=list)
     read_waiters: dict[bytes, list[asyncio.Future[int]]] = field(default_factory=dict)
+    # The context of the ReadIndex round in flight for reads (b"": none) and
+    # when (time.monotonic) it was issued: reads arriving meanwhile wait for it
+    # to be answered and then share the next round (MultiRaftHost._issue_reads).
+    read_round: bytes = b""
+    read_round_at: float = 0.0
     applied_waiters: list[tuple[int, int, asyncio.Future[None]]] = field(default_factory=list)
 
     @property
@@ -434,6 +439,8 @@ class MultiRaftHost:
             if r.clock is not None:
                 r.clock.observe(r.sm.log_time_ms)
         for rs in rd.read_states:
+            if rs.context == r.read_round:
+                r.read_round = b""  # the reads queued meanwhile go next turn
             if r.fresh.confirm(rs.context, rs.index) and r.is_leader:
                 self._queue_announcement(r)
             for fut in r.read_waiters.pop(rs.context, []):
@@ -634,6 +641,7 @@ class MultiRaftHost:
         r.write_waiters.clear()
         r.read_waiters.clear()
         r.reads_to_issue = []
+        r.read_round = b""
         for f in pending:
             if not f.done():
                 f.set_exception(err)
@@ -911,10 +919,27 @@ class MultiRaftHost:
         return r
 
     def _issue_reads(self) -> None:
-        """One ReadIndex round per group per turn serves every read queued in it."""
+        """One ReadIndex round serves every read queued before it was issued,
+        and each group has at most one such round in flight: reads arriving
+        while one is out wait for its answer and then share the next round.
+        Under load a round (a heartbeat to every follower and their acks)
+        thus serves every read of a round trip, not of one loop turn.
+
+        Still linearizable: a read is only ever served by a round issued
+        after it arrived, so the index it waits for is at least the commit
+        index of that moment. A round unanswered for an election timeout (its
+        heartbeats lost while this node still leads) no longer holds the
+        queue back: the next round is issued anyway."""
+        mono = time.monotonic()
         for r in self.replicas.values():
             if not r.reads_to_issue or r.broken:
                 continue
+            if (
+                r.read_round
+                and r.is_leader
+                and mono - r.read_round_at < self._closed_give_up
+            ):
+                continue  # wait for the round in flight; the next one is theirs
             futs, r.reads_to_issue = r.reads_to_issue, []
             if not r.is_leader:
                 err = Unavailable(self._not_leader_message(r), self.leader_hint(r))
@@ -936,6 +961,7 @@ class MultiRaftHost:
                         f.set_exception(err)
                 continue
             r.read_waiters[ctx] = futs
+            r.read_round, r.read_round_at = ctx, mono
 
     def _issue_closed(self) -> None:
         """Each leader confirms its commit index once per heartbeat interval
