@@ -1,12 +1,14 @@
-"""Linearizable reads share ReadIndex rounds (MultiRaftHost._issue_reads):
-three real hosts in one process, on a network with a round-trip delay, so
-that reads keep arriving while a round is out.
+"""Batching in the multi-Raft host, with three real hosts in one process on a
+network with a round-trip delay.
 
-What must hold: every read waits for an index at least the commit index of
-the moment it was asked (a write acknowledged before a read is seen by it);
-reads asked while a round is out share the next one instead of starting a
-round each; a round whose heartbeats are lost does not hold reads back once
-the partition heals."""
+Linearizable reads share ReadIndex rounds (MultiRaftHost._issue_reads): every
+read waits for an index at least the commit index of the moment it was asked
+(a write acknowledged before a read is seen by it); reads asked while a round
+is out share the next one instead of starting a round each; a round whose
+heartbeats are lost does not hold reads back once the partition heals.
+
+Turns gather work under load (MultiRaftHost._gather): writes arriving a few
+milliseconds apart share persist batches; a lone request never waits."""
 
 from __future__ import annotations
 
@@ -16,9 +18,12 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
 from consensus.codec import decode_message, encode_message
 from consensus.types import Message, MessageType
 from node import commands as cmd
+from node import host as host_module
 from node.config import NodeConfig, parse_config
 from node.errors import NodeError
 from node.host import MultiRaftHost
@@ -44,6 +49,26 @@ def _cfg(tmp_path: Path, node: int) -> NodeConfig:
         },
         tmp_path,
     )
+
+
+def _put(session: int, seq: int) -> cmd.Put:
+    return cmd.Put(
+        client_id=CID, session=session, seq=seq, ack_below=seq, ts_ms=0,
+        patient_id="p", record_id=f"r{seq}", value=b"v%d" % seq,
+    )
+
+
+def _count_persists(h: MultiRaftHost) -> list[int]:
+    """A one-element list counting h's Raft log writes (one per turn with work)."""
+    count = [0]
+    write = h.log_store.write_isolated
+
+    def counted(*args: object, **kwargs: object) -> object:
+        count[0] += 1
+        return write(*args, **kwargs)  # type: ignore[arg-type]
+
+    h.log_store.write_isolated = counted  # type: ignore[method-assign]
+    return count
 
 
 class SlowNet:
@@ -191,6 +216,60 @@ def test_a_lost_round_does_not_hold_reads_back(tmp_path: Path) -> None:
                     if time.monotonic() > deadline:
                         raise
                     await asyncio.sleep(0.05)
+        finally:
+            await _close(net, layouts)
+
+    asyncio.run(scenario())
+
+
+def test_turns_gather_writes_under_load(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A wide window and a low threshold make the effect certain on a busy machine.
+    monkeypatch.setattr(host_module, "GATHER_LOAD", 2)
+    monkeypatch.setattr(host_module, "GATHER_S", 0.05)
+
+    async def scenario() -> None:
+        net, layouts = await _cluster(tmp_path)
+        try:
+            lh = _leader(net)
+            session = await open_session(lh, 0, CID, timeout=10.0)
+            persists = _count_persists(lh)
+
+            async def one(seq: int) -> None:
+                await asyncio.sleep(seq * 0.004)  # a write every 4 ms
+                res = await propose_write(lh, 0, _put(session, seq), 10.0)
+                assert res.ok, res
+
+            await asyncio.gather(*(one(seq) for seq in range(1, 41)))
+            # A turn per write (and per ack) without gathering: well over 40.
+            assert persists[0] < 25, persists[0]
+            for seq in (1, 40):  # every write applied, once
+                assert lh.replicas[0].sm.get("p", f"r{seq}") is not None
+        finally:
+            await _close(net, layouts)
+
+    asyncio.run(scenario())
+
+
+def test_a_lone_request_never_waits_for_company(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        net, layouts = await _cluster(tmp_path)
+        try:
+            lh = _leader(net)
+            session = await open_session(lh, 0, CID, timeout=10.0)
+            waits = 0
+
+            async def gather(until_tick: float) -> None:
+                nonlocal waits
+                waits += 1
+
+            lh._gather = gather  # type: ignore[method-assign]
+            for seq in range(1, 6):
+                res = await propose_write(lh, 0, _put(session, seq), 10.0)
+                assert res.ok, res
+                await lh.read_barrier(0, timeout=10.0)
+            assert waits == 0
         finally:
             await _close(net, layouts)
 
