@@ -20,7 +20,14 @@ snapshot data (index 0 for those four singletons).
 
 Raft asks ``term()``/``last_index()`` on nearly every step, so each group
 keeps its bounds, hard state, snapshot metadata and the terms of its most
-recent entries in memory; ``entries()`` and older terms read LevelDB.
+recent entries in memory. The newest entries themselves stay in memory too
+(ENTRY_CACHE_ENTRIES / ENTRY_CACHE_BYTES per group), once written: the
+committed entries the host applies a turn or two after persisting them, and
+the entries a leader sends to a follower that is slightly behind, are served
+from memory instead of being read back, decrypted and decoded again (as
+etcd's raft serves them from its MemoryStorage). Older entries and older
+terms read LevelDB. A restart starts with an empty cache, so recovery reads
+(and authenticates) what is on disk.
 
 Not thread-safe: the node serialises every call (one writer thread, or the
 event loop) — in-memory caches are updated only after a batch is written.
@@ -72,6 +79,13 @@ _ENTRY_TYPES = {int(t): t for t in EntryType}
 # lookup further back costs one LevelDB get.
 TERM_CACHE_SIZE = 1024
 
+# Bounds on a group's cache of its newest written entries: enough for what is
+# persisted but not yet applied and what a follower a few turns behind needs;
+# a lookup outside the cache reads LevelDB, so the bounds only trade memory
+# (at most ENTRY_CACHE_BYTES of entry data per group) for reads.
+ENTRY_CACHE_ENTRIES = 512
+ENTRY_CACHE_BYTES = 1 << 20
+
 
 class SnapshotOutOfDateError(ConsensusError):
     """A snapshot at or below the one already stored was applied or created."""
@@ -121,7 +135,10 @@ class _GroupState:
 
     Invariant: entries log_start+1 .. last_index exist on disk; tail_terms[k]
     is the term of entry tail_start + k, and the cache covers a suffix of the
-    log (tail_start + len(tail_terms) == last_index + 1).
+    log (tail_start + len(tail_terms) == last_index + 1). ents[k] is the entry
+    at ents_start + k, exactly as written to disk; when not empty it too is a
+    suffix of the log (ents_start + len(ents) == last_index + 1), never
+    reaching below log_start + 1; ents_bytes is the sum of its data sizes.
     """
 
     hard_state: HardState = field(default_factory=HardState)
@@ -132,6 +149,9 @@ class _GroupState:
     tail_start: int = 1
     tail_terms: list[int] = field(default_factory=list)
     exists: bool = False  # has any record on disk
+    ents: list[Entry] = field(default_factory=list)
+    ents_start: int = 1
+    ents_bytes: int = 0
 
     def copy(self) -> _GroupState:
         return _GroupState(
@@ -143,6 +163,9 @@ class _GroupState:
             tail_start=self.tail_start,
             tail_terms=list(self.tail_terms),
             exists=self.exists,
+            ents=list(self.ents),
+            ents_start=self.ents_start,
+            ents_bytes=self.ents_bytes,
         )
 
     def cached_term(self, index: int) -> int | None:
@@ -158,6 +181,55 @@ class _GroupState:
         if excess > 0:
             del self.tail_terms[:excess]
             self.tail_start += excess
+        ents = self.ents
+        drop = max(0, len(ents) - ENTRY_CACHE_ENTRIES)
+        size = self.ents_bytes - sum(len(e.data) for e in ents[:drop])
+        while size > ENTRY_CACHE_BYTES and drop < len(ents):
+            size -= len(ents[drop].data)
+            drop += 1
+        if drop:
+            del ents[:drop]
+            self.ents_start += drop
+            self.ents_bytes = size
+
+    def clear_entry_cache(self, start: int) -> None:
+        self.ents = []
+        self.ents_start = start
+        self.ents_bytes = 0
+
+    def cache_appended(self, entries: list[Entry]) -> None:
+        """Entries first..new_last were just written (replacing any suffix from first)."""
+        first = entries[0].index
+        ents = self.ents
+        end = self.ents_start + len(ents)
+        if not ents or first < self.ents_start or first > end:
+            self.ents = list(entries)
+            self.ents_start = first
+            self.ents_bytes = sum(len(e.data) for e in entries)
+            return
+        k = first - self.ents_start
+        if k < len(ents):
+            self.ents_bytes -= sum(len(e.data) for e in ents[k:])
+            del ents[k:]
+        ents.extend(entries)
+        self.ents_bytes += sum(len(e.data) for e in entries)
+
+    def cached_entries(self, lo: int, hi: int, max_size: int) -> list[Entry] | None:
+        """Entries [lo, hi) from the cache, size-limited as _read_entries does
+        (at least one; stop before the running size exceeds max_size), or None
+        when the cache does not hold all of them."""
+        k = lo - self.ents_start
+        n = hi - lo
+        ents = self.ents
+        if k < 0 or k + n > len(ents):
+            return None
+        out = ents[k : k + n]
+        size = 0
+        for i, e in enumerate(out):
+            size += len(e.data)
+            if i and size > max_size:
+                return out[:i]
+        return out
 
 
 # --- value encodings (msgpack; plain lists keep them compact) -------------------
@@ -249,6 +321,9 @@ class LevelDBGroupStorage:
             raise UnavailableError(f"entries to {hi}: past last index {st.last_index}")
         if lo >= hi:
             return []
+        cached = st.cached_entries(lo, hi, max_size)
+        if cached is not None:
+            return cached
         return self._store._read_entries(self._gid, lo, hi, max_size)
 
     def snapshot(self) -> Snapshot:
@@ -500,6 +575,7 @@ class LevelDBLogStore:
         st.last_index = meta.index
         st.tail_start = meta.index + 1
         st.tail_terms = []
+        st.clear_entry_cache(meta.index + 1)
         st.exists = True
         self._put(batch, self._key(gid, KIND_SNAP_META), _snap_meta_to_obj(meta))
         self._put(batch, self._key(gid, KIND_SNAP_DATA), snap.data)
@@ -531,6 +607,7 @@ class LevelDBLogStore:
         else:
             del st.tail_terms[first - st.tail_start :]
         st.tail_terms.extend(ent.term for ent in entries)
+        st.cache_appended(entries)
         st.last_index = new_last
         st.trim_cache()
         st.exists = True
@@ -586,6 +663,14 @@ class LevelDBLogStore:
         if new.tail_start <= index:
             del new.tail_terms[: index + 1 - new.tail_start]
             new.tail_start = index + 1
+        if new.ents_start <= index:
+            drop = index + 1 - new.ents_start
+            if drop >= len(new.ents):
+                new.clear_entry_cache(index + 1)
+            else:
+                new.ents_bytes -= sum(len(e.data) for e in new.ents[:drop])
+                del new.ents[:drop]
+                new.ents_start = index + 1
         batch.write()
         self.group(group_id)._state = new
 

@@ -157,11 +157,15 @@ class PartitionStateMachine:
         # another thread always sees one consistent table.
         self._anchors: dict[int, Anchor] = {}
         self._anchors_dirty = False
-        # Registrations read by access control on every call (node.registry), most
-        # recent last. An entry is dropped whenever a command of its patient is
-        # applied (apply runs on the same thread as every reader, so nothing can
-        # read between the stage and its commit) and all are dropped on a reload.
+        # Committed registrations, read by access control on every call
+        # (node.registry) and by the clinic check of every write at apply, most
+        # recent last. A patient whose registration an apply round stages a
+        # change of (_reg_staged) is read from the stage for the rest of the
+        # round and dropped from here once the round is committed (apply runs on
+        # the same thread as every reader, so nothing reads in between); all are
+        # dropped on a reload.
         self._registrations: OrderedDict[str, frozenset[str]] = OrderedDict()
+        self._reg_staged: set[str] = set()
         # Set when an apply or a restore recorded an erasure obligation (durably,
         # in the same write); the host hands it to the purger and clears it.
         self.purge_due = False
@@ -236,6 +240,7 @@ class PartitionStateMachine:
         results: list[ApplyResult] = []
         applied, term = self._meta.applied_index, self._meta.applied_term
         stage = self._store.begin()
+        self._reg_staged.clear()
         try:
             for index, entry_term, data in entries:
                 if index <= applied:
@@ -265,10 +270,14 @@ class PartitionStateMachine:
             owes = bool(stage.obligations)
             self._store.commit(stage)
             self.purge_due = self.purge_due or owes
+            for patient in self._reg_staged:
+                self._registrations.pop(patient, None)
+            self._reg_staged.clear()
         except BaseException:
             # Nothing of this round reached the disk; the in-memory sessions
             # may have moved ahead of it, so rebuild them from the disk.
             stage.discard()
+            self._reg_staged.clear()
             self._reload()
             raise
         self._meta = PartitionMeta(applied, term, self._log_time_ms)
@@ -291,9 +300,6 @@ class PartitionStateMachine:
         self._sessions.expire(self._log_time_ms, self.settings.session_ttl_ms)
         if isinstance(cmd, Noop):
             return ApplyResult(index, 0)
-        patient = getattr(cmd, "patient_id", None)
-        if patient is not None:
-            self._registrations.pop(patient, None)  # this entry may change it
         if isinstance(cmd, RegisterSession):
             return self._register(index, cmd)
         if isinstance(cmd, SetSettings):
@@ -375,7 +381,7 @@ class PartitionStateMachine:
 
     def _share(self, stage: WriteStage, index: int, cmd: SharePatient) -> ApplyResult:
         key = cmd.wait_key
-        clinics = self._store.registration(cmd.patient_id, stage)
+        clinics = self._registration_at_apply(stage, cmd.patient_id)
         caller = cmd.caller_clinics
         if not (clinics & caller or (not clinics and cmd.clinic in caller)):
             return ApplyResult(
@@ -394,6 +400,7 @@ class PartitionStateMachine:
             after = clinics | {cmd.clinic}
         if after != clinics:  # idempotent: a repeat changes nothing
             self._store.put_registration(stage, cmd.patient_id, after)
+            self._reg_staged.add(cmd.patient_id)
         return ApplyResult(index, index, wait_key=key)
 
     def _clinic_refusal(
@@ -404,7 +411,7 @@ class PartitionStateMachine:
         if isinstance(cmd, ErasePatient) or cmd.auth is None:
             return None, None
         auth = cmd.auth
-        clinics = self._store.registration(cmd.patient_id, stage)
+        clinics = self._registration_at_apply(stage, cmd.patient_id)
         if clinics & auth.clinics:
             return None, None
         perm = Action.RECORD_WRITE.value
@@ -458,6 +465,7 @@ class PartitionStateMachine:
         if register is not None and result.error_code is None:
             # The first write registers the patient, in the same atomic write.
             self._store.put_registration(stage, cmd.patient_id, {register})
+            self._reg_staged.add(cmd.patient_id)
         return result
 
     def _execute_checked(self, stage: WriteStage, index: int, cmd: WriteCommand) -> StoredResult:
@@ -492,6 +500,7 @@ class PartitionStateMachine:
             # Records the purge of older copies (Raft log, snapshot, LevelDB files)
             # as an obligation in this same write, when the patient had any key.
             self._store.erase_patient(cmd.patient_id, stage, index=index)
+            self._reg_staged.add(cmd.patient_id)  # its registration is deleted too
         return StoredResult(index, None, "")
 
     def _judge_batch(self, stage: WriteStage, cmd: Batch) -> StoredResult | None:
@@ -515,6 +524,10 @@ class PartitionStateMachine:
 
     def registration(self, patient_id: str) -> Registration:
         """The patient's clinics as applied on this replica (never waits)."""
+        clinics = self._committed_registration(patient_id)
+        return Registration(clinics) if clinics else UNREGISTERED
+
+    def _committed_registration(self, patient_id: str) -> frozenset[str]:
         clinics = self._registrations.get(patient_id)
         if clinics is None:
             clinics = self._store.registration(patient_id)
@@ -523,7 +536,15 @@ class PartitionStateMachine:
                 self._registrations.popitem(last=False)
         else:
             self._registrations.move_to_end(patient_id)
-        return Registration(clinics) if clinics else UNREGISTERED
+        return clinics
+
+    def _registration_at_apply(self, stage: WriteStage, patient_id: str) -> frozenset[str]:
+        """The registration as of this point of the apply round: the stage's if
+        the round changed it, else the committed one (cached: a write to a
+        registered patient reads no registration from disk)."""
+        if patient_id in self._reg_staged:
+            return self._store.registration(patient_id, stage)
+        return self._committed_registration(patient_id)
 
     def get(self, patient_id: str, record_id: str, at_version: int = 0) -> Record | None:
         """See RecordStore.get: a tombstone comes back with deleted=True."""

@@ -247,6 +247,91 @@ def test_entries_max_size_returns_at_least_one(db_path: Path) -> None:
     db.close()
 
 
+class _NoEntryReads:
+    """Fails the test if the store reads a log entry back from LevelDB."""
+
+    def __init__(self, store: LevelDBLogStore) -> None:
+        self.store = store
+
+    def __enter__(self) -> None:
+        def refuse(*_args: Any) -> Any:
+            raise AssertionError("log entries were read back from LevelDB")
+
+        self.saved = (self.store._read_entries, self.store._read_entry)
+        self.store._read_entries = refuse  # type: ignore[method-assign]
+        self.store._read_entry = refuse  # type: ignore[method-assign]
+
+    def __exit__(self, *_exc: object) -> None:
+        self.store._read_entries, self.store._read_entry = self.saved  # type: ignore[method-assign]
+
+
+def test_recent_entries_come_from_memory_and_match_the_disk(db_path: Path) -> None:
+    """What the host applies right after persisting it is not read back,
+    decrypted and decoded again; after a restart the same entries come from disk."""
+    db, store = open_store(db_path, ReversingCodec())
+    written = ents(1, 5, 1) + ents(6, 3, 2)
+    store.write([GroupUpdate(1, entries=written)])
+    s = store.group(1)
+    with _NoEntryReads(store):
+        assert s.entries(1, 9) == written
+        assert s.entries(3, 6, max_size=4) == written[2:4]  # 2 bytes each
+    db.close()
+    db, store = open_store(db_path, ReversingCodec())
+    assert store.group(1).entries(1, 9) == written
+    db.close()
+
+
+def test_entry_cache_follows_truncation_compaction_and_snapshots(db_path: Path) -> None:
+    db, store = open_store(db_path)
+    store.write([GroupUpdate(1, entries=ents(1, 6, 1))])
+    # A conflicting append replaces the suffix from 4: entry 6 is gone.
+    store.write([GroupUpdate(1, entries=ents(4, 1, 2, b"new"))])
+    s = store.group(1)
+    with _NoEntryReads(store):
+        assert s.entries(1, 5) == ents(1, 3, 1) + ents(4, 1, 2, b"new")
+    with pytest.raises(UnavailableError):
+        s.entries(1, 6)
+    store.compact(1, 2)
+    with pytest.raises(CompactedError):
+        s.entries(2, 4)
+    with _NoEntryReads(store):
+        assert s.entries(3, 5) == [ents(1, 3, 1)[2], *ents(4, 1, 2, b"new")]
+    meta = SnapshotMeta(index=10, term=3, conf_state=ConfState(voters=(1,)))
+    store.write([GroupUpdate(1, snapshot=Snapshot(meta=meta, data=b"s"), entries=ents(11, 2, 3))])
+    with _NoEntryReads(store):
+        assert s.entries(11, 13) == ents(11, 2, 3)
+    with pytest.raises(CompactedError):
+        s.entries(10, 12)
+    # An append that starts below the cache (a leader overwriting a longer
+    # uncommitted suffix) replaces the cache from there.
+    store.write([GroupUpdate(1, entries=ents(11, 1, 4, b"z"))])
+    assert s.entries(11, 12) == ents(11, 1, 4, b"z")
+    with pytest.raises(UnavailableError):
+        s.entries(11, 13)
+    db.close()
+
+
+def test_entry_cache_is_bounded_and_falls_back_to_the_disk(
+    db_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from consensus import leveldb_storage
+
+    monkeypatch.setattr(leveldb_storage, "ENTRY_CACHE_ENTRIES", 4)
+    monkeypatch.setattr(leveldb_storage, "ENTRY_CACHE_BYTES", 250)
+    db, store = open_store(db_path)
+    written = [Entry(i, 1, bytes([i]) * 100) for i in range(1, 11)]
+    for k in range(0, 10, 3):
+        store.write([GroupUpdate(1, entries=written[k : k + 3])])
+    st = store._state(1)
+    assert len(st.ents) == 2 and st.ents_bytes == 200  # the byte bound is the tighter
+    assert st.ents == written[-2:]
+    s = store.group(1)
+    with _NoEntryReads(store):
+        assert s.entries(9, 11) == written[8:]
+    assert s.entries(1, 11) == written  # straddles the cache: read from disk
+    db.close()
+
+
 def test_snapshot_replaces_log_and_rejects_stale(db_path: Path) -> None:
     db, store = open_store(db_path)
     store.write([GroupUpdate(1, entries=ents(1, 10, 1))])

@@ -374,14 +374,25 @@ class LevelDBMachine(StorageMachine):
 
     @initialize()
     def small_term_cache(self) -> None:
-        """A tiny term cache makes the disk fallback for older terms run too."""
-        self._saved_cache_size = leveldb_storage.TERM_CACHE_SIZE
+        """Tiny term and entry caches make the disk fallbacks for older terms
+        and entries run too, and lookups that straddle the cache's edge."""
+        self._saved = (
+            leveldb_storage.TERM_CACHE_SIZE,
+            leveldb_storage.ENTRY_CACHE_ENTRIES,
+            leveldb_storage.ENTRY_CACHE_BYTES,
+        )
         leveldb_storage.TERM_CACHE_SIZE = 4
+        leveldb_storage.ENTRY_CACHE_ENTRIES = 3
+        leveldb_storage.ENTRY_CACHE_BYTES = 40
 
     def teardown(self) -> None:
-        leveldb_storage.TERM_CACHE_SIZE = getattr(
-            self, "_saved_cache_size", leveldb_storage.TERM_CACHE_SIZE
-        )
+        saved = getattr(self, "_saved", None)
+        if saved is not None:
+            (
+                leveldb_storage.TERM_CACHE_SIZE,
+                leveldb_storage.ENTRY_CACHE_ENTRIES,
+                leveldb_storage.ENTRY_CACHE_BYTES,
+            ) = saved
         super().teardown()
 
 

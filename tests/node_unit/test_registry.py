@@ -313,6 +313,36 @@ def test_registration_is_seen_within_one_apply_round(sm: PartitionStateMachine) 
     assert sm.registration(SECRET).clinics == {"north"}
 
 
+def test_registrations_are_checked_from_the_cache_and_it_stays_current(
+    db: plyvel.DB, sm: PartitionStateMachine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The clinic check at apply reads a known registration from memory, not
+    from disk; every round that changes one (a first write, a share, an
+    erasure, several in one round) leaves the cache equal to what is stored."""
+    feed = registered_elsewhere(sm)  # warms the cache: SECRET -> HIDDEN
+    reads: list[str] = []
+    stored = sm.store.registration
+
+    def counted(patient_id: str, *args: Any, **kwargs: Any) -> frozenset[str]:
+        reads.append(patient_id)
+        return stored(patient_id, *args, **kwargs)
+
+    monkeypatch.setattr(sm.store, "registration", counted)
+    south = Writer(b"t" * 16, WriteAuth(frozenset({HIDDEN}), HIDDEN)).opened(feed)
+    assert feed.one(south.put(SECRET, "x", b"1")).ok
+    assert reads == []
+    c = Writer(b"c" * 16, north()).opened(feed)
+    shared, put = feed(share("north", {HIDDEN}), c.put(SECRET, "y", b"2"))
+    assert shared.ok and put.ok  # the share is seen by the next entry of its round
+    assert sm.registration(SECRET).clinics == {HIDDEN, "north"}
+    admin = Client(b"a" * 16).opened(feed)
+    erased, fresh = feed(admin.erase(SECRET), c.put(SECRET, "z", b"3"))
+    assert erased.ok and fresh.ok  # erased, then registered anew by the write
+    assert sm.registration(SECRET).clinics == {"north"}
+    monkeypatch.undo()
+    assert open_sm(db).registration(SECRET).clinics == {"north"}  # what is stored
+
+
 def test_writes_without_auth_are_not_checked(sm: PartitionStateMachine) -> None:
     feed = registered_elsewhere(sm)
     legacy = Client(b"l" * 16).opened(feed)  # an insecure node's write, or an old entry
