@@ -123,8 +123,11 @@ class Mover:
         if remove is not None and remove not in voters:
             stub = self._stub(remove)
             if stub is not None:
+                # force: the group's leader has answered without that node, but
+                # the removed replica often never heard of its removal (the
+                # leader stops sending to it), so it still counts itself in.
                 try:
-                    await stub.DropReplica(admin_pb2.DropReplicaRequest(partition=p),
+                    await stub.DropReplica(admin_pb2.DropReplicaRequest(partition=p, force=True),
                                            timeout=CALL_TIMEOUT_S)
                 except grpc.aio.AioRpcError as e:
                     log.info("partition %d: node %d did not drop its old replica (%s); it "
