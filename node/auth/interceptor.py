@@ -40,7 +40,6 @@ import contextvars
 import itertools
 import logging
 import os
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -570,8 +569,8 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
                     # A stream lives longer than a call: its token is checked
                     # again at every batch, so an expired one stops serving.
                     ident = call.identity
-                    expired = (ident is not None and ident.expires_at is not None
-                               and time.time() >= ident.expires_at)
+                    expired = (ident is not None and ac.verifier is not None
+                               and ac.verifier.expired(ident))
                     for req in batch.requests:
                         kind = req.WhichOneof("request")
                         sub = STREAM_REQUEST_METHODS.get(kind or "")

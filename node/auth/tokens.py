@@ -366,6 +366,12 @@ class TokenVerifier:
         self._cache: OrderedDict[bytes, tuple[KeySet, Identity, float, float]] = OrderedDict()
         self._cache_size = cache_size
 
+    def expired(self, ident: Identity) -> bool:
+        """Whether a token verified earlier has expired since, by the same clock
+        and leeway as verify (a long stream checks its token again)."""
+        return (ident.expires_at is not None
+                and self._clock() >= ident.expires_at + self.settings.leeway_seconds)
+
     def verify(self, token: str) -> Identity:
         if len(token) > MAX_TOKEN_BYTES:
             raise Unauthenticated(f"bearer token is longer than {MAX_TOKEN_BYTES} bytes")

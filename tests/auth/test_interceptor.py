@@ -31,7 +31,7 @@ from node.auth.audit import AUDIT_DIR, AuditKeys, AuditLog, AuditWriter, read_en
 from node.auth.identity import Identity
 from node.auth.interceptor import AccessControl, AuthInterceptor, current_call
 from node.auth.policy import InMemoryRegistry, Registration
-from node.auth.tokens import mint
+from node.auth.tokens import TokenSettings, mint
 from node.crypto.envelope import EnvelopeCodec
 from node.crypto.keyfile import create_key_file
 from node.crypto.keyring import open_keyring
@@ -618,8 +618,9 @@ def test_a_stream_checks_each_request_like_its_call_and_stops_when_the_token_exp
         async def one(token: str, reqs: list[kv_pb2.KVRequest], pause: float = 0.0
                       ) -> list[kv_pb2.KVResponse]:
             async def batches() -> AsyncIterator[kv_pb2.BatchCommandsRequest]:
-                for r in reqs:
-                    await asyncio.sleep(pause)
+                for i, r in enumerate(reqs):
+                    if i:
+                        await asyncio.sleep(pause)
                     yield kv_pb2.BatchCommandsRequest(requests=[r])
 
             got: list[kv_pb2.KVResponse] = []
@@ -633,9 +634,12 @@ def test_a_stream_checks_each_request_like_its_call_and_stops_when_the_token_exp
         assert got[0].status.code == grpc.StatusCode.PERMISSION_DENIED.value[0]
         assert ("open_session", "ann") not in c.seen.calls
 
-        short = c.token("dr-ada", ["clinician"], ["north"], ttl_seconds=2.0)
+        # Expired by its `exp` already, but inside the verifier's leeway for
+        # about two more seconds: accepted when the stream opens, then not.
+        leeway = TokenSettings().leeway_seconds
+        short = c.token("dr-ada", ["clinician"], ["north"], ttl_seconds=2.0 - leeway)
         got = await one(short, [kv_pb2.KVRequest(request_id=i, get=get(CANARY))
-                                for i in (1, 2)], pause=1.6)
+                                for i in (1, 2)], pause=2.5)
         assert got[0].status.code == 0
         assert got[1].status.code == grpc.StatusCode.UNAUTHENTICATED.value[0]
         assert "token expired" in got[1].status.message
