@@ -51,7 +51,7 @@ import grpc
 import grpc.aio
 
 from client.errors import ERROR_KIND_KEY
-from client.routing import LEADER_KEY
+from client.routing import EPOCH_KEY, LEADER_KEY
 from proto.medkv.v1 import kv_pb2
 
 # Unary KV method -> the KVRequest / KVResponse field that carries it.
@@ -308,6 +308,8 @@ class Multiplexer:
                 trailing.append((LEADER_KEY, status.leader_hint))
             if status.error_kind:
                 trailing.append((ERROR_KIND_KEY, status.error_kind))
+            if status.epoch:
+                trailing.append((EPOCH_KEY, str(status.epoch)))
             code = _CODES.get(status.code, grpc.StatusCode.UNKNOWN)
             raise rpc_error(code, status.message, trailing)
         if resp.WhichOneof("response") != field:

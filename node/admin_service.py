@@ -179,6 +179,7 @@ class AdminService(admin_pb2_grpc.AdminServicer):
     async def ClusterStatus(
         self, request: admin_pb2.ClusterStatusRequest, context: grpc.aio.ServicerContext
     ) -> admin_pb2.ClusterStatusResponse:
+        self._not_removed()
         local = self._local_status()
         if request.local_only:
             return local
@@ -210,6 +211,7 @@ class AdminService(admin_pb2_grpc.AdminServicer):
     async def RoutingTable(
         self, request: admin_pb2.RoutingTableRequest, context: grpc.aio.ServicerContext
     ) -> admin_pb2.RoutingTableResponse:
+        self._not_removed()
         cfg = self.node.cfg
         resp = admin_pb2.RoutingTableResponse(
             epoch=self.node.routing_epoch,
@@ -239,6 +241,15 @@ class AdminService(admin_pb2_grpc.AdminServicer):
         await self._pin_leader(request.partition, request.target_node)
         leader = await self.node.host.transfer_leader(request.partition, request.target_node, 10.0)
         return admin_pb2.TransferLeaderResponse(leader=leader)
+
+    def _not_removed(self) -> None:
+        """A removed node's view of the cluster stops at its removal: it sends
+        callers to the members instead of answering from it."""
+        if getattr(self.node, "removed", False):
+            raise Unavailable(
+                f"node {self.node.cfg.node_id} was removed from the cluster; "
+                "ask one of its members"
+            )
 
     async def _pin_leader(self, partition: int, target: int) -> None:
         """Record the operator's choice in the cluster state first, so leader
@@ -332,6 +343,7 @@ class AdminService(admin_pb2_grpc.AdminServicer):
     async def ListNodes(
         self, request: admin_pb2.ListNodesRequest, context: grpc.aio.ServicerContext
     ) -> admin_pb2.ListNodesResponse:
+        self._not_removed()
         state = self.node.cluster.state
         if state is None:
             raise Unavailable(f"node {self.node.cfg.node_id} has no cluster state yet")

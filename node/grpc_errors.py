@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextvars
 import logging
+from collections.abc import Callable
 
 import grpc
 
@@ -55,12 +56,26 @@ def log_refusal(e: NodeError) -> None:
         )
 
 
+EPOCH_METADATA_KEY = "medkv-epoch"
+_epoch_source: list[Callable[[], int]] = []
+
+
+def set_epoch_source(source: Callable[[], int]) -> None:
+    """Where abort_with reads the node's placement epoch (node.server)."""
+    _epoch_source[:] = [source]
+
+
 async def abort_with(context: grpc.aio.ServicerContext, e: NodeError) -> None:
-    """Abort the RPC with e's status; raises (grpc.aio's abort never returns)."""
+    """Abort the RPC with e's status; raises (grpc.aio's abort never returns).
+
+    UNAVAILABLE carries the node's placement epoch: a client that routed by
+    an older table (the partition moved) learns it here and refreshes."""
     log_refusal(e)
     md: list[tuple[str, str]] = []
     if e.leader_hint:
         md.append((LEADER_METADATA_KEY, e.leader_hint))
+    if e.code == grpc.StatusCode.UNAVAILABLE and _epoch_source:
+        md.append((EPOCH_METADATA_KEY, str(_epoch_source[0]())))
     if e.kind:
         md.append((ERROR_KIND_METADATA_KEY, e.kind))
     await context.abort(e.code, public_message(e.message), trailing_metadata=tuple(md))
@@ -69,7 +84,9 @@ async def abort_with(context: grpc.aio.ServicerContext, e: NodeError) -> None:
 def to_status(e: NodeError) -> common_pb2.Status:
     """The same error inside a multiplexed BatchCommands reply."""
     log_refusal(e)
+    epoch = (_epoch_source[0]() if e.code == grpc.StatusCode.UNAVAILABLE and _epoch_source
+             else 0)
     return common_pb2.Status(
         code=e.code.value[0], message=public_message(e.message), leader_hint=e.leader_hint,
-        error_kind=e.kind,
+        error_kind=e.kind, epoch=epoch,
     )

@@ -40,7 +40,7 @@ from node.cluster.system import SystemStateMachine, initial_conf
 from node.config import NodeConfig
 from node.erasure import ErasurePurger
 from node.errors import InvalidArgument, NodeError, StartupError
-from node.grpc_errors import abort_with, hide_paths
+from node.grpc_errors import abort_with, hide_paths, set_epoch_source
 from node.host import MultiRaftHost, log_refusal
 from node.key_rotation import KeyRotationManager
 from node.kv_service import KVService
@@ -204,6 +204,9 @@ class Node:
                 self.file_cfg.replication,
             )
         self._initial = initial
+        # Set once this node applies its own removal: from then on its view of
+        # the cluster ages, so it must not answer routing or status questions.
+        self.removed = False
         self.log_store: LevelDBLogStore = self.layout.log_store
         self.transport = PeerTransport(
             cfg.node_id,
@@ -255,8 +258,12 @@ class Node:
         try:
             new = config_for_cluster(self.file_cfg, state)
         except StartupError:
-            log.warning("node %d is no longer a member of cluster %s", self.cfg.node_id,
-                        state.cluster_id)
+            if not self.removed:
+                self.removed = True
+                log.warning("node %d was removed from cluster %s: it answers no more calls "
+                            "(stop it)", self.cfg.node_id, state.cluster_id)
+                asyncio.get_running_loop().create_task(
+                    self.health.set("", health_pb2.HealthCheckResponse.NOT_SERVING))
             return
         self.host.placement = state.placement
         if new.peers == self.cfg.peers and new.client_addresses == self.cfg.client_addresses:
@@ -347,6 +354,7 @@ class Node:
         # exiting non-zero, so its supervisor restarts it.
         if self.access is not None and self.access.audit is not None:
             self.access.audit.start()
+        set_epoch_source(lambda: self.routing_epoch)
         self.host.start(on_fatal=self.fatal.set)
         self._background.append(asyncio.get_running_loop().create_task(self.reconciler.run()))
         self.purger.start()  # completes erasure purges a stop or crash left pending

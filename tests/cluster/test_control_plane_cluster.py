@@ -192,6 +192,9 @@ def test_replicas_move_to_a_new_node_and_off_decommissioned_and_dead_ones(
             capture_output=True, text=True, timeout=timeout, check=False, env=env, cwd=ROOT,
         )
 
+    # A client that keeps the table it fetched first: it must follow the
+    # placement epochs on its own (precise answers from the old holders).
+    stale = c.client()
     try:
         written: dict[str, bytes] = {}
         with c.client() as kv:
@@ -200,6 +203,8 @@ def test_replicas_move_to_a_new_node_and_off_decommissioned_and_dead_ones(
                 written[pid] = f"v{i}".encode()
                 kv.put(pid, "r", written[pid])
             before = kv.routing_table()
+        assert stale.get("patient-0", "r").value == written["patient-0"]
+        assert stale.router is not None and stale.router.epoch == before.epoch
 
         assert c.run("add-node", "--timeout", "60").returncode == 0  # node 5
 
@@ -252,10 +257,17 @@ def test_replicas_move_to_a_new_node_and_off_decommissioned_and_dead_ones(
             for pid, value in written.items():
                 assert kv.get(pid, "r").value == value
             assert kv.get("after-decommission", "r").value == b"x"
+        # The stale client reads everything, refreshing when a node says its
+        # table is old, and ends on the current epoch.
+        for pid, value in written.items():
+            assert stale.get(pid, "r").value == value
+        with c.client() as kv:
+            assert stale.router is not None and stale.router.epoch == kv.routing_table().epoch
         # Three active nodes hold three replicas each: none may leave now.
         refused = medkv("node", "decommission", "4")
         assert refused.returncode != 0 and "add a node first" in refused.stderr
     finally:
+        stale.close()
         stop_cluster(c)
 
 

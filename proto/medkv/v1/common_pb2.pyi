@@ -71,13 +71,15 @@ class ReadOptions(_message.Message):
     def __init__(self, consistency: _Optional[_Union[Consistency, str]] = ..., max_staleness_ms: _Optional[int] = ..., min_version: _Optional[int] = ...) -> None: ...
 
 class Status(_message.Message):
-    __slots__ = ("code", "message", "leader_hint", "error_kind")
+    __slots__ = ("code", "message", "leader_hint", "error_kind", "epoch")
     CODE_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
     LEADER_HINT_FIELD_NUMBER: _ClassVar[int]
     ERROR_KIND_FIELD_NUMBER: _ClassVar[int]
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
     code: int
     message: str
     leader_hint: str
     error_kind: str
-    def __init__(self, code: _Optional[int] = ..., message: _Optional[str] = ..., leader_hint: _Optional[str] = ..., error_kind: _Optional[str] = ...) -> None: ...
+    epoch: int
+    def __init__(self, code: _Optional[int] = ..., message: _Optional[str] = ..., leader_hint: _Optional[str] = ..., error_kind: _Optional[str] = ..., epoch: _Optional[int] = ...) -> None: ...
