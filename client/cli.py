@@ -1197,6 +1197,23 @@ def _node_list(args: argparse.Namespace, kv: Client, out: _Out) -> int:
     return 0
 
 
+def _wait_for_member(
+    kv: Client, out: _Out, node_id: int, goal: str, seen: tuple[str, int], args: argparse.Namespace,
+) -> tuple[str, int] | None:
+    """Poll the member list until node_id reaches the goal state, one line per
+    change of (state, replicas); None when --wait-timeout passed first."""
+    deadline = time.monotonic() + args.wait_timeout
+    while seen[0] != goal:
+        if time.monotonic() > deadline:
+            return None
+        time.sleep(0.5)
+        m = {x.node_id: x for x in kv.list_nodes(timeout=args.timeout).members}.get(node_id)
+        if m is not None and (m.state, m.replicas) != seen:
+            seen = (m.state, m.replicas)
+            out.note(f"node {node_id}: {m.state}, {m.replicas} replica(s)")
+    return seen
+
+
 def _node_add(args: argparse.Namespace, kv: Client, out: _Out) -> int:
     reply = kv.add_node(args.node_id, args.address, client_address=args.client_address,
                         timeout=args.timeout)
@@ -1206,18 +1223,12 @@ def _node_add(args: argparse.Namespace, kv: Client, out: _Out) -> int:
     if not args.no_wait:
         # The members hand it the cluster state once it answers; it turns active
         # when its replica of the system group caught up.
-        deadline = time.monotonic() + args.wait_timeout
-        while state != "active":
-            if time.monotonic() > deadline:
-                out.note(f"medkv: node {reply.node_id} is still {state} after "
-                         f"{args.wait_timeout:g}s: is it running, with the members in its "
-                         "[[peers]]?")
-                return EXIT_ERROR
-            time.sleep(0.5)
-            listed = {m.node_id: m.state for m in kv.list_nodes(timeout=args.timeout).members}
-            if listed.get(reply.node_id, state) != state:
-                state = listed[reply.node_id]
-                out.note(f"node {reply.node_id}: {state}")
+        done = _wait_for_member(kv, out, reply.node_id, "active", (state, 0), args)
+        if done is None:
+            out.note(f"medkv: node {reply.node_id} is not active after {args.wait_timeout:g}s: "
+                     "is it running, with the members in its [[peers]]?")
+            return EXIT_ERROR
+        state = done[0]
     if out.json:
         out.doc({"node": reply.node_id, "state": state, "epoch": reply.epoch,
                  "already": reply.already})
@@ -1232,21 +1243,12 @@ def _node_decommission(args: argparse.Namespace, kv: Client, out: _Out) -> int:
     state, left = reply.state, reply.replicas
     out.note(f"node {reply.node_id}: {state}, {left} replica(s) to move "
              f"(placement epoch {reply.epoch})")
-    deadline = time.monotonic() + args.wait_timeout
-    last = (state, left)
-    while not args.no_wait and state != "removed":
-        if time.monotonic() > deadline:
-            out.note(f"medkv: node {reply.node_id} is still {state} with {left} replica(s) "
-                     f"after {args.wait_timeout:g}s")
+    if not args.no_wait:
+        done = _wait_for_member(kv, out, reply.node_id, "removed", (state, left), args)
+        if done is None:
+            out.note(f"medkv: node {reply.node_id} is not removed after {args.wait_timeout:g}s")
             return EXIT_ERROR
-        time.sleep(1.0)
-        listed = {m.node_id: m for m in kv.list_nodes(timeout=args.timeout).members}
-        m = listed.get(reply.node_id)
-        if m is not None:
-            state, left = m.state, m.replicas
-        if (state, left) != last:
-            last = (state, left)
-            out.note(f"node {reply.node_id}: {state}, {left} replica(s) left")
+        state, left = done
     if out.json:
         out.doc({"node": reply.node_id, "state": state, "replicas": left})
     else:

@@ -242,6 +242,12 @@ class AdminService(admin_pb2_grpc.AdminServicer):
         leader = await self.node.host.transfer_leader(request.partition, request.target_node, 10.0)
         return admin_pb2.TransferLeaderResponse(leader=leader)
 
+    def _cluster_state(self) -> cluster_state.ClusterState:
+        state = self.node.cluster.state
+        if state is None:
+            raise Unavailable(f"node {self.node.cfg.node_id} has no cluster state yet")
+        return state
+
     def _not_removed(self) -> None:
         """A removed node's view of the cluster stops at its removal: it sends
         callers to the members instead of answering from it."""
@@ -275,9 +281,7 @@ class AdminService(admin_pb2_grpc.AdminServicer):
     async def AddNode(
         self, request: admin_pb2.AddNodeRequest, context: grpc.aio.ServicerContext
     ) -> admin_pb2.AddNodeResponse:
-        state = self.node.cluster.state
-        if state is None:
-            raise Unavailable(f"node {self.node.cfg.node_id} has no cluster state yet")
+        state = self._cluster_state()
         if not 1 <= request.node_id <= cluster_state.MAX_NODE_ID:
             raise InvalidArgument(f"node_id must be 1..{cluster_state.MAX_NODE_ID}")
         member = state.member(request.node_id)
@@ -298,8 +302,7 @@ class AdminService(admin_pb2_grpc.AdminServicer):
                                          request.client_address, request=os.urandom(16)),
                 10.0,
             )
-        state = self.node.cluster.state
-        assert state is not None
+        state = self._cluster_state()
         m = state.member(request.node_id)
         return admin_pb2.AddNodeResponse(
             node_id=request.node_id, state=m.state if m else "", epoch=state.epoch,
@@ -310,9 +313,7 @@ class AdminService(admin_pb2_grpc.AdminServicer):
     async def DecommissionNode(
         self, request: admin_pb2.DecommissionNodeRequest, context: grpc.aio.ServicerContext
     ) -> admin_pb2.DecommissionNodeResponse:
-        state = self.node.cluster.state
-        if state is None:
-            raise Unavailable(f"node {self.node.cfg.node_id} has no cluster state yet")
+        state = self._cluster_state()
         m = state.member(request.node_id)
         if m is None:
             raise InvalidArgument(f"node {request.node_id} is not a member")
@@ -331,8 +332,7 @@ class AdminService(admin_pb2_grpc.AdminServicer):
             )
             log.info("node %d is being decommissioned%s (asked of node %d)", m.id,
                      " (dead)" if request.dead else "", self.node.cfg.node_id)
-        state = self.node.cluster.state
-        assert state is not None
+        state = self._cluster_state()
         now = state.member(m.id)
         return admin_pb2.DecommissionNodeResponse(
             node_id=m.id, state=now.state if now else "", epoch=state.epoch,
@@ -344,9 +344,7 @@ class AdminService(admin_pb2_grpc.AdminServicer):
         self, request: admin_pb2.ListNodesRequest, context: grpc.aio.ServicerContext
     ) -> admin_pb2.ListNodesResponse:
         self._not_removed()
-        state = self.node.cluster.state
-        if state is None:
-            raise Unavailable(f"node {self.node.cfg.node_id} has no cluster state yet")
+        state = self._cluster_state()
         system = self.node.host.groups.get(cluster_state.SYSTEM_GROUP)
         # The system group's actual voters (the reconciler moves them towards
         # ClusterState.system_voters() one change at a time).
