@@ -171,6 +171,13 @@ def token_fingerprint(index_key: bytes) -> bytes:
     return hashlib.blake2b(index_key, digest_size=8, person=b"medkv-scan-tok").digest()
 
 
+# The unary method each multiplexed request kind stands for (metrics labels).
+_STREAM_METHOD_NAMES = {
+    "put": "Put", "get": "Get", "cas": "CompareAndSet", "delete": "Delete",
+    "history": "History", "batch": "Batch", "open_session": "OpenSession",
+}
+_CODE_NAMES = {c.value[0]: c.name for c in grpc.StatusCode}
+
 class KVService(kv_pb2_grpc.KVServicer):
     def __init__(self, node: Node) -> None:
         self.node = node
@@ -644,6 +651,16 @@ class KVService(kv_pb2_grpc.KVServicer):
         reg = self._registration(r, req.patient_id)
         return kv_pb2.SharePatientResponse(clinics=sorted(reg.clinics), index=index)
 
+    async def _counted(
+        self, req: kv_pb2.KVRequest, context: grpc.aio.ServicerContext
+    ) -> kv_pb2.KVResponse:
+        resp = await self._one(req, context)
+        method = _STREAM_METHOD_NAMES.get(req.WhichOneof("request") or "")
+        if method is not None:
+            code = _CODE_NAMES.get(resp.status.code, "UNKNOWN")
+            self.host.metrics.stream_request(method, code)
+        return resp
+
     async def BatchCommands(
         self,
         request_iterator: AsyncIterator[kv_pb2.BatchCommandsRequest],
@@ -679,7 +696,7 @@ class KVService(kv_pb2_grpc.KVServicer):
                             self.host.metrics.reject("stream_in_flight_limit")
                             done.put_nowait(_too_many_in_flight(req, cap))
                             continue
-                        t = loop.create_task(self._one(req, context))
+                        t = loop.create_task(self._counted(req, context))
                         tasks.add(t)
                         t.add_done_callback(finished)
                 while tasks:
