@@ -163,6 +163,8 @@ class Layout:
     links: dict[str, dict[str, Any]] | None = None
     # Node i serves Prometheus metrics on host:(metrics_base_port + i); None: off.
     metrics_base_port: int | None = None
+    # How many of the nodes `add-node` appended after `up` (the last ones).
+    added: int = 0
 
     def tls(self) -> TlsConfig | None:
         """The client's side of the cluster's TLS, if it has any."""
@@ -800,14 +802,22 @@ def cmd_up(args: argparse.Namespace) -> int:
         raise ClusterError("--metrics-base-port must leave room for the node ports and not "
                            "overlap the gRPC ports")
     secure = not args.insecure
+    added = 0
     if (cluster.dir / STATE_FILE).exists():
         old = cluster.load()
+        added = old.added
         running = [n for n in old.node_ids() if cluster.pid(n) is not None]
         if running and old.secure != secure:
             raise ClusterError(
                 f"node(s) {running} run {'securely' if old.secure else 'with --insecure'}; "
                 "`scripts/cluster down` before switching"
             )
+        # Nodes that add-node appended belong to the cluster too: `up` with the
+        # original --nodes starts them all.
+        if old.nodes > args.nodes and old.added >= old.nodes - args.nodes:
+            note(f"{cluster.dir} holds {old.nodes} nodes ({old.added} added with add-node): "
+                 "starting every one")
+            args.nodes = old.nodes
         wanted = (args.nodes, args.host, args.base_port, args.partitions, args.replicas)
         have = (old.nodes, old.host, old.base_port, old.partitions, old.replicas)
         if wanted != have:
@@ -833,6 +843,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         auth_dir=_ensure_auth(cluster) if secure else None,
         links=load_links(args.links_file, args.nodes) if args.links_file else None,
         metrics_base_port=mbase,
+        added=added,
     )
     cluster.save(layout)
     to_start = [n for n in layout.node_ids() if cluster.pid(n) is None]
@@ -873,7 +884,7 @@ def cmd_add_node(args: argparse.Namespace) -> int:
     old = cluster.load()
     if old.links:
         raise ClusterError("add-node does not support a cluster started with --links-file")
-    layout = dataclasses.replace(old, nodes=old.nodes + 1)
+    layout = dataclasses.replace(old, nodes=old.nodes + 1, added=old.added + 1)
     new = layout.nodes
     if not _port_free(layout.host, layout.base_port + new):
         raise ClusterError(f"address {layout.address(new)} is already in use")
