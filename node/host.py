@@ -13,6 +13,18 @@ consensus/storage.py):
   6. advance every group.
 Nothing touches a RawNode between its ready() and advance() except this
 loop: handlers only queue operations, so the core never sees re-entrancy.
+
+This module is that driver only: the loop's turn, inbound delivery and its
+guard, proposals, read barriers and the waiters they answer. What decides
+things about the groups lives beside it, each part holding a reference to
+the host and queueing its work on the loop like every other caller:
+  node.snapshot_policy           when a group's log is snapshotted and compacted;
+  node.cluster.system_group      the system group's replica: opening it, proposing;
+  node.cluster.balance           where leaders go (balancing, TransferLeader);
+  node.cluster.replica_moves     which partitions this node holds, their
+                                 membership, Prepare/Change/DropReplica.
+The host keeps thin methods of the old names (propose_system, compact_log,
+change_replicas, ...) for its callers.
 """
 
 from __future__ import annotations
@@ -28,24 +40,14 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from functools import partial
 from typing import Any
 
 from consensus.codec import decode_conf_change
-from consensus.confchange import Changer
-from consensus.leveldb_storage import (
-    GroupUpdate,
-    LevelDBGroupStorage,
-    LevelDBLogStore,
-    SnapshotOutOfDateError,
-)
+from consensus.leveldb_storage import GroupUpdate, LevelDBGroupStorage, LevelDBLogStore
 from consensus.raft import Config
 from consensus.rawnode import RawNode
 from consensus.types import (
     ConfChange,
-    ConfChangeSingle,
-    ConfChangeTransition,
-    ConfChangeType,
     ConfState,
     ConsensusError,
     EntryType,
@@ -57,16 +59,17 @@ from consensus.types import (
     UncommittedLimitExceeded,
 )
 from node import failstop, group_persist, raft_guard
+from node.cluster.balance import LeaderBalancer
+from node.cluster.replica_moves import ReplicaMoves
 from node.cluster.state import SYSTEM_GROUP, ClusterState, Command
-from node.cluster.system import REFUSED, SystemStateMachine, wait_key
+from node.cluster.system import SystemStateMachine
+from node.cluster.system_group import SystemGroup
 from node.commands import WaitKey
 from node.config import NodeConfig
 from node.errors import (
     NOT_APPLIED,
     DataLoss,
     DeadlineExceeded,
-    FailedPrecondition,
-    InvalidArgument,
     NodeError,
     ResourceExhausted,
     Unavailable,
@@ -74,7 +77,8 @@ from node.errors import (
 from node.log_clock import LeaderClock
 from node.metrics.instruments import NodeMetrics
 from node.rate_log import RateLimitedLog
-from node.replica_catalog import ReplicaCatalog, ReplicaState
+from node.replica_catalog import ReplicaCatalog
+from node.snapshot_policy import SnapshotPolicy
 from node.snapshots import SnapshotManager, recover_on_open
 from node.staleness import ReplicaFreshness
 from node.state_machine import ApplyResult, PartitionStateMachine
@@ -99,7 +103,7 @@ class Replica:
     partition: int
     # The voters of the group's applied configuration (both halves of a joint
     # one), in preference order: the first is the preferred leader. Follows
-    # conf changes (MultiRaftHost._sync_members); empty for a blank replica.
+    # conf changes (ReplicaMoves.sync_members); empty for a blank replica.
     replicas: tuple[int, ...]
     raw: RawNode
     storage: LevelDBGroupStorage
@@ -197,7 +201,6 @@ class MultiRaftHost:
         # loop drives: those and the system group's replica (node.cluster).
         self.replicas: dict[int, Replica] = {}
         self.groups: dict[int, Replica] = {}
-        self.system_sm: SystemStateMachine | None = None
         self._ops: list[Callable[[], None]] = []
         self._dirty: set[int] = set()  # partitions whose RawNode may have a Ready
         self._wake = asyncio.Event()
@@ -210,6 +213,11 @@ class MultiRaftHost:
         self._pending_reads = 0
         self._installs: set[asyncio.Task[None]] = set()
         self.snapshots = SnapshotManager(self)
+        # The parts that work on the groups this loop drives, each in its own
+        # module: when to snapshot, the system group, leaders, replica moves.
+        self.snapshot_policy = SnapshotPolicy(self)
+        self.system = SystemGroup(self)
+        self.balancer = LeaderBalancer(self)
         self.started_at = time.monotonic()
         self.guard_limits = raft_guard.GuardLimits(
             node_id=cfg.node_id,
@@ -220,8 +228,8 @@ class MultiRaftHost:
             max_entries=max(raft_guard.DEFAULT_MAX_ENTRIES, cfg.raft.max_size_per_msg // 16),
         )
         rng_seed = int.from_bytes(os.urandom(8), "big")
-        self._init_moves(catalog, make_state_machine, rng_seed)
-        for p, blank in self._partitions_to_open():
+        self.moves = ReplicaMoves(self, catalog, make_state_machine, rng_seed)
+        for p, blank in self.moves.partitions_to_open():
             try:
                 self._open_replica(p, make_state_machine, rng_seed, blank)
             except group_persist.ImpossibleStoredState as e:
@@ -270,7 +278,7 @@ class MultiRaftHost:
         self.replicas[p] = self.groups[p] = Replica(
             p, reps, raw, storage, sm, fresh=ReplicaFreshness(cfg.raft.max_clock_offset_ms / 1000.0)
         )
-        self._sync_members(self.replicas[p])
+        self.moves.sync_members(self.replicas[p])
         self._dirty.add(p)
         if fresh and reps[0] == self.node_id:
             # The preferred replica of a new group campaigns at once, so a
@@ -278,118 +286,28 @@ class MultiRaftHost:
             # randomized election timeouts.
             raw.campaign()
 
-    def open_system(self, sm: SystemStateMachine, conf: ConfState, rng_seed: int = 0) -> None:
-        """Run this node's replica of the system group (node.cluster.system).
+    # ---- the system group (node.cluster.system_group) -------------------
 
-        conf is the group's initial membership, used only when the group is
-        new here: the same on every initial member, derived from the state
-        every one of them starts from."""
-        cfg = self.cfg
-        fresh = not self.log_store.has_group(SYSTEM_GROUP)
-        if fresh:
-            self.log_store.bootstrap(SYSTEM_GROUP, conf)
-        storage = self.log_store.group(SYSTEM_GROUP)
-        raw = RawNode(
-            Config(
-                id=self.node_id,
-                storage=storage,
-                rng=random.Random(rng_seed or int.from_bytes(os.urandom(8), "big")),
-                election_tick=cfg.raft.election_ticks,
-                heartbeat_tick=cfg.raft.heartbeat_ticks,
-                applied=sm.applied_index,
-                max_size_per_msg=cfg.raft.max_size_per_msg,
-                max_inflight_msgs=cfg.raft.max_inflight_msgs,
-                check_quorum=True,
-                pre_vote=True,
-            )
-        )
-        group_persist.check_stored_state(SYSTEM_GROUP, self.node_id, raw)
-        voters = tuple(sorted(raw.status().conf_state.voters))
-        r = Replica(
-            SYSTEM_GROUP, voters, raw, storage, sm,  # type: ignore[arg-type]
-            fresh=ReplicaFreshness(cfg.raft.max_clock_offset_ms / 1000.0),
-        )
-        self.groups[SYSTEM_GROUP] = r
-        self.system_sm = sm
-        self._dirty.add(SYSTEM_GROUP)
-        if fresh and conf.voters and conf.voters[0] == self.node_id:
-            raw.campaign()  # a new cluster's system group has a leader in one round trip
+    def open_system(self, sm: SystemStateMachine, conf: ConfState, rng_seed: int = 0) -> None:
+        """Run this node's replica of the system group (SystemGroup.open)."""
+        self.system.open(sm, conf, rng_seed)
 
     @property
     def cluster_state(self) -> ClusterState | None:
         """The cluster's facts as this node's system replica has applied them."""
-        return self.system_sm.state if self.system_sm is not None else None
+        return self.system.state
 
     async def propose_system(self, cmd: Command, timeout: float) -> ApplyResult:
-        """Replicate one change of the cluster state and wait until this
-        node's own system replica applied it. Any member may propose: a
-        follower's proposal is forwarded to the system group's leader by Raft,
-        and every replica applies every entry, so the proposer learns the
-        outcome from its own apply. A refusal is FAILED_PRECONDITION with the
-        state machine's reason."""
-        r = self.groups.get(SYSTEM_GROUP)
-        if r is None or r.broken:
-            raise Unavailable(f"node {self.node_id} runs no system replica", kind=NOT_APPLIED)
-        if not r.leader:
-            raise Unavailable(
-                "the system group has no leader right now (election in progress); retry",
-                kind=NOT_APPLIED,
-            )
-        key = wait_key(cmd.request)
-        fut: asyncio.Future[ApplyResult] = asyncio.get_running_loop().create_future()
-        r.write_waiters.setdefault(key, []).append(fut)
-        data = cmd.encode()
-
-        def op() -> None:
-            if fut.done():
-                return
-            self._dirty.add(SYSTEM_GROUP)
-            try:
-                r.raw.propose(data)
-            except ProposalDropped:
-                fut.set_exception(Unavailable(
-                    "the system group dropped the proposal (no leader, or a leader transfer); retry",
-                    kind=NOT_APPLIED,
-                ))
-
-        self._enqueue(op)
-        try:
-            res = await asyncio.wait_for(fut, timeout)
-        except TimeoutError:
-            raise DeadlineExceeded(
-                f"a cluster change ({cmd.kind}) was not applied within {timeout:.1f}s; "
-                "it may still apply"
-            ) from None
-        finally:
-            waiters = r.write_waiters.get(key)
-            if waiters and fut in waiters:
-                waiters.remove(fut)
-                if not waiters:
-                    r.write_waiters.pop(key, None)
-        if res.error_code == REFUSED:
-            raise FailedPrecondition(res.message)
-        return res
+        """Replicate one change of the cluster state (SystemGroup.propose)."""
+        return await self.system.propose(cmd, timeout)
 
     def propose_system_conf_change(self, cc: ConfChange) -> None:
-        """Propose a change of the system group's membership (its leader only;
-        node.cluster.reconciler). The core drops it while another is pending."""
-        r = self.groups.get(SYSTEM_GROUP)
-        if r is None or r.broken:
-            return
-
-        def op() -> None:
-            try:
-                r.raw.propose_conf_change(cc)
-            except ProposalDropped:
-                return  # not the leader any more, or a transfer: the next round retries
-            self._dirty.add(SYSTEM_GROUP)
-
-        self._enqueue(op)
+        """Propose a change of the system group's membership (SystemGroup)."""
+        self.system.propose_conf_change(cc)
 
     def transfer_system_leadership(self, target: int) -> None:
-        r = self.groups.get(SYSTEM_GROUP)
-        if r is not None and not r.broken:
-            self._enqueue(partial(self._poke, r, r.raw.transfer_leadership, target))
+        """Hand the system group's leadership to target (SystemGroup)."""
+        self.system.transfer_leadership(target)
 
     def _broken_message(self, p: int) -> str:
         return (
@@ -576,7 +494,7 @@ class MultiRaftHost:
                 r.sm.purge_due = False
                 self._on_purge_due(r.partition)
             try:
-                await self._maybe_snapshot(r)
+                await self.snapshot_policy.maybe_snapshot(r)
             except Exception as e:  # one group's snapshot must not fail the others' turn
                 failstop.check(e)
                 _refusals.log(
@@ -681,7 +599,7 @@ class MultiRaftHost:
         the leader had erased since. The purger carries it out off the loop."""
         r.sm.purge_due = False
         self._on_purge_due(r.partition)
-        self._sync_members(r)  # the snapshot carried the membership
+        self.moves.sync_members(r)  # the snapshot carried the membership
 
     def _apply_entries(self, r: Replica, rd: Ready) -> None:
         run: list[tuple[int, int, bytes]] = []
@@ -693,7 +611,7 @@ class MultiRaftHost:
                 self._apply_run(r, run)
                 run = []
                 r.raw.apply_conf_change(decode_conf_change(e.data))
-                self._sync_members(r)
+                self.moves.sync_members(r)
             else:
                 run.append((e.index, e.term, e.data))
         self._apply_run(r, run)
@@ -723,27 +641,6 @@ class MultiRaftHost:
             if not fut.done():
                 fut.set_result(None)
 
-    async def _maybe_snapshot(self, r: Replica) -> None:
-        """Snapshot a partition every snapshot_every applied entries and compact
-        its log, keeping a tail so a briefly slow follower still catches up
-        from the log instead of a full snapshot. Awaited inside the turn: the
-        log store is single-threaded and no Raft step may read it meanwhile."""
-        if r.broken or r.since_snapshot < self.cfg.raft.snapshot_every or r.partition == SYSTEM_GROUP:
-            return  # the system log stays whole: a replica that joins replays it
-        index = r.applied
-        conf = r.raw.status().conf_state
-        keep = self.cfg.raft.keep_after_snapshot
-        r.since_snapshot = 0
-
-        def persist() -> None:
-            # Metadata only: the data is the state machine itself, streamed
-            # from a LevelDB snapshot when a follower needs it (node.snapshots).
-            self.log_store.create_snapshot(r.partition, index, conf, b"")
-            if index > keep:
-                self.log_store.compact(r.partition, index - keep)
-
-        await asyncio.get_running_loop().run_in_executor(self._writer, persist)
-
     async def _run_turn_jobs(self) -> None:
         jobs, self._turn_jobs = self._turn_jobs, []
         loop = asyncio.get_running_loop()
@@ -758,40 +655,18 @@ class MultiRaftHost:
                 if not fut.done():
                     fut.set_result(result)
 
-    async def compact_log(self, partition: int, index: int, conf: ConfState) -> bool:
-        """Store a snapshot at applied index `index` with membership `conf`
-        (metadata only: its data is read from the state machine when one is
-        sent, node.snapshots) and drop the group's log through `index`: the
-        purge of an erasure's log entries. Runs between two Raft turns, on the
-        writer thread (the Raft core reads the log store). False when there was nothing to do: the
-        log starts past `index` already (a snapshot install dropped it) or
-        the replica is out of service."""
-        r = self.replicas.get(partition)
-        if r is None or r.broken:
-            return False
-
-        def persist() -> bool:
-            if r.broken or index <= r.storage.first_index() - 1:
-                return False
-            # A snapshot at or past index may be stored already (a periodic
-            # one, or one installed meanwhile), but it kept entries behind it
-            # for slow followers: the log must still go through index.
-            with contextlib.suppress(SnapshotOutOfDateError):
-                self.log_store.create_snapshot(partition, index, conf, b"")
-            self.log_store.compact(partition, index)
-            return True
-
-        fut: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        self._turn_jobs.append((persist, fut))
+    async def _between_turns(self, fn: Callable[[], Any]) -> Any:
+        """Run fn on the writer thread between two Raft turns (the log store
+        is single-threaded and Raft steps read it)."""
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._turn_jobs.append((fn, fut))
         self._wake.set()
-        done = await fut
-        if done:
-            r.since_snapshot = 0
-            log.info(
-                "partition %d: dropped the Raft log through index %d", partition, index,
-                extra={"partition": partition},
-            )
-        return done
+        return await fut
+
+    async def compact_log(self, partition: int, index: int, conf: ConfState) -> bool:
+        """Drop the group's log through `index` (SnapshotPolicy.compact_log):
+        the purge of an erasure's log entries (node.erasure)."""
+        return await self.snapshot_policy.compact_log(partition, index, conf)
 
     def mark_broken(self, r: Replica, e: BaseException) -> None:
         """Take this replica out of service after an integrity failure.
@@ -999,6 +874,23 @@ class MultiRaftHost:
                 self.leader_hint(r),
             )
         return r
+
+    def _not_member(self, r: Replica) -> Unavailable:
+        """What a read or write gets from a replica outside its group's
+        configuration: a blank one still waiting for its data, or one removed."""
+        p = r.partition
+        others = [n for n in self.members(p) if n != self.node_id]
+        hint = self.leader_hint(r) or (self._hint_for(others[0]) if others else "")
+        if not r.raw.has_membership():
+            return Unavailable(
+                f"partition {p} on node {self.node_id} is a new replica that has not received "
+                "its data yet (the group's leader sends it a snapshot once it is added); "
+                "use another replica", hint,
+            )
+        return Unavailable(
+            f"node {self.node_id} is no longer in partition {p}'s configuration; its replicas "
+            f"are nodes {','.join(str(n) for n in self.members(p))}", hint,
+        )
 
     def leader_hint(self, r: Replica) -> str:
         return self._hint_for(r.leader) if r.leader else ""
@@ -1219,516 +1111,55 @@ class MultiRaftHost:
                 f"{r.applied}, not {index}, after {timeout:.1f}s"
             ) from None
 
+    # ---- leaders (node.cluster.balance) ----------------------------------
+
     async def transfer_leader(self, partition: int, target: int, timeout: float) -> int:
-        if target not in self.cfg.peers:
-            raise InvalidArgument(f"target_node: node {target} is not a member of the cluster")
-        holders = self.members(partition)
-        if target not in holders:
-            raise FailedPrecondition(
-                f"node {target} holds no replica of partition {partition}; its replicas are "
-                f"nodes {','.join(str(n) for n in holders)}"
-            )
-        r = self.leader_replica(partition)
-        self._enqueue(lambda: self._poke(r, r.raw.transfer_leadership, target))
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while loop.time() < deadline:
-            if r.leader == target:
-                return target
-            await asyncio.sleep(0.05)
-        raise DeadlineExceeded(f"partition {partition}: transfer to node {target} did not complete")
+        """An operator's TransferLeader (LeaderBalancer.transfer)."""
+        return await self.balancer.transfer(partition, target, timeout)
 
     def balance_leaders(self) -> None:
-        """Hand each partition this node leads to its preferred replica, when
-        that replica is up to date: leaders spread evenly over the nodes."""
-        state = self.cluster_state
-        for r in self.replicas.values():
-            if not r.is_leader or r.broken:
-                continue
-            if not r.replicas or self._moving(r):
-                continue  # a replica move decides its leader itself
-            # An operator's TransferLeader pins the partition's leader in the
-            # cluster state: balancing respects it instead of undoing it.
-            preferred = r.replicas[0]
-            if state is not None and r.partition < state.partitions:
-                preferred = state.preferred_leader(r.partition)
-                if preferred not in r.replicas:
-                    preferred = r.replicas[0]
-            if preferred == self.node_id:
-                continue
-            st = r.raw.status()
-            pr = st.progress.get(preferred)
-            if pr is not None and pr.recent_active and pr.match >= st.commit:
-                self._enqueue(partial(self._poke, r, r.raw.transfer_leadership, preferred))
+        """Hand led partitions to their preferred replicas (LeaderBalancer.balance)."""
+        self.balancer.balance()
 
-    # ---- replica moves (issue 12) ------------------------------------------
-    #
-    # The control plane moves a replica with three node-side primitives:
-    # prepare_replica on the new node (a blank replica), change_replicas on the
-    # group's leader (learner, catch-up, one joint change), drop_replica on the
-    # node that was removed. Which partitions this node holds is kept on disk
-    # (node.replica_catalog), not recomputed from the configured placement.
+    # ---- membership and replica moves (node.cluster.replica_moves) -------
 
-    def _init_moves(
-        self,
-        catalog: ReplicaCatalog | None,
-        make_state_machine: Callable[[int], PartitionStateMachine],
-        rng_seed: int,
-    ) -> None:
-        self.catalog = catalog if catalog is not None else ReplicaCatalog()
-        self._make_sm = make_state_machine
-        self._rng_seed = rng_seed
-        # partition -> (voters, learners) as the control plane last set them
-        # (set_members): the preference order, and hints for partitions not held.
-        self._members: dict[int, tuple[tuple[int, ...], tuple[int, ...]]] = {}
-        # partition -> nodes a change driven by this leader is removing.
-        self._moves: dict[int, frozenset[int]] = {}
-        self._move_locks: dict[int, asyncio.Lock] = {}
-
-    def _partitions_to_open(self) -> list[tuple[int, bool]]:
-        """(partition, blank) for every replica this node holds, from the
-        catalog (seeded from the placement the first time); a drop a crash
-        interrupted is finished here, and that replica is not opened."""
-        cat = self.catalog
-        if not cat.exists:
-            cat.seed(self.placement.partitions_on(self.node_id))
-        out: list[tuple[int, bool]] = []
-        for p, state in sorted(cat.entries().items()):
-            if state == ReplicaState.DROPPING:
-                log.warning(
-                    "partition %d: a DropReplica did not finish; deleting the rest of its data",
-                    p, extra={"partition": p},
-                )
-                self._delete_partition_sync(p)
-                continue
-            if not 0 <= p < self.cfg.partitions:
-                log.error("partition %d is held by this node but the cluster has %d partitions; "
-                          "not opened", p, self.cfg.partitions)
-                continue
-            out.append((p, state == ReplicaState.BLANK))
-        return out
-
-    def _delete_partition_sync(self, p: int) -> None:
-        self.log_store.destroy_group(p)
-        while self.catalog.delete_some(p):
-            pass
-        self.catalog.compact(p)
-        self.catalog.remove(p)
+    @property
+    def catalog(self) -> ReplicaCatalog:
+        """Which partitions this node holds, on its disk (node.replica_catalog)."""
+        return self.moves.catalog
 
     @staticmethod
     def conf_of(r: Replica) -> ConfState:
         """The replica's applied configuration (conf changes apply with the entries)."""
         return r.raw.raft.trk.conf_state()
 
-    def _sync_members(self, r: Replica) -> None:
-        """Replica.replicas and .learners from the group's applied
-        configuration: voters of the incoming half first, in the preference
-        order (set_members, else the placement), then any others. For an
-        unchanged cluster that is exactly the placement's tuple."""
-        cs = self.conf_of(r)
-        incoming = set(cs.voters)
-        voters = incoming | set(cs.voters_outgoing)
-        known = self._members.get(r.partition)
-        if known is not None:
-            pref = known[0]
-        elif 0 <= r.partition < self.cfg.partitions:
-            pref = self.placement.replicas(r.partition)
-        else:  # the system group (node.cluster): keeps its own order
-            pref = r.replicas
-        rank = {n: k for k, n in enumerate(pref)}
-        r.replicas = tuple(
-            sorted(voters, key=lambda n: (n not in incoming, rank.get(n, len(rank)), n))
-        )
-        r.learners = tuple(sorted((set(cs.learners) | set(cs.learners_next)) - voters))
-
     def set_members(
         self, partition: int, voters: Sequence[int], learners: Sequence[int] = ()
     ) -> None:
-        """The control plane's replica set of a partition: its voters in
-        preference order (the first is the preferred leader) and learners.
-        A replica held here keeps following its group's actual configuration;
-        this orders it, and answers for partitions this node does not hold."""
-        self._members[partition] = (tuple(voters), tuple(learners))
-        r = self.replicas.get(partition)
-        if r is not None and r.raw.has_membership():
-            self._sync_members(r)
+        """The control plane's replica set of a partition (ReplicaMoves.set_members)."""
+        self.moves.set_members(partition, voters, learners)
 
     def members(self, partition: int) -> tuple[int, ...]:
-        """The partition's voters as this node best knows them: its own
-        replica's configuration, else set_members, else the placement."""
-        r = self.replicas.get(partition)
-        if r is not None and r.replicas and not r.broken:
-            return r.replicas
-        known = self._members.get(partition)
-        if known is not None and known[0]:
-            return known[0]
-        if not 0 <= partition < self.cfg.partitions:
-            return ()
-        return self.placement.replicas(partition)
+        """The partition's voters as this node best knows them (ReplicaMoves.members)."""
+        return self.moves.members(partition)
 
     def held_partitions(self) -> list[int]:
         """Every partition this node holds a replica of (in service or not)."""
         return sorted(set(self.replicas) | set(self.broken_at_start))
 
-    def _moving(self, r: Replica) -> bool:
-        return bool(r.learners) or r.partition in self._moves or bool(
-            self.conf_of(r).voters_outgoing
-        )
-
-    def _not_member(self, r: Replica) -> Unavailable:
-        """What a read or write gets from a replica outside its group's
-        configuration: a blank one still waiting for its data, or one removed."""
-        p = r.partition
-        others = [n for n in self.members(p) if n != self.node_id]
-        hint = self.leader_hint(r) or (self._hint_for(others[0]) if others else "")
-        if not r.raw.has_membership():
-            return Unavailable(
-                f"partition {p} on node {self.node_id} is a new replica that has not received "
-                "its data yet (the group's leader sends it a snapshot once it is added); "
-                "use another replica", hint,
-            )
-        return Unavailable(
-            f"node {self.node_id} is no longer in partition {p}'s configuration; its replicas "
-            f"are nodes {','.join(str(n) for n in self.members(p))}", hint,
-        )
-
-    def _check_partition(self, partition: int) -> None:
-        if not 0 <= partition < self.cfg.partitions:
-            raise InvalidArgument(
-                f"partition {partition} does not exist (0..{self.cfg.partitions - 1})"
-            )
-
-    async def _between_turns(self, fn: Callable[[], Any]) -> Any:
-        """Run fn on the writer thread between two Raft turns (the log store
-        is single-threaded and Raft steps read it)."""
-        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._turn_jobs.append((fn, fut))
-        self._wake.set()
-        return await fut
-
-    @contextlib.asynccontextmanager
-    async def _move_lock(self, partition: int, timeout: float) -> Any:
-        lock = self._move_locks.setdefault(partition, asyncio.Lock())
-        try:
-            await asyncio.wait_for(lock.acquire(), max(0.0, timeout))
-        except TimeoutError:
-            raise Unavailable(
-                f"another replica change of partition {partition} is in progress on node "
-                f"{self.node_id}; retry"
-            ) from None
-        try:
-            yield
-        finally:
-            lock.release()
-
     async def prepare_replica(self, partition: int, timeout: float = 10.0) -> bool:
-        """Open a blank replica of the partition here (PrepareReplica). It
-        takes no part in elections and serves nothing until the group's
-        leader, once it adds this node, sends it a snapshot, which carries the
-        membership. True if it was opened now; False if this node already
-        holds the partition (blank or not): safe to retry."""
-        self._check_partition(partition)
-        if partition in self.broken_at_start:
-            raise FailedPrecondition(self.broken_at_start[partition])
-        async with self._move_lock(partition, timeout):
-            if partition in self.replicas:
-                return False
-            if self.catalog.state(partition) == ReplicaState.DROPPING:
-                raise Unavailable(
-                    f"partition {partition} is being dropped from node {self.node_id}; retry "
-                    "once DropReplica finished"
-                )
-
-            def persist() -> bool:
-                if self.log_store.has_group(partition):
-                    return False
-                self.catalog.set(partition, ReplicaState.BLANK)
-                self.log_store.group(partition)
-                return True
-
-            if not await self._between_turns(persist):
-                raise FailedPrecondition(
-                    f"node {self.node_id} has Raft state of partition {partition} without "
-                    "holding it; DropReplica with force=true removes it"
-                )
-            self._open_replica(partition, self._make_sm, self._rng_seed, blank=True)
-            self._wake.set()
-            log.info("partition %d: blank replica opened; waiting for the leader's snapshot",
-                     partition, extra={"partition": partition})
-            return True
+        """PrepareReplica: open a blank replica here (ReplicaMoves.prepare_replica)."""
+        return await self.moves.prepare_replica(partition, timeout)
 
     async def change_replicas(
         self, partition: int, add: Sequence[int], remove: Sequence[int], timeout: float
     ) -> tuple[int, ...]:
-        """On the partition's leader: add each node of `add` as a learner,
-        wait until it has caught up, then make ONE joint change that promotes
-        them and removes `remove`, and wait until the joint configuration is
-        left. Returns the voters. Idempotent: a group already at the target
-        answers at once; a joint configuration or learners left by an earlier
-        attempt are continued from. A leader to be removed hands leadership to
-        a voter that stays and answers UNAVAILABLE with its hint: the caller
-        retries there (see docs in proto/medkv/v1/admin.proto)."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        add_s, rem_s = set(add), set(remove)
-        self._check_partition(partition)
-        for n in sorted(add_s | rem_s):
-            if n not in self.cfg.peers:
-                raise InvalidArgument(f"node {n} is not a member of the cluster")
-        if add_s & rem_s:
-            raise InvalidArgument(
-                f"node(s) {sorted(add_s & rem_s)} both added and removed"
-            )
-        r = self.leader_replica(partition)
-        async with self._move_lock(partition, deadline - loop.time()):
-            self._moves[partition] = frozenset(rem_s)
-            try:
-                return await self._change_replicas(r, add_s, rem_s, deadline)
-            finally:
-                self._moves.pop(partition, None)
-
-    async def _change_replicas(
-        self, r: Replica, add_s: set[int], rem_s: set[int], deadline: float
-    ) -> tuple[int, ...]:
-        p = r.partition
-        await self._wait_conf(r, lambda cs: not cs.voters_outgoing, deadline,
-                              "an earlier change's joint configuration was not left", True)
-        cs = self.conf_of(r)
-        voters = set(cs.voters)
-        target = (voters - rem_s) | add_s
-        if not target:
-            raise FailedPrecondition(
-                f"partition {p}: the change removes every voter ({sorted(voters)})"
-            )
-        drop_learners = rem_s & set(cs.learners)
-        if target == voters and not drop_learners:
-            return r.replicas
-        if not r.is_leader:
-            raise Unavailable(self._not_leader_message(r), self.leader_hint(r))
-        # The node that drives the move prefers the target's voters as leaders.
-        pref = [n for n in r.replicas if n in target] + sorted(target - set(r.replicas))
-        self._members[p] = (tuple(pref), ())
-        self._sync_members(r)
-        if self.node_id in rem_s:
-            staying = [n for n in r.replicas if n in target and n in voters]
-            if staying:
-                new = await self._hand_over(r, staying, deadline)
-                raise Unavailable(
-                    f"partition {p}: node {self.node_id} is to be removed, so it handed "
-                    f"leadership to node {new}, which completes the change: retry there",
-                    self._hint_for(new),
-                )
-            # No voter stays: the joint change removes the leader, which steps
-            # down when the joint configuration is left.
-        for n in sorted(add_s - voters - set(cs.learners)):
-            cc = ConfChange((ConfChangeSingle(ConfChangeType.ADD_LEARNER, n),))
-            await self._propose_conf(r, cc, deadline)
-            await self._wait_conf(r, partial(_has_learner, n), deadline,
-                                  f"node {n} was not added as a learner", True)
-        promote = sorted(target - voters)
-        await self._wait_caught_up(r, promote, deadline)
-        cs = self.conf_of(r)
-        changes = [ConfChangeSingle(ConfChangeType.ADD_VOTER, n) for n in promote]
-        changes += [
-            ConfChangeSingle(ConfChangeType.REMOVE_NODE, n)
-            for n in sorted((set(cs.voters) - target) | (rem_s & set(cs.learners)))
-        ]
-        cc = ConfChange(tuple(changes), ConfChangeTransition.JOINT_IMPLICIT)
-        try:  # checked against the configuration first: a committed bad change breaks the group
-            Changer(r.raw.raft.trk, r.raw.last_index).apply(cc)
-        except ConsensusError as e:
-            raise FailedPrecondition(f"partition {p}: the change cannot apply: {e}") from None
-        await self._propose_conf(r, cc, deadline)
-        await self._wait_conf(
-            r, lambda cs: not cs.voters_outgoing and set(cs.voters) == target, deadline,
-            "the joint configuration was entered but not yet left (leaving is automatic)",
-            False,
-        )
-        log.info("partition %d: voters are now %s", p, sorted(target), extra={"partition": p})
-        return r.replicas
-
-    async def _propose_conf(self, r: Replica, cc: ConfChange, deadline: float) -> None:
-        """Propose a conf change, retrying while another one is still being
-        applied (the core accepts one at a time)."""
-        loop = asyncio.get_running_loop()
-        while True:
-            if not r.is_leader or r.broken:
-                raise Unavailable(self._not_leader_message(r), self.leader_hint(r))
-            fut: asyncio.Future[str] = loop.create_future()
-
-            def op(fut: asyncio.Future[str] = fut) -> None:
-                if fut.done():
-                    return
-                self._dirty.add(r.partition)
-                try:
-                    r.raw.propose_conf_change(cc)
-                except ProposalDropped as e:
-                    fut.set_result(str(e) or type(e).__name__)
-                else:
-                    fut.set_result("")
-
-            self._enqueue(op)
-            try:
-                why = await asyncio.wait_for(fut, max(0.0, deadline - loop.time()))
-            except TimeoutError:
-                why = "not proposed in time"
-            if not why:
-                return
-            if loop.time() >= deadline:
-                raise DeadlineExceeded(
-                    f"partition {r.partition}: a configuration change was not accepted before "
-                    f"the deadline ({why}); retry"
-                )
-            await asyncio.sleep(0.05)
-
-    async def _wait_conf(
-        self, r: Replica, done: Callable[[ConfState], bool], deadline: float, what: str,
-        need_leader: bool,
-    ) -> None:
-        loop = asyncio.get_running_loop()
-        while not done(self.conf_of(r)):
-            if r.broken:
-                raise Unavailable(r.broken)
-            if need_leader and not r.is_leader:
-                raise Unavailable(self._not_leader_message(r), self.leader_hint(r))
-            if loop.time() >= deadline:
-                raise DeadlineExceeded(
-                    f"partition {r.partition}: {what} before the deadline; retry ChangeReplicas "
-                    "to go on from there"
-                )
-            await asyncio.sleep(0.02)
-
-    async def _wait_caught_up(self, r: Replica, nodes: Sequence[int], deadline: float) -> None:
-        """Until each node's log matches the leader's commit index."""
-        loop = asyncio.get_running_loop()
-        while nodes:
-            if not r.is_leader or r.broken:
-                raise Unavailable(self._not_leader_message(r), self.leader_hint(r))
-            st = r.raw.status()
-            behind = [
-                (n, st.progress[n].match if n in st.progress else 0)
-                for n in nodes
-                if n not in st.progress or st.progress[n].match < st.commit
-            ]
-            if not behind:
-                return
-            if loop.time() >= deadline:
-                shown = ", ".join(f"node {n} at index {m}" for n, m in behind)
-                raise DeadlineExceeded(
-                    f"partition {r.partition}: learner(s) not caught up with commit index "
-                    f"{st.commit} before the deadline ({shown}); they stay learners: retry "
-                    "ChangeReplicas to go on"
-                )
-            await asyncio.sleep(0.05)
-
-    async def _hand_over(self, r: Replica, staying: Sequence[int], deadline: float) -> int:
-        """Transfer leadership to the most up-to-date voter of `staying`."""
-        loop = asyncio.get_running_loop()
-        st = r.raw.status()
-
-        def ready(n: int) -> bool:
-            pr = st.progress.get(n)
-            return pr is not None and pr.recent_active and pr.match >= st.commit
-
-        target = sorted(staying, key=lambda n: (not ready(n), staying.index(n)))[0]
-        retry_every = self.cfg.raft.election_ticks * self.cfg.raft.tick_ms / 1000.0
-        next_try = 0.0
-        while loop.time() < deadline:
-            if r.leader and r.leader != self.node_id:
-                return r.leader
-            if r.is_leader and loop.time() >= next_try:
-                self._enqueue(partial(self._poke, r, r.raw.transfer_leadership, target))
-                next_try = loop.time() + retry_every
-            await asyncio.sleep(0.05)
-        raise DeadlineExceeded(
-            f"partition {r.partition}: leadership was not handed to node {target} before the "
-            "deadline; retry"
-        )
+        """ChangeReplicas on the leader (ReplicaMoves.change_replicas)."""
+        return await self.moves.change_replicas(partition, add, remove, timeout)
 
     async def drop_replica(self, partition: int, force: bool = False) -> bool:
-        """Delete this node's replica of the partition (DropReplica): stop it,
-        then its Raft state and data, crash-safely (a tombstone in the catalog
-        is written first; a start that finds it finishes the deletion and does
-        not reopen the replica). Refused while this node is in the replica's
-        last known configuration, unless force. False: nothing was held."""
-        self._check_partition(partition)
-        r = self.replicas.get(partition)
-        if r is None and partition not in self.broken_at_start and (
-            self.catalog.state(partition) is None
-        ):
-            return False
-        if not force:
-            if r is None or r.broken:
-                raise FailedPrecondition(
-                    f"partition {partition} on node {self.node_id} is out of service: its "
-                    "configuration cannot be checked; force=true drops it anyway"
-                )
-            cs = self.conf_of(r)
-            if self.node_id in {*cs.voters, *cs.voters_outgoing, *cs.learners,
-                                *cs.learners_next}:
-                raise FailedPrecondition(
-                    f"node {self.node_id} is still in partition {partition}'s configuration as "
-                    f"this replica last knew it (voters {sorted(cs.voters)}, outgoing "
-                    f"{sorted(cs.voters_outgoing)}, learners {sorted(cs.learners)}); remove it "
-                    "with ChangeReplicas first, or force=true if the group removed it and this "
-                    "replica never learnt it"
-                )
-        if r is not None and (r.installing or self.snapshots.busy(partition)):
-            raise Unavailable(
-                f"partition {partition} on node {self.node_id} is receiving or installing a "
-                "snapshot; retry"
-            )
-        async with self._move_lock(partition, 10.0):
-            # Out of service first (nothing is served or applied from here on),
-            # then the tombstone, then the data.
-            if r is not None and self.replicas.get(partition) is r:
-                others = tuple(n for n in r.replicas if n != self.node_id)
-                if others:
-                    self._members.setdefault(partition, (others, ()))
-                del self.replicas[partition]
-                self.groups.pop(partition, None)
-                r.broken = f"partition {partition} was dropped from node {self.node_id}"
-                r.role, r.leader = StateRole.FOLLOWER, 0
-                err = self._out_of_service(partition, r.broken)
-                self._fail_waiters(r, err)
-                for _, _, fut in r.applied_waiters:
-                    if not fut.done():
-                        fut.set_exception(err)
-                r.applied_waiters.clear()
-            self.broken_at_start.pop(partition, None)
-            self._dirty.discard(partition)
-            await self._between_turns(
-                lambda: self.catalog.set(partition, ReplicaState.DROPPING)
-            )
-            await self._between_turns(lambda: self.log_store.destroy_group(partition))
-            while await self._between_turns(lambda: self.catalog.delete_some(partition)):
-                pass
-            # An open read snapshot keeps deleted versions in the files.
-            reg = self.catalog.read_snapshots
-            await reg.end_older_than(reg.cutoff(), 2.0)
-            await asyncio.get_running_loop().run_in_executor(None, self.catalog.compact, partition)
-            await self._between_turns(lambda: self.catalog.remove(partition))
-        log.info("partition %d: replica dropped from this node, its data deleted", partition,
-                 extra={"partition": partition})
-        return True
-
-    def status_of(self, r: Replica) -> dict[str, Any]:
-        st = r.raw.status()
-        return {
-            "partition": r.partition,
-            "replicas": list(r.replicas),
-            "leader": r.leader,
-            "role": r.role,
-            "term": st.term,
-            "commit": st.commit,
-            "applied": r.applied,
-            "progress": {nid: (p.match, p.recent_active) for nid, p in st.progress.items()},
-            "broken": r.broken,
-        }
-
-
-def _has_learner(node: int, cs: ConfState) -> bool:
-    return node in cs.learners
+        """DropReplica: delete this node's replica (ReplicaMoves.drop_replica)."""
+        return await self.moves.drop_replica(partition, force)
 
 
 def log_refusal(sender: int, e: NodeError) -> None:

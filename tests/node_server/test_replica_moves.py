@@ -321,7 +321,7 @@ def test_a_learner_that_cannot_catch_up_times_out_and_a_retry_finishes(tmp_path:
             cs = leader.replicas[p].raw.status().conf_state
             assert d in cs.learners and set(cs.voters) == set(placed)  # left in place
             assert leader.replicas[p].learners == (d,)  # status shows it in motion
-            assert leader._moving(leader.replicas[p])  # leader balancing leaves it alone
+            assert leader.moves.moving(leader.replicas[p])  # leader balancing leaves it alone
             net.down.discard(d)
             voters = await change(net, p, [d], [c])
             assert set(voters) == (set(placed) - {c}) | {d}

@@ -511,7 +511,7 @@ def test_the_log_is_dropped_even_when_a_snapshot_at_the_erasure_is_stored_alread
             data = r.sm.snapshot()
             loop = asyncio.get_running_loop()
             done: asyncio.Future[Any] = loop.create_future()
-            # What _maybe_snapshot stores, between two turns, without compacting.
+            # What SnapshotPolicy.maybe_snapshot stores, between two turns, without compacting.
             node.host._turn_jobs.append(
                 (lambda: node.layout.log_store.create_snapshot(0, at, conf, data), done)
             )
