@@ -72,6 +72,13 @@ proxies of jepsen_like: a JSON object
 
 written into each node's [[peers]] `address` and `client_address`. Links
 left out keep the direct address. The nodes still listen on base_port + i.
+The file may name ids past --nodes: links for nodes `add-node` starts later
+(the new node dials its peers, and clients dial it, through them; the
+members dial it at base_port + i, the address the cluster state records).
+
+Node ids are never reused: `add-node` appends N+1 even when some earlier node
+was decommissioned or removed (`medkv node decommission` / `node remove
+--dead`); `status` lists such a node as stopped, and `down` skips it.
 """
 
 from __future__ import annotations
@@ -656,19 +663,23 @@ def load_links(path: str, nodes: int) -> dict[str, dict[str, Any]]:
         raise ClusterError(f"the links file {path} is not JSON: {exc}") from None
     if not isinstance(raw, dict) or set(raw) - {"peers", "clients"}:
         raise ClusterError('the links file must be an object with "peers" and/or "clients"')
-    ids = {str(n) for n in range(1, nodes + 1)}
+    # Ids past --nodes are allowed: links for nodes `add-node` starts later
+    # (their proxies exist before they do).
+    def is_id(text: Any) -> bool:
+        return isinstance(text, str) and text.isdigit() and int(text) >= 1
+
     peers = raw.get("peers", {})
     clients = raw.get("clients", {})
     if not isinstance(peers, dict) or not isinstance(clients, dict):
         raise ClusterError('"peers" and "clients" must be objects keyed by node id')
     for src, row in peers.items():
-        if src not in ids or not isinstance(row, dict):
+        if not is_id(src) or not isinstance(row, dict):
             raise ClusterError(f"links file: peers[{src!r}] is not a node of this cluster")
         for dst, address in row.items():
-            if dst not in ids or not _is_address(address):
+            if not is_id(dst) or not _is_address(address):
                 raise ClusterError(f"links file: peers[{src!r}][{dst!r}] must be host:port")
     for dst, address in clients.items():
-        if dst not in ids or not _is_address(address):
+        if not is_id(dst) or not _is_address(address):
             raise ClusterError(f"links file: clients[{dst!r}] must be host:port of a node")
     return {"peers": peers, "clients": clients}
 
@@ -871,8 +882,9 @@ def cmd_add_node(args: argparse.Namespace) -> int:
     running members, waiting until it is active."""
     cluster = Cluster(Path(args.data_dir))
     old = cluster.load()
-    if old.links:
-        raise ClusterError("add-node does not support a cluster started with --links-file")
+    # With a --links-file, the new node dials its peers and clients dial it
+    # through the file's links for its id (written before it existed); the
+    # members dial it at its own address (the one the cluster state records).
     layout = dataclasses.replace(old, nodes=old.nodes + 1)
     new = layout.nodes
     if not _port_free(layout.host, layout.base_port + new):
