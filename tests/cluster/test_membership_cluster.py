@@ -14,6 +14,7 @@ node, or a replacement that never catches up fails the test.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -227,6 +228,14 @@ def test_grow_shrink_and_replace_under_a_workload(tmp_path: Path) -> None:
                         assert time.monotonic() < deadline, f"node {node} did not catch up"
                         time.sleep(0.2)
                     assert got == value, f"node {node}: {pid} differs"
+        # scripts/cluster still lists every node it ever started (ids are never
+        # reused), the dead one stopped, and answers through the live ones.
+        status = c.run("status", "--json", timeout=60)
+        assert status.returncode == 0, status.stderr
+        processes = {p["node"]: p["state"] for p in json.loads(status.stdout)["processes"]}
+        assert sorted(processes) == [1, 2, 3, 4, 5, 6] and processes[5] == "stopped", processes
+        assert all(processes[n] == "running" for n in (1, 4, 6)), processes
+        print(f"scripts/cluster status: {processes}")
         old = [pid for pid in work.acked if pid < "wl-00020"]
         assert any(6 in table.replicas[table.partition_of(pid)] for pid in old), \
             "node 6 holds none of the first records: the catch-up check proves nothing"
