@@ -170,6 +170,10 @@ class Layout:
     links: dict[str, dict[str, Any]] | None = None
     # Node i serves Prometheus metrics on host:(metrics_base_port + i); None: off.
     metrics_base_port: int | None = None
+    # Nodes the cluster removed (`medkv node decommission` / `node remove
+    # --dead`), as this script learned it (`down`, or a node refusing to start
+    # as a non-member): `up` no longer starts them. Their ids stay taken.
+    removed: list[int] = field(default_factory=list)
 
     def tls(self) -> TlsConfig | None:
         """The client's side of the cluster's TLS, if it has any."""
@@ -181,8 +185,12 @@ class Layout:
     def address(self, node: int) -> str:
         return f"{self.host}:{self.base_port + node}"
 
+    def member_ids(self) -> list[int]:
+        """The nodes not known to be removed (what `up` starts, clients dial)."""
+        return [n for n in self.node_ids() if n not in self.removed]
+
     def addresses(self) -> list[str]:
-        return [self.address(n) for n in self.node_ids()]
+        return [self.address(n) for n in self.member_ids()]
 
     def metrics_address(self, node: int) -> str | None:
         if self.metrics_base_port is None:
@@ -293,7 +301,7 @@ class Cluster:
             lines.append(f"key_file = {q(layout.key_file)}")
         if not layout.secure:
             lines.append("insecure = true  # scripts/cluster up --insecure: no TLS, no tokens")
-        for peer in layout.node_ids():
+        for peer in layout.member_ids():
             lines += ["", "[[peers]]", f"id = {peer}", f"address = {q(layout.peer_address(node, peer))}"]
             client_address = layout.client_address(peer)
             if client_address is not None:
@@ -517,6 +525,42 @@ def _exited(cluster: Cluster, node: int, process: subprocess.Popen[bytes] | None
     )
 
 
+def _check_started(
+    cluster: Cluster, layout: Layout, started_now: dict[int, subprocess.Popen[bytes]]
+) -> None:
+    """Raise if a node `up` relies on is gone. A node that exited because the
+    cluster removed it (it says "is not a member of cluster") is recorded in
+    layout.removed instead, so later commands leave it alone."""
+    for n in layout.member_ids():
+        why = _exited(cluster, n, started_now.get(n))
+        if why is None:
+            continue
+        if n in started_now and "is not a member of cluster" in _tail(cluster.log_path(n), 5):
+            layout.removed[:] = sorted({*layout.removed, n})  # frozen layout, its list
+            cluster.save(layout)
+            note(f"node {n} was removed from the cluster: not started again "
+                 "(its id is not reused)")
+            continue
+        raise ClusterError(why)
+
+
+def record_removed(cluster: Cluster, layout: Layout) -> None:
+    """Ask the running members which nodes the cluster removed and remember
+    them in cluster.json (best effort: nothing changes when none answers)."""
+    if not layout.member_ids() or not any(cluster.pid(n) for n in layout.member_ids()):
+        return
+    policy = RetryPolicy(timeout=3.0, attempt_timeout=1.0)
+    try:
+        with cluster.client(layout, layout.addresses(), policy) as kv:
+            members = kv.list_nodes().members
+    except (MedkvError, ClusterError):
+        return
+    gone = {m.node_id for m in members if m.state == "removed"} & set(layout.node_ids())
+    if gone - set(layout.removed):
+        layout.removed[:] = sorted({*layout.removed, *gone})
+        cluster.save(layout)
+
+
 def wait_for_leaders(
     cluster: Cluster,
     layout: Layout,
@@ -529,10 +573,7 @@ def wait_for_leaders(
     last_report = 0.0
     summary = "no node answered yet"
     while True:
-        for n in layout.node_ids():
-            why = _exited(cluster, n, started_now.get(n))
-            if why is not None:
-                raise ClusterError(why)
+        _check_started(cluster, layout, started_now)
         try:
             status = _status(cluster, layout, timeout=1.0)
         except MedkvError:
@@ -541,7 +582,8 @@ def wait_for_leaders(
             led = partitions_with_leader(status)
             up = sum(1 for n in status.nodes if n.up)
             summary = (
-                f"{led}/{layout.partitions} partitions have a leader, {up}/{layout.nodes} nodes up"
+                f"{led}/{layout.partitions} partitions have a leader, "
+                f"{up}/{len(layout.member_ids())} nodes up"
             )
             if led == layout.partitions and len(status.partition_info) == layout.partitions:
                 note(f"cluster ready in {time.monotonic() - started:.1f}s: {summary}")
@@ -570,13 +612,10 @@ def init_cluster(
     deadline = started + timeout
     summary = "node 1 did not answer yet"
     while True:
-        for n in layout.node_ids():
-            why = _exited(cluster, n, started_now.get(n))
-            if why is not None:
-                raise ClusterError(why)
+        _check_started(cluster, layout, started_now)
         policy = RetryPolicy(timeout=2.0, attempt_timeout=1.0)
         try:
-            with cluster.client(layout, layout.address(1), policy) as kv:
+            with cluster.client(layout, layout.addresses()[0], policy) as kv:
                 reply = kv.init_cluster(partitions=layout.partitions, replication=layout.replicas)
         except MedkvError as e:
             if e.code is not None and e.code.name not in ("UNAVAILABLE", "DEADLINE_EXCEEDED"):
@@ -811,6 +850,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         raise ClusterError("--metrics-base-port must leave room for the node ports and not "
                            "overlap the gRPC ports")
     secure = not args.insecure
+    old: Layout | None = None
     if (cluster.dir / STATE_FILE).exists():
         old = cluster.load()
         running = [n for n in old.node_ids() if cluster.pid(n) is not None]
@@ -844,9 +884,10 @@ def cmd_up(args: argparse.Namespace) -> int:
         auth_dir=_ensure_auth(cluster) if secure else None,
         links=load_links(args.links_file, args.nodes) if args.links_file else None,
         metrics_base_port=mbase,
+        removed=old.removed if old is not None else [],
     )
     cluster.save(layout)
-    to_start = [n for n in layout.node_ids() if cluster.pid(n) is None]
+    to_start = [n for n in layout.member_ids() if cluster.pid(n) is None]
     busy = [
         layout.address(n) for n in to_start if not _port_free(layout.host, layout.base_port + n)
     ]
@@ -855,7 +896,7 @@ def cmd_up(args: argparse.Namespace) -> int:
                  if not _port_free(layout.host, mbase + n)]
     if busy:
         raise ClusterError(f"address(es) already in use: {', '.join(busy)} (choose --base-port)")
-    for n in layout.node_ids():
+    for n in layout.member_ids():
         cluster.write_config(layout, n)
     started: dict[int, subprocess.Popen[bytes]] = {}
     for n in to_start:
@@ -922,7 +963,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     layout = cluster.load()
     processes = [
         {"node": n, "address": layout.address(n), "pid": cluster.pid(n), "state": cluster.state(n),
-         "metrics": layout.metrics_url(n)}
+         "metrics": layout.metrics_url(n), "removed": n in layout.removed}
         for n in layout.node_ids()
     ]
     reason = ""
@@ -943,7 +984,9 @@ def cmd_status(args: argparse.Namespace) -> int:
         for p in processes:
             pid = p["pid"] if p["pid"] is not None else "-"
             metrics = f"  metrics {p['metrics']}" if p["metrics"] else ""
-            print(f"  node {p['node']:<3} {p['address']:<21} {p['state']:<8} pid {pid}{metrics}")
+            removed = "  (removed from the cluster)" if p["removed"] else ""
+            print(f"  node {p['node']:<3} {p['address']:<21} {p['state']:<8} pid {pid}{metrics}"
+                  f"{removed}")
         print()
         print(render_status(status) if status is not None else f"no node answered: {reason}")
     return 0 if status is not None else 1
@@ -1011,6 +1054,7 @@ def _duration(text: str) -> float:
 def cmd_down(args: argparse.Namespace) -> int:
     cluster = Cluster(Path(args.data_dir))
     layout = cluster.load()
+    record_removed(cluster, layout)  # so the next `up` does not start them
     running = [n for n in layout.node_ids() if cluster.pid(n) is not None]
     cluster.stop(layout.node_ids(), args.grace)
     note(f"stopped {len(running)} node(s); data kept in {cluster.dir}")
