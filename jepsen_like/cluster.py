@@ -99,6 +99,10 @@ class ClusterSpec:
     raft: Mapping[str, int] = field(default_factory=dict)
     lossy_unsynced_writes: bool = False
     unsafe_skip_raft_fsync: bool = False  # planted bug (nemesis planted-skip-fsync)
+    # Ids past `nodes` that `scripts/cluster add-node` may start during the run
+    # (nemesis membership): their ports are reserved and their proxies made
+    # up front, so a joining node sits behind the fault proxies too.
+    spare_nodes: int = 0
     up_timeout: float = 90.0
 
 
@@ -155,7 +159,10 @@ class ProxiedCluster:
         self.spec = spec
         self.seed = seed
         self.log = log
+        # The members now: grows with add_node(), shrinks with forget().
         self.node_ids = list(range(1, spec.nodes + 1))
+        # Every id this run may use (the spares included): proxies and logs.
+        self.all_ids = list(range(1, spec.nodes + spec.spare_nodes + 1))
         self.base_port = 0
         self.net: ProxyNet | None = None
         self._started = False
@@ -182,11 +189,12 @@ class ProxiedCluster:
     def links_document(self) -> dict[str, Any]:
         """The --links-file of scripts/cluster: every link through its proxy."""
         net = self.network
+        ids = self.all_ids
         peers = {
-            str(i): {str(j): "{}:{}".format(*net.peer_address(i, j)) for j in self.node_ids if j != i}
-            for i in self.node_ids
+            str(i): {str(j): "{}:{}".format(*net.peer_address(i, j)) for j in ids if j != i}
+            for i in ids
         }
-        clients = {str(j): "{}:{}".format(*net.client_address(j)) for j in self.node_ids}
+        clients = {str(j): "{}:{}".format(*net.client_address(j)) for j in ids}
         return {"peers": peers, "clients": clients}
 
     # -- credentials -------------------------------------------------------
@@ -235,7 +243,7 @@ class ProxiedCluster:
     def copy_logs(self, dest: Path) -> None:
         """Keep every node log with the run's results (the data dir may be removed)."""
         dest.mkdir(parents=True, exist_ok=True)
-        for n in self.node_ids:
+        for n in self.all_ids:
             if self.log_path(n).exists():
                 shutil.copyfile(self.log_path(n), dest / f"node-{n}.log")
 
@@ -294,9 +302,9 @@ class ProxiedCluster:
         """Proxies first (the nodes dial them from their first second), then the nodes."""
         rng = random.Random(self.seed)
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        self.base_port = free_base_port(self.spec.nodes, rng)
+        self.base_port = free_base_port(len(self.all_ids), rng)
         self.net = ProxyNet(
-            {n: (HOST, self.base_port + n) for n in self.node_ids}, seed=self.seed
+            {n: (HOST, self.base_port + n) for n in self.all_ids}, seed=self.seed
         )
         await self.net.start()
         self._started = True
@@ -365,6 +373,57 @@ class ProxiedCluster:
             timeout=timeout + 30.0,
         )
 
+    async def add_node(self, timeout: float = 90.0) -> int:
+        """`scripts/cluster add-node`: the next id starts and joins; returns it
+        once it is active. Raises when no spare id is left (spec.spare_nodes)."""
+        if not self.spare_ids():
+            raise ClusterError("no spare node id left (ClusterSpec.spare_nodes)")
+        await self.script("add-node", "--timeout", str(timeout), timeout=timeout + 30.0)
+        layout = json.loads((self.data_dir / "cluster.json").read_text())
+        node = int(layout["nodes"])
+        if node not in self.node_ids:
+            self.node_ids.append(node)
+        return node
+
+    def spare_ids(self) -> list[int]:
+        """Ids add_node may still start (never a used one: ids are not reused)."""
+        try:
+            used = int(json.loads((self.data_dir / "cluster.json").read_text())["nodes"])
+        except (OSError, ValueError, KeyError):
+            used = self.spec.nodes
+        return [n for n in self.all_ids if n > used]
+
+    def forget(self, node: int) -> None:
+        """The node is no member any more (decommissioned, or removed as dead):
+        nemeses, healing and the recovery check leave it alone from now on."""
+        if node in self.node_ids:
+            self.node_ids.remove(node)
+
+    async def medkv(self, *args: str, timeout: float = 60.0) -> str:
+        """The operator CLI (`python -m client.cli`) against a live member,
+        directly (not through a proxy); returns stdout, raises on failure."""
+        env = {**self.node_environment(), **self.env(),
+               "PYTHONPATH": str(ROOT)}
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "client.cli",
+            "--addr", ",".join(self.direct_address(n) for n in self.node_ids),
+            "--timeout", str(min(timeout, 30.0)), *args,
+            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE, cwd=str(ROOT), env=env,
+        )
+        try:
+            out, err = await asyncio.wait_for(proc.communicate(), timeout)
+        except (TimeoutError, asyncio.CancelledError):
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            with contextlib.suppress(TimeoutError, asyncio.CancelledError):
+                await asyncio.wait_for(proc.wait(), 5.0)
+            raise ClusterError(f"medkv {' '.join(args)} did not finish within {timeout:g}s") from None
+        if proc.returncode != 0:
+            last = err.decode(errors="replace").strip().splitlines()[-3:]
+            raise ClusterError(f"medkv {' '.join(args)} failed: " + " | ".join(last))
+        return out.decode(errors="replace")
+
     async def pause(self, node: int) -> None:
         await self.script("pause-node", str(node), timeout=30.0)
 
@@ -420,7 +479,7 @@ class ProxiedCluster:
             return False, f"node {via} did not answer"
         down = down_nodes(status)
         led = sum(1 for p in status.partition_info if has_live_leader(p, down))
-        up = sum(1 for n in status.nodes if n.up)
+        up = sum(1 for n in status.nodes if n.up and n.node.node_id in self.node_ids)
         ok = (
             up == len(self.node_ids)
             and led == self.spec.partitions

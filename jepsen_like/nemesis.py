@@ -15,6 +15,8 @@ the fault, while every node still sees every other.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import random
 import shutil
 import time
@@ -30,7 +32,7 @@ from jepsen_like.bitflip import (
     partitions_with_records,
     probe_replica,
 )
-from jepsen_like.cluster import ProxiedCluster
+from jepsen_like.cluster import ClusterError, ProxiedCluster
 from jepsen_like.history import Op
 from jepsen_like.proxy import Link
 
@@ -89,6 +91,8 @@ class Nemesis(ABC):
     skip_fsync: ClassVar[bool] = False
     # True: outside medkv's failure model; used only to prove the suite finds bugs.
     planted: ClassVar[bool] = False
+    # Node ids past --nodes this nemesis may start (ClusterSpec.spare_nodes).
+    spare_nodes: ClassVar[int] = 0
 
     @abstractmethod
     async def begin(self, ctx: NemesisContext) -> str:
@@ -413,6 +417,102 @@ class Bitflip(Nemesis):
         }
 
 
+# -- membership ---------------------------------------------------------------
+
+
+class Membership(Nemesis):
+    """The cluster's members change under the workload, as an operator changes
+    them: each window does the next of add, decommission, replace.
+
+    - add: `scripts/cluster add-node` starts the next id and makes it a
+      member (waits until active); replicas then move onto it.
+    - decommission: `medkv node decommission ID --no-wait` on a random
+      member; the window's end waits until it is removed (its replicas moved
+      off through learners and joint changes), then stops its process.
+    - replace: a random member is killed for good (`scripts/cluster
+      kill-node`), a new node is added in its place, and the dead one removed
+      with `medkv node remove ID --dead --no-wait` (its replicas re-created
+      elsewhere); the end waits until it is removed.
+
+    A step that would leave fewer active members than replicas (the cluster
+    refuses it) or needs a spare id when none is left falls back to one that
+    can run. Everything goes through scripts/cluster and the CLI, never node
+    internals; the checkers then judge the history as for any fault.
+    """
+
+    name = "membership"
+    spare_nodes = 4  # two add/replace cycles
+    ACTIONS = ("add", "decommission", "replace")
+    SETTLE_S = 120.0
+
+    def __init__(self) -> None:
+        self._step = 0
+        self._leaving: list[tuple[str, int]] = []  # (how, node) the end waits for
+
+    async def begin(self, ctx: NemesisContext) -> str:
+        replicas = ctx.cluster.spec.replicas
+        spare = bool(ctx.cluster.spare_ids())
+        wanted = self.ACTIONS[self._step % len(self.ACTIONS)]
+        self._step += 1
+        # Enough active members for R replicas after one leaves?
+        can_shrink = len(ctx.nodes) > replicas
+        order = [wanted, *(a for a in self.ACTIONS if a != wanted)]
+        for action in order:
+            if action == "add" and spare:
+                node = await ctx.cluster.add_node()
+                return f"added node {node}"
+            if action == "decommission" and can_shrink:
+                victim = ctx.rng.choice(ctx.nodes)
+                await ctx.cluster.medkv("node", "decommission", str(victim), "--no-wait")
+                self._leaving.append(("decommission", victim))
+                return f"decommissioning node {victim}"
+            if action == "replace" and (spare or can_shrink):
+                victim = ctx.rng.choice(ctx.nodes)
+                await ctx.cluster.kill(victim)
+                ctx.cluster.forget(victim)  # gone for good: nobody restarts it
+                detail = f"killed node {victim} for good"
+                if spare:
+                    node = await ctx.cluster.add_node()
+                    detail += f", added node {node}"
+                await ctx.cluster.medkv("node", "remove", str(victim), "--dead", "--no-wait")
+                self._leaving.append(("remove --dead", victim))
+                return detail + f", removing node {victim} (--dead)"
+        return "no membership change possible (no spare id, too few members)"
+
+    async def end(self, ctx: NemesisContext) -> str:
+        leaving, self._leaving = self._leaving, []
+        parts = []
+        for how, node in leaving:
+            t0 = time.monotonic()
+            removed = await self._wait_removed(ctx, node)
+            took = time.monotonic() - t0
+            if not removed:
+                ctx.notes.append(f"membership: node {node} ({how}) not removed within "
+                                 f"{self.SETTLE_S:g}s")
+                parts.append(f"; node {node} NOT removed within {self.SETTLE_S:g}s")
+                continue
+            ctx.cluster.forget(node)
+            if how == "decommission":
+                # A removed node serves nothing: stop it (a kill is fine now).
+                with contextlib.suppress(ClusterError):
+                    await ctx.cluster.kill(node)
+            parts.append(f"; node {node} removed ({how}) after {took:.0f}s")
+        return "".join(parts)
+
+    async def _wait_removed(self, ctx: NemesisContext, node: int) -> bool:
+        deadline = time.monotonic() + self.SETTLE_S
+        while time.monotonic() < deadline:
+            try:
+                doc = json.loads(await ctx.cluster.medkv("--json", "node", "list", timeout=30.0))
+            except (ClusterError, ValueError):
+                doc = {}
+            states = {m.get("node"): m.get("state") for m in doc.get("members", [])}
+            if states.get(node) == "removed":
+                return True
+            await asyncio.sleep(1.0)
+        return False
+
+
 class DiskRollback(Nemesis):
     """PLANTED BUG, outside the failure model: every node's disk travels back in
     time (images taken while all nodes were paused, restored after a kill -9),
@@ -470,6 +570,7 @@ NEMESES: dict[str, type[Nemesis]] = {
         Bitflip,
         DiskRollback,
         SkipFsyncKill,
+        Membership,
     )
 }
 # What `--nemesis all` and the soak matrix mean: everything inside the failure model.

@@ -110,6 +110,7 @@ class Run:
             replicas=cfg.replicas,
             lossy_unsynced_writes=any(n.lossy_disk for n in self.nemeses),
             unsafe_skip_raft_fsync=any(n.skip_fsync for n in self.nemeses),
+            spare_nodes=sum(n.spare_nodes for n in self.nemeses),
         )
         self.cluster = ProxiedCluster(self.out / "cluster", self.spec, seed=cfg.seed, log=self.say)
         self.ctx = RunContext(

@@ -319,7 +319,8 @@ class Node:
 
     async def init_cluster(self, request: admin_pb2.InitClusterRequest) -> admin_pb2.InitClusterResponse:
         """InitCluster on a member: hand the initial state to members that lack it."""
-        return await init_cluster(self.cfg, self.cluster_store, request, self.channel_to)
+        return await init_cluster(self.cfg, self.cluster_store, request, self.channel_to,
+                                  self.cluster.state)
 
     def peer_admin(self, peer: int) -> admin_pb2_grpc.AdminStub:
         ch = self._peer_channels.get(peer)

@@ -72,6 +72,13 @@ proxies of jepsen_like: a JSON object
 
 written into each node's [[peers]] `address` and `client_address`. Links
 left out keep the direct address. The nodes still listen on base_port + i.
+The file may name ids past --nodes: links for nodes `add-node` starts later
+(the new node dials its peers, and clients dial it, through them; the
+members dial it at base_port + i, the address the cluster state records).
+
+Node ids are never reused: `add-node` appends N+1 even when some earlier node
+was decommissioned or removed (`medkv node decommission` / `node remove
+--dead`); `status` lists such a node as stopped, and `down` skips it.
 """
 
 from __future__ import annotations
@@ -165,6 +172,10 @@ class Layout:
     metrics_base_port: int | None = None
     # How many of the nodes `add-node` appended after `up` (the last ones).
     added: int = 0
+    # Nodes the cluster removed (`medkv node decommission` / `node remove
+    # --dead`), as this script learned it (`down`, or a node refusing to start
+    # as a non-member): `up` no longer starts them. Their ids stay taken.
+    removed: list[int] = field(default_factory=list)
 
     def tls(self) -> TlsConfig | None:
         """The client's side of the cluster's TLS, if it has any."""
@@ -176,8 +187,12 @@ class Layout:
     def address(self, node: int) -> str:
         return f"{self.host}:{self.base_port + node}"
 
+    def member_ids(self) -> list[int]:
+        """The nodes not known to be removed (what `up` starts, clients dial)."""
+        return [n for n in self.node_ids() if n not in self.removed]
+
     def addresses(self) -> list[str]:
-        return [self.address(n) for n in self.node_ids()]
+        return [self.address(n) for n in self.member_ids()]
 
     def metrics_address(self, node: int) -> str | None:
         if self.metrics_base_port is None:
@@ -288,7 +303,7 @@ class Cluster:
             lines.append(f"key_file = {q(layout.key_file)}")
         if not layout.secure:
             lines.append("insecure = true  # scripts/cluster up --insecure: no TLS, no tokens")
-        for peer in layout.node_ids():
+        for peer in layout.member_ids():
             lines += ["", "[[peers]]", f"id = {peer}", f"address = {q(layout.peer_address(node, peer))}"]
             client_address = layout.client_address(peer)
             if client_address is not None:
@@ -512,6 +527,42 @@ def _exited(cluster: Cluster, node: int, process: subprocess.Popen[bytes] | None
     )
 
 
+def _check_started(
+    cluster: Cluster, layout: Layout, started_now: dict[int, subprocess.Popen[bytes]]
+) -> None:
+    """Raise if a node `up` relies on is gone. A node that exited because the
+    cluster removed it (it says "is not a member of cluster") is recorded in
+    layout.removed instead, so later commands leave it alone."""
+    for n in layout.member_ids():
+        why = _exited(cluster, n, started_now.get(n))
+        if why is None:
+            continue
+        if n in started_now and "is not a member of cluster" in _tail(cluster.log_path(n), 5):
+            layout.removed[:] = sorted({*layout.removed, n})  # frozen layout, its list
+            cluster.save(layout)
+            note(f"node {n} was removed from the cluster: not started again "
+                 "(its id is not reused)")
+            continue
+        raise ClusterError(why)
+
+
+def record_removed(cluster: Cluster, layout: Layout) -> None:
+    """Ask the running members which nodes the cluster removed and remember
+    them in cluster.json (best effort: nothing changes when none answers)."""
+    if not layout.member_ids() or not any(cluster.pid(n) for n in layout.member_ids()):
+        return
+    policy = RetryPolicy(timeout=3.0, attempt_timeout=1.0)
+    try:
+        with cluster.client(layout, layout.addresses(), policy) as kv:
+            members = kv.list_nodes().members
+    except (MedkvError, ClusterError):
+        return
+    gone = {m.node_id for m in members if m.state == "removed"} & set(layout.node_ids())
+    if gone - set(layout.removed):
+        layout.removed[:] = sorted({*layout.removed, *gone})
+        cluster.save(layout)
+
+
 def wait_for_leaders(
     cluster: Cluster,
     layout: Layout,
@@ -524,10 +575,7 @@ def wait_for_leaders(
     last_report = 0.0
     summary = "no node answered yet"
     while True:
-        for n in layout.node_ids():
-            why = _exited(cluster, n, started_now.get(n))
-            if why is not None:
-                raise ClusterError(why)
+        _check_started(cluster, layout, started_now)
         try:
             status = _status(cluster, layout, timeout=1.0)
         except MedkvError:
@@ -536,7 +584,8 @@ def wait_for_leaders(
             led = partitions_with_leader(status)
             up = sum(1 for n in status.nodes if n.up)
             summary = (
-                f"{led}/{layout.partitions} partitions have a leader, {up}/{layout.nodes} nodes up"
+                f"{led}/{layout.partitions} partitions have a leader, "
+                f"{up}/{len(layout.member_ids())} nodes up"
             )
             if led == layout.partitions and len(status.partition_info) == layout.partitions:
                 note(f"cluster ready in {time.monotonic() - started:.1f}s: {summary}")
@@ -565,13 +614,10 @@ def init_cluster(
     deadline = started + timeout
     summary = "node 1 did not answer yet"
     while True:
-        for n in layout.node_ids():
-            why = _exited(cluster, n, started_now.get(n))
-            if why is not None:
-                raise ClusterError(why)
+        _check_started(cluster, layout, started_now)
         policy = RetryPolicy(timeout=2.0, attempt_timeout=1.0)
         try:
-            with cluster.client(layout, layout.address(1), policy) as kv:
+            with cluster.client(layout, layout.addresses()[0], policy) as kv:
                 reply = kv.init_cluster(partitions=layout.partitions, replication=layout.replicas)
         except MedkvError as e:
             if e.code is not None and e.code.name not in ("UNAVAILABLE", "DEADLINE_EXCEEDED"):
@@ -658,19 +704,23 @@ def load_links(path: str, nodes: int) -> dict[str, dict[str, Any]]:
         raise ClusterError(f"the links file {path} is not JSON: {exc}") from None
     if not isinstance(raw, dict) or set(raw) - {"peers", "clients"}:
         raise ClusterError('the links file must be an object with "peers" and/or "clients"')
-    ids = {str(n) for n in range(1, nodes + 1)}
+    # Ids past --nodes are allowed: links for nodes `add-node` starts later
+    # (their proxies exist before they do).
+    def is_id(text: Any) -> bool:
+        return isinstance(text, str) and text.isdigit() and int(text) >= 1
+
     peers = raw.get("peers", {})
     clients = raw.get("clients", {})
     if not isinstance(peers, dict) or not isinstance(clients, dict):
         raise ClusterError('"peers" and "clients" must be objects keyed by node id')
     for src, row in peers.items():
-        if src not in ids or not isinstance(row, dict):
+        if not is_id(src) or not isinstance(row, dict):
             raise ClusterError(f"links file: peers[{src!r}] is not a node of this cluster")
         for dst, address in row.items():
-            if dst not in ids or not _is_address(address):
+            if not is_id(dst) or not _is_address(address):
                 raise ClusterError(f"links file: peers[{src!r}][{dst!r}] must be host:port")
     for dst, address in clients.items():
-        if dst not in ids or not _is_address(address):
+        if not is_id(dst) or not _is_address(address):
             raise ClusterError(f"links file: clients[{dst!r}] must be host:port of a node")
     return {"peers": peers, "clients": clients}
 
@@ -803,6 +853,7 @@ def cmd_up(args: argparse.Namespace) -> int:
                            "overlap the gRPC ports")
     secure = not args.insecure
     added = 0
+    old: Layout | None = None
     if (cluster.dir / STATE_FILE).exists():
         old = cluster.load()
         added = old.added
@@ -844,9 +895,10 @@ def cmd_up(args: argparse.Namespace) -> int:
         links=load_links(args.links_file, args.nodes) if args.links_file else None,
         metrics_base_port=mbase,
         added=added,
+        removed=old.removed if old is not None else [],
     )
     cluster.save(layout)
-    to_start = [n for n in layout.node_ids() if cluster.pid(n) is None]
+    to_start = [n for n in layout.member_ids() if cluster.pid(n) is None]
     busy = [
         layout.address(n) for n in to_start if not _port_free(layout.host, layout.base_port + n)
     ]
@@ -855,7 +907,7 @@ def cmd_up(args: argparse.Namespace) -> int:
                  if not _port_free(layout.host, mbase + n)]
     if busy:
         raise ClusterError(f"address(es) already in use: {', '.join(busy)} (choose --base-port)")
-    for n in layout.node_ids():
+    for n in layout.member_ids():
         cluster.write_config(layout, n)
     started: dict[int, subprocess.Popen[bytes]] = {}
     for n in to_start:
@@ -882,8 +934,9 @@ def cmd_add_node(args: argparse.Namespace) -> int:
     running members, waiting until it is active."""
     cluster = Cluster(Path(args.data_dir))
     old = cluster.load()
-    if old.links:
-        raise ClusterError("add-node does not support a cluster started with --links-file")
+    # With a --links-file, the new node dials its peers and clients dial it
+    # through the file's links for its id (written before it existed); the
+    # members dial it at its own address (the one the cluster state records).
     layout = dataclasses.replace(old, nodes=old.nodes + 1, added=old.added + 1)
     new = layout.nodes
     if not _port_free(layout.host, layout.base_port + new):
@@ -921,7 +974,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     layout = cluster.load()
     processes = [
         {"node": n, "address": layout.address(n), "pid": cluster.pid(n), "state": cluster.state(n),
-         "metrics": layout.metrics_url(n)}
+         "metrics": layout.metrics_url(n), "removed": n in layout.removed}
         for n in layout.node_ids()
     ]
     reason = ""
@@ -942,7 +995,9 @@ def cmd_status(args: argparse.Namespace) -> int:
         for p in processes:
             pid = p["pid"] if p["pid"] is not None else "-"
             metrics = f"  metrics {p['metrics']}" if p["metrics"] else ""
-            print(f"  node {p['node']:<3} {p['address']:<21} {p['state']:<8} pid {pid}{metrics}")
+            removed = "  (removed from the cluster)" if p["removed"] else ""
+            print(f"  node {p['node']:<3} {p['address']:<21} {p['state']:<8} pid {pid}{metrics}"
+                  f"{removed}")
         print()
         print(render_status(status) if status is not None else f"no node answered: {reason}")
     return 0 if status is not None else 1
@@ -1010,6 +1065,7 @@ def _duration(text: str) -> float:
 def cmd_down(args: argparse.Namespace) -> int:
     cluster = Cluster(Path(args.data_dir))
     layout = cluster.load()
+    record_removed(cluster, layout)  # so the next `up` does not start them
     running = [n for n in layout.node_ids() if cluster.pid(n) is not None]
     cluster.stop(layout.node_ids(), args.grace)
     note(f"stopped {len(running)} node(s); data kept in {cluster.dir}")

@@ -187,8 +187,15 @@ async def init_cluster(
     store: ClusterStore,
     req: admin_pb2.InitClusterRequest,
     channel: Callable[[str], grpc.aio.Channel],
+    current: ClusterState | None = None,
 ) -> admin_pb2.InitClusterResponse:
-    """Create the cluster from this node's [[peers]] (or finish creating it)."""
+    """Create the cluster from this node's [[peers]] (or finish creating it).
+
+    `current`: the cluster state this node has applied, when it runs as a
+    member. An initial member the cluster removed since is skipped: it will
+    never take the initial state again, and counting it as "not reached"
+    kept a repeated `medkv cluster init` (every `scripts/cluster up`) from
+    ever completing after a decommission."""
     held = store.initial()
     already = held is not None
     if held is None:
@@ -222,7 +229,8 @@ async def init_cluster(
             )
         return admin_pb2.InitNodeResult(node_id=member_id, ok=True, already=ack.already)
 
-    others = [m for m in held.members if m.id != cfg.node_id]
+    gone = {m.id for m in current.members if m.state == REMOVED} if current is not None else set()
+    others = [m for m in held.members if m.id != cfg.node_id and m.id not in gone]
     results += await asyncio.gather(
         *(hand(m.id, cfg.peers.get(m.id, m.address)) for m in others)
     )

@@ -246,7 +246,9 @@ def test_links_file_routes_each_peer_and_client_address(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     "doc",
     [
-        {"peers": {"9": {"1": "127.0.0.1:1"}}},
+        {"peers": {"0": {"1": "127.0.0.1:1"}}},
+        {"peers": {"x": {"1": "127.0.0.1:1"}}},
+        {"clients": {"-1": "127.0.0.1:1"}},
         {"peers": {"1": {"2": "nowhere"}}},
         {"clients": {"1": "127.0.0.1:99999"}},
         {"other": {}},
@@ -258,6 +260,23 @@ def test_links_file_rejects_what_it_cannot_use(tmp_path: Path, doc: Any) -> None
     (tmp_path / "links.json").write_text(json.dumps(doc))
     with pytest.raises(cl.ClusterError):
         cl.load_links(str(tmp_path / "links.json"), 3)
+
+
+def test_links_file_may_name_nodes_added_later(tmp_path: Path) -> None:
+    """Ids past --nodes are links for nodes `add-node` starts later (nemesis
+    membership makes their proxies up front); the first nodes' configurations
+    do not name them."""
+    cl = _cluster_module()
+    doc = {"peers": {"4": {"1": "127.0.0.1:40041"}, "1": {"4": "127.0.0.1:40014"}},
+           "clients": {"4": "127.0.0.1:40104"}}
+    (tmp_path / "links.json").write_text(json.dumps(doc))
+    loaded = cl.load_links(str(tmp_path / "links.json"), 3)
+    layout = cl.Layout(3, "127.0.0.1", 7100, 4, 3, None, links=loaded)
+    assert "40014" not in cl.Cluster(tmp_path).write_config(layout, 1).read_text()
+    grown = cl.Layout(4, "127.0.0.1", 7100, 4, 3, None, links=loaded, removed=[2])
+    four = cl.Cluster(tmp_path).write_config(grown, 4).read_text()
+    assert 'address = "127.0.0.1:40041"' in four and "id = 2" not in four
+    assert grown.addresses() == ["127.0.0.1:7101", "127.0.0.1:7103", "127.0.0.1:7104"]
 
 
 # -- command line and soak index -------------------------------------------------------

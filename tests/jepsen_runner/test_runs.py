@@ -91,6 +91,33 @@ def test_a_short_run_under_faults_is_valid(
     assert_clean(out)
 
 
+def test_a_run_through_membership_changes_is_valid(tmp_path: Path) -> None:
+    """Nemesis membership: nodes are added (scripts/cluster add-node), one is
+    decommissioned and one killed for good, removed with --dead and replaced,
+    all while the workload runs; the history stays linearizable, every
+    acknowledged write reads back, and the cluster recovers on its new members."""
+    out = tmp_path / "run"
+    started = time.monotonic()
+    code, summary, output = jepsen_run(
+        out, "--workload", "registers", "--nemesis", "membership", "--seed", "7",
+        "--quiet", "1:1", "--fault", "3:3", seconds=25,
+    )
+    assert code == 0, output[-3000:]
+    assert summary["verdict"] == "valid", summary["notes"]
+    assert all(c["verdict"] == "valid" for c in summary["checkers"].values())
+    details = [w["detail"] for w in summary["schedule"]]
+    assert any(d.startswith("added node 6") for d in details), details
+    assert any(d.startswith("decommissioning node") and "removed (decommission)" in d
+               for d in details), details
+    assert any("for good" in d and "removed (remove --dead)" in d for d in details), details
+    assert not any("NOT removed" in d for d in details), details
+    assert summary["checkers"]["final_reads"]["read"] == summary["checkers"]["final_reads"]["keys"] > 0
+    assert node_processes(out / "cluster") == [], "a node process outlived the run"
+    logs = sorted(p.name for p in (out / "logs").iterdir())
+    assert {f"node-{i}.log" for i in range(1, 8)} <= set(logs), logs  # 5 + added + replacement
+    assert time.monotonic() - started < 120
+
+
 def test_a_client_that_passes_off_follower_reads_as_linearizable_is_caught(tmp_path: Path) -> None:
     """Planted bug: reads served by any replica, recorded as linearizable, during
     partitions (an isolated replica keeps answering with what it had)."""
