@@ -461,6 +461,12 @@ class AdminService(admin_pb2_grpc.AdminServicer):
     ) -> admin_pb2.GetSettingsResponse:
         return self.node.settings.get(request)
 
+    @_answers_node_errors
+    async def SyncSettings(
+        self, request: admin_pb2.SyncSettingsRequest, context: grpc.aio.ServicerContext
+    ) -> admin_pb2.SyncSettingsResponse:
+        return await self.node.settings.sync(request.partition, request.generation)
+
     # ---- encryption at rest: online key rotation (node/key_rotation.py) ---
 
     @_answers_node_errors
