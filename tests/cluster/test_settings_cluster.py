@@ -11,6 +11,7 @@ same generation, the same values, set by the entry at the same index.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -105,3 +106,20 @@ def test_one_change_is_applied_by_every_replica_even_where_the_leader_was_down(
         assert {(r.settings.max_sessions, r.settings.history_retention) for r in replicas} == {
             (77, 9)
         }
+
+
+def test_status_shows_member_states_and_no_move(cluster: LocalCluster) -> None:
+    """`medkv status --json`: every node's member state from the cluster state;
+    nothing moving in a cluster at rest."""
+    deadline = time.monotonic() + 30
+    while True:
+        done = cluster.run("status", "--json", timeout=30)
+        data = json.loads(done.stdout)["cluster"]
+        if (data and data["health"] == "OK") or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert data is not None and data["health"] == "OK", data and data["reasons"]
+    assert {n["node"]["node_id"]: n["member_state"] for n in data["nodes"]} == {
+        1: "active", 2: "active", 3: "active"}
+    assert data["moving"] == []
+    assert all(not p["moving"] and p["learners"] == [] for p in data["partition_info"])
