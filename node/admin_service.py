@@ -105,12 +105,12 @@ class AdminService(admin_pb2_grpc.AdminServicer):
         if r is None:
             return self._broken_partition(p, host.broken_at_start.get(p, "not open"))
         st = r.raw.status()
-        conf = host.conf_of(r)
         if r.broken:
             info = self._broken_partition(p, r.broken)
             info.term = _u64(st.term)
             info.replica_status[0].term = _u64(st.term)
             return info
+        conf = host.conf_of(r)
         info = admin_pb2.PartitionInfo(
             partition=p,
             replicas=list(r.replicas),
