@@ -1159,7 +1159,9 @@ class AsyncClient:
     async def get_settings(
         self, *, partitions: Iterable[int] | None = None, timeout: float | None = None
     ) -> list[admin_pb2.GetSettingsResponse]:
-        """Each partition's cluster settings, from its leader's applied state."""
+        """Each partition's applied settings, from its leader, with the
+        cluster's settings and generation as that leader's node knows them
+        (cluster_generation_applied < cluster_generation: not propagated yet)."""
         attempts = Attempts(self.policy, timeout, rng=self._rng)
         router = await self._router_for(attempts)
         wanted = self._partitions(router, partitions)
@@ -1186,14 +1188,15 @@ class AsyncClient:
         history_retention: int | None = None,
         max_sessions: int | None = None,
         max_results_per_session: int | None = None,
-        partitions: Iterable[int] | None = None,
+        wait: bool = True,
         timeout: float | None = None,
-    ) -> list[admin_pb2.SetSettingsResponse]:
-        """Change cluster settings: one replicated SetSettings entry per partition
-        (every partition unless `partitions` says). Fields left None keep their value.
-
-        Not atomic across partitions: if it fails part way, some partitions
-        have the new values; run it again (setting the same values twice is harmless)."""
+    ) -> admin_pb2.SetSettingsResponse:
+        """Change cluster settings: ONE change of the cluster state (a new
+        generation; fields left None keep their value), which the control
+        plane then brings into every partition's log. With `wait`, return
+        once every partition's leader applied that generation (DeadlineExceeded
+        naming the ones that did not yet: they still will). Setting the values
+        in force again changes nothing, so a retry is harmless."""
         changes = {
             "session_ttl_ms": session_ttl_ms,
             "history_retention": history_retention,
@@ -1207,21 +1210,43 @@ class AsyncClient:
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 raise InvalidArgument(f"{name} must be a positive integer")
         attempts = Attempts(self.policy, timeout, rng=self._rng)
+        reply: admin_pb2.SetSettingsResponse = await self._admin_call(
+            "SetSettings", admin_pb2.SetSettingsRequest(**given), attempts
+        )
+        if wait:
+            while True:
+                behind = await self.settings_behind(
+                    reply.generation, timeout=max(0.5, min(5.0, attempts.deadline.remaining())))
+                if not behind:
+                    break
+                if attempts.deadline.remaining() <= 0:
+                    raise DeadlineExceeded(
+                        f"cluster settings generation {reply.generation} is set, but "
+                        f"partition(s) {','.join(map(str, behind))} have not applied it yet "
+                        "(they will: `medkv settings get` shows progress)"
+                    )
+                await asyncio.sleep(0.2)
+        return reply
+
+    async def settings_behind(
+        self, generation: int, *, timeout: float | None = None
+    ) -> list[int]:
+        """Partitions whose leader has not applied cluster settings generation
+        `generation` yet (or could not say so within the timeout)."""
+        attempts = Attempts(self.policy, timeout, rng=self._rng)
         router = await self._router_for(attempts)
-        out: list[admin_pb2.SetSettingsResponse] = []
-        for p in self._partitions(router, partitions):
-            out.append(
-                await self._unary(
-                    "SetSettings",
-                    _const(admin_pb2.SetSettingsRequest(partition=p, **given)),
-                    partition=p,
-                    mode=Mode.LEADER,
-                    is_read=False,
-                    attempts=attempts,
-                    admin=True,
-                )
+
+        async def one(p: int) -> int:
+            reply: admin_pb2.GetSettingsResponse = await self._unary(
+                "GetSettings", _const(admin_pb2.GetSettingsRequest(partition=p)),
+                partition=p, mode=Mode.LEADER, is_read=True, attempts=attempts, admin=True,
             )
-        return out
+            return int(reply.cluster_generation_applied)
+
+        wanted = self._partitions(router, None)
+        got = await asyncio.gather(*(one(p) for p in wanted), return_exceptions=True)
+        return [p for p, g in zip(wanted, got, strict=True)
+                if isinstance(g, BaseException) or g < generation]
 
     @staticmethod
     def _partitions(router: Router, partitions: Iterable[int] | None) -> list[int]:

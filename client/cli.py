@@ -18,10 +18,11 @@ twice, the later one wins.
     cluster init [--partitions N] [--replication R]   create the cluster (once; idempotent)
     erase-patient PATIENT                     erase every record of a patient, everywhere
     share-patient PATIENT CLINIC [--revoke]   register a patient to one more clinic (clinic-admin)
-    settings get [--partition P ...]          the replicated cluster settings, per partition
+    settings get [--partition P ...]          the cluster's settings, and what each partition applied
     settings set [--session-ttl S] [--history-retention N] [--max-sessions N]
-                 [--max-results-per-session N] [--partition P ...]
-                                              change them (a replicated entry per partition)
+                 [--max-results-per-session N]
+                                              change them: one new generation, then waits
+                                              (within --timeout) for every partition to apply it
     keys status [--count-values]              every node's keys and re-encryption progress
     keys rotate-data [--wait]                 new data key on every node, re-encrypt online
     keys rotate-master [--new-key-id ID]      re-wrap under the staged master, then install
@@ -364,18 +365,19 @@ def build_parser() -> argparse.ArgumentParser:
     share.add_argument("--revoke", action="store_true", help="remove the clinic instead")
 
     settings = sub.add_parser(
-        "settings", help="cluster settings replicated in every partition (session TTL, ...)"
+        "settings", help="the cluster's settings (session TTL, ...), applied by every partition"
     )
     settings_sub = settings.add_subparsers(dest="settings_command", required=True, metavar="ACTION")
-    sget = settings_sub.add_parser("get", help="each partition's settings, from its leader")
-    sset = settings_sub.add_parser(
-        "set", help="change settings: a replicated entry in each partition's log"
+    sget = settings_sub.add_parser(
+        "get", help="the cluster's settings and generation, and what each partition applied"
     )
-    for p in (sget, sset):
-        p.add_argument(
-            "--partition", type=int, action="append", metavar="P",
-            help="only this partition (repeatable; default all)",
-        )
+    sset = settings_sub.add_parser(
+        "set", help="change settings: one new generation, then applied by every partition"
+    )
+    sget.add_argument(
+        "--partition", type=int, action="append", metavar="P",
+        help="only this partition (repeatable; default all)",
+    )
     sset.add_argument(
         "--session-ttl", type=float, metavar="SECONDS",
         help="a write session idle longer than this (log time) expires",
@@ -639,42 +641,90 @@ _SETTING_NAMES = ("session_ttl_ms", "history_retention", "max_sessions", "max_re
 
 
 def settings_dict(partition: int, settings: admin_pb2.ClusterSettings, generation: int) -> dict[str, Any]:
+    """One partition's applied settings; `generation` is the cluster settings
+    generation it applied (0: none yet, seeded in its own log or defaults)."""
     row: dict[str, Any] = {"partition": partition, "generation": generation}
     row.update({name: int(getattr(settings, name)) for name in _SETTING_NAMES})
     return row
 
 
+def _settings_line(generation: int, values: dict[str, Any]) -> str:
+    return (f"cluster settings generation {generation}: "
+            f"session TTL {values['session_ttl_ms'] / 1000:g}s, "
+            f"history retention {values['history_retention']}, "
+            f"max sessions {values['max_sessions']}, "
+            f"max results per session {values['max_results_per_session']}")
+
+
 def _settings(args: argparse.Namespace, kv: Client, out: _Out) -> int:
-    if args.settings_command == "get":
-        got = kv.get_settings(partitions=args.partition, timeout=args.timeout)
-        rows = [settings_dict(r.partition, r.settings, r.generation) for r in got]
-        for row, r in zip(rows, got, strict=True):
-            row["open_sessions"] = int(r.open_sessions)
-    else:
-        ttl = args.session_ttl
-        if ttl is not None and not ttl > 0:
-            raise MedkvError("--session-ttl must be positive")
-        done = kv.set_settings(
-            session_ttl_ms=None if ttl is None else round(ttl * 1000),
-            history_retention=args.history_retention,
-            max_sessions=args.max_sessions,
-            max_results_per_session=args.max_results_per_session,
-            partitions=args.partition,
-            timeout=args.timeout,
-        )
-        rows = [settings_dict(r.partition, r.settings, r.generation) for r in done]
+    if args.settings_command == "set":
+        return _settings_set(args, kv, out)
+    got = kv.get_settings(partitions=args.partition, timeout=args.timeout)
+    rows = [settings_dict(r.partition, r.settings, r.cluster_generation_applied) for r in got]
+    for row, r in zip(rows, got, strict=True):
+        row["index"] = int(r.generation)
+        row["open_sessions"] = int(r.open_sessions)
+    # The newest cluster state among the answering leaders' nodes.
+    newest = max(got, key=lambda r: r.cluster_generation, default=None)
+    generation = int(newest.cluster_generation) if newest is not None else 0
+    cluster: dict[str, Any] = {"generation": generation}
+    if newest is not None and generation:
+        cluster.update({n: int(getattr(newest.cluster_settings, n)) for n in _SETTING_NAMES})
+    behind = [row["partition"] for row in rows if row["generation"] < generation]
     if out.json:
-        out.doc(rows)
+        out.doc({"cluster": cluster, "partitions": rows, "behind": behind})
         return 0
-    out.line("PARTITION  TTL_S     RETENTION  MAX_SESSIONS  MAX_RESULTS  GENERATION")
+    if generation:
+        out.line(_settings_line(generation, cluster))
+        out.line(f"applied by {len(rows) - len(behind)}/{len(rows)} partition(s)"
+                 + (f"; not yet: {','.join(map(str, behind))}" if behind else ""))
+    else:
+        out.line("cluster settings: none in the cluster state yet (a cluster created before "
+                 "they were: each partition keeps its seeded ones until `medkv settings set`)")
+    out.line("")
+    out.line("PARTITION  TTL_S     RETENTION  MAX_SESSIONS  MAX_RESULTS  GENERATION  SESSIONS")
     for row in rows:
         out.line(
             f"{row['partition']:<10} {row['session_ttl_ms'] / 1000:<9g} "
             f"{row['history_retention']:<10} {row['max_sessions']:<13} "
-            f"{row['max_results_per_session']:<12} {row['generation']}"
+            f"{row['max_results_per_session']:<12} {row['generation']:<11} "
+            f"{row['open_sessions']}"
         )
-    if len({tuple(row[n] for n in _SETTING_NAMES) for row in rows}) > 1:
-        out.note("partitions differ: run `medkv settings set ...` again to make them agree")
+    return 0
+
+
+def _settings_set(args: argparse.Namespace, kv: Client, out: _Out) -> int:
+    """One new generation, then (within --timeout) the partitions applying it."""
+    ttl = args.session_ttl
+    if ttl is not None and not ttl > 0:
+        raise MedkvError("--session-ttl must be positive")
+    done = kv.set_settings(
+        session_ttl_ms=None if ttl is None else round(ttl * 1000),
+        history_retention=args.history_retention,
+        max_sessions=args.max_sessions,
+        max_results_per_session=args.max_results_per_session,
+        wait=False,
+        timeout=args.timeout,
+    )
+    total = kv.routing_table(timeout=args.timeout).partitions
+    wait_s = args.timeout if args.timeout is not None else 30.0
+    deadline = time.monotonic() + wait_s
+    with ProgressLine(out.stderr, total, "settings", "partitions") as progress:
+        while True:
+            behind = kv.settings_behind(done.generation, timeout=min(5.0, wait_s))
+            progress.set(total - len(behind))
+            if not behind or time.monotonic() >= deadline:
+                break
+            time.sleep(0.2)
+    values = {n: int(getattr(done.settings, n)) for n in _SETTING_NAMES}
+    if out.json:
+        out.doc({"generation": int(done.generation), **values, "behind": behind})
+    else:
+        out.line(_settings_line(done.generation, values))
+        out.line(f"applied by {total - len(behind)}/{total} partition(s)")
+    if behind:
+        out.note(f"partition(s) {','.join(map(str, behind))} have not applied generation "
+                 f"{done.generation} yet; they will (`medkv settings get` shows progress)")
     return 0
 
 

@@ -13,6 +13,15 @@ not reported; DEGRADED when a node is down, a partition has fewer live
 replicas than the replication factor, a replica is out of service
 (DATA_LOSS) or reports an impossible term; OK otherwise. The answering node
 is never shown unreachable: it answered.
+
+The control plane's work in progress is shown, not judged: each node's
+member state (joining, active, decommissioning) in a MEMBER column, and
+partitions being moved (learners being added '+', voters leaving a joint
+configuration '-', or placed elsewhere by the cluster state) marked
+"moving" and counted in the header. A moving partition needs only a quorum
+of its replicas live to be OK (it is gaining or losing one on purpose), and
+a decommissioning node that is down is on its way out: neither makes the
+cluster DEGRADED.
 """
 
 from __future__ import annotations
@@ -49,6 +58,23 @@ def _uptime(seconds: float) -> str:
     if minutes:
         return f"{minutes}m{secs:02d}s"
     return f"{secs}s"
+
+
+DECOMMISSIONING = "decommissioning"
+
+
+def moving(info: admin_pb2.PartitionInfo) -> bool:
+    """A move is pending or in flight: learners, a joint configuration, or
+    the cluster state places the partition elsewhere."""
+    return bool(info.moving or info.learners or info.leaving)
+
+
+def moving_partitions(status: admin_pb2.ClusterStatusResponse) -> list[int]:
+    return sorted(p.partition for p in status.partition_info if moving(p))
+
+
+def _leaving_nodes(status: admin_pb2.ClusterStatusResponse) -> set[int]:
+    return {n.node.node_id for n in status.nodes if n.member_state == DECOMMISSIONING}
 
 
 def down_nodes(status: admin_pb2.ClusterStatusResponse) -> set[int]:
@@ -124,6 +150,8 @@ def assess(status: admin_pb2.ClusterStatusResponse) -> tuple[str, list[str]]:
     DEGRADED: every partition has a leader, but a node is down, a partition
     has fewer live replicas than the replication factor, a replica is out of
     service (DATA_LOSS), or a replica reports an impossible term.
+    A partition being moved counts as under-replicated only below a quorum
+    of its replicas; a down node being decommissioned is no reason.
     OK only when none of these holds."""
     down = down_nodes(status)
     parts = sorted(status.partition_info, key=lambda p: p.partition)
@@ -137,13 +165,15 @@ def assess(status: admin_pb2.ClusterStatusResponse) -> tuple[str, list[str]]:
     missing = [p for p in range(status.partitions) if p not in reported]
     if missing:
         unavailable.append(f"not reported: partition(s) {_nodes(missing)}")
-    if down:
-        degraded.append(f"node(s) down: {_nodes(sorted(down))}")
+    down_staying = down - _leaving_nodes(status)
+    if down_staying:
+        degraded.append(f"node(s) down: {_nodes(sorted(down_staying))}")
     under = []
     for p in parts:
         live = live_replicas(p, down, status.answered_by)
-        if live < max(rf, len(p.replicas)):
-            under.append(f"{p.partition} ({live}/{max(rf, len(p.replicas))})")
+        want = max(rf, len(p.replicas))
+        if live < want and not (moving(p) and live >= len(p.replicas) // 2 + 1):
+            under.append(f"{p.partition} ({live}/{want})")
     if under:
         degraded.append(f"under-replicated: partition(s) {', '.join(under)}")
     for p in parts:
@@ -169,7 +199,10 @@ def _replicas_cell(info: admin_pb2.PartitionInfo, down: set[int], answered_by: i
             mark += "x"
         elif node in unreachable:
             mark += "!"
+        if node in info.leaving:
+            mark += "-"
         cells.append(f"{node}{mark}")
+    cells += [f"{node}+" for node in info.learners]
     return ",".join(cells)
 
 
@@ -189,8 +222,11 @@ def _problems(
         notes.append(f"{len(broken)} out of service")
     want = max(rf, len(info.replicas))
     live = live_replicas(info, down, answered_by)
+    if moving(info):
+        notes.append("moving")
     if live < want:
-        notes.append(f"UNDER-REPLICATED {live}/{want}")
+        quorum = moving(info) and live >= len(info.replicas) // 2 + 1
+        notes.append(f"{live}/{want} live" if quorum else f"UNDER-REPLICATED {live}/{want}")
     if impossible_terms(info):
         notes.append("IMPOSSIBLE TERM")
     if _max_lag(info) > lag_warn:
@@ -206,23 +242,28 @@ def render_status(status: admin_pb2.ClusterStatusResponse, *, lag_warn: int = 10
     led = partitions_with_leader(status)
     worst = max((_max_lag(p) for p in parts), default=0)
     verdict, reasons = assess(status)
+    in_motion = moving_partitions(status)
+    members = [n.member_state for n in nodes if n.member_state not in ("", "active")]
+    changing = ", ".join(f"{members.count(m)} {m}" for m in sorted(set(members)))
     lines = [
         f"medkv cluster: {verdict}  "
-        f"nodes {len(nodes) - len(down)}/{len(nodes)} up  "
+        f"nodes {len(nodes) - len(down)}/{len(nodes)} up{f' ({changing})' if changing else ''}  "
         f"partitions {led}/{status.partitions} with a leader  "
-        f"replication {status.replication_factor}  "
+        + (f"moving {len(in_motion)}  " if in_motion else "")
+        + f"replication {status.replication_factor}  "
         f"max lag {worst}  "
         f"(answered by node {status.answered_by})",
     ]
     lines += [f"  - {r}" for r in reasons]
     lines.append("")
     lines += _table(
-        ["NODE", "ADDRESS", "STATE", "LEADS", "REPLICAS", "UPTIME", "VERSION"],
+        ["NODE", "ADDRESS", "STATE", "MEMBER", "LEADS", "REPLICAS", "UPTIME", "VERSION"],
         [
             [
                 str(n.node.node_id),
                 n.node.address,
                 "up" if n.up or n.node.node_id == status.answered_by else "DOWN",
+                n.member_state or "-",
                 str(n.leaders),
                 str(n.replicas),
                 _uptime(n.uptime_seconds),
@@ -253,7 +294,8 @@ def render_status(status: admin_pb2.ClusterStatusResponse, *, lag_warn: int = 10
         lines.append(f"({missing} partition(s) not reported by the answering node)")
     lines.append("")
     lines.append(
-        "* leader   ! unreachable   x out of service (DATA_LOSS)   "
+        "* leader   ! unreachable   x out of service (DATA_LOSS)   + learner being added   "
+        "- leaving (joint configuration)   "
         "LAG: entries behind the leader's commit (slowest replica)"
     )
     return "\n".join(lines)
@@ -272,6 +314,7 @@ def status_dict(status: admin_pb2.ClusterStatusResponse) -> dict[str, Any]:
     verdict, reasons = assess(status)
     out["health"] = verdict
     out["reasons"] = reasons
+    out["moving"] = moving_partitions(status)
     return out
 
 
@@ -286,6 +329,8 @@ _UINT64_FIELDS = frozenset(
         "match_index",
         "lag_entries",
         "replicas",
+        "learners",
+        "leaving",
     }
 )
 
@@ -356,6 +401,8 @@ __all__ = [
     "has_live_leader",
     "impossible_terms",
     "live_replicas",
+    "moving",
+    "moving_partitions",
     "partitions_with_leader",
     "render_status",
     "status_dict",

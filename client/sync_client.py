@@ -397,20 +397,24 @@ class Client:
         history_retention: int | None = None,
         max_sessions: int | None = None,
         max_results_per_session: int | None = None,
-        partitions: Iterable[int] | None = None,
+        wait: bool = True,
         timeout: float | None = None,
-    ) -> list[admin_pb2.SetSettingsResponse]:
-        """Change cluster settings on every partition (AsyncClient.set_settings)."""
+    ) -> admin_pb2.SetSettingsResponse:
+        """Change the cluster's settings, one new generation (AsyncClient.set_settings)."""
         return self._run(
             self._async.set_settings(
                 session_ttl_ms=session_ttl_ms,
                 history_retention=history_retention,
                 max_sessions=max_sessions,
                 max_results_per_session=max_results_per_session,
-                partitions=None if partitions is None else list(partitions),
+                wait=wait,
                 timeout=timeout,
             )
         )
+
+    def settings_behind(self, generation: int, *, timeout: float | None = None) -> list[int]:
+        """Partitions not yet at that settings generation (AsyncClient.settings_behind)."""
+        return self._run(self._async.settings_behind(generation, timeout=timeout))
 
     def key_status(
         self, address: str, *, count_values: bool = False, timeout: float | None = None

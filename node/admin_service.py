@@ -110,6 +110,7 @@ class AdminService(admin_pb2_grpc.AdminServicer):
             info.term = _u64(st.term)
             info.replica_status[0].term = _u64(st.term)
             return info
+        conf = host.conf_of(r)
         info = admin_pb2.PartitionInfo(
             partition=p,
             replicas=list(r.replicas),
@@ -117,6 +118,9 @@ class AdminService(admin_pb2_grpc.AdminServicer):
             term=_u64(st.term),
             commit_index=_u64(st.commit),
             applied_index=r.applied,
+            # Replicas in motion, as this replica's applied configuration says.
+            learners=list(r.learners),
+            leaving=sorted(set(conf.voters_outgoing) - set(conf.voters)),
         )
         if r.is_leader:
             for nid in (*r.replicas, *r.learners):  # learners: replicas in motion
@@ -169,6 +173,10 @@ class AdminService(admin_pb2_grpc.AdminServicer):
             version=VERSION,
             uptime_seconds=time.monotonic() - host.started_at,
         )
+        state = node.cluster.state
+        member = state.member(host.node_id) if state is not None else None
+        if member is not None:
+            me.member_state = member.state
         resp.nodes.append(me)
         for p in sorted(set(host.replicas) | set(host.broken_at_start)):
             resp.partition_info.append(self._local_partition(p))
@@ -193,7 +201,8 @@ class AdminService(admin_pb2_grpc.AdminServicer):
         for pid, ans in zip(peers, answers, strict=True):
             if isinstance(ans, admin_pb2.ClusterStatusResponse):
                 views[pid] = ans
-        return merge_views(self.node.cfg, views, self.node.host.placement)
+        return merge_views(self.node.cfg, views, self.node.host.placement,
+                           self.node.cluster.state)
 
     @_answers_node_errors
     async def PartitionStatus(
@@ -471,6 +480,12 @@ class AdminService(admin_pb2_grpc.AdminServicer):
     ) -> admin_pb2.GetSettingsResponse:
         return self.node.settings.get(request)
 
+    @_answers_node_errors
+    async def SyncSettings(
+        self, request: admin_pb2.SyncSettingsRequest, context: grpc.aio.ServicerContext
+    ) -> admin_pb2.SyncSettingsResponse:
+        return await self.node.settings.sync(request.partition, request.generation)
+
     # ---- encryption at rest: online key rotation (node/key_rotation.py) ---
 
     @_answers_node_errors
@@ -554,21 +569,31 @@ def key_status_pb(st: KeyState) -> admin_pb2.KeyStatusResponse:
 
 def merge_views(
     cfg: NodeConfig, views: dict[int, admin_pb2.ClusterStatusResponse], placement: Any = None,
+    state: cluster_state.ClusterState | None = None,
 ) -> admin_pb2.ClusterStatusResponse:
     """One cluster picture: nodes that answered are up; a partition is
     described by the replica that leads it in the highest term, else by the
-    most advanced replica that answered."""
+    most advanced replica that answered. With the answering node's cluster
+    state: each node's member state, and partitions the state places
+    elsewhere (a move pending or in flight) marked moving."""
     out = admin_pb2.ClusterStatusResponse(
         answered_by=cfg.node_id, partitions=cfg.partitions, replication_factor=cfg.replication
     )
-    for nid in sorted(cfg.peers):
+    members = {m.id: m for m in state.live_members()} if state is not None else {}
+    for nid in sorted(set(cfg.peers) | set(members)):
         v = views.get(nid)
         if v is not None and v.nodes:
             out.nodes.append(v.nodes[0])
         else:
-            info = admin_pb2.NodeInfo(node_id=nid, address=cfg.client_address(nid))
+            m = members.get(nid)
+            address = cfg.client_address(nid) if nid in cfg.peers else (
+                m.serving_address if m is not None else "")
+            info = admin_pb2.NodeInfo(node_id=nid, address=address)
             out.nodes.append(admin_pb2.NodeStatus(node=info, up=False))
+        if nid in members:
+            out.nodes[-1].member_state = members[nid].state
     placement = placement if placement is not None else cfg.placement
+    target = state.target_replicas() if state is not None else None
     for p in range(cfg.partitions):
         best: admin_pb2.PartitionInfo | None = None
         best_key = (-1, -1, -1, -1)
@@ -611,5 +636,7 @@ def merge_views(
         for nid in merged.replicas:
             if nid not in {rs.node_id for rs in merged.replica_status}:
                 merged.replica_status.append(admin_pb2.ReplicaStatus(node_id=nid, reachable=False))
+        if state is not None and target is not None and p < state.partitions:
+            merged.moving = set(state.replicas[p]) != set(target[p])
         out.partition_info.append(merged)
     return out

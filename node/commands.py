@@ -16,9 +16,14 @@ client_id, session, seq, ack_below, ts_ms, patient_id:
                          | [2, record_id, expected] check
   ErasePatient:    [5, head...]
   RegisterSession: [6, ts_ms, client_id, nonce]
-  SetSettings:     [7, ts_ms, nonce, seed, {name: value, ...}]
+  SetSettings:     [7, ts_ms, nonce, seed, {name: value, ...}(, cluster_generation)]
   SharePatient:    [8, ts_ms, nonce, patient_id, clinic, revoke, [caller clinic, ...]]
   AuditAnchor:     [9, ts_ms, node_id, seq, chain_hash (32 bytes)]
+
+SetSettings carries a trailing cluster_generation when it brings the cluster
+state's settings into the partition (node.cluster.settings_sync); an entry
+without it (a seed, a per-partition change from before settings were cluster
+state) decodes as before.
 
 Put, CompareAndSet, Delete and Batch may carry one more, trailing element:
 the write's `auth` [[caller clinic, ...], register_clinic | nil, break_glass]
@@ -56,6 +61,7 @@ from node.limits import (
     validate_value,
     validate_write_id,
 )
+from node.settings import NAMES as SETTING_NAMES
 from node.settings import validate_changes
 
 FORMAT_V1 = 0x01  # before registered sessions: decoded, never written
@@ -203,12 +209,17 @@ class SetSettings:
     """Change cluster settings (node.settings) from this entry on.
 
     seed: the one-time proposal from a leader's configuration; it applies only
-    while the partition has never applied a SetSettings."""
+    while the partition has never applied a SetSettings.
+    cluster_generation: the cluster state's settings generation this entry
+    carries (every setting named); 0 for a seed or an old per-partition
+    change. Apply skips one not newer than the partition's (node.state_machine),
+    so a late duplicate never undoes a newer generation."""
 
     ts_ms: int
     nonce: int
     seed: bool
     changes: tuple[tuple[str, int], ...]  # sorted by name: one encoding per content
+    cluster_generation: int = 0
 
     @property
     def wait_key(self) -> WaitKey:
@@ -278,7 +289,8 @@ def _fields(cmd: Command) -> list[Any]:
     if isinstance(cmd, RegisterSession):
         return [_REGISTER, cmd.ts_ms, cmd.client_id, cmd.nonce]
     if isinstance(cmd, SetSettings):
-        return [_SETTINGS, cmd.ts_ms, cmd.nonce, cmd.seed, dict(cmd.changes)]
+        out = [_SETTINGS, cmd.ts_ms, cmd.nonce, cmd.seed, dict(cmd.changes)]
+        return [*out, cmd.cluster_generation] if cmd.cluster_generation else out
     if isinstance(cmd, SharePatient):
         return [_SHARE, cmd.ts_ms, cmd.nonce, cmd.patient_id, cmd.clinic, cmd.revoke,
                 sorted(cmd.caller_clinics)]
@@ -405,7 +417,8 @@ def _decode(fields: list[Any], version: int) -> Command:
             nonce=_uint(fields[3], "nonce"),
         )
     if tag == _SETTINGS and version >= FORMAT_V2:
-        _arity(fields, 5, "SetSettings")
+        if len(fields) != 6:
+            _arity(fields, 5, "SetSettings")
         if type(fields[3]) is not bool:
             raise CommandDecodeError("seed is not a boolean")
         if type(fields[4]) is not dict:
@@ -416,6 +429,7 @@ def _decode(fields: list[Any], version: int) -> Command:
         return SetSettings(
             ts_ms=_uint(fields[1], "ts_ms"), nonce=_uint(fields[2], "nonce"),
             seed=fields[3], changes=changes,
+            cluster_generation=_uint(fields[5], "cluster_generation") if len(fields) == 6 else 0,
         )
     if tag == _SHARE and version >= FORMAT_V2:
         _arity(fields, 7, "SharePatient")
@@ -554,6 +568,11 @@ def validate_command(cmd: Command) -> None:
         if not names or len(set(names)) != len(names):
             raise ValidationError("settings", "must name each changed setting once")
         validate_changes(dict(cmd.changes))
+        validate_uint64(cmd.cluster_generation, "cluster_generation")
+        if cmd.cluster_generation and (cmd.seed or set(names) != set(SETTING_NAMES)):
+            raise ValidationError(
+                "settings", "a cluster generation names every setting and is no seed"
+            )
         return
     if isinstance(cmd, AuditAnchor):
         validate_uint64(cmd.node_id, "node_id")

@@ -11,16 +11,21 @@ carried in snapshots: replicas fed the same log hold the same settings.
 Where a value comes from:
   * a partition that never applied a SetSettings uses DEFAULTS (built in, the
     same on every node and every version that reads this log);
-  * once, when a partition has a leader and no settings yet, that leader
-    proposes `seed` SetSettings from its configuration (node.settings_service);
-    the entry applies only while the partition still has none, so when several
-    leaders race, the first in the log wins and the others change nothing;
-  * an operator changes them with `medkv settings set` (Admin.SetSettings,
-    proposed to each partition's leader).
-After the first seed, a node's [limits] configuration no longer matters.
-
-(The control plane will move these to a system Raft group; this module is the
-one place that defines them, so that move replaces only where entries come from.)
+  * the cluster state (node.cluster.state) holds the cluster's settings and a
+    generation: `medkv cluster init` puts the initiating node's [limits]
+    there (generation 1), an operator changes them with `medkv settings set`
+    (Admin.SetSettings: ONE system proposal, a new generation), and the
+    system group's leader brings every generation into every partition's log
+    as a SetSettings entry carrying it (node.cluster.settings_sync), so the
+    replicas of a partition still switch at the same index of their log;
+  * a cluster created before settings were cluster state: once, when a
+    partition has a leader and no settings yet, that leader proposes `seed`
+    SetSettings from its configuration (node.settings_service); the entry
+    applies only while the partition still has none, so when several leaders
+    race, the first in the log wins and the others change nothing. The
+    first `medkv settings set` there makes them cluster state.
+After `cluster init` (or the first seed), a node's [limits] configuration no
+longer matters.
 """
 
 from __future__ import annotations
@@ -79,17 +84,21 @@ def apply_changes(current: ClusterSettings, changes: Mapping[str, int]) -> Clust
 
 @dataclass(frozen=True, slots=True)
 class SettingsState:
-    """The settings in force and the index of the SetSettings entry that set them (0: never)."""
+    """The settings in force, the index of the SetSettings entry that set them
+    (0: never) and the cluster settings generation that entry carried (0: none,
+    the settings were seeded here or set per partition)."""
 
     settings: ClusterSettings = DEFAULTS
     generation: int = 0
+    cluster_generation: int = 0
 
 
 def encode_state(state: SettingsState) -> bytes:
     s = state.settings
-    body: bytes = msgpack.packb(
-        [state.generation, {n: getattr(s, n) for n in NAMES}], use_bin_type=True
-    )
+    obj: list[Any] = [state.generation, {n: getattr(s, n) for n in NAMES}]
+    if state.cluster_generation:  # absent: the blob reads as before
+        obj.append(state.cluster_generation)
+    body: bytes = msgpack.packb(obj, use_bin_type=True)
     return bytes([_FORMAT]) + body
 
 
@@ -100,7 +109,10 @@ def decode_state(blob: bytes) -> SettingsState:
         obj: Any = msgpack.unpackb(blob[1:], raw=False, use_list=True, strict_map_key=True)
     except Exception:
         raise SettingsFormatError("settings are not well-formed") from None
-    if not (type(obj) is list and len(obj) == 2 and type(obj[0]) is int and obj[0] >= 0):
+    if not (type(obj) is list and len(obj) in (2, 3) and type(obj[0]) is int and obj[0] >= 0):
+        raise SettingsFormatError("settings have the wrong shape")
+    cluster_generation = obj[2] if len(obj) == 3 else 0
+    if type(cluster_generation) is not int or cluster_generation < 0:
         raise SettingsFormatError("settings have the wrong shape")
     if type(obj[1]) is not dict or set(obj[1]) != set(NAMES):
         raise SettingsFormatError("settings have the wrong fields")
@@ -108,7 +120,7 @@ def decode_state(blob: bytes) -> SettingsState:
         settings = apply_changes(DEFAULTS, obj[1])
     except ValidationError:
         raise SettingsFormatError("a setting is out of range") from None
-    return SettingsState(settings, obj[0])
+    return SettingsState(settings, obj[0], cluster_generation)
 
 
 def check_state_blob(blob: bytes) -> None:

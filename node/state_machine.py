@@ -197,6 +197,11 @@ class PartitionStateMachine:
         return self._settings.settings
 
     @property
+    def settings_cluster_generation(self) -> int:
+        """The cluster settings generation in force (0: none carried yet)."""
+        return self._settings.cluster_generation
+
+    @property
     def settings_generation(self) -> int:
         """Index of the SetSettings entry in force; 0 while the defaults apply."""
         return self._settings.generation
@@ -373,7 +378,18 @@ class PartitionStateMachine:
                 index, self._settings.generation, None, "settings were already set",
                 wait_key=cmd.wait_key,
             )
-        self._settings = SettingsState(apply_changes(self.settings, dict(cmd.changes)), index)
+        carried = cmd.cluster_generation
+        if carried and carried <= self._settings.cluster_generation:
+            # A duplicate or a late entry of an older generation: newer holds.
+            return ApplyResult(
+                index, self._settings.generation, None,
+                f"cluster settings generation {self._settings.cluster_generation} already applied",
+                wait_key=cmd.wait_key,
+            )
+        self._settings = SettingsState(
+            apply_changes(self.settings, dict(cmd.changes)), index,
+            carried or self._settings.cluster_generation,
+        )
         self._settings_dirty = True
         # A shorter TTL takes effect at this very entry, identically everywhere.
         self._sessions.expire(self._log_time_ms, self.settings.session_ttl_ms)

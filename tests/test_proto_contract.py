@@ -55,7 +55,7 @@ def test_services_are_complete() -> None:
     assert {
         "ClusterStatus", "PartitionStatus", "RoutingTable", "TransferLeader", "SetSettings",
         "GetSettings", "AuditQuery", "AuditVerify", "PrepareReplica", "ChangeReplicas",
-        "DropReplica",
+        "DropReplica", "SyncSettings",
     } <= admin
     raft = raft_pb2.DESCRIPTOR.services_by_name["RaftTransport"].methods_by_name
     assert raft["Stream"].client_streaming and raft["Stream"].server_streaming

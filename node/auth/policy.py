@@ -72,6 +72,9 @@ class Action(StrEnum):
     # Replica moves (PrepareReplica, ChangeReplicas, DropReplica): the control
     # plane's leader calls them on other nodes with its node certificate.
     REPLICAS = "cluster.replicas"
+    # SyncSettings: the control plane's leader brings the cluster's settings
+    # into a partition's log through its leader (node.cluster.settings_sync).
+    SETTINGS_SYNC = "cluster.settings-sync"
     KEYS = "keys.admin"
     ERASE = "patient.erase"
     REGISTRY = "registry.admin"
@@ -120,6 +123,7 @@ METHODS: Mapping[str, Action] = {
     ADMIN_SVC + "KeyStatus": Action.KEYS,
     ADMIN_SVC + "SetSettings": Action.CLUSTER_ADMIN,
     ADMIN_SVC + "GetSettings": Action.STATUS,
+    ADMIN_SVC + "SyncSettings": Action.SETTINGS_SYNC,
     ADMIN_SVC + "AuditQuery": Action.AUDIT_READ,
     ADMIN_SVC + "AuditVerify": Action.AUDIT_READ,
     RAFT_SVC + "Stream": Action.RAFT,
@@ -153,12 +157,13 @@ ROLE_GRANTS: Mapping[str, Mapping[Action, Scope]] = {
     AUDITOR: {Action.AUDIT_READ: Scope.ANY, Action.STATUS: Scope.ANY, **_EVERYONE},
     ADMIN: {
         Action.CLUSTER_ADMIN: Scope.ANY, Action.KEYS: Scope.ANY, Action.ERASE: Scope.ANY,
-        Action.REPLICAS: Scope.ANY,
+        Action.REPLICAS: Scope.ANY, Action.SETTINGS_SYNC: Scope.ANY,
         # erasure is a replicated write: it needs a session like any other
         Action.SESSION: Scope.ANY, Action.STATUS: Scope.ANY, **_EVERYONE,
     },
     NODE: {
-        Action.RAFT: Scope.ANY, Action.STATUS: Scope.ANY, Action.REPLICAS: Scope.ANY, **_EVERYONE,
+        Action.RAFT: Scope.ANY, Action.STATUS: Scope.ANY, Action.REPLICAS: Scope.ANY,
+        Action.SETTINGS_SYNC: Scope.ANY, **_EVERYONE,
     },
     TLS_PEER: {Action.HEALTH: Scope.ANY},
 }

@@ -11,7 +11,8 @@ found a cluster of their own from their own view.
 
 `medkv cluster init`, asked of any initial member, computes ONE initial
 cluster state (a random cluster id, its [[peers]] as the members, consistent
-placement of the partitions) and stores it on itself first, then hands it
+placement of the partitions, its [limits] as the cluster settings) and
+stores it on itself first, then hands it
 to every other member (RaftTransport.Bootstrap, under its node
 certificate). Every initial member thus starts its system group and its
 partitions from the same state at index 0. Asked again, it hands the same
@@ -51,6 +52,7 @@ from node.errors import (
     StartupError,
     Unavailable,
 )
+from node.settings import seed_from_limits
 from proto.medkv.v1 import admin_pb2, raft_pb2, raft_pb2_grpc
 
 log = logging.getLogger("medkv.cluster")
@@ -208,7 +210,9 @@ async def init_cluster(
         members = {n: (cfg.peers[n], cfg.client_addresses.get(n, "")) for n in sorted(cfg.peers)}
         cluster_id = req.cluster_id or uuid.uuid4().hex
         try:
-            held = initial_state(cluster_id, members, partitions, replication, cfg.virtual_nodes)
+            # The cluster's settings start as this node's [limits] (node.settings).
+            held = initial_state(cluster_id, members, partitions, replication, cfg.virtual_nodes,
+                                 settings=seed_from_limits(cfg.limits))
         except ClusterStateError as e:
             raise InvalidArgument(str(e)) from None
         store.adopt(held)  # this node first: a retry hands out the same state

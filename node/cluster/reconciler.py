@@ -19,7 +19,9 @@ off because every step is decided from replicated state alone):
   5. a decommissioning member that holds no replica any more is removed.
 
 Beside these steps, every round, the mover (node.cluster.mover) moves
-replicas towards the placement of the active members, a few at a time.
+replicas towards the placement of the active members, a few at a time, and
+the settings sync (node.cluster.settings_sync) brings the cluster's settings
+into every partition's log.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ import grpc
 from consensus.types import ConfChange, ConfChangeSingle, ConfChangeType
 from node.cluster import state as cs
 from node.cluster.mover import Mover
+from node.cluster.settings_sync import SettingsSync
 from node.errors import NodeError
 from proto.medkv.v1 import raft_pb2, raft_pb2_grpc
 
@@ -51,6 +54,7 @@ class Reconciler:
         self.node = node
         self._handed: set[int] = set()  # members that acknowledged their bootstrap
         self.mover = Mover(node)
+        self.settings_sync = SettingsSync(node)
 
     async def run(self) -> None:
         while True:
@@ -71,8 +75,10 @@ class Reconciler:
         state = node.cluster.state
         if r is None or r.broken or not r.is_leader or state is None:
             self.mover.stop()  # a new system leader takes the moves over
+            self.settings_sync.stop()
             return None
         self.mover.step(state)
+        self.settings_sync.step(state)
         st = r.raw.status()
         conf = st.conf_state
         # The log's applied index: conf changes are applied by the host, not

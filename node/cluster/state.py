@@ -15,6 +15,15 @@ stranger) changes nothing and yields a refusal the proposer reports.
 The placement epoch grows by one with every change of members or replica
 sets; a client that routed with an older table learns it from the epoch a
 node stamps on its answers and refreshes (client/routing.py).
+
+Cluster settings (node.settings: what apply does, session TTL, history
+retention...) are state here too, with their own generation (1, 2, ...;
+0 with no settings: a cluster created before they were cluster state). One
+set-settings entry changes them for the whole cluster; the system leader
+then carries each generation into every partition's log
+(node.cluster.settings_sync), so every replica of a partition still applies
+it at the same index of its own log. Settings never change the epoch:
+routing does not depend on them.
 """
 
 from __future__ import annotations
@@ -26,6 +35,9 @@ from typing import Any
 
 import msgpack
 
+from node.limits import ValidationError
+from node.settings import NAMES as SETTING_NAMES
+from node.settings import ClusterSettings, apply_changes
 from proto.placement import make_placement, partition_of
 
 # Member states. A joining member holds a replica of the system group but no
@@ -103,6 +115,11 @@ class ClusterState:
     # Partitions whose leader an operator chose (TransferLeader): leader
     # balancing hands leadership there instead of to the placement's choice.
     leader_pins: tuple[tuple[int, int], ...] = ()
+    # The cluster settings and their generation; None and 0 in a state
+    # created before settings were cluster state (partitions then keep the
+    # settings their own logs seeded: node.settings_service).
+    settings: ClusterSettings | None = None
+    settings_generation: int = 0
 
     # ---- reading ------------------------------------------------------------
 
@@ -152,7 +169,7 @@ class ClusterState:
     # ---- encoding -----------------------------------------------------------
 
     def to_obj(self) -> dict[str, Any]:
-        return {
+        obj = {
             "v": 1,
             "cluster_id": self.cluster_id,
             "partitions": self.partitions,
@@ -163,6 +180,9 @@ class ClusterState:
             "epoch": self.epoch,
             "leader_pins": [list(p) for p in self.leader_pins],
         }
+        if self.settings is not None:  # absent: an old state encodes as it always did
+            obj["settings"] = [self.settings_generation, settings_obj(self.settings)]
+        return obj
 
     def encode(self) -> bytes:
         return msgpack.packb(self.to_obj(), use_bin_type=True)  # type: ignore[no-any-return]
@@ -181,6 +201,7 @@ class ClusterState:
                 replicas=tuple(tuple(int(n) for n in r) for r in obj["replicas"]),
                 epoch=int(obj["epoch"]),
                 leader_pins=tuple((int(p), int(n)) for p, n in obj.get("leader_pins", [])),
+                **_settings_from_obj(obj.get("settings")),
             )
         except (KeyError, TypeError, ValueError) as e:
             if isinstance(e, ClusterStateError):
@@ -227,6 +248,32 @@ class ClusterState:
         for p, n in self.leader_pins:
             if not 0 <= p < self.partitions or n not in live:
                 raise ClusterStateError("cluster state: a leader pin names an unknown partition or node")
+        if (self.settings is None) != (self.settings_generation == 0) or self.settings_generation < 0:
+            raise ClusterStateError("cluster state: settings and their generation go together")
+        if self.settings is not None:
+            _settings_of(settings_obj(self.settings), "cluster state: settings")
+
+
+def settings_obj(settings: ClusterSettings) -> dict[str, int]:
+    return {name: getattr(settings, name) for name in SETTING_NAMES}
+
+
+def _settings_of(values: Any, what: str) -> ClusterSettings:
+    """Every setting named once, each within its bounds (node.settings)."""
+    if not isinstance(values, dict) or set(values) != set(SETTING_NAMES):
+        raise ClusterStateError(f"{what}: name every setting ({', '.join(SETTING_NAMES)})")
+    try:
+        return apply_changes(ClusterSettings(), values)
+    except ValidationError as e:
+        raise ClusterStateError(f"{what}: {e}") from None
+
+
+def _settings_from_obj(value: Any) -> dict[str, Any]:
+    if value is None:
+        return {}
+    generation, values = value
+    return {"settings": _settings_of(values, "cluster state: settings"),
+            "settings_generation": int(generation)}
 
 
 def _check_member(node_id: int, address: str, client_address: str) -> None:
@@ -245,9 +292,11 @@ def initial_state(
     partitions: int,
     replication: int,
     virtual_nodes: int,
+    settings: Mapping[str, int] | None = None,
 ) -> ClusterState:
     """A new cluster: every given member active, placement by consistent
-    hashing (proto.placement), epoch 1."""
+    hashing (proto.placement), epoch 1; `settings` (every one named: the
+    initiating node's configuration) at generation 1."""
     if len(members) < replication:
         raise ClusterStateError(
             f"{len(members)} member(s) cannot hold {replication} distinct replicas"
@@ -264,6 +313,8 @@ def initial_state(
             Member(i, members[i][0], members[i][1], ACTIVE) for i in sorted(members)
         ),
         replicas=placement.table,
+        settings=None if settings is None else _settings_of(dict(settings), "settings"),
+        settings_generation=0 if settings is None else 1,
     )
     state.check()
     return state
@@ -276,7 +327,8 @@ SET_MEMBER_STATE = "set-member-state"
 SET_ADDRESS = "set-address"
 SET_REPLICAS = "set-replicas"
 PIN_LEADER = "pin-leader"
-COMMANDS = (ADD_MEMBER, SET_MEMBER_STATE, SET_ADDRESS, SET_REPLICAS, PIN_LEADER)
+SET_SETTINGS = "set-settings"
+COMMANDS = (ADD_MEMBER, SET_MEMBER_STATE, SET_ADDRESS, SET_REPLICAS, PIN_LEADER, SET_SETTINGS)
 
 
 @dataclass(frozen=True)
@@ -324,6 +376,17 @@ def set_replicas(partition: int, replicas: Iterable[int], request: bytes = b"") 
 def pin_leader(partition: int, node_id: int, request: bytes = b"") -> Command:
     """node_id 0 unpins: balancing goes back to the placement's choice."""
     return Command(PIN_LEADER, (partition, node_id), request)
+
+
+def set_settings(
+    changes: Mapping[str, int], base: Mapping[str, int] | None = None, request: bytes = b""
+) -> Command:
+    """Change the named settings, the others keep their value. `base` (every
+    setting named) is what a state without settings starts from (an old
+    cluster: the proposer passes the values its partitions applied); a state
+    with settings ignores it. Setting the values in force changes nothing
+    (no new generation), so a retried proposal is harmless."""
+    return Command(SET_SETTINGS, (dict(changes), None if base is None else dict(base)), request)
 
 
 @dataclass(frozen=True)
@@ -428,4 +491,21 @@ def _apply(state: ClusterState, cmd: Command) -> ClusterState:
                 raise ClusterStateError(f"node {node_id} holds no replica of partition {partition}")
             pins = tuple(sorted((*pins, (partition, node_id))))
         return bump(state, leader_pins=pins)
+    if cmd.kind == SET_SETTINGS:
+        changes, base = cmd.args
+        if not isinstance(changes, dict) or not changes:
+            raise ClusterStateError(f"set-settings: name at least one of {', '.join(SETTING_NAMES)}")
+        if state.settings is not None:
+            current = state.settings
+        elif base is None:
+            current = ClusterSettings()
+        else:
+            current = _settings_of(base, "set-settings: base")
+        try:
+            new = apply_changes(current, changes)
+        except ValidationError as e:
+            raise ClusterStateError(f"set-settings: {e}") from None
+        if new == state.settings:
+            return state  # in force already: no new generation
+        return bump(state, settings=new, settings_generation=state.settings_generation + 1)
     raise ClusterStateError(f"unknown system command {cmd.kind!r}")

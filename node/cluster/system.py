@@ -22,7 +22,14 @@ from typing import Any
 import msgpack
 
 from consensus.storage import ValueCodec
-from node.cluster.state import SYSTEM_GROUP, ClusterState, ClusterStateError, Command, apply
+from node.cluster.state import (
+    SET_SETTINGS,
+    SYSTEM_GROUP,
+    ClusterState,
+    ClusterStateError,
+    Command,
+    apply,
+)
 from node.commands import WaitKey
 from node.state_machine import ApplyResult
 
@@ -102,7 +109,10 @@ class SystemStateMachine:
             if outcome.ok:
                 changed = changed or new != state
                 state = new
-                results.append(ApplyResult(index, state.epoch, wait_key=wait_key(cmd.request)))
+                # The answer's number: the settings generation for a
+                # set-settings (what `medkv settings set` reports), else the epoch.
+                number = state.settings_generation if cmd.kind == SET_SETTINGS else state.epoch
+                results.append(ApplyResult(index, number, wait_key=wait_key(cmd.request)))
             else:
                 results.append(ApplyResult(index, 0, REFUSED, outcome.message,
                                            wait_key=wait_key(cmd.request)))

@@ -41,7 +41,8 @@ ADMIN_OPS = {AD + "TransferLeader", AD + "ErasePatient", AD + "RotateDataKey",
              AD + "AddNode", AD + "DecommissionNode"}
 STATUS = {AD + "ClusterStatus", AD + "PartitionStatus", AD + "GetSettings", AD + "ListNodes"}
 # Replica moves: the control plane (a node certificate) or an admin.
-REPLICA_MOVES = {AD + "PrepareReplica", AD + "ChangeReplicas", AD + "DropReplica"}
+REPLICA_MOVES = {AD + "PrepareReplica", AD + "ChangeReplicas", AD + "DropReplica",
+                 AD + "SyncSettings"}  # and carrying cluster settings into partitions
 ALL_METHODS = sorted([*POLICY.methods, "/medkv.v1.KV/Nope", "/other.Svc/Call"])
 
 CLINICS = ["north", "south", "east"]
@@ -176,7 +177,8 @@ def test_replica_moves_are_for_nodes_and_admins_only() -> None:
         assert POLICY.authorize(Identity("ops", frozenset({ADMIN})), m, f).allowed
         for role in (CLINICIAN, ANALYST, AUDITOR, CLINIC_ADMIN, BREAK_GLASS, TLS_PEER):
             d = POLICY.authorize(Identity("x", frozenset({role}), frozenset({"north"})), m, f)
-            assert not d.allowed and d.permission == "cluster.replicas", (role, m)
+            want = "cluster.settings-sync" if m.endswith("SyncSettings") else "cluster.replicas"
+            assert not d.allowed and d.permission == want, (role, m)
 
 
 def test_concrete_cases() -> None:

@@ -71,7 +71,7 @@ def test_healthy_cluster_reads_ok() -> None:
         ["2", "127.0.0.1:7102", "up"],
         ["3", "127.0.0.1:7103", "up"],
     ]
-    assert nodes[0][5] == "2m05s"
+    assert nodes[0][3] == "-" and nodes[0][6] == "2m05s"  # no member state reported
     parts = rows(text, "PART")
     assert len(parts) == 4
     # Partition 1's leader is node 2: starred in the replica list and named.
@@ -212,3 +212,35 @@ def test_unreported_partition_is_unavailable() -> None:
     assert verdict == UNAVAILABLE
     assert reasons == ["not reported: partition(s) 3"]
     assert status_dict(status)["health"] == "UNAVAILABLE"
+
+
+def test_replicas_in_motion_are_marked_and_ok_at_quorum() -> None:
+    status = make_status()
+    for n in status.nodes:
+        n.member_state = "active"
+    status.nodes.add(node=admin_pb2.NodeInfo(node_id=4, address="127.0.0.1:7104"), up=True,
+                     member_state="joining")
+    p0 = status.partition_info[0]
+    p0.learners.append(4)
+    p1 = status.partition_info[1]
+    p1.replicas.append(4)  # a joint configuration: 3 leaves, 4 enters
+    p1.leaving.append(3)
+    p1.replica_status.add(node_id=4, role=admin_pb2.FOLLOWER_ROLE, term=7, reachable=False)
+    text = render_status(status)
+    assert text.splitlines()[0].startswith("medkv cluster: OK")
+    assert "moving 2" in text and "(1 joining)" in text
+    nodes = rows(text, "NODE")
+    assert [r[3] for r in nodes] == ["active", "active", "active", "joining"]
+    parts = {r[0]: r for r in rows(text, "PART")}
+    assert parts["0"][1] == "1*,2,3,4+" and "moving" in parts["0"]
+    assert parts["1"][1] == "1,2*,3-,4!" and "moving;" in " ".join(parts["1"])
+    data = status_dict(status)
+    assert data["moving"] == [0, 1] and data["health"] == OK
+    assert data["partition_info"][0]["learners"] == [4]
+    assert data["partition_info"][1]["leaving"] == [3]
+    assert data["nodes"][3]["member_state"] == "joining"
+    # Below a quorum of its replicas a moving partition is under-replicated.
+    p1.replica_status[0].reachable = False  # node 1 too: 2 of 4 live
+    verdict, reasons = assess(status)
+    assert verdict == DEGRADED and any("under-replicated: partition(s) 1 (2/4)" in r
+                                       for r in reasons)

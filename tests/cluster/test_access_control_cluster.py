@@ -152,7 +152,8 @@ ALLOWED = {
     "admin": {"TransferLeader", "ErasePatient", "RotateDataKey", "RotateMasterKey", "KeyStatus",
               "SetSettings", "GetSettings", "ClusterStatus", "PartitionStatus", "RoutingTable",
               "OpenSession", "ListNodes", "InitCluster", "AddNode",
-              "DecommissionNode", "PrepareReplica", "ChangeReplicas", "DropReplica"},
+              "DecommissionNode", "PrepareReplica", "ChangeReplicas", "DropReplica",
+              "SyncSettings"},
     "clinic-admin": {"SharePatient", "RoutingTable", "ClusterStatus", "PartitionStatus",
                      "GetSettings", "ListNodes"},
 }

@@ -7,8 +7,8 @@ What the LRU session table got wrong, each tried on a real 3-node cluster:
   * the session clock was the max of the leaders' wall clocks, so one node
     with a fast clock expired every session: now a node thirty days fast
     (MEDKV_TEST_ONLY_CLOCK_OFFSET_S) leads and writes, and nothing expires;
-  * TTL came from each node's configuration: now it is a replicated setting
-    (`medkv settings set`), and a retry after its session expired by that TTL
+  * TTL came from each node's configuration: now it is a cluster setting
+    (`medkv settings set`, applied through every partition's log), and a retry after its session expired by that TTL
     is refused with FAILED_PRECONDITION / session-expired and never applied.
 
 Writes whose retries the test controls go through raw KV stubs with explicit
@@ -127,13 +127,16 @@ def test_cli_sets_replicated_settings_that_every_replica_applies(
 ) -> None:
     done = settings_cli(cluster, "set", "--max-sessions", "30", "--session-ttl", "3600")
     assert done.returncode == 0, done.stderr
-    rows = json.loads(done.stdout)
-    assert [r["partition"] for r in rows] == list(range(PARTITIONS))
-    assert all(r["max_sessions"] == 30 and r["session_ttl_ms"] == 3_600_000 for r in rows)
+    doc = json.loads(done.stdout)
+    generation = doc["generation"]
+    assert doc["max_sessions"] == 30 and doc["session_ttl_ms"] == 3_600_000
+    assert generation >= 2 and doc["behind"] == []  # 1: the seed from `cluster init`
     got = settings_cli(cluster, "get")
     assert got.returncode == 0, got.stderr
-    assert [(r["max_sessions"], r["generation"]) for r in json.loads(got.stdout)] == [
-        (30, r["generation"]) for r in rows
+    view = json.loads(got.stdout)
+    assert view["cluster"]["generation"] == generation and view["behind"] == []
+    assert [(r["partition"], r["max_sessions"], r["generation"]) for r in view["partitions"]] == [
+        (p, 30, generation) for p in range(PARTITIONS)
     ]
     # Every replica, not just the leaders, applied the same entry (bounded wait).
     deadline = time.monotonic() + 15.0
@@ -143,15 +146,18 @@ def test_cli_sets_replicated_settings_that_every_replica_applies(
                 admin = admin_pb2_grpc.AdminStub(channel)
                 while True:
                     s = admin.GetSettings(admin_pb2.GetSettingsRequest(partition=p), timeout=5)
-                    if s.generation == rows[p]["generation"] or time.monotonic() > deadline:
+                    if s.cluster_generation_applied == generation or time.monotonic() > deadline:
                         break
                     time.sleep(0.1)
-            assert s.generation == rows[p]["generation"] and s.settings.max_sessions == 30
+            assert s.cluster_generation_applied == generation and s.settings.max_sessions == 30
     table = settings_cli(cluster, "get", "--partition", "1", json_out=False)
     assert table.returncode == 0, table.stderr
-    header, row = table.stdout.splitlines()[:2]
+    first, applied, _, header, row = table.stdout.splitlines()[:5]
+    assert first.startswith(f"cluster settings generation {generation}: session TTL 3600s")
+    assert applied.startswith("applied by 1/1 partition(s)")
     assert header.split()[:3] == ["PARTITION", "TTL_S", "RETENTION"]
     assert row.split()[:2] == ["1", "3600"] and row.split()[3] == "30"
+    assert row.split()[5] == str(generation)
     bad = settings_cli(cluster, "set", "--max-sessions", "0")
     assert bad.returncode != 0 and "max_sessions" in bad.stderr
 
@@ -160,7 +166,7 @@ def test_a_spray_of_new_clients_evicts_no_session_and_a_fast_clock_expires_none(
     cluster: LocalCluster, kv: Client
 ) -> None:
     partition = 0
-    kv.set_settings(max_sessions=30, session_ttl_ms=3_600_000, partitions=[partition])
+    kv.set_settings(max_sessions=30, session_ttl_ms=3_600_000)
     (pid,) = patients_per_partition(kv, 1, f"early-{uuid.uuid4().hex[:6]}")[partition]
     early = os.urandom(16)
     session = open_session(cluster, kv, partition, early)
@@ -256,7 +262,7 @@ def test_a_retry_after_its_session_expired_by_the_replicated_ttl_is_refused(
 ) -> None:
     partition = 1
     ttl_ms = 1_500
-    kv.set_settings(session_ttl_ms=ttl_ms, max_sessions=30, partitions=[partition])
+    kv.set_settings(session_ttl_ms=ttl_ms, max_sessions=30)  # every partition: one change
     # Two patients of the partition: sessions are per partition.
     pid, other_pid = patients_per_partition(kv, 2, f"late-{uuid.uuid4().hex[:6]}")[partition]
     late = os.urandom(16)
@@ -289,4 +295,4 @@ def test_a_retry_after_its_session_expired_by_the_replicated_ttl_is_refused(
     wait_until_only_open(kv, partition, keep_alive)
     v2 = kv.put(pid, "lib", b"2")
     assert [(r.version, r.value) for r in kv.history(pid, "lib")] == [(v2, b"2"), (v1, b"1")]
-    kv.set_settings(session_ttl_ms=3_600_000, partitions=[partition])
+    kv.set_settings(session_ttl_ms=3_600_000)

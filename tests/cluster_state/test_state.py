@@ -84,6 +84,9 @@ commands = st.one_of(
     st.builds(cs.set_replicas, st.integers(-1, 8), st.lists(node_ids, max_size=4)),
     st.builds(cs.pin_leader, st.integers(-1, 8), node_ids),
     st.builds(cs.Command, st.just(cs.SET_REPLICAS), st.tuples(st.text(max_size=2), st.none())),
+    st.builds(cs.set_settings, st.dictionaries(
+        st.sampled_from(["max_sessions", "history_retention", "x"]), st.integers(-1, 5),
+        max_size=2)),
 )
 
 

@@ -245,6 +245,17 @@ def test_session_and_settings_commands_validate_their_fields() -> None:
         ),
         "settings",
     )
+    full = (("history_retention", 4), ("max_results_per_session", 8), ("max_sessions", 5),
+            ("session_ttl_ms", 60_000))
+    carried = SetSettings(ts_ms=1, nonce=1, seed=False, changes=full, cluster_generation=3)
+    validate_command(carried)
+    assert decode_command(encode_command(carried)) == carried
+    plain = SetSettings(ts_ms=1, nonce=1, seed=False, changes=full)
+    assert len(msgpack.unpackb(encode_command(plain)[1:])) == 5  # encoded as before
+    invalid(SetSettings(ts_ms=1, nonce=1, seed=False, changes=full[:2], cluster_generation=3),
+            "settings")
+    invalid(SetSettings(ts_ms=1, nonce=1, seed=True, changes=full, cluster_generation=3),
+            "settings")
 
 
 def test_batch_limits() -> None:

@@ -814,3 +814,43 @@ class StateMachineVsModel(RuleBasedStateMachine):
 
 TestStateMachineVsModel = StateMachineVsModel.TestCase
 TestStateMachineVsModel.settings = settings(stateful_step_count=30, deadline=None)
+
+
+# --- settings carried from the cluster state (node.cluster.settings_sync) ---------
+
+
+def cluster_settings_cmd(generation: int, nonce: int = 1, **values: int) -> SetSettings:
+    full = {"session_ttl_ms": 60_000, "history_retention": 4, "max_sessions": 100,
+            "max_results_per_session": 8, **values}
+    return SetSettings(ts_ms=0, nonce=nonce, seed=False, changes=tuple(sorted(full.items())),
+                       cluster_generation=generation)
+
+
+def test_cluster_generations_apply_once_in_order_and_survive_a_restart(tmp_path: Path) -> None:
+    path = str(tmp_path / "gen")
+    db = plyvel.DB(path, create_if_missing=True)
+    try:
+        sm = open_sm(db)
+        feed = Feeder(sm)
+        first = feed.one(cluster_settings_cmd(2, max_sessions=7))
+        assert first.ok and sm.settings_cluster_generation == 2 and sm.settings.max_sessions == 7
+        assert sm.settings_generation == first.index
+        # A duplicate and a late entry of an older generation change nothing.
+        dup = feed.one(cluster_settings_cmd(2, nonce=2, max_sessions=9))
+        old = feed.one(cluster_settings_cmd(1, nonce=3, max_sessions=9))
+        assert "already applied" in dup.message and "already applied" in old.message
+        assert sm.settings.max_sessions == 7 and sm.settings_generation == first.index
+        # A seed after a cluster generation loses, as after any setting.
+        assert "already set" in feed.one(settings_cmd(seed=True, max_sessions=1)).message
+        newer = feed.one(cluster_settings_cmd(3, nonce=4, session_ttl_ms=5_000))
+        assert newer.ok and sm.settings_cluster_generation == 3
+        assert sm.settings.session_ttl_ms == 5_000 and sm.settings.max_sessions == 100
+        snap = sm.snapshot()
+    finally:
+        db.close()
+    db = plyvel.DB(path)
+    try:
+        again = open_sm(db)
+        assert again.settings_cluster_generation == 3 and again.snapshot() == snap
+    finally:
+        db.close()

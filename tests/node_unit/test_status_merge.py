@@ -63,3 +63,48 @@ def test_out_of_service_replica_is_reported_and_never_describes_the_partition() 
 def test_all_answering_in_service_is_ok() -> None:
     views = {n: view(n, leader=1) for n in (1, 2, 3)}
     assert assess(merge_views(config(2), views)) == (OK, [])
+
+
+def test_member_states_and_moves_from_the_cluster_state() -> None:
+    """Node 4 is being decommissioned (and is down), node 5 is joining: every
+    partition holding node 4 is moving, at quorum, so the cluster is OK."""
+    from client.status_table import moving_partitions, render_status
+    from node.cluster import state as cs
+
+    state = cs.initial_state("c", {n: (f"127.0.0.1:71{n:02d}", "") for n in (1, 2, 3, 4)},
+                             partitions=4, replication=3, virtual_nodes=16)
+    state, _ = cs.apply(state, cs.set_member_state(4, cs.DECOMMISSIONING))
+    state, _ = cs.apply(state, cs.add_member(5, "127.0.0.1:7105"))
+    peers = {n: f"127.0.0.1:71{n:02d}" for n in (1, 2, 3, 4)}
+    cfg = NodeConfig(node_id=2, listen=peers[2], data_dir=Path("/nonexistent"), peers=peers,
+                     partitions=4, replication=3)
+    views = {}
+    for nid in (1, 2, 3, 5):  # node 4 does not answer
+        v = admin_pb2.ClusterStatusResponse(answered_by=nid, partitions=4, replication_factor=3)
+        v.nodes.add(node=admin_pb2.NodeInfo(node_id=nid, address=f"127.0.0.1:71{nid:02d}"),
+                    up=True)
+        for p, reps in enumerate(state.replicas):
+            leader = next(n for n in reps if n != 4)
+            if nid not in reps:
+                continue
+            info = v.partition_info.add(partition=p, replicas=list(reps), leader=leader, term=3,
+                                        commit_index=9, applied_index=9)
+            if nid == leader:
+                info.learners.append(5)  # a learner on its way in (partition 0's leader says)
+                for n in reps:
+                    info.replica_status.add(node_id=n, term=3 if n == nid else 0,
+                                            reachable=n != 4)
+            else:
+                info.replica_status.add(node_id=nid, term=3, reachable=True)
+        views[nid] = v
+    merged = merge_views(cfg, views, state.placement, state)
+    assert {n.node.node_id: n.member_state for n in merged.nodes} == {
+        1: "active", 2: "active", 3: "active", 4: "decommissioning", 5: "joining"}
+    assert next(n for n in merged.nodes if n.node.node_id == 5).node.address == "127.0.0.1:7105"
+    on_4 = [p for p, reps in enumerate(state.replicas) if 4 in reps]
+    assert on_4 and [p.partition for p in merged.partition_info if p.moving] == on_4
+    assert moving_partitions(merged) == list(range(4))  # learners everywhere, too
+    assert assess(merged) == (OK, [])  # moves at quorum; the down node is leaving
+    text = render_status(merged)
+    assert "moving 4" in text.splitlines()[0]
+    assert "(1 decommissioning, 1 joining)" in text.splitlines()[0]

@@ -110,7 +110,7 @@ class ReplicaStatus(_message.Message):
     def __init__(self, node_id: _Optional[int] = ..., role: _Optional[_Union[ReplicaRole, str]] = ..., term: _Optional[int] = ..., commit_index: _Optional[int] = ..., applied_index: _Optional[int] = ..., match_index: _Optional[int] = ..., lag_entries: _Optional[int] = ..., reachable: _Optional[bool] = ..., out_of_service: _Optional[str] = ...) -> None: ...
 
 class PartitionInfo(_message.Message):
-    __slots__ = ("partition", "replicas", "leader", "term", "commit_index", "applied_index", "replica_status")
+    __slots__ = ("partition", "replicas", "leader", "term", "commit_index", "applied_index", "replica_status", "learners", "leaving", "moving")
     PARTITION_FIELD_NUMBER: _ClassVar[int]
     REPLICAS_FIELD_NUMBER: _ClassVar[int]
     LEADER_FIELD_NUMBER: _ClassVar[int]
@@ -118,6 +118,9 @@ class PartitionInfo(_message.Message):
     COMMIT_INDEX_FIELD_NUMBER: _ClassVar[int]
     APPLIED_INDEX_FIELD_NUMBER: _ClassVar[int]
     REPLICA_STATUS_FIELD_NUMBER: _ClassVar[int]
+    LEARNERS_FIELD_NUMBER: _ClassVar[int]
+    LEAVING_FIELD_NUMBER: _ClassVar[int]
+    MOVING_FIELD_NUMBER: _ClassVar[int]
     partition: int
     replicas: _containers.RepeatedScalarFieldContainer[int]
     leader: int
@@ -125,23 +128,28 @@ class PartitionInfo(_message.Message):
     commit_index: int
     applied_index: int
     replica_status: _containers.RepeatedCompositeFieldContainer[ReplicaStatus]
-    def __init__(self, partition: _Optional[int] = ..., replicas: _Optional[_Iterable[int]] = ..., leader: _Optional[int] = ..., term: _Optional[int] = ..., commit_index: _Optional[int] = ..., applied_index: _Optional[int] = ..., replica_status: _Optional[_Iterable[_Union[ReplicaStatus, _Mapping]]] = ...) -> None: ...
+    learners: _containers.RepeatedScalarFieldContainer[int]
+    leaving: _containers.RepeatedScalarFieldContainer[int]
+    moving: bool
+    def __init__(self, partition: _Optional[int] = ..., replicas: _Optional[_Iterable[int]] = ..., leader: _Optional[int] = ..., term: _Optional[int] = ..., commit_index: _Optional[int] = ..., applied_index: _Optional[int] = ..., replica_status: _Optional[_Iterable[_Union[ReplicaStatus, _Mapping]]] = ..., learners: _Optional[_Iterable[int]] = ..., leaving: _Optional[_Iterable[int]] = ..., moving: _Optional[bool] = ...) -> None: ...
 
 class NodeStatus(_message.Message):
-    __slots__ = ("node", "up", "leaders", "replicas", "version", "uptime_seconds")
+    __slots__ = ("node", "up", "leaders", "replicas", "version", "uptime_seconds", "member_state")
     NODE_FIELD_NUMBER: _ClassVar[int]
     UP_FIELD_NUMBER: _ClassVar[int]
     LEADERS_FIELD_NUMBER: _ClassVar[int]
     REPLICAS_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     UPTIME_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    MEMBER_STATE_FIELD_NUMBER: _ClassVar[int]
     node: NodeInfo
     up: bool
     leaders: int
     replicas: int
     version: str
     uptime_seconds: float
-    def __init__(self, node: _Optional[_Union[NodeInfo, _Mapping]] = ..., up: _Optional[bool] = ..., leaders: _Optional[int] = ..., replicas: _Optional[int] = ..., version: _Optional[str] = ..., uptime_seconds: _Optional[float] = ...) -> None: ...
+    member_state: str
+    def __init__(self, node: _Optional[_Union[NodeInfo, _Mapping]] = ..., up: _Optional[bool] = ..., leaders: _Optional[int] = ..., replicas: _Optional[int] = ..., version: _Optional[str] = ..., uptime_seconds: _Optional[float] = ..., member_state: _Optional[str] = ...) -> None: ...
 
 class ClusterStatusRequest(_message.Message):
     __slots__ = ("local_only",)
@@ -266,20 +274,44 @@ class GetSettingsRequest(_message.Message):
     def __init__(self, partition: _Optional[int] = ...) -> None: ...
 
 class GetSettingsResponse(_message.Message):
-    __slots__ = ("partition", "settings", "generation", "answered_by", "applied_index", "open_sessions")
+    __slots__ = ("partition", "settings", "generation", "answered_by", "applied_index", "open_sessions", "cluster_generation_applied", "cluster_settings", "cluster_generation")
     PARTITION_FIELD_NUMBER: _ClassVar[int]
     SETTINGS_FIELD_NUMBER: _ClassVar[int]
     GENERATION_FIELD_NUMBER: _ClassVar[int]
     ANSWERED_BY_FIELD_NUMBER: _ClassVar[int]
     APPLIED_INDEX_FIELD_NUMBER: _ClassVar[int]
     OPEN_SESSIONS_FIELD_NUMBER: _ClassVar[int]
+    CLUSTER_GENERATION_APPLIED_FIELD_NUMBER: _ClassVar[int]
+    CLUSTER_SETTINGS_FIELD_NUMBER: _ClassVar[int]
+    CLUSTER_GENERATION_FIELD_NUMBER: _ClassVar[int]
     partition: int
     settings: ClusterSettings
     generation: int
     answered_by: int
     applied_index: int
     open_sessions: int
-    def __init__(self, partition: _Optional[int] = ..., settings: _Optional[_Union[ClusterSettings, _Mapping]] = ..., generation: _Optional[int] = ..., answered_by: _Optional[int] = ..., applied_index: _Optional[int] = ..., open_sessions: _Optional[int] = ...) -> None: ...
+    cluster_generation_applied: int
+    cluster_settings: ClusterSettings
+    cluster_generation: int
+    def __init__(self, partition: _Optional[int] = ..., settings: _Optional[_Union[ClusterSettings, _Mapping]] = ..., generation: _Optional[int] = ..., answered_by: _Optional[int] = ..., applied_index: _Optional[int] = ..., open_sessions: _Optional[int] = ..., cluster_generation_applied: _Optional[int] = ..., cluster_settings: _Optional[_Union[ClusterSettings, _Mapping]] = ..., cluster_generation: _Optional[int] = ...) -> None: ...
+
+class SyncSettingsRequest(_message.Message):
+    __slots__ = ("partition", "generation")
+    PARTITION_FIELD_NUMBER: _ClassVar[int]
+    GENERATION_FIELD_NUMBER: _ClassVar[int]
+    partition: int
+    generation: int
+    def __init__(self, partition: _Optional[int] = ..., generation: _Optional[int] = ...) -> None: ...
+
+class SyncSettingsResponse(_message.Message):
+    __slots__ = ("partition", "generation", "proposed")
+    PARTITION_FIELD_NUMBER: _ClassVar[int]
+    GENERATION_FIELD_NUMBER: _ClassVar[int]
+    PROPOSED_FIELD_NUMBER: _ClassVar[int]
+    partition: int
+    generation: int
+    proposed: bool
+    def __init__(self, partition: _Optional[int] = ..., generation: _Optional[int] = ..., proposed: _Optional[bool] = ...) -> None: ...
 
 class ErasePatientResponse(_message.Message):
     __slots__ = ("version",)

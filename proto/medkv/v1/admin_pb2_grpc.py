@@ -84,6 +84,11 @@ class AdminStub:
                 request_serializer=proto_dot_medkv_dot_v1_dot_admin__pb2.GetSettingsRequest.SerializeToString,
                 response_deserializer=proto_dot_medkv_dot_v1_dot_admin__pb2.GetSettingsResponse.FromString,
                 _registered_method=True)
+        self.SyncSettings = channel.unary_unary(
+                '/medkv.v1.Admin/SyncSettings',
+                request_serializer=proto_dot_medkv_dot_v1_dot_admin__pb2.SyncSettingsRequest.SerializeToString,
+                response_deserializer=proto_dot_medkv_dot_v1_dot_admin__pb2.SyncSettingsResponse.FromString,
+                _registered_method=True)
         self.AuditQuery = channel.unary_stream(
                 '/medkv.v1.Admin/AuditQuery',
                 request_serializer=proto_dot_medkv_dot_v1_dot_admin__pb2.AuditQueryRequest.SerializeToString,
@@ -191,10 +196,13 @@ class AdminServicer:
 
     def SetSettings(self, request, context):
         """Cluster settings that change what apply does (session TTL, history
-        retention, session limits), replicated through each partition's Raft log
-        so every replica decides identically. Per partition: SetSettings goes to
-        the partition's leader (UNAVAILABLE with a leader hint elsewhere);
-        GetSettings is answered by any replica from its applied state.
+        retention, session limits). They are cluster state: SetSettings, asked
+        of any member, is ONE change of the cluster state (a new generation);
+        the system group's leader then brings each generation into every
+        partition's Raft log (SyncSettings on the partition's leader), so every
+        replica of a partition applies it at the same index. GetSettings is
+        answered by any replica from its applied state, with the cluster's
+        settings as the answering node knows them.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -202,6 +210,16 @@ class AdminServicer:
 
     def GetSettings(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SyncSettings(self, request, context):
+        """For the control plane (node certificates): on P's leader, propose the
+        cluster state's settings into P's log unless P applied that generation
+        already. UNAVAILABLE with the leader hint elsewhere, or while this
+        node's cluster state is behind the asked generation.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -347,6 +365,11 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.GetSettings,
                     request_deserializer=proto_dot_medkv_dot_v1_dot_admin__pb2.GetSettingsRequest.FromString,
                     response_serializer=proto_dot_medkv_dot_v1_dot_admin__pb2.GetSettingsResponse.SerializeToString,
+            ),
+            'SyncSettings': grpc.unary_unary_rpc_method_handler(
+                    servicer.SyncSettings,
+                    request_deserializer=proto_dot_medkv_dot_v1_dot_admin__pb2.SyncSettingsRequest.FromString,
+                    response_serializer=proto_dot_medkv_dot_v1_dot_admin__pb2.SyncSettingsResponse.SerializeToString,
             ),
             'AuditQuery': grpc.unary_stream_rpc_method_handler(
                     servicer.AuditQuery,
@@ -664,6 +687,33 @@ class Admin:
             '/medkv.v1.Admin/GetSettings',
             proto_dot_medkv_dot_v1_dot_admin__pb2.GetSettingsRequest.SerializeToString,
             proto_dot_medkv_dot_v1_dot_admin__pb2.GetSettingsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SyncSettings(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/medkv.v1.Admin/SyncSettings',
+            proto_dot_medkv_dot_v1_dot_admin__pb2.SyncSettingsRequest.SerializeToString,
+            proto_dot_medkv_dot_v1_dot_admin__pb2.SyncSettingsResponse.FromString,
             options,
             channel_credentials,
             insecure,
