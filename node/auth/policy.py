@@ -156,8 +156,10 @@ ROLE_GRANTS: Mapping[str, Mapping[Action, Scope]] = {
     },
     AUDITOR: {Action.AUDIT_READ: Scope.ANY, Action.STATUS: Scope.ANY, **_EVERYONE},
     ADMIN: {
+        # Not REPLICAS or SETTINGS_SYNC: those are the control plane's own steps
+        # (node certificates); an operator moves replicas through node
+        # add/decommission, which keep the cluster state and the groups in step.
         Action.CLUSTER_ADMIN: Scope.ANY, Action.KEYS: Scope.ANY, Action.ERASE: Scope.ANY,
-        Action.REPLICAS: Scope.ANY, Action.SETTINGS_SYNC: Scope.ANY,
         # erasure is a replicated write: it needs a session like any other
         Action.SESSION: Scope.ANY, Action.STATUS: Scope.ANY, **_EVERYONE,
     },

@@ -152,8 +152,7 @@ ALLOWED = {
     "admin": {"TransferLeader", "ErasePatient", "RotateDataKey", "RotateMasterKey", "KeyStatus",
               "SetSettings", "GetSettings", "ClusterStatus", "PartitionStatus", "RoutingTable",
               "OpenSession", "ListNodes", "InitCluster", "AddNode",
-              "DecommissionNode", "PrepareReplica", "ChangeReplicas", "DropReplica",
-              "SyncSettings"},
+              "DecommissionNode"},
     "clinic-admin": {"SharePatient", "RoutingTable", "ClusterStatus", "PartitionStatus",
                      "GetSettings", "ListNodes"},
 }

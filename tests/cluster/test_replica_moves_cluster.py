@@ -55,8 +55,9 @@ def wait_until(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
         time.sleep(0.2)
 
 
-def admin(cluster: LocalCluster, node: int, as_node: int | None = None) -> Any:
-    """An Admin stub on node `node` (ids from 1): the ops token, or a node certificate."""
+def admin(cluster: LocalCluster, node: int, as_node: int | None = 1) -> Any:
+    """An Admin stub on node `node` (ids from 1), under a node certificate: replica
+    moves are the control plane's calls (an admin's token is refused)."""
     ch = cluster.channel(cluster.addresses[node - 1], as_node=as_node)
     return admin_pb2_grpc.AdminStub(ch)
 
