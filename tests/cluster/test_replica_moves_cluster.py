@@ -252,9 +252,12 @@ def test_a_deadline_exceeded_change_is_retried_to_completion(cluster: LocalClust
     admin(cluster, d).PrepareReplica(admin_pb2.PrepareReplicaRequest(partition=p), timeout=10)
     assert cluster.run("pause-node", str(d)).returncode == 0
     try:
+        def attempt(at: int, out: int) -> Callable[[], Any]:
+            return lambda: admin(cluster, at).ChangeReplicas(
+                admin_pb2.ChangeReplicasRequest(partition=p, add=[d], remove=[out]), timeout=4)
+
         for _ in range(5):  # leader balancing may hand the partition over meanwhile
-            code, details, _ = code_of(lambda at=leader, out=c: admin(cluster, at).ChangeReplicas(
-                admin_pb2.ChangeReplicasRequest(partition=p, add=[d], remove=[out]), timeout=4))
+            code, details, _ = code_of(attempt(leader, c))
             if code != grpc.StatusCode.UNAVAILABLE or "not the leader" not in details:
                 break
             leader = leader_of(cluster, p)
