@@ -173,7 +173,8 @@ class AdminService(admin_pb2_grpc.AdminServicer):
             version=VERSION,
             uptime_seconds=time.monotonic() - host.started_at,
         )
-        state = node.cluster.state
+        system = getattr(node, "cluster", None)  # a node assembled in a test may have none
+        state = system.state if system is not None else None
         member = state.member(host.node_id) if state is not None else None
         if member is not None:
             me.member_state = member.state
