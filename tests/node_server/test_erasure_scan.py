@@ -49,13 +49,16 @@ def test_a_scan_holding_erased_versions_is_aborted_and_resumes(tmp_path: Path) -
 
             kv.erase_patient("to-erase")  # its purge must end the scan's snapshot
 
+            log_file = cluster.data_dir / "node-1" / "node.log"
             started = time.monotonic()
             code = None
             message = ""
             try:
                 for page in call:
-                    # A slow reader: the server is left holding the snapshot.
-                    if time.monotonic() - started < 4.0:
+                    # A slow reader until the purge has ended the snapshot (bounded),
+                    # so the server is left holding it however slow the purge is.
+                    if (time.monotonic() - started < 60.0
+                            and "interrupted 1 read snapshot" not in log_file.read_text()):
                         time.sleep(0.5)
                     seen += [r.patient_id for r in page.records]
                     token = page.resume_token or token
@@ -81,7 +84,6 @@ def test_a_scan_holding_erased_versions_is_aborted_and_resumes(tmp_path: Path) -
             assert sorted(r.patient_id for r in records) == [
                 f"filler-{i:04d}" for i in range(FILLER)
             ]
-        log_file = cluster.data_dir / "node-1" / "node.log"
         deadline = time.monotonic() + 60
         while "partition 0: purged log and files through index" not in log_file.read_text():
             assert time.monotonic() < deadline, "the purge did not complete"
