@@ -46,6 +46,7 @@ import grpc  # noqa: E402
 from grpc_health.v1 import health_pb2, health_pb2_grpc  # noqa: E402
 
 from client import AsyncClient, Client, SessionExpired  # noqa: E402
+from client.bench.local import use_cluster_credentials  # noqa: E402
 from proto.medkv.v1 import common_pb2, kv_pb2, kv_pb2_grpc  # noqa: E402
 
 VICTIM = 3
@@ -95,18 +96,6 @@ class HeapSampler(threading.Thread):
                 self.peak = max(self.peak, _status_mib(self.pid, "RssAnon:"))
             except OSError:
                 return
-
-
-def use_cluster_credentials(data_dir: Path, token: str) -> None:
-    """A cluster is secure by default: the clients of this process read its TLS
-    directory and the token DIR/tokens/TOKEN.token from the environment.
-    (A tree from before access control made no DIR/certs: plaintext then.)"""
-    if (data_dir / "certs" / "ca.pem").exists():
-        os.environ["MEDKV_TLS_DIR"] = str(data_dir / "certs")
-        os.environ["MEDKV_TOKEN"] = "@" + str(data_dir / "tokens" / f"{token}.token")
-    else:
-        os.environ.pop("MEDKV_TLS_DIR", None)
-        os.environ.pop("MEDKV_TOKEN", None)
 
 
 def open_channel(address: str) -> grpc.Channel:
